@@ -1,0 +1,36 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="supersam_hf",
+    version="0.1.0",
+    description="SuperSAM for Hugging Face: turn a SAM checkpoint into smaller standard SAM checkpoints via a weight-sharing supernetwork",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    # The evaluate metric script and the model-card template ship inside the package.
+    package_data={"supersam_hf": ["metrics/sam_miou/*.py", "metrics/sam_miou/*.md", "templates/*.md"]},
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.1,<=2.14.1",
+        "torchvision",
+        "transformers>=5.0",
+        "datasets>=3.0",
+        "accelerate>=1.0",
+        "peft>=0.13",
+        "evaluate>=0.4",
+        "huggingface_hub>=1.0",
+        "opentuner>=0.8.8",
+        "safetensors",
+        "matplotlib",
+        "tqdm",
+        "pyyaml",
+        "tensorboard",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+    entry_points={"console_scripts": ["supersam=supersam_hf.cli:main"]},
+)

@@ -1,0 +1,120 @@
+"""`SuperSamConfig`: a `SamConfig` that also carries the supernet's search space (saved in config.json)."""
+
+from __future__ import annotations
+
+from transformers import SamConfig
+from transformers.models.sam.configuration_sam import SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
+
+from .search_space import check_search_space
+
+DEFAULT_WIDTH_RATIOS = (0.25, 0.5, 0.75, 1.0)
+
+
+class SuperSamConfig(SamConfig):
+    r"""
+    Configuration of a [`SuperSamModel`]: every field of [`SamConfig`] plus the search space.
+
+    elastic_layers (`list[int]`, *optional*):
+        Encoder layer indices that a subnet may drop. Defaults to every layer but the first.
+    layer_drop_probs (`list[float]`, *optional*):
+        Probability, in [0, 1), that a sampled subnet drops each elastic layer (aligned with `elastic_layers`).
+        Defaults to 0.25 for each; `prioritize` replaces it with probabilities measured from data.
+    mlp_dim_choices (`list[list[int]]`, *optional*):
+        Allowed MLP hidden widths per encoder layer. Defaults to 25/50/75/100 % of `vision_config.mlp_dim`.
+    min_layers (`int`, *optional*):
+        No subnet keeps fewer encoder layers. Defaults to half the layers.
+    prioritized (`bool`, *optional*, defaults to `False`):
+        Whether MLP neurons were importance-ordered and drop probabilities measured (see `prioritize`).
+    """
+
+    model_type = "supersam"
+
+    elastic_layers: list[int] | None = None
+    layer_drop_probs: list[float] | None = None
+    mlp_dim_choices: list[list[int]] | None = None
+    min_layers: int | None = None
+    prioritized: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        num_layers = self.vision_config.num_hidden_layers
+        mlp_dim = self.vision_config.mlp_dim
+        if self.elastic_layers is None:
+            self.elastic_layers = list(range(1, num_layers))
+        self.elastic_layers = [int(i) for i in self.elastic_layers]
+        if self.layer_drop_probs is None:
+            self.layer_drop_probs = [0.25] * len(self.elastic_layers)
+        self.layer_drop_probs = [float(p) for p in self.layer_drop_probs]
+        if self.mlp_dim_choices is None:
+            widths = sorted({max(1, round(r * mlp_dim)) for r in DEFAULT_WIDTH_RATIOS})
+            self.mlp_dim_choices = [list(widths) for _ in range(num_layers)]
+        self.mlp_dim_choices = [sorted(int(d) for d in c) for c in self.mlp_dim_choices]
+        if self.min_layers is None:
+            self.min_layers = max(1, num_layers // 2)
+        check_search_space(
+            num_layers, mlp_dim, self.elastic_layers, self.layer_drop_probs, self.mlp_dim_choices, self.min_layers
+        )
+
+    @classmethod
+    def from_sam_config(cls, sam_config: SamConfig, **search_space) -> "SuperSamConfig":
+        """Wrap a plain `SamConfig` (same sub-configs) and add a search space (defaults unless given)."""
+        data = sam_config.to_dict()
+        for key in ("model_type", "architectures", "transformers_version"):
+            data.pop(key, None)
+        data.update(search_space)
+        return cls(**data)
+
+    def to_sam_config(self, **vision_overrides) -> SamConfig:
+        """The plain `SamConfig` of this model, without the search space; `vision_overrides` edit the encoder."""
+        data = self.to_dict()
+        for key in ("model_type", "architectures", "transformers_version", *SEARCH_SPACE_FIELDS):
+            data.pop(key, None)
+        data["vision_config"] = {**data["vision_config"], **vision_overrides}
+        return SamConfig(**data)
+
+
+SEARCH_SPACE_FIELDS = ("elastic_layers", "layer_drop_probs", "mlp_dim_choices", "min_layers", "prioritized")
+
+
+def build_sam_config(
+    image_size: int = 128,
+    patch_size: int = 16,
+    hidden_size: int = 64,
+    num_hidden_layers: int = 4,
+    num_attention_heads: int = 4,
+    mlp_ratio: float = 4.0,
+    window_size: int = 4,
+    global_attn_indexes: tuple[int, ...] | None = None,
+    output_channels: int = 32,
+    decoder_hidden_size: int | None = None,
+    decoder_mlp_dim: int | None = None,
+    decoder_heads: int = 4,
+) -> SamConfig:
+    """A self-consistent `SamConfig` of a chosen size (image size agrees across encoder, prompt encoder, decoder).
+
+    Used to build the tiny models of the tests and the small stand-in base of the demo, since no pretrained SAM
+    can be downloaded offline. Defaults: every third layer global, like SAM's ViT-B (2, 5, 8, 11).
+    """
+    if global_attn_indexes is None:
+        global_attn_indexes = tuple(i for i in range(num_hidden_layers) if i % 3 == 2)
+    decoder_hidden_size = decoder_hidden_size or output_channels
+    vision = SamVisionConfig(
+        hidden_size=hidden_size,
+        output_channels=output_channels,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        image_size=image_size,
+        patch_size=patch_size,
+        mlp_dim=int(hidden_size * mlp_ratio),
+        window_size=window_size,
+        global_attn_indexes=list(global_attn_indexes),
+        num_pos_feats=output_channels // 2,
+    )
+    prompt = SamPromptEncoderConfig(hidden_size=output_channels, image_size=image_size, patch_size=patch_size)
+    decoder = SamMaskDecoderConfig(
+        hidden_size=decoder_hidden_size,
+        mlp_dim=decoder_mlp_dim or 4 * decoder_hidden_size,
+        num_attention_heads=decoder_heads,
+        iou_head_hidden_dim=decoder_hidden_size,
+    )
+    return SamConfig(vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(), mask_decoder_config=decoder.to_dict())

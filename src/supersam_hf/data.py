@@ -1,0 +1,721 @@
+"""Hugging Face datasets → SAM training/evaluation examples, the prompt-batch collator, and a synthetic shapes builder.
+
+One example is one image with all of its instances: the instances become the image's prompt batch, so the mask
+decoder sees them together and the (expensive) image encoder runs once per image, never once per instance.
+`SamProcessor` does every resize, pad and normalisation of images and prompt coordinates; the only thing done here
+by hand is bringing ground-truth masks onto the decoder's low-resolution grid, aligned with the processor's
+resize + pad (see `SamSegmentationData`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+logger = logging.getLogger(__name__)
+
+IMAGE_COLUMN_CANDIDATES = ("image", "img", "pixel_values", "picture")
+MASK_COLUMN_CANDIDATES = (
+    "label",
+    "labels",
+    "mask",
+    "masks",
+    "annotation",
+    "annotations",
+    "segmentation",
+    "seg",
+    "instance_map",
+    "semantic_map",
+)
+MASK_KINDS = ("instance", "masks", "semantic")
+PROMPT_TYPES = ("point", "box", "mixed")
+SYNTHETIC_DOMAINS = ("A", "B")
+# Keys of a collated batch that `SamModel.forward` accepts (the rest are targets and bookkeeping).
+MODEL_INPUT_KEYS = ("pixel_values", "input_points", "input_labels", "input_boxes")
+POINT_PAD_VALUE = -10  # SAM's "not a point": the prompt encoder zeroes these embeddings
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Synthetic shapes
+# ----------------------------------------------------------------------------------------------------------------
+
+# Domain A: flat, mid-dark saturated shapes on bright smooth gradients. Domain B: bright neon, textured shapes on
+# dark striped, noisy backgrounds. Different palettes, backgrounds and textures make B a real domain shift from A.
+_PALETTE_A = np.array(
+    [[200, 40, 40], [40, 70, 200], [30, 150, 60], [140, 50, 160], [220, 120, 20], [20, 140, 150]], dtype=np.float32
+)
+_PALETTE_B = np.array(
+    [[0, 255, 255], [255, 0, 200], [255, 240, 0], [120, 255, 40], [255, 140, 0], [170, 120, 255]], dtype=np.float32
+)
+
+
+def _shape_mask(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """One random ellipse or polygon (bool, size×size), radius 10–25 % of the image so a tiny SAM can learn it."""
+    cx, cy = rng.uniform(0.15, 0.85, size=2) * size
+    radius = rng.uniform(0.10, 0.25) * size
+    if rng.random() < 0.5:
+        a, b = radius, radius * rng.uniform(0.5, 1.0)
+        theta = rng.uniform(0, np.pi)
+        dx, dy = xx - cx, yy - cy
+        u = (dx * np.cos(theta) + dy * np.sin(theta)) / a
+        v = (-dx * np.sin(theta) + dy * np.cos(theta)) / b
+        return u * u + v * v <= 1.0
+    num_vertices = int(rng.integers(3, 8))
+    angles = np.sort(rng.uniform(0, 2 * np.pi, size=num_vertices))
+    radii = radius * rng.uniform(0.6, 1.0, size=num_vertices)
+    vertices = [(float(cx + r * np.cos(t)), float(cy + r * np.sin(t))) for r, t in zip(radii, angles)]
+    canvas = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(canvas).polygon(vertices, fill=1)
+    return np.asarray(canvas, dtype=bool)
+
+
+def _background(rng: np.random.Generator, domain: str, size: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """Float (size, size, 3) background: A = bright smooth two-colour gradient; B = dark stripes plus noise."""
+    if domain == "A":
+        c0, c1 = rng.uniform(170, 255, size=(2, 3))
+        theta = rng.uniform(0, 2 * np.pi)
+        t = (np.cos(theta) * xx + np.sin(theta) * yy) / size
+        t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+        image = c0 * (1 - t[..., None]) + c1 * t[..., None]
+        return image + rng.normal(0, 2.0, size=image.shape)
+    base = rng.uniform(10, 50, size=3)
+    phi = rng.uniform(0, np.pi)
+    freq = rng.uniform(6, 14)
+    stripes = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (np.cos(phi) * xx + np.sin(phi) * yy) / size)
+    image = base + 35.0 * stripes[..., None]
+    return image + rng.normal(0, 12.0, size=image.shape)
+
+
+def _paint_shape(
+    rng: np.random.Generator, domain: str, image: np.ndarray, region: np.ndarray, yy: np.ndarray, xx: np.ndarray
+) -> None:
+    """Paint one instance in place: flat colour (A) or a striped/checkered texture with noise (B)."""
+    if domain == "A":
+        colour = _PALETTE_A[rng.integers(len(_PALETTE_A))] + rng.uniform(-20, 20, size=3)
+        image[region] = colour
+        return
+    colour = _PALETTE_B[rng.integers(len(_PALETTE_B))] + rng.uniform(-15, 15, size=3)
+    period = rng.uniform(3, 8)
+    if rng.random() < 0.5:
+        pattern = ((xx[region] // period + yy[region] // period) % 2).astype(np.float32)
+    else:
+        angle = rng.uniform(0, np.pi)
+        pattern = 0.5 + 0.5 * np.sin(2 * np.pi * (np.cos(angle) * xx[region] + np.sin(angle) * yy[region]) / period)
+    texture = 0.6 + 0.4 * pattern
+    image[region] = colour * texture[:, None] + rng.normal(0, 10.0, size=(int(region.sum()), 3))
+
+
+def make_synthetic_shapes(
+    num_images: int,
+    image_size: int = 128,
+    seed: int = 0,
+    domain: str = "A",
+    max_shapes: int = 4,
+    min_shapes: int = 1,
+    min_area_fraction: float = 0.01,
+) -> datasets.Dataset:
+    """A deterministic synthetic instance-segmentation dataset of ellipses and polygons (numpy/PIL only, fast).
+
+    Columns: `image` (PIL RGB, `datasets.Image()`) and `label` (int32 instance map, `Array2D((S, S))`; 0 =
+    background, 1..K instances, later shapes occlude earlier ones). Two visually distinct domains exist so a domain
+    shift can be tested: "A" (flat shapes on bright gradients) and "B" (textured neon shapes on dark stripes).
+    Instances whose visible area falls under `min_area_fraction` of the image are removed (shown as background), so
+    every label is learnable; every image has at least one instance. Round-trips through `save_to_disk`.
+    """
+    if domain not in SYNTHETIC_DOMAINS:
+        raise ValueError(f"Unknown synthetic domain {domain!r}; choose one of {SYNTHETIC_DOMAINS}.")
+    if num_images < 0 or image_size < 8:
+        raise ValueError(f"Need num_images >= 0 and image_size >= 8, got {num_images} and {image_size}.")
+    if not 1 <= min_shapes <= max_shapes:
+        raise ValueError(f"Need 1 <= min_shapes <= max_shapes, got min_shapes={min_shapes}, max_shapes={max_shapes}.")
+    yy, xx = np.mgrid[0:image_size, 0:image_size].astype(np.float32)
+    min_area = max(1, int(min_area_fraction * image_size * image_size))
+    images, labels = [], []
+    for index in range(num_images):
+        rng = np.random.default_rng((seed, SYNTHETIC_DOMAINS.index(domain), index))
+        for _attempt in range(20):  # an image whose shapes are all too small is redrawn (rare)
+            label = np.zeros((image_size, image_size), dtype=np.int32)
+            for k in range(1, int(rng.integers(min_shapes, max_shapes + 1)) + 1):
+                label[_shape_mask(rng, image_size, yy, xx)] = k
+            ids, areas = np.unique(label[label > 0], return_counts=True)
+            kept = ids[areas >= min_area]
+            if len(kept):
+                break
+        relabel = np.zeros(int(label.max()) + 1, dtype=np.int32)
+        relabel[kept] = np.arange(1, len(kept) + 1, dtype=np.int32)
+        label = relabel[label]
+        image = _background(rng, domain, image_size, yy, xx)
+        for k in range(1, len(kept) + 1):
+            _paint_shape(rng, domain, image, label == k, yy, xx)
+        images.append(Image.fromarray(np.clip(np.round(image), 0, 255).astype(np.uint8), "RGB"))
+        labels.append(label)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.Array2D(shape=(image_size, image_size), dtype="int32")}
+    )
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Images and masks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """Scale any numeric image array to uint8 (rules in `to_rgb_image`)."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.complexfloating) or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"Cannot turn an image of dtype {array.dtype} into RGB; give uint8, uint16 or float pixels.")
+    values = array.astype(np.float64)
+    if np.issubdtype(array.dtype, np.integer):
+        if array.dtype.itemsize == 2 or (values.size and values.min() >= 0 and values.max() <= 65535):
+            # 16-bit data (uint16 / int16 / PIL "I;16", or a wider int holding 16-bit values): /257.
+            values = np.clip(values, 0, 65535) * (255.0 / 65535.0)
+        else:
+            values = _min_max(values)
+    else:
+        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+        if values.size and values.min() >= 0.0 and values.max() <= 1.0:
+            values = values * 255.0
+        else:
+            values = _min_max(values)
+    return np.clip(np.round(values), 0, 255).astype(np.uint8)
+
+
+def _min_max(values: np.ndarray) -> np.ndarray:
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if high <= low:
+        return np.zeros_like(values)
+    return (values - low) * (255.0 / (high - low))
+
+
+def to_rgb_image(image: Any) -> Image.Image:
+    """Any image (PIL of any mode, numpy array, torch tensor) → a 3-channel uint8 RGB PIL image.
+
+    Scaling, so that every source reaches SAM's 0–255 input range the same way:
+      * PIL RGB/RGBA/L/LA/P/1/CMYK…: `Image.convert("RGB")` (alpha dropped, grey replicated to 3 channels).
+      * uint8: unchanged; bool: ×255.
+      * 16-bit integers (uint16, int16, PIL "I;16"): divided by 257, i.e. scaled by the 16-bit range (65535 → 255).
+      * wider integers (PIL "I", int32/int64): treated as 16-bit when all values lie in [0, 65535], else min–max.
+      * floats (PIL "F"): ×255 when all values lie in [0, 1], else min–max normalised to [0, 255] (NaN/inf → 0).
+    Arrays may be (H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4}; C=1 is replicated, C=4 loses its alpha.
+    """
+    if isinstance(image, Image.Image):
+        if image.mode == "RGB":
+            return image
+        if image.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+            return image.convert("RGB")
+        array = np.asarray(image)
+    elif isinstance(image, torch.Tensor):
+        array = image.detach().cpu().numpy()
+    else:
+        array = np.asarray(image)
+    if array.ndim == 3 and array.shape[-1] not in (1, 2, 3, 4) and array.shape[0] in (1, 2, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # channels-first → channels-last
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(
+            f"Cannot read an image of shape {tuple(array.shape)}: expected (H, W), (H, W, C) or (C, H, W) with C in 1..4."
+        )
+    channels = array.shape[-1]
+    array = array[..., :1] if channels in (1, 2) else array[..., :3]
+    array = _to_uint8(np.ascontiguousarray(array))
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    return Image.fromarray(np.ascontiguousarray(array), "RGB")
+
+
+def _as_array(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _id_map(value: Any) -> np.ndarray:
+    """An instance/semantic map (PIL, array, nested list) → 2-D int64; colour-coded maps → one id per colour."""
+    array = _as_array(value)
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    elif array.ndim == 3 and array.shape[-1] in (1, 3, 4):
+        rgb = array[..., :3].astype(np.int64)
+        if rgb.shape[-1] == 1 or (np.all(rgb[..., 0] == rgb[..., 1]) and np.all(rgb[..., 0] == rgb[..., 2])):
+            array = rgb[..., 0]
+        else:  # colour-coded map: every distinct colour is one id, black stays 0
+            array = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    if array.ndim != 2:
+        raise ValueError(
+            f"Expected a 2-D instance/semantic map, got shape {tuple(array.shape)}; for a stack of binary masks pass "
+            "mask_kind='masks'."
+        )
+    if array.dtype != bool and not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"Mask map has non-numeric dtype {array.dtype}.")
+    return array.astype(np.int64)
+
+
+def _mask_stack(value: Any) -> np.ndarray:
+    """A list / 3-D array of binary masks (PIL, arrays, nested lists) → bool (N, H, W); a single 2-D mask → N=1."""
+    if isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.dtype == object):
+        items = [_as_array(item) for item in value]
+        if not items:
+            return np.zeros((0, 0, 0), dtype=bool)
+        shapes = {item.shape for item in items}
+        if len(shapes) != 1:
+            raise ValueError(f"The binary masks of one image have different shapes {sorted(shapes)}.")
+        array = np.stack(items)
+    else:
+        array = _as_array(value)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3:
+        raise ValueError(f"Expected binary masks of shape (N, H, W), got {tuple(array.shape)}.")
+    return array > 0
+
+
+def _detect_mask_kind(value: Any) -> str:
+    """Auto mask kind from one raw value: a 2-D map (PIL image, 2-D array/list) → "instance"; a stack → "masks"."""
+    if isinstance(value, Image.Image):
+        return "instance"
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "masks"
+        first = value[0]
+        if isinstance(first, Image.Image) or _as_array(first).ndim == 2:
+            return "masks"
+        return "instance"
+    array = _as_array(value)
+    if array.dtype == object or array.ndim == 3:
+        return "masks"
+    return "instance"
+
+
+def _pick_column(columns: Sequence[str], given: str | None, candidates: Sequence[str], what: str) -> str:
+    if given is not None:
+        if given not in columns:
+            raise ValueError(f"{what}_column={given!r} is not a column of the dataset; its columns are {list(columns)}.")
+        return given
+    lowered = {c.lower(): c for c in columns}
+    for name in candidates:
+        if name in lowered:
+            return lowered[name]
+    raise ValueError(
+        f"Could not find the {what} column: the dataset's columns are {list(columns)}, none of which is a common "
+        f"{what} column name {list(candidates)}. Pass {what}_column='<name>' to SamSegmentationData."
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dataset wrapper
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class SamSegmentationData(torch.utils.data.Dataset):
+    r"""Any `datasets.Dataset` with an image and a mask column → one SAM example per image (all its instances).
+
+    Args:
+        dataset: a map-style `datasets.Dataset` (pick a split of a `DatasetDict` first).
+        processor: the `SamProcessor` of the model; it resizes/pads/normalises images and rescales prompts.
+        image_column / mask_column: column names; `None` auto-detects common names (image, img, pixel_values,
+            picture / label, labels, mask, masks, annotation(s), segmentation, seg, instance_map, semantic_map).
+        mask_kind: "instance" (2-D map, one id per instance), "masks" (list or (N, H, W) stack of binary masks) or
+            "semantic" (2-D class map, each present class is one possibly multi-part mask). `None` auto-detects
+            from the first row: a 2-D map → "instance", a stack/list of 2-D masks → "masks". Colour-coded RGB maps
+            count each distinct colour as one id.
+        ignore_index: map value that belongs to no mask (void/boundary pixels; they are background in the
+            targets). `None` disables it (e.g. binary 0/255 masks read as an instance map).
+        background_ids: map values that are background (instance and semantic maps).
+        min_mask_area: instances with fewer pixels (original resolution) are dropped; images left with none are
+            skipped once, at construction, counted in `num_skipped_images` and reported in a warning.
+        max_instances_per_image: keep at most this many instances per image, largest first (ties: lower id first).
+        prompt: "point", "box" or "mixed"; the default prompt of `collator()`. Examples always carry both kinds.
+        num_positive_points / num_negative_points: points per instance, uniform inside / outside its mask.
+        box_jitter: each box coordinate moves by a random integer in [-box_jitter, box_jitter] px, then is clipped.
+        seed: prompts are drawn from `numpy.random.default_rng((seed, row_index, epoch))`; `set_epoch` varies
+            them per epoch reproducibly (row_index = the row in `dataset`).
+        return_full_masks: also return `full_masks`, bool (P, H, W) at the original size, for evaluation.
+        low_res_size: side of the decoder's low-resolution masks; default pad_size // 4, which is SAM's 4× upscaled
+            image embedding for patch size 16 (pass 4 × image-embedding size for other patch sizes).
+
+    `__getitem__` returns tensors for one image with P instances (S = processor pad size, L = low_res_size):
+    `pixel_values` (3, S, S), `original_sizes` (2,), `reshaped_input_sizes` (2,), `input_points` (P, n, 2) float,
+    `input_labels` (P, n) long (1 positive, 0 negative), `input_boxes` (P, 4) float xyxy — prompts in the
+    processor's resized coordinates — and `labels` (P, L, L) float in {0, 1} (+ `full_masks` if asked).
+
+    Low-res targets follow the processor's geometry exactly: each mask is resized to `reshaped_input_sizes` with
+    nearest-exact sampling (the processor resized the image to that size), put in the top-left of an S×S zero
+    canvas (the processor pads bottom/right), then area-averaged over (S/L)×(S/L) cells; a cell is foreground when
+    at least half of it is covered (>= 0.5). `processor.post_process_masks` inverts exactly this geometry.
+    """
+
+    def __init__(
+        self,
+        dataset: datasets.Dataset,
+        processor: Any,
+        image_column: str | None = None,
+        mask_column: str | None = None,
+        mask_kind: str | None = None,
+        ignore_index: int | None = 255,
+        background_ids: Sequence[int] = (0,),
+        min_mask_area: int = 16,
+        max_instances_per_image: int = 16,
+        prompt: str = "point",
+        num_positive_points: int = 1,
+        num_negative_points: int = 0,
+        box_jitter: int = 0,
+        seed: int = 0,
+        return_full_masks: bool = False,
+        low_res_size: int | None = None,
+    ) -> None:
+        if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+            raise ValueError(
+                f"Got a DatasetDict with splits {list(dataset.keys())}; pass one split, e.g. dataset['train']."
+            )
+        if isinstance(dataset, datasets.IterableDataset):
+            raise ValueError("SamSegmentationData needs random access; pass a map-style datasets.Dataset, not streaming.")
+        if mask_kind is not None and mask_kind not in MASK_KINDS:
+            raise ValueError(f"Unknown mask_kind {mask_kind!r}; valid kinds are {MASK_KINDS} (or None to auto-detect).")
+        if prompt not in PROMPT_TYPES:
+            raise ValueError(f"Unknown prompt {prompt!r}; valid prompts are {PROMPT_TYPES}.")
+        if num_positive_points < 1 or num_negative_points < 0:
+            raise ValueError(
+                f"Need num_positive_points >= 1 and num_negative_points >= 0, got {num_positive_points} and "
+                f"{num_negative_points}."
+            )
+        if box_jitter < 0 or min_mask_area < 0 or max_instances_per_image < 1 or seed < 0:
+            raise ValueError("box_jitter, min_mask_area and seed must be >= 0 and max_instances_per_image >= 1.")
+
+        self.dataset = dataset
+        self.processor = processor
+        self.image_column = _pick_column(dataset.column_names, image_column, IMAGE_COLUMN_CANDIDATES, "image")
+        self.mask_column = _pick_column(dataset.column_names, mask_column, MASK_COLUMN_CANDIDATES, "mask")
+        self.ignore_index = ignore_index
+        self.background_ids = tuple(int(b) for b in background_ids)
+        self.min_mask_area = int(min_mask_area)
+        self.max_instances_per_image = int(max_instances_per_image)
+        self.prompt = prompt
+        self.num_positive_points = int(num_positive_points)
+        self.num_negative_points = int(num_negative_points)
+        self.box_jitter = int(box_jitter)
+        self.seed = int(seed)
+        self.return_full_masks = return_full_masks
+        self.epoch = 0
+
+        image_processor = getattr(processor, "image_processor", processor)
+        pad_size = getattr(image_processor, "pad_size", None)
+        if not getattr(image_processor, "do_pad", False) or pad_size is None:
+            raise ValueError("The SAM processor must pad images to a square (do_pad=True, pad_size={'height','width'}).")
+        self.pad_size = (int(pad_size["height"]), int(pad_size["width"]))
+        self.low_res_size = int(low_res_size) if low_res_size is not None else self.pad_size[0] // 4
+        if any(side % self.low_res_size for side in self.pad_size):
+            raise ValueError(f"pad_size {self.pad_size} must be a multiple of low_res_size {self.low_res_size}.")
+
+        self._image_view = dataset.select_columns([self.image_column])
+        self._mask_view = dataset.select_columns([self.mask_column]).with_format("numpy")
+        if len(dataset) == 0:
+            raise ValueError("The dataset is empty.")
+        self.mask_kind = mask_kind or _detect_mask_kind(dataset.select_columns([self.mask_column])[0][self.mask_column])
+
+        # One pass over the masks: which instances each image keeps (keys = map ids, or indices into the mask list).
+        self.row_indices: list[int] = []
+        self._keys: list[list[int]] = []
+        for row in range(len(dataset)):
+            keys = self._select_instances(self._mask_view[row][self.mask_column])
+            if keys:
+                self.row_indices.append(row)
+                self._keys.append(keys)
+        self.num_skipped_images = len(dataset) - len(self.row_indices)
+        if not self.row_indices:
+            raise ValueError(
+                f"No image of the {len(dataset)} in the dataset has an instance of at least min_mask_area="
+                f"{self.min_mask_area} pixels (mask_kind={self.mask_kind!r}, column {self.mask_column!r}, "
+                f"background_ids={self.background_ids}, ignore_index={self.ignore_index}). Lower min_mask_area, "
+                "check mask_kind, or pass ignore_index=None if the masks are binary 0/255."
+            )
+        if self.num_skipped_images:
+            logger.warning(
+                "SamSegmentationData skipped %d of %d images with no instance of at least min_mask_area=%d pixels.",
+                self.num_skipped_images,
+                len(dataset),
+                self.min_mask_area,
+            )
+
+    # -- instances ------------------------------------------------------------------------------------------------
+
+    def _excluded_ids(self) -> set[int]:
+        excluded = set(self.background_ids)
+        if self.ignore_index is not None:
+            excluded.add(int(self.ignore_index))
+        return excluded
+
+    def _select_instances(self, raw: Any) -> list[int]:
+        """Keys of the kept instances of one image: area >= min_mask_area, largest first, at most the maximum."""
+        if self.mask_kind == "masks":
+            stack = _mask_stack(raw)
+            areas = stack.reshape(len(stack), -1).sum(axis=1)
+            candidates = [(int(a), k) for k, a in enumerate(areas)]
+        else:
+            ids, counts = np.unique(_id_map(raw), return_counts=True)
+            excluded = self._excluded_ids()
+            candidates = [(int(c), int(i)) for i, c in zip(ids, counts) if int(i) not in excluded]
+        kept = [(area, key) for area, key in candidates if area >= max(self.min_mask_area, 1)]
+        kept.sort(key=lambda item: (-item[0], item[1]))
+        return [key for _, key in kept[: self.max_instances_per_image]]
+
+    def _full_masks(self, raw: Any, keys: list[int]) -> np.ndarray:
+        if self.mask_kind == "masks":
+            return _mask_stack(raw)[keys]
+        id_map = _id_map(raw)
+        return id_map[None] == np.asarray(keys, dtype=np.int64)[:, None, None]
+
+    # -- prompts --------------------------------------------------------------------------------------------------
+
+    def _prompts(
+        self, masks: np.ndarray, rng: np.random.Generator
+    ) -> tuple[list[list[list[float]]], list[list[int]], list[list[float]]]:
+        """Points (P, n, 2) xy, their labels (P, n) and boxes (P, 4) xyxy, in original pixel coordinates."""
+        height, width = masks.shape[1:]
+        points, point_labels, boxes = [], [], []
+        for mask in masks:
+            ys, xs = np.nonzero(mask)
+            chosen = rng.integers(len(xs), size=self.num_positive_points)
+            pts = [[float(xs[j]), float(ys[j])] for j in chosen]
+            labs = [1] * self.num_positive_points
+            if self.num_negative_points:
+                outside = np.flatnonzero(~mask.ravel())
+                for _ in range(self.num_negative_points):
+                    if len(outside):
+                        flat = int(outside[rng.integers(len(outside))])
+                        pts.append([float(flat % width), float(flat // width)])
+                        labs.append(0)
+                    else:  # the mask fills the image: a "not a point" the prompt encoder ignores
+                        pts.append([0.0, 0.0])
+                        labs.append(POINT_PAD_VALUE)
+            box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.int64)
+            if self.box_jitter:
+                box = box + rng.integers(-self.box_jitter, self.box_jitter + 1, size=4)
+                box = np.clip(box, 0, [width - 1, height - 1, width - 1, height - 1])
+                box = np.array([min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])])
+            points.append(pts)
+            point_labels.append(labs)
+            boxes.append([float(v) for v in box])
+        return points, point_labels, boxes
+
+    def _low_res_labels(self, masks: np.ndarray, reshaped_size: tuple[int, int]) -> torch.Tensor:
+        """Bool (P, H, W) masks → float (P, L, L) targets on the decoder grid (resize → pad → area-average ≥ 0.5)."""
+        num = masks.shape[0]
+        new_h, new_w = reshaped_size
+        resized = torch.nn.functional.interpolate(
+            torch.from_numpy(masks).to(torch.uint8)[:, None], size=(new_h, new_w), mode="nearest-exact"
+        )[:, 0].bool()
+        pad_h, pad_w = self.pad_size
+        canvas = torch.zeros(num, pad_h, pad_w, dtype=torch.bool)
+        canvas[:, :new_h, :new_w] = resized[:, :pad_h, :pad_w]
+        low = self.low_res_size
+        kh, kw = pad_h // low, pad_w // low
+        counts = canvas.view(num, low, kh, low, kw).sum(dim=(2, 4))
+        return (counts * 2 >= kh * kw).float()
+
+    # -- torch Dataset ------------------------------------------------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw new (still reproducible) prompts for this epoch."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.row_indices)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        row = self.row_indices[index]
+        image = to_rgb_image(self._image_view[row][self.image_column])
+        masks = self._full_masks(self._mask_view[row][self.mask_column], self._keys[index])
+        if masks.shape[1:] != (image.height, image.width):
+            raise ValueError(
+                f"Row {row}: mask size {tuple(masks.shape[1:])} differs from image size {(image.height, image.width)} "
+                "(H, W); masks must be at the image's resolution."
+            )
+        rng = np.random.default_rng((self.seed, row, self.epoch))
+        points, point_labels, boxes = self._prompts(masks, rng)
+        encoding = self.processor(
+            images=image, input_points=[points], input_labels=[point_labels], input_boxes=[boxes], return_tensors="pt"
+        )
+        reshaped = encoding["reshaped_input_sizes"][0]
+        example = {
+            "pixel_values": encoding["pixel_values"][0],
+            "original_sizes": encoding["original_sizes"][0].long(),
+            "reshaped_input_sizes": reshaped.long(),
+            "input_points": encoding["input_points"][0].float(),
+            "input_labels": encoding["input_labels"][0].long(),
+            "input_boxes": encoding["input_boxes"][0].float(),
+            "labels": self._low_res_labels(masks, (int(reshaped[0]), int(reshaped[1]))),
+        }
+        if self.return_full_masks:
+            example["full_masks"] = torch.from_numpy(np.ascontiguousarray(masks))
+        return example
+
+    def collator(self) -> "SamCollator":
+        """A `SamCollator` using this dataset's prompt type and seed."""
+        return SamCollator(prompt=self.prompt, seed=self.seed)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Collator
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class SamCollator:
+    """Stacks `SamSegmentationData` examples; instances are padded to the batch's largest prompt batch P.
+
+    Output: `pixel_values` (B, 3, S, S), `original_sizes` (B, 2), `reshaped_input_sizes` (B, 2), then for "point"
+    `input_points` (B, P, n, 2) + `input_labels` (B, P, n) (padding: coordinates and labels -10, SAM's ignored
+    point) or for "box" `input_boxes` (B, P, 4) (padding: zeros); `labels` (B, P, L, L) float (padding: zeros);
+    `instance_mask` (B, P) bool (False = padding; losses skip those slots); `full_masks` as a list of (P_i, H, W)
+    bool tensors when the examples have them. "mixed" picks point or box per batch from
+    `default_rng((seed, batch_counter))`, so a run is reproducible. `model_inputs(batch)` selects what
+    `SamModel.forward` takes: one encoder pass per image, the image's instances decoded together.
+    """
+
+    def __init__(self, prompt: str = "point", seed: int = 0) -> None:
+        if prompt not in PROMPT_TYPES:
+            raise ValueError(f"Unknown prompt {prompt!r}; valid prompts are {PROMPT_TYPES}.")
+        self.prompt = prompt
+        self.seed = int(seed)
+        self.batch_counter = 0
+
+    def _prompt_for_batch(self) -> str:
+        if self.prompt != "mixed":
+            return self.prompt
+        rng = np.random.default_rng((self.seed, self.batch_counter))
+        return "point" if rng.random() < 0.5 else "box"
+
+    def __call__(self, examples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, Any]:
+        if not examples:
+            raise ValueError("SamCollator got an empty list of examples.")
+        prompt = self._prompt_for_batch()
+        self.batch_counter += 1
+        num_prompts = max(int(ex["labels"].shape[0]) for ex in examples)
+        batch_size = len(examples)
+        low_h, low_w = examples[0]["labels"].shape[-2:]
+        labels = torch.zeros(batch_size, num_prompts, low_h, low_w, dtype=torch.float32)
+        instance_mask = torch.zeros(batch_size, num_prompts, dtype=torch.bool)
+        batch: dict[str, Any] = {
+            "pixel_values": torch.stack([ex["pixel_values"] for ex in examples]),
+            "original_sizes": torch.stack([ex["original_sizes"] for ex in examples]),
+            "reshaped_input_sizes": torch.stack([ex["reshaped_input_sizes"] for ex in examples]),
+        }
+        if prompt == "point":
+            num_points = max(int(ex["input_points"].shape[1]) for ex in examples)
+            points = torch.full((batch_size, num_prompts, num_points, 2), float(POINT_PAD_VALUE))
+            point_labels = torch.full((batch_size, num_prompts, num_points), POINT_PAD_VALUE, dtype=torch.long)
+        else:
+            boxes = torch.zeros(batch_size, num_prompts, 4)
+        for b, ex in enumerate(examples):
+            count = int(ex["labels"].shape[0])
+            labels[b, :count] = ex["labels"]
+            instance_mask[b, :count] = True
+            if prompt == "point":
+                n = int(ex["input_points"].shape[1])
+                points[b, :count, :n] = ex["input_points"]
+                point_labels[b, :count, :n] = ex["input_labels"]
+            else:
+                boxes[b, :count] = ex["input_boxes"]
+        if prompt == "point":
+            batch["input_points"], batch["input_labels"] = points, point_labels
+        else:
+            batch["input_boxes"] = boxes
+        batch["labels"] = labels
+        batch["instance_mask"] = instance_mask
+        if all("full_masks" in ex for ex in examples):
+            batch["full_masks"] = [ex["full_masks"] for ex in examples]
+        return batch
+
+
+def model_inputs(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The entries of a collated batch that `SamModel.forward` accepts (drops targets and bookkeeping)."""
+    return {key: batch[key] for key in MODEL_INPUT_KEYS if key in batch}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------------
+
+_FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".arrow": "arrow"}
+
+
+def _pick_split(data: Any, split: str | None, source: str) -> datasets.Dataset:
+    if not isinstance(data, (datasets.DatasetDict, dict)):
+        return data
+    splits = list(data.keys())
+    if split is not None:
+        if split not in data:
+            raise ValueError(f"{source!r} has no split {split!r}; its splits are {splits}. Pass split=<one of them>.")
+        return data[split]
+    if "train" in data:
+        return data["train"]
+    if len(splits) == 1:
+        return data[splits[0]]
+    raise ValueError(f"{source!r} has several splits {splits} and none is 'train'; pass split=<one of them>.")
+
+
+def load_segmentation_dataset(name_or_path: str | os.PathLike, split: str | None = None) -> datasets.Dataset:
+    """Load a segmentation dataset from a `save_to_disk` folder, a local file/folder, or the Hub.
+
+    * a folder written by `save_to_disk` → `datasets.load_from_disk` (a DatasetDict → `split`, default "train");
+    * a .parquet/.json/.jsonl/.csv/.arrow file → `load_dataset(<builder>, data_files=...)`;
+    * another local folder (imagefolder, parquet shards, …) → `load_dataset(folder)`;
+    * anything else is a Hub dataset name → `load_dataset(name, split=split)`.
+    """
+    source = os.fspath(name_or_path)
+    path = os.path.expanduser(source)
+    if os.path.isdir(path):
+        if any(os.path.exists(os.path.join(path, marker)) for marker in ("dataset_dict.json", "state.json")):
+            return _pick_split(datasets.load_from_disk(path), split, source)
+        try:
+            data = datasets.load_dataset(path)
+        except Exception as error:  # noqa: BLE001 - re-raised with the accepted layouts
+            raise ValueError(
+                f"Could not load the folder {source!r} as a dataset ({error}). Expected a `save_to_disk` folder, an "
+                "imagefolder, or data files (parquet/json/csv) readable by `datasets.load_dataset`."
+            ) from error
+        return _pick_split(data, split, source)
+    if os.path.isfile(path):
+        ext = os.path.splitext(path)[1].lower()
+        if ext not in _FILE_BUILDERS:
+            raise ValueError(
+                f"Unsupported data file {source!r}: expected one of {sorted(_FILE_BUILDERS)} or a dataset folder."
+            )
+        data = datasets.load_dataset(_FILE_BUILDERS[ext], data_files=path)
+        return _pick_split(data, split, source)
+    if source.startswith((".", "~")) or os.path.isabs(source):
+        raise FileNotFoundError(f"No dataset file or folder at {source!r}.")
+    try:
+        data = datasets.load_dataset(source, split=split)
+    except Exception as error:  # noqa: BLE001 - re-raised with what was tried
+        raise ValueError(
+            f"{source!r} is not a local path, and loading it as a Hub dataset failed ({error}). Give a "
+            "`save_to_disk` folder, a local data file/folder, or a reachable Hub dataset name."
+        ) from error
+    return _pick_split(data, split, source)
+
+
+__all__ = [
+    "IMAGE_COLUMN_CANDIDATES",
+    "MASK_COLUMN_CANDIDATES",
+    "MASK_KINDS",
+    "PROMPT_TYPES",
+    "MODEL_INPUT_KEYS",
+    "make_synthetic_shapes",
+    "to_rgb_image",
+    "SamSegmentationData",
+    "SamCollator",
+    "model_inputs",
+    "load_segmentation_dataset",
+]

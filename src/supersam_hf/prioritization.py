@@ -1,0 +1,599 @@
+"""Prioritization: measure a SAM image encoder on calibration images and design the supernet's search space from it.
+
+Two measurements, one calibration loop (the full model, `torch.no_grad`, hooks removed afterwards, no state kept
+between calls):
+
+* **MLP neuron importance (elastic width).** Wanda-style scores of every hidden neuron of every encoder MLP, from
+  the L2 norms of the MLP's input features and hidden activations over all calibration tokens. The neurons are then
+  permuted in place, most important first, so that the prefix slice a narrow subnet uses keeps the most important
+  ones. The permutation is exact: the full-width function does not change.
+* **Layer importance (elastic depth).** The cost of removing each encoder layer, measured on the final image
+  embeddings. The least important layers become elastic, with drop probabilities that grow as importance falls.
+
+`prioritize` writes the result into `model.config` (`elastic_layers`, `layer_drop_probs`, `min_layers`,
+`prioritized`), so `save_pretrained` keeps it, and returns a `PrioritizationReport`. `run_convert` is the
+`supersam convert` stage: SAM checkpoint + dataset in, prioritized supernet + processor + report out.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .modeling_supersam import SuperSamModel
+from .search_space import check_search_space
+
+logger = logging.getLogger(__name__)
+
+IMAGE_COLUMN_CANDIDATES = ("image", "img", "pixel_values", "picture")
+LAYER_IMPORTANCE_MEASURE = "embedding_cosine_distance"
+LAYER_IMPORTANCE_DESCRIPTION = (
+    "1 - cosine similarity between the image embeddings (neck output, flattened per image) of the full model and of "
+    "the model without that encoder layer (identity in its place), averaged over the calibration images"
+)
+NEURON_SCORE_DESCRIPTION = (
+    "mean of the sum-normalised input-side Wanda score sum_i |W1[j,i]|*||X_i|| and output-side score "
+    "sum_o |W2[o,j]|*||H_j|| of each MLP hidden neuron j (norms over all calibration tokens)"
+)
+REPORT_JSON = "prioritization_report.json"
+REPORT_PNG = "layer_importance.png"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class PrioritizationReport:
+    """What `prioritize` measured and decided.
+
+    Attributes:
+        num_images: calibration images actually used.
+        num_layers: encoder layers.
+        measure: name of the layer-importance measure (`measure_description` says what it is).
+        layer_importance: per encoder layer, the cost of removing it (None if layers were not measured).
+        elastic_layers: layers a subnet may drop (sorted), as written to the config.
+        layer_drop_probs: drop probability of each elastic layer (aligned with `elastic_layers`).
+        min_layers: fewest layers a subnet keeps, as written to the config.
+        max_drop_prob: the probability given to a layer whose removal costs nothing.
+        reordered: whether the MLP neurons were permuted.
+        neuron_scores: per layer, a summary of the neuron scores: min / median / max, `top_half_fraction` (share
+            of the layer's total score held by its top 50 % neurons: 0.5 = all equal, near 1 = very skewed) and
+            `moved_fraction` (neurons whose position changed; 0 for an already ordered layer).
+        permutations: per layer, the applied order (new position -> old neuron index). Not written to JSON.
+    """
+
+    num_images: int
+    num_layers: int
+    measure: str
+    layer_importance: list[float] | None
+    elastic_layers: list[int]
+    layer_drop_probs: list[float]
+    min_layers: int
+    max_drop_prob: float
+    reordered: bool
+    neuron_scores: list[dict[str, float]]
+    measure_description: str = LAYER_IMPORTANCE_DESCRIPTION
+    neuron_score_description: str = NEURON_SCORE_DESCRIPTION
+    permutations: list[list[int]] | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("permutations")
+        return data
+
+    def save(self, output_dir: str | os.PathLike) -> Path:
+        """Write `prioritization_report.json` and `layer_importance.png` (bar chart) into `output_dir`."""
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / REPORT_JSON).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        self.plot(output_dir / REPORT_PNG)
+        return output_dir
+
+    def plot(self, path: str | os.PathLike) -> None:
+        """Bar chart of layer importance, elastic layers highlighted and labelled with their drop probability."""
+        # Figure + Agg canvas directly: no pyplot, so no global backend switch and no GUI needed.
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Patch
+
+        fig = Figure(figsize=(max(5.0, 0.45 * self.num_layers + 2.0), 3.6), dpi=120)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        layers = list(range(self.num_layers))
+        importance = self.layer_importance or [0.0] * self.num_layers
+        elastic = dict(zip(self.elastic_layers, self.layer_drop_probs))
+        colors = ["tab:orange" if i in elastic else "tab:blue" for i in layers]
+        bars = ax.bar(layers, importance, color=colors)
+        for i, bar in zip(layers, bars):
+            if i in elastic:
+                ax.annotate(f"p={elastic[i]:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+        ax.set_xticks(layers)
+        ax.set_xlabel("encoder layer")
+        ax.set_ylabel("removal cost (1 - cos sim)")
+        title = "Layer importance" if self.layer_importance is not None else "Layer importance (not measured)"
+        ax.set_title(f"{title}, {self.num_images} calibration images", fontsize=10)
+        ax.legend(handles=[Patch(color="tab:blue", label="fixed"), Patch(color="tab:orange", label="elastic (drop prob p)")],
+                  fontsize=8, loc="best")
+        fig.tight_layout()
+        fig.savefig(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# calibration data
+# ---------------------------------------------------------------------------------------------------------------
+def find_image_column(dataset, image_column: str | None = None) -> str:
+    """The dataset's image column: `image_column` if given, else the first of image/img/pixel_values/picture, else
+    the first column whose feature is `datasets.Image`. ValueError listing the columns if there is none."""
+    columns = list(dataset.column_names)
+    if image_column is not None:
+        if image_column not in columns:
+            raise ValueError(f"image_column={image_column!r} is not a column of the dataset; its columns are {columns}.")
+        return image_column
+    for name in IMAGE_COLUMN_CANDIDATES:
+        if name in columns:
+            return name
+    try:
+        from datasets import Image as ImageFeature
+
+        for name, feature in dataset.features.items():
+            if isinstance(feature, ImageFeature):
+                return name
+    except (ImportError, AttributeError):
+        pass
+    raise ValueError(
+        f"Could not find an image column in the dataset; its columns are {columns}. Looked for "
+        f"{list(IMAGE_COLUMN_CANDIDATES)} and for an Image feature; name the column with image_column."
+    )
+
+
+def to_rgb_image(value: Any) -> Image.Image | None:
+    """An RGB PIL image from a dataset cell (PIL image, {"bytes"/"path"} dict, HWC/CHW/HW array or tensor), or None
+    if the cell holds no usable image."""
+    try:
+        if value is None:
+            return None
+        if isinstance(value, Image.Image):
+            image = value
+        elif isinstance(value, dict):
+            if value.get("bytes"):
+                image = Image.open(io.BytesIO(value["bytes"]))
+            elif value.get("path"):
+                image = Image.open(value["path"])
+            else:
+                return None
+        else:
+            if isinstance(value, torch.Tensor):
+                value = value.detach().cpu().numpy()
+            array = np.asarray(value)
+            if array.dtype == object or array.ndim not in (2, 3) or array.size == 0:
+                return None
+            if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+                array = np.moveaxis(array, 0, -1)  # CHW -> HWC
+            if array.ndim == 3 and array.shape[-1] == 1:
+                array = array[..., 0]
+            if array.ndim == 3 and array.shape[-1] not in (3, 4):
+                return None
+            if array.dtype != np.uint8:
+                array = array.astype(np.float64)
+                if not np.isfinite(array).all():
+                    return None
+                if array.max() <= 1.0 and array.min() >= 0.0:
+                    array = array * 255.0
+                array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+            image = Image.fromarray(array)
+        image = image.convert("RGB")
+        if image.width == 0 or image.height == 0:
+            return None
+        return image
+    except Exception:  # noqa: BLE001 - any undecodable cell is simply "not a usable image"
+        return None
+
+
+def _calibration_batches(dataset, column: str, num_images: int, batch_size: int, seed: int, stats: dict) -> Iterator[list[Image.Image]]:
+    """Batches of usable RGB images, taken in a seeded random order until `num_images` are found (unusable cells
+    are skipped and counted in `stats`)."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    images_only = dataset.select_columns([column])
+    batch: list[Image.Image] = []
+    for start in range(0, len(order), batch_size):
+        if stats["used"] >= num_images:
+            break
+        rows = images_only[order[start : start + batch_size]][column]
+        for value in rows:
+            image = to_rgb_image(value)
+            if image is None:
+                stats["skipped"] += 1
+                continue
+            batch.append(image)
+            stats["used"] += 1
+            if len(batch) == batch_size or stats["used"] == num_images:
+                yield batch
+                batch = []
+            if stats["used"] >= num_images:
+                break
+    if batch:
+        yield batch
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# statistics and scores
+# ---------------------------------------------------------------------------------------------------------------
+class _MlpNormRecorder:
+    """Sum of squares over calibration tokens of each MLP's input features (into `lin1`) and hidden activations
+    (into `lin2`). Lives for one `prioritize` call; hooks are attached only inside `recording()`."""
+
+    def __init__(self, layers):
+        self.layers = list(layers)
+        self.input_sq: list[torch.Tensor | None] = [None] * len(self.layers)
+        self.hidden_sq: list[torch.Tensor | None] = [None] * len(self.layers)
+
+    def _hook(self, store: list, index: int):
+        def hook(module, args):
+            x = args[0]
+            # Encoder activations are channels-last (batch, height, width, channels): one row per token.
+            sq = x.detach().reshape(-1, x.shape[-1]).float().pow(2).sum(dim=0)
+            store[index] = sq if store[index] is None else store[index] + sq
+
+        return hook
+
+    def recording(self):
+        recorder = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.handles = []
+                try:
+                    for i, layer in enumerate(recorder.layers):
+                        self.handles.append(layer.mlp.lin1.register_forward_pre_hook(recorder._hook(recorder.input_sq, i)))
+                        self.handles.append(layer.mlp.lin2.register_forward_pre_hook(recorder._hook(recorder.hidden_sq, i)))
+                except BaseException:
+                    self.__exit__(None, None, None)
+                    raise
+                return recorder
+
+            def __exit__(self, *exc):
+                for handle in self.handles:
+                    handle.remove()
+                return False
+
+        return _Ctx()
+
+    def norms(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.input_sq[index] is None or self.hidden_sq[index] is None:
+            raise RuntimeError(f"No MLP statistics were recorded for encoder layer {index}.")
+        return self.input_sq[index].sqrt(), self.hidden_sq[index].sqrt()
+
+
+def neuron_scores(mlp, input_norm: torch.Tensor, hidden_norm: torch.Tensor) -> torch.Tensor:
+    """Importance of each hidden neuron j of an encoder MLP (float64, sums to 1 over the layer).
+
+    `score_in[j]  = sum_i |W1[j, i]| * ||X_i||`  (Wanda on `lin1`: how strongly the data drive neuron j),
+    `score_out[j] = sum_o |W2[o, j]| * ||H_j||`  (Wanda on `lin2`: how much neuron j writes into the residual),
+    `score[j] = (score_in[j] / sum(score_in) + score_out[j] / sum(score_out)) / 2`.
+
+    Each side is divided by its own sum before averaging because the two live on unrelated scales (input features
+    after LayerNorm vs. GELU activations, summed over `hidden_size` vs. `hidden_size` outputs with different weight
+    norms); raw sums would let whichever side is larger decide alone. Sum normalisation is scale-free and keeps
+    each side's ratios between neurons, so the result is an equal-weight mixture of two importance distributions.
+    """
+    w1 = mlp.lin1.weight.detach().float()
+    w2 = mlp.lin2.weight.detach().float()
+    score_in = (w1.abs() @ input_norm.to(w1.device).float()).double()
+    score_out = (w2.abs().sum(dim=0) * hidden_norm.to(w2.device).float()).double()
+    tiny = torch.finfo(torch.float64).tiny
+    return 0.5 * (score_in / score_in.sum().clamp_min(tiny) + score_out / score_out.sum().clamp_min(tiny))
+
+
+@torch.no_grad()
+def permute_mlp_neurons(mlp, order: torch.Tensor) -> None:
+    """Reorder an MLP's hidden neurons in place: new neuron k is old neuron `order[k]` (rows and bias of `lin1`,
+    columns of `lin2`). Exact: the MLP computes the same function. Parameters keep their identity (optimisers and
+    tied references stay valid)."""
+    order = order.to(mlp.lin1.weight.device)
+    mlp.lin1.weight.copy_(mlp.lin1.weight[order])
+    if mlp.lin1.bias is not None:
+        mlp.lin1.bias.copy_(mlp.lin1.bias[order])
+    mlp.lin2.weight.copy_(mlp.lin2.weight[:, order])
+
+
+def _score_summary(scores: torch.Tensor, order: torch.Tensor) -> dict[str, float]:
+    ranked = scores[order]
+    top = ranked[: math.ceil(len(ranked) / 2)].sum()
+    return {
+        "min": float(scores.min()),
+        "median": float(scores.median()),
+        "max": float(scores.max()),
+        "top_half_fraction": float(top / ranked.sum().clamp_min(torch.finfo(torch.float64).tiny)),
+        "moved_fraction": float((order != torch.arange(len(order))).double().mean()),
+    }
+
+
+def drop_probabilities(importance: list[float], elastic_layers: list[int], max_drop_prob: float) -> list[float]:
+    """Drop probability of each elastic layer from measured layer importance.
+
+    `p_i = max_drop_prob * (1 - I_i / max_j I_j)`, the max over *all* encoder layers. A layer whose removal costs
+    nothing gets `max_drop_prob`; one as costly as the most important layer would get 0. So the probabilities are
+    monotone non-increasing in importance, lie in [0, max_drop_prob] (< 1) and, unlike a rank-based rule, reflect
+    how much cheaper a layer is to drop, not just its position in a ranking. If no layer has any measurable cost
+    every elastic layer gets `max_drop_prob`.
+    """
+    top = max(importance) if importance else 0.0
+    probs = []
+    for i in elastic_layers:
+        p = max_drop_prob if top <= 0.0 else max_drop_prob * (1.0 - max(0.0, importance[i]) / top)
+        probs.append(float(min(max_drop_prob, max(0.0, p))))
+    return probs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the stage
+# ---------------------------------------------------------------------------------------------------------------
+def prioritize(
+    model: SuperSamModel,
+    dataset,
+    processor,
+    num_images: int = 32,
+    batch_size: int = 4,
+    reorder: bool = True,
+    measure_layers: bool = True,
+    num_elastic_layers: int | None = None,
+    max_drop_prob: float = 0.5,
+    keep_first_layer: bool = True,
+    image_column: str | None = None,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> PrioritizationReport:
+    """Measure `model`'s image encoder on calibration images and write the search space into `model.config`.
+
+    Args:
+        model: the supernet (`SuperSamModel`); modified in place (MLP neuron order, config).
+        dataset: a `datasets.Dataset` with an image column.
+        processor: the model's `SamProcessor` (resizes, normalises and pads the images).
+        num_images: calibration images, drawn in a seeded random order (all of them if the dataset has fewer).
+        batch_size: images per encoder forward.
+        reorder: permute each encoder MLP's hidden neurons most important first (see `neuron_scores`).
+        measure_layers: measure layer importance and set `elastic_layers` / `layer_drop_probs` / `min_layers`;
+            if False the config's depth settings are left as they are.
+        num_elastic_layers: how many of the least important layers become elastic (default: half the layers,
+            rounded down, at most the number of candidates).
+        max_drop_prob: drop probability of a layer whose removal costs nothing; in [0, 1).
+        keep_first_layer: never make layer 0 elastic (it turns patch embeddings into features).
+        image_column: the dataset's image column (default: auto-detected).
+        seed: seed of the image selection.
+        show_progress: show a tqdm progress bar.
+
+    Layer importance = `1 - cos(E, E_-i)` with `E` the image embeddings (neck output, one flattened vector per
+    image) of the full model and `E_-i` those with layer i replaced by the identity, averaged over images. Elastic
+    layers are the `num_elastic_layers` lowest-importance candidates; see `drop_probabilities` for their
+    probabilities; `min_layers = num_layers - num_elastic_layers` (at least 1), so the smallest subnet drops them all.
+
+    Everything runs at the full model under `torch.no_grad` on the model's device and dtype, in eval mode; the
+    previous subnet and train/eval mode are restored afterwards. Statistics live only inside this call.
+    """
+    if not isinstance(model, SuperSamModel):
+        raise ValueError(
+            f"prioritize needs a SuperSamModel, got {type(model).__name__}; convert with SuperSamModel.from_sam(model) "
+            "or load with SuperSamModel.from_pretrained(path)."
+        )
+    if not 0.0 <= max_drop_prob < 1.0:
+        raise ValueError(f"max_drop_prob={max_drop_prob} must be in [0, 1).")
+    if num_images < 1:
+        raise ValueError(f"num_images={num_images} must be at least 1.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be at least 1.")
+    if isinstance(dataset, dict) or not hasattr(dataset, "column_names"):
+        splits = f" of splits {list(dataset.keys())}; pick one" if hasattr(dataset, "keys") else ""
+        raise ValueError(f"Expected a datasets.Dataset with an image column, got a {type(dataset).__name__}{splits}.")
+
+    layers = list(model.vision_encoder.layers)
+    num_layers = len(layers)
+    candidates = list(range(1 if keep_first_layer else 0, num_layers))
+    if num_elastic_layers is None:
+        num_elastic_layers = min(num_layers // 2, len(candidates))
+    if not 0 <= num_elastic_layers <= len(candidates):
+        raise ValueError(
+            f"num_elastic_layers={num_elastic_layers} must be between 0 and {len(candidates)} (the layers that may be "
+            f"made elastic{' with keep_first_layer=True' if keep_first_layer else ''})."
+        )
+
+    column = find_image_column(dataset, image_column)
+    if len(dataset) == 0:
+        raise ValueError("The calibration dataset is empty; prioritize needs at least one image.")
+    if num_images > len(dataset):
+        logger.warning(
+            "num_images=%d but the dataset has only %d rows: calibrating on all of them.", num_images, len(dataset)
+        )
+    if model.config.prioritized:
+        logger.warning(
+            "This model was already prioritized; measuring again on these images and re-ordering (exact: the full "
+            "model's outputs do not change) and replacing the search space's depth settings."
+        )
+
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    previous_subnet, was_training = model.active_subnet, model.training
+    recorder = _MlpNormRecorder(layers)
+    removal_cost = torch.zeros(num_layers, dtype=torch.float64)
+    stats = {"used": 0, "skipped": 0}
+    target = min(num_images, len(dataset))
+
+    model.reset_subnet()
+    model.eval()
+    progress = tqdm(total=target, desc="prioritize: calibrating", unit="img", disable=not show_progress)
+    try:
+        with torch.no_grad():
+            for images in _calibration_batches(dataset, column, target, batch_size, seed, stats):
+                pixel_values = processor(images=images, return_tensors="pt")["pixel_values"].to(device=device, dtype=dtype)
+                with recorder.recording():
+                    full = model.get_image_embeddings(pixel_values).flatten(1).float()
+                if measure_layers:
+                    for i, layer in enumerate(layers):
+                        # Direct flag, not set_subnet: measuring must also cover layers the current space keeps fixed.
+                        layer.active = False
+                        try:
+                            without = model.get_image_embeddings(pixel_values).flatten(1).float()
+                        finally:
+                            layer.active = True
+                        cos = F.cosine_similarity(full, without, dim=1)
+                        removal_cost[i] += (1.0 - cos).double().sum().cpu()
+                progress.update(len(images))
+    finally:
+        progress.close()
+        model.reset_subnet()
+        model.train(was_training)
+
+    used = stats["used"]
+    if used == 0:
+        model_restore_subnet(model, previous_subnet)
+        raise ValueError(
+            f"No usable image in column {column!r}: {stats['skipped']} row(s) examined, none held a decodable image "
+            "(PIL image, image bytes/path, or an HWC/CHW array)."
+        )
+    if stats["skipped"]:
+        logger.warning("Skipped %d row(s) of column %r without a usable image.", stats["skipped"], column)
+    if used < num_images:
+        logger.warning("Calibrated on %d image(s) instead of the requested num_images=%d.", used, num_images)
+
+    # -- MLP neurons: score, order, permute --------------------------------------------------------------------
+    summaries, permutations = [], []
+    for i, layer in enumerate(layers):
+        input_norm, hidden_norm = recorder.norms(i)
+        scores = neuron_scores(layer.mlp, input_norm, hidden_norm).cpu()
+        order = torch.sort(scores, descending=True, stable=True).indices
+        if reorder:
+            permute_mlp_neurons(layer.mlp, order)
+        summaries.append(_score_summary(scores, order))
+        permutations.append(order.tolist())
+
+    # -- layers: importance -> elastic depth -------------------------------------------------------------------
+    importance = None
+    if measure_layers:
+        importance = (removal_cost / used).tolist()
+        by_importance = sorted(candidates, key=lambda i: (importance[i], i))
+        elastic = sorted(by_importance[:num_elastic_layers])
+        probs = drop_probabilities(importance, elastic, max_drop_prob)
+        min_layers = max(1, num_layers - num_elastic_layers)
+        config = model.config
+        check_search_space(num_layers, config.vision_config.mlp_dim, elastic, probs, config.mlp_dim_choices, min_layers)
+        config.elastic_layers, config.layer_drop_probs, config.min_layers = elastic, probs, min_layers
+    if reorder and measure_layers:
+        model.config.prioritized = True
+
+    model_restore_subnet(model, previous_subnet)
+    config = model.config
+    report = PrioritizationReport(
+        num_images=used,
+        num_layers=num_layers,
+        measure=LAYER_IMPORTANCE_MEASURE,
+        layer_importance=importance,
+        elastic_layers=list(config.elastic_layers),
+        layer_drop_probs=list(config.layer_drop_probs),
+        min_layers=int(config.min_layers),
+        max_drop_prob=float(max_drop_prob),
+        reordered=bool(reorder),
+        neuron_scores=summaries,
+        permutations=permutations,
+    )
+    logger.info(
+        "Prioritized on %d image(s): elastic layers %s with drop probabilities %s.",
+        used, report.elastic_layers, [round(p, 3) for p in report.layer_drop_probs],
+    )
+    return report
+
+
+def model_restore_subnet(model: SuperSamModel, subnet) -> None:
+    """Re-activate `subnet` (None = full model); if the new search space no longer contains it, stay at full."""
+    if subnet is None:
+        model.reset_subnet()
+        return
+    try:
+        model.set_subnet(subnet)
+    except ValueError as error:
+        model.reset_subnet()
+        logger.warning("The previously active subnet %s is not in the new search space (%s); the full model is active.",
+                       subnet.name, error)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `supersam convert`
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class ConvertArguments:
+    """Arguments of `supersam convert` / `examples/convert.py`."""
+
+    model: str = field(metadata={"help": "SAM checkpoint: a local folder or a Hub repo id (e.g. facebook/sam-vit-base)."})
+    dataset: str = field(
+        metadata={"help": "Calibration images: a save_to_disk folder, local image/data files, or a Hub dataset name."}
+    )
+    output: str = field(metadata={"help": "Folder to write the prioritized supernet, its processor and the report to."})
+    split: str | None = field(default=None, metadata={"help": "Dataset split (default: train, or the only split)."})
+    image_column: str | None = field(
+        default=None, metadata={"help": "Image column (default: auto-detect image/img/pixel_values/picture)."}
+    )
+    num_images: int = field(default=32, metadata={"help": "Number of calibration images."})
+    batch_size: int = field(default=4, metadata={"help": "Images per encoder forward during calibration."})
+    num_elastic_layers: int | None = field(
+        default=None, metadata={"help": "Layers that subnets may drop (the least important; default: half the layers)."}
+    )
+    max_drop_prob: float = field(
+        default=0.5, metadata={"help": "Drop probability of a layer whose removal costs nothing; in [0, 1)."}
+    )
+    keep_first_layer: bool = field(default=True, metadata={"help": "Never make encoder layer 0 elastic."})
+    seed: int = field(default=0, metadata={"help": "Seed of the calibration image selection."})
+    device: str | None = field(default=None, metadata={"help": "Device to calibrate on (default: cuda if available, else cpu)."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Write into a non-empty output folder."})
+
+
+def run_convert(args: ConvertArguments) -> PrioritizationReport:
+    """Load the SAM checkpoint as a supernet, prioritize it on the dataset, and save supernet + processor + report."""
+    from transformers import SamProcessor
+
+    from .data import load_segmentation_dataset
+
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"--output {output} exists and is not a folder.")
+    if output.is_dir() and any(output.iterdir()) and not args.overwrite_output_dir:
+        raise FileExistsError(f"--output {output} is not empty; choose a new folder or pass --overwrite_output_dir.")
+
+    dataset = load_segmentation_dataset(args.dataset, split=args.split)
+    model = SuperSamModel.from_pretrained(args.model)
+    processor = SamProcessor.from_pretrained(args.model)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+
+    report = prioritize(
+        model,
+        dataset,
+        processor,
+        num_images=args.num_images,
+        batch_size=args.batch_size,
+        num_elastic_layers=args.num_elastic_layers,
+        max_drop_prob=args.max_drop_prob,
+        keep_first_layer=args.keep_first_layer,
+        image_column=args.image_column,
+        seed=args.seed,
+    )
+    output.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output)
+    processor.save_pretrained(output)
+    report.save(output)
+    logger.info("Wrote the prioritized supernet, processor and report to %s", output)
+    print(
+        f"supersam convert: {args.model} -> {output} (calibrated on {report.num_images} images; elastic layers "
+        f"{report.elastic_layers}, drop probabilities {[round(p, 3) for p in report.layer_drop_probs]})"
+    )
+    return report

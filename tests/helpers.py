@@ -1,0 +1,56 @@
+"""Tiny SAM models and inputs shared by the tests (hidden ≤ 64, ≤ 6 layers, ≤ 128 px)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import SamImageProcessor, SamModel, SamProcessor
+
+from supersam_hf import SuperSamModel, build_sam_config
+
+
+def tiny_sam(num_layers: int = 6, image_size: int = 64, seed: int = 0, **config_kwargs) -> SamModel:
+    """A random tiny SamModel with every weight at a useful scale.
+
+    SAM's vision config initialises the encoder with std 1e-10 (real checkpoints overwrite it), which would make
+    the encoder's output near-constant and every comparison vacuous; position tables are zero-initialised.
+    """
+    torch.manual_seed(seed)
+    config = build_sam_config(image_size=image_size, num_hidden_layers=num_layers, hidden_size=32, output_channels=32, **config_kwargs)
+    sam = SamModel(config).eval()
+    with torch.no_grad():
+        for name, param in sam.named_parameters():
+            if "rel_pos" in name or "pos_embed" in name:
+                param.normal_(0.0, 0.5)
+            elif param.dim() >= 2 and "positional_embedding" not in name:
+                param.normal_(0.0, param[0].numel() ** -0.5)
+            elif name.endswith("bias"):
+                param.normal_(0.0, 0.02)
+    return sam
+
+
+def tiny_supernet(num_layers: int = 6, image_size: int = 64, seed: int = 0, **search_space) -> SuperSamModel:
+    return SuperSamModel.from_sam(tiny_sam(num_layers, image_size, seed), **search_space).eval()
+
+
+def tiny_processor(image_size: int = 64) -> SamProcessor:
+    low_res = image_size // 4
+    image_processor = SamImageProcessor(
+        size={"longest_edge": image_size},
+        pad_size={"height": image_size, "width": image_size},
+        mask_size={"longest_edge": low_res},
+        mask_pad_size={"height": low_res, "width": low_res},
+    )
+    return SamProcessor(image_processor=image_processor)
+
+
+def prompt_inputs(kind: str, batch: int = 2, prompts: int = 3, image_size: int = 64, seed: int = 0) -> dict:
+    """pixel_values plus point or box prompts in model coordinates."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = {"pixel_values": torch.randn(batch, 3, image_size, image_size, generator=g)}
+    if kind == "points":
+        inputs["input_points"] = torch.rand(batch, prompts, 2, 2, generator=g) * image_size
+        inputs["input_labels"] = torch.randint(0, 2, (batch, prompts, 2), generator=g)
+    else:
+        corners = torch.rand(batch, prompts, 2, 2, generator=g) * image_size
+        inputs["input_boxes"] = torch.cat([corners.min(dim=2).values, corners.max(dim=2).values], dim=-1)
+    return inputs

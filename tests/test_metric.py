@@ -94,12 +94,14 @@ def test_accumulates_batches_with_image_ids(metric):
 
 def test_accepts_torch_and_integer_masks(metric):
     torch = pytest.importorskip("torch")
-    out = metric.compute(predictions=[torch.tensor([[1, 1], [0, 0]], dtype=torch.bool)], references=[REF.astype(np.uint8)])
+    pred = torch.tensor([[1, 1], [0, 0]], dtype=torch.bool)
+    out = metric.compute(predictions=[pred], references=[REF.astype(np.uint8)])
     assert out["miou"] == pytest.approx(0.5)
 
 
 def test_shape_mismatch_is_a_clear_error(metric):
-    with pytest.raises(ValueError, match=r"Object 1: prediction shape \(2, 3\) does not match reference shape \(3, 2\)"):
+    expected = r"Object 1: prediction shape \(2, 3\) does not match reference shape \(3, 2\)"
+    with pytest.raises(ValueError, match=expected):
         metric.compute(predictions=[REF, np.ones((2, 3), bool)], references=[REF, np.ones((3, 2), bool)])
 
 

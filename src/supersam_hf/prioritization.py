@@ -26,18 +26,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .data import IMAGE_COLUMN_CANDIDATES, load_segmentation_dataset, to_rgb_image
 from .modeling_supersam import SuperSamModel
 from .search_space import check_search_space
 
 logger = logging.getLogger(__name__)
 
-IMAGE_COLUMN_CANDIDATES = ("image", "img", "pixel_values", "picture")
 LAYER_IMPORTANCE_MEASURE = "embedding_cosine_distance"
 LAYER_IMPORTANCE_DESCRIPTION = (
     "1 - cosine similarity between the image embeddings (neck output, flattened per image) of the full model and of "
@@ -159,47 +158,23 @@ def find_image_column(dataset, image_column: str | None = None) -> str:
     )
 
 
-def to_rgb_image(value: Any) -> Image.Image | None:
-    """An RGB PIL image from a dataset cell (PIL image, {"bytes"/"path"} dict, HWC/CHW/HW array or tensor), or None
-    if the cell holds no usable image."""
+def usable_image(value: Any) -> Image.Image | None:
+    """An RGB PIL image from a dataset cell (via `data.to_rgb_image`; also undecoded {"bytes"/"path"} cells), or
+    None if the cell holds no usable image."""
+    if value is None:
+        return None
     try:
-        if value is None:
-            return None
-        if isinstance(value, Image.Image):
-            image = value
-        elif isinstance(value, dict):
+        if isinstance(value, dict):
             if value.get("bytes"):
-                image = Image.open(io.BytesIO(value["bytes"]))
+                value = Image.open(io.BytesIO(value["bytes"]))
             elif value.get("path"):
-                image = Image.open(value["path"])
+                value = Image.open(value["path"])
             else:
                 return None
-        else:
-            if isinstance(value, torch.Tensor):
-                value = value.detach().cpu().numpy()
-            array = np.asarray(value)
-            if array.dtype == object or array.ndim not in (2, 3) or array.size == 0:
-                return None
-            if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-                array = np.moveaxis(array, 0, -1)  # CHW -> HWC
-            if array.ndim == 3 and array.shape[-1] == 1:
-                array = array[..., 0]
-            if array.ndim == 3 and array.shape[-1] not in (3, 4):
-                return None
-            if array.dtype != np.uint8:
-                array = array.astype(np.float64)
-                if not np.isfinite(array).all():
-                    return None
-                if array.max() <= 1.0 and array.min() >= 0.0:
-                    array = array * 255.0
-                array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
-            image = Image.fromarray(array)
-        image = image.convert("RGB")
-        if image.width == 0 or image.height == 0:
-            return None
-        return image
-    except Exception:  # noqa: BLE001 - any undecodable cell is simply "not a usable image"
+        image = to_rgb_image(value)
+    except (ValueError, TypeError, OSError):
         return None
+    return image if image.width > 0 and image.height > 0 else None
 
 
 def _calibration_batches(dataset, column: str, num_images: int, batch_size: int, seed: int, stats: dict) -> Iterator[list[Image.Image]]:
@@ -213,7 +188,7 @@ def _calibration_batches(dataset, column: str, num_images: int, batch_size: int,
             break
         rows = images_only[order[start : start + batch_size]][column]
         for value in rows:
-            image = to_rgb_image(value)
+            image = usable_image(value)
             if image is None:
                 stats["skipped"] += 1
                 continue
@@ -324,16 +299,20 @@ def _score_summary(scores: torch.Tensor, order: torch.Tensor) -> dict[str, float
 def drop_probabilities(importance: list[float], elastic_layers: list[int], max_drop_prob: float) -> list[float]:
     """Drop probability of each elastic layer from measured layer importance.
 
-    `p_i = max_drop_prob * (1 - I_i / max_j I_j)`, the max over *all* encoder layers. A layer whose removal costs
-    nothing gets `max_drop_prob`; one as costly as the most important layer would get 0. So the probabilities are
-    monotone non-increasing in importance, lie in [0, max_drop_prob] (< 1) and, unlike a rank-based rule, reflect
-    how much cheaper a layer is to drop, not just its position in a ranking. If no layer has any measurable cost
-    every elastic layer gets `max_drop_prob`.
+    `p_i = max_drop_prob * (I_max - I_i) / (I_max - I_min)`, with min and max over *all* encoder layers: the
+    importance is min-max normalised, so the cheapest layer to remove gets `max_drop_prob`, a layer as costly as
+    the most important one would get 0, and the layers in between get probabilities proportional to where their
+    cost sits in the measured range (magnitudes count, not just ranks). The result is monotone non-increasing in
+    importance and lies in [0, max_drop_prob] (< 1). Unlike `max_drop_prob * (1 - I_i / I_max)` it cannot collapse
+    to near-zero probabilities when all layers cost about the same, which would leave elastic depth almost never
+    sampled. If every layer costs the same, every elastic layer gets `max_drop_prob`.
     """
-    top = max(importance) if importance else 0.0
+    if not elastic_layers:
+        return []
+    low, high = min(importance), max(importance)
     probs = []
     for i in elastic_layers:
-        p = max_drop_prob if top <= 0.0 else max_drop_prob * (1.0 - max(0.0, importance[i]) / top)
+        p = max_drop_prob if high <= low else max_drop_prob * (high - importance[i]) / (high - low)
         probs.append(float(min(max_drop_prob, max(0.0, p))))
     return probs
 
@@ -560,8 +539,6 @@ class ConvertArguments:
 def run_convert(args: ConvertArguments) -> PrioritizationReport:
     """Load the SAM checkpoint as a supernet, prioritize it on the dataset, and save supernet + processor + report."""
     from transformers import SamProcessor
-
-    from .data import load_segmentation_dataset
 
     output = Path(args.output)
     if output.exists() and not output.is_dir():

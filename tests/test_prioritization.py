@@ -1,0 +1,252 @@
+"""Prioritization: exact Wanda MLP reordering that helps narrow subnets, layer importance → drop probabilities,
+bad input, and `supersam convert` end to end."""
+
+import json
+import logging
+
+import datasets
+import pytest
+import torch
+from transformers import SamProcessor
+
+from supersam_hf import SuperSamModel
+from supersam_hf.cli import main as cli_main
+from supersam_hf.data import make_synthetic_shapes
+from supersam_hf.prioritization import PrioritizationReport, prioritize
+from helpers import prompt_inputs, tiny_processor, tiny_sam, tiny_supernet
+
+S = 64  # image size of every test model
+LOGGER = "supersam_hf.prioritization"
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return make_synthetic_shapes(12, image_size=S, seed=0)
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return tiny_processor(S)
+
+
+def heterogeneous_supernet(seed: int, sigma: float = 1.0) -> SuperSamModel:
+    """A tiny supernet whose MLP neurons differ in importance, scattered in random order: each hidden neuron's
+    `lin1` row/bias and `lin2` column are scaled by its own log-normal factor."""
+    model = tiny_supernet(num_layers=4, image_size=S, seed=seed)
+    g = torch.Generator().manual_seed(1000 + seed)
+    with torch.no_grad():
+        for layer in model.vision_encoder.layers:
+            mlp = layer.mlp
+            scale = torch.exp(sigma * torch.randn(mlp.lin1.out_features, generator=g))
+            mlp.lin1.weight.mul_(scale[:, None])
+            mlp.lin1.bias.mul_(scale)
+            mlp.lin2.weight.mul_(scale[None, :])
+    return model
+
+
+def relative_embedding_error(model, pixel_values, width_fraction: float) -> float:
+    with torch.no_grad():
+        full = model.get_image_embeddings(pixel_values)
+        with model.subnet(model.search_space.uniform(width_fraction)):
+            narrow = model.get_image_embeddings(pixel_values)
+    return ((narrow - full).norm() / full.norm()).item()
+
+
+def no_hooks_left(model) -> bool:
+    return all(
+        not layer.mlp.lin1._forward_pre_hooks and not layer.mlp.lin2._forward_pre_hooks
+        for layer in model.vision_encoder.layers
+    )
+
+
+# -- MLP reordering ------------------------------------------------------------------------------------------------
+def test_reordering_preserves_full_model_outputs(calibration, processor):
+    model = tiny_supernet(num_layers=4, image_size=S).double()
+    inputs = {k: (v.double() if v.is_floating_point() else v) for k, v in prompt_inputs("points", image_size=S).items()}
+    before_weights = [layer.mlp.lin1.weight.clone() for layer in model.vision_encoder.layers]
+    with torch.no_grad():
+        before = model(**inputs)
+    report = prioritize(model, calibration, processor, num_images=8, show_progress=False)
+    with torch.no_grad():
+        after = model(**inputs)
+
+    # Not vacuous: the neurons really moved.
+    assert all(s["moved_fraction"] > 0.5 for s in report.neuron_scores)
+    assert any(not torch.equal(w, layer.mlp.lin1.weight) for w, layer in zip(before_weights, model.vision_encoder.layers))
+    assert (before.pred_masks - after.pred_masks).abs().max().item() <= 1e-5
+    assert (before.iou_scores - after.iou_scores).abs().max().item() <= 1e-5
+    assert next(model.parameters()).dtype == torch.float64
+    assert no_hooks_left(model)
+
+
+def test_reordering_lowers_narrow_subnet_error(calibration, processor):
+    held_out = processor(images=list(make_synthetic_shapes(8, image_size=S, seed=1)["image"]), return_tensors="pt")["pixel_values"]
+    before, after = [], []
+    for seed in range(3):
+        model = heterogeneous_supernet(seed)
+        before.append(relative_embedding_error(model, held_out, 0.5))
+        prioritize(model, calibration, processor, num_images=8, measure_layers=False, show_progress=False)
+        after.append(relative_embedding_error(model, held_out, 0.5))
+    mean_before, mean_after = sum(before) / 3, sum(after) / 3
+    assert mean_after < 0.8 * mean_before, (before, after)
+
+
+def test_prioritize_is_deterministic_and_idempotent(calibration, processor):
+    first, second = tiny_supernet(num_layers=4, image_size=S), tiny_supernet(num_layers=4, image_size=S)
+    report_a = prioritize(first, calibration, processor, num_images=8, show_progress=False)
+    report_b = prioritize(second, calibration, processor, num_images=8, show_progress=False)
+    assert report_a.permutations == report_b.permutations
+    assert report_a.layer_importance == pytest.approx(report_b.layer_importance, rel=1e-6, abs=1e-9)
+
+    # A second call on the reordered model finds it already ordered (no statistics leaked from the first call:
+    # importance equals a fresh measurement).
+    again = prioritize(first, calibration, processor, num_images=8, show_progress=False)
+    assert all(p == list(range(len(p))) for p in again.permutations)
+    assert all(s["moved_fraction"] == 0.0 for s in again.neuron_scores)
+    assert again.layer_importance == pytest.approx(report_a.layer_importance, rel=1e-4, abs=1e-7)
+
+
+def test_restores_previous_subnet_and_mode(calibration, processor):
+    model = tiny_supernet(num_layers=4, image_size=S).train()
+    narrow = model.search_space.uniform(0.5)
+    model.set_subnet(narrow)
+    prioritize(model, calibration, processor, num_images=4, show_progress=False)
+    assert model.active_subnet == narrow
+    assert model.vision_encoder.layers[1].mlp.active_dim == narrow.mlp_dims[1]
+    assert model.training
+    assert no_hooks_left(model)
+
+
+# -- layer importance → drop probabilities --------------------------------------------------------------------------
+def test_drop_probabilities_follow_importance_and_survive_save_load(calibration, processor, tmp_path):
+    model = tiny_supernet(num_layers=6, image_size=S)
+    report = prioritize(model, calibration, processor, num_images=8, max_drop_prob=0.4, show_progress=False)
+    importance = report.layer_importance
+    assert len(importance) == 6 and all(i > 0 for i in importance)
+
+    # Default: half the layers, layer 0 fixed, the least important among 1..5.
+    assert report.elastic_layers == sorted(report.elastic_layers) and len(report.elastic_layers) == 3
+    assert 0 not in report.elastic_layers
+    fixed_candidates = [i for i in range(1, 6) if i not in report.elastic_layers]
+    assert max(importance[i] for i in report.elastic_layers) <= min(importance[i] for i in fixed_candidates)
+
+    probs = dict(zip(report.elastic_layers, report.layer_drop_probs))
+    assert all(0.0 <= p <= 0.4 for p in probs.values())
+    for i in probs:
+        for j in probs:
+            if importance[i] < importance[j]:
+                assert probs[i] >= probs[j]
+    assert len(set(probs.values())) > 1  # measured, not a constant
+
+    assert model.config.prioritized is True
+    assert model.config.elastic_layers == report.elastic_layers
+    assert model.config.min_layers == 3
+    space = model.search_space
+    assert space.smallest().kept_layers == tuple(i for i in range(6) if i not in report.elastic_layers)
+
+    model.save_pretrained(tmp_path)
+    loaded = SuperSamModel.from_pretrained(tmp_path)
+    assert loaded.config.prioritized is True
+    assert loaded.config.elastic_layers == report.elastic_layers
+    assert loaded.config.layer_drop_probs == pytest.approx(report.layer_drop_probs)
+    assert loaded.config.min_layers == 3
+    assert torch.equal(loaded.vision_encoder.layers[2].mlp.lin1.weight, model.vision_encoder.layers[2].mlp.lin1.weight)
+
+
+def test_num_elastic_layers_and_first_layer(calibration, processor):
+    model = tiny_supernet(num_layers=4, image_size=S)
+    report = prioritize(model, calibration, processor, num_images=4, num_elastic_layers=4, keep_first_layer=False,
+                        show_progress=False)
+    assert report.elastic_layers == [0, 1, 2, 3] and model.config.min_layers == 1
+    with pytest.raises(ValueError, match="num_elastic_layers"):
+        prioritize(model, calibration, processor, num_images=4, num_elastic_layers=4, show_progress=False)
+    with pytest.raises(ValueError, match="max_drop_prob"):
+        prioritize(model, calibration, processor, num_images=4, max_drop_prob=1.0, show_progress=False)
+
+
+def test_report_save(calibration, processor, tmp_path):
+    report = prioritize(tiny_supernet(num_layers=4, image_size=S), calibration, processor, num_images=4, show_progress=False)
+    assert isinstance(report, PrioritizationReport)
+    report.save(tmp_path)
+    data = json.loads((tmp_path / "prioritization_report.json").read_text())
+    assert data["num_images"] == 4 and data["measure"] == report.measure
+    assert data["elastic_layers"] == report.elastic_layers and len(data["layer_importance"]) == 4
+    summary = data["neuron_scores"][0]
+    assert summary["min"] <= summary["median"] <= summary["max"] and 0.5 <= summary["top_half_fraction"] <= 1.0
+    assert (tmp_path / "layer_importance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- bad input -------------------------------------------------------------------------------------------------------
+def test_more_images_requested_than_available(processor, caplog):
+    small = make_synthetic_shapes(3, image_size=S, seed=2)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        report = prioritize(tiny_supernet(num_layers=4, image_size=S), small, processor, num_images=10, show_progress=False)
+    assert report.num_images == 3
+    assert any("only 3 rows" in r.getMessage() for r in caplog.records)
+
+
+def test_missing_image_column_lists_columns(processor):
+    data = datasets.Dataset.from_dict({"photo_bytes": [1, 2], "label": [0, 1]})
+    model = tiny_supernet(num_layers=4, image_size=S)
+    with pytest.raises(ValueError, match=r"photo_bytes.*label|columns are \['photo_bytes', 'label'\]"):
+        prioritize(model, data, processor, show_progress=False)
+    with pytest.raises(ValueError, match="image_column='photo'"):
+        prioritize(model, data, processor, image_column="photo", show_progress=False)
+
+
+def test_image_column_override(calibration, processor):
+    renamed = calibration.rename_column("image", "frame")
+    report = prioritize(tiny_supernet(num_layers=4, image_size=S), renamed, processor, num_images=4, image_column="frame",
+                        show_progress=False)
+    assert report.num_images == 4
+
+
+def test_no_usable_image(processor):
+    data = datasets.Dataset.from_dict({"image": [None, None, "not an image"], "label": [0, 1, 2]})
+    model = tiny_supernet(num_layers=4, image_size=S)
+    config_before = model.config.to_dict()
+    with pytest.raises(ValueError, match="No usable image"):
+        prioritize(model, data, processor, show_progress=False)
+    assert model.config.to_dict() == config_before
+    assert no_hooks_left(model)
+
+
+def test_already_prioritized_warns_and_stays_exact(calibration, processor, caplog):
+    model = tiny_supernet(num_layers=4, image_size=S).double()
+    inputs = {k: (v.double() if v.is_floating_point() else v) for k, v in prompt_inputs("boxes", image_size=S).items()}
+    with torch.no_grad():
+        before = model(**inputs).pred_masks
+    prioritize(model, calibration, processor, num_images=4, show_progress=False)
+    # Different images: a genuinely different order on the second pass.
+    other = make_synthetic_shapes(4, image_size=S, seed=5, domain="B")
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        prioritize(model, other, processor, num_images=4, show_progress=False)
+    assert any("already prioritized" in r.getMessage() for r in caplog.records)
+    with torch.no_grad():
+        after = model(**inputs).pred_masks
+    assert (before - after).abs().max().item() <= 1e-5
+
+
+# -- supersam convert -------------------------------------------------------------------------------------------------
+def test_convert_cli_end_to_end(tmp_path, capsys):
+    model_dir, data_dir, out = tmp_path / "sam", tmp_path / "data", tmp_path / "out"
+    tiny_sam(num_layers=4, image_size=S).save_pretrained(model_dir)
+    tiny_processor(S).save_pretrained(model_dir)
+    make_synthetic_shapes(6, image_size=S, seed=3).save_to_disk(data_dir)
+
+    code = cli_main(["convert", "--model", str(model_dir), "--dataset", str(data_dir), "--output", str(out),
+                     "--num_images", "4", "--batch_size", "2"])
+    assert code == 0
+    supernet = SuperSamModel.from_pretrained(out)
+    assert supernet.config.prioritized is True
+    assert supernet.config.model_type == "supersam" and len(supernet.config.elastic_layers) == 2
+    assert isinstance(SamProcessor.from_pretrained(out), SamProcessor)
+    report = json.loads((out / "prioritization_report.json").read_text())
+    assert report["num_images"] == 4 and report["elastic_layers"] == supernet.config.elastic_layers
+    assert (out / "layer_importance.png").is_file()
+
+    # Bad input comes back as a clean CLI error, not a traceback.
+    code = cli_main(["convert", "--model", str(model_dir), "--dataset", str(data_dir), "--output", str(tmp_path / "o2"),
+                     "--image_column", "nope"])
+    assert code == 2
+    assert "image_column='nope'" in capsys.readouterr().err

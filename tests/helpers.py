@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-from transformers import SamImageProcessor, SamModel, SamProcessor
+from transformers import SamModel, SamProcessor
 
 from supersam_hf import SuperSamModel, build_sam_config
+from supersam_hf.data import build_sam_processor
 
 
 def tiny_sam(num_layers: int = 6, image_size: int = 64, seed: int = 0, **config_kwargs) -> SamModel:
@@ -33,14 +34,7 @@ def tiny_supernet(num_layers: int = 6, image_size: int = 64, seed: int = 0, **se
 
 
 def tiny_processor(image_size: int = 64) -> SamProcessor:
-    low_res = image_size // 4
-    image_processor = SamImageProcessor(
-        size={"longest_edge": image_size},
-        pad_size={"height": image_size, "width": image_size},
-        mask_size={"longest_edge": low_res},
-        mask_pad_size={"height": low_res, "width": low_res},
-    )
-    return SamProcessor(image_processor=image_processor)
+    return build_sam_processor(image_size)
 
 
 def prompt_inputs(kind: str, batch: int = 2, prompts: int = 3, image_size: int = 64, seed: int = 0) -> dict:

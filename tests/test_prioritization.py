@@ -12,7 +12,7 @@ from transformers import SamProcessor
 from supersam_hf import SuperSamModel
 from supersam_hf.cli import main as cli_main
 from supersam_hf.data import make_synthetic_shapes
-from supersam_hf.prioritization import PrioritizationReport, prioritize
+from supersam_hf.prioritization import PrioritizationReport, drop_probabilities, prioritize
 from helpers import prompt_inputs, tiny_processor, tiny_sam, tiny_supernet
 
 S = 64  # image size of every test model
@@ -117,6 +117,16 @@ def test_restores_previous_subnet_and_mode(calibration, processor):
     assert no_hooks_left(model)
 
 
+def test_previous_subnet_outside_new_space_falls_back_to_full(calibration, processor, caplog):
+    model = tiny_supernet(num_layers=4, image_size=S, elastic_layers=[1, 2, 3], min_layers=1)
+    model.set_subnet(model.search_space.uniform(1.0, kept_layers=[0]))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        prioritize(model, calibration, processor, num_images=4, show_progress=False)
+    assert model.config.min_layers == 2  # a one-layer subnet is no longer in the space
+    assert model.active_subnet is None and all(layer.active for layer in model.vision_encoder.layers)
+    assert any("not in the new search space" in r.getMessage() for r in caplog.records)
+
+
 # -- layer importance → drop probabilities --------------------------------------------------------------------------
 def test_drop_probabilities_follow_importance_and_survive_save_load(calibration, processor, tmp_path):
     model = tiny_supernet(num_layers=6, image_size=S)
@@ -137,6 +147,9 @@ def test_drop_probabilities_follow_importance_and_survive_save_load(calibration,
             if importance[i] < importance[j]:
                 assert probs[i] >= probs[j]
     assert len(set(probs.values())) > 1  # measured, not a constant
+    cheapest = min(range(6), key=lambda i: importance[i])
+    if cheapest in probs:  # the cheapest layer overall gets the full max_drop_prob
+        assert probs[cheapest] == pytest.approx(0.4)
 
     assert model.config.prioritized is True
     assert model.config.elastic_layers == report.elastic_layers
@@ -151,6 +164,15 @@ def test_drop_probabilities_follow_importance_and_survive_save_load(calibration,
     assert loaded.config.layer_drop_probs == pytest.approx(report.layer_drop_probs)
     assert loaded.config.min_layers == 3
     assert torch.equal(loaded.vision_encoder.layers[2].mlp.lin1.weight, model.vision_encoder.layers[2].mlp.lin1.weight)
+
+
+def test_drop_probability_formula():
+    # min-max normalised importance over all layers: cheapest -> max, most important -> 0, linear in between.
+    importance = [0.9, 0.1, 0.5, 0.3]
+    assert drop_probabilities(importance, [1, 2, 3], 0.5) == pytest.approx([0.5, 0.25, 0.375])
+    assert drop_probabilities(importance, [0, 1], 0.5) == pytest.approx([0.0, 0.5])
+    assert drop_probabilities([0.2, 0.2, 0.2], [1, 2], 0.3) == pytest.approx([0.3, 0.3])
+    assert drop_probabilities(importance, [], 0.5) == []
 
 
 def test_num_elastic_layers_and_first_layer(calibration, processor):

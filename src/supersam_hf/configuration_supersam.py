@@ -109,6 +109,8 @@ def build_sam_config(
         window_size=window_size,
         global_attn_indexes=list(global_attn_indexes),
         num_pos_feats=output_channels // 2,
+        # SAM's vision default (1e-10) assumes pretrained weights get loaded; a model trained from scratch needs ViT's.
+        initializer_range=0.02,
     )
     prompt = SamPromptEncoderConfig(hidden_size=output_channels, image_size=image_size, patch_size=patch_size)
     decoder = SamMaskDecoderConfig(

@@ -665,6 +665,22 @@ def _pick_split(data: Any, split: str | None, source: str) -> datasets.Dataset:
     raise ValueError(f"{source!r} has several splits {splits} and none is 'train'; pass split=<one of them>.")
 
 
+def build_sam_processor(image_size: int = 1024, patch_size: int = 16) -> "SamProcessor":
+    """A `SamProcessor` for a SAM whose encoder takes `image_size` px: longest side resized to it, padded square,
+    and mask targets at the decoder's low resolution (4× the image-embedding size). SAM checkpoints ship their own
+    processor; this one is for the small models built with `build_sam_config` (tests, demo)."""
+    from transformers import SamImageProcessor, SamProcessor
+
+    low_res = 4 * (image_size // patch_size)
+    image_processor = SamImageProcessor(
+        size={"longest_edge": image_size},
+        pad_size={"height": image_size, "width": image_size},
+        mask_size={"longest_edge": low_res},
+        mask_pad_size={"height": low_res, "width": low_res},
+    )
+    return SamProcessor(image_processor=image_processor)
+
+
 def load_segmentation_dataset(name_or_path: str | os.PathLike, split: str | None = None) -> datasets.Dataset:
     """Load a segmentation dataset from a `save_to_disk` folder, a local file/folder, or the Hub.
 

@@ -17,6 +17,7 @@ between calls):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -65,7 +66,7 @@ class PrioritizationReport:
         elastic_layers: layers a subnet may drop (sorted), as written to the config.
         layer_drop_probs: drop probability of each elastic layer (aligned with `elastic_layers`).
         min_layers: fewest layers a subnet keeps, as written to the config.
-        max_drop_prob: the probability given to a layer whose removal costs nothing.
+        max_drop_prob: the probability given to the cheapest layer to remove (see `drop_probabilities`).
         reordered: whether the MLP neurons were permuted.
         neuron_scores: per layer, a summary of the neuron scores: min / median / max, `top_half_fraction` (share
             of the layer's total score held by its top 50 % neurons: 0.5 = all equal, near 1 = very skewed) and
@@ -224,27 +225,18 @@ class _MlpNormRecorder:
 
         return hook
 
-    def recording(self):
-        recorder = self
-
-        class _Ctx:
-            def __enter__(self):
-                self.handles = []
-                try:
-                    for i, layer in enumerate(recorder.layers):
-                        self.handles.append(layer.mlp.lin1.register_forward_pre_hook(recorder._hook(recorder.input_sq, i)))
-                        self.handles.append(layer.mlp.lin2.register_forward_pre_hook(recorder._hook(recorder.hidden_sq, i)))
-                except BaseException:
-                    self.__exit__(None, None, None)
-                    raise
-                return recorder
-
-            def __exit__(self, *exc):
-                for handle in self.handles:
-                    handle.remove()
-                return False
-
-        return _Ctx()
+    @contextlib.contextmanager
+    def recording(self) -> Iterator["_MlpNormRecorder"]:
+        """Record inside the block; the hooks are removed on exit, also on error."""
+        handles = []
+        try:
+            for i, layer in enumerate(self.layers):
+                handles.append(layer.mlp.lin1.register_forward_pre_hook(self._hook(self.input_sq, i)))
+                handles.append(layer.mlp.lin2.register_forward_pre_hook(self._hook(self.hidden_sq, i)))
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def norms(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.input_sq[index] is None or self.hidden_sq[index] is None:
@@ -252,24 +244,26 @@ class _MlpNormRecorder:
         return self.input_sq[index].sqrt(), self.hidden_sq[index].sqrt()
 
 
-def neuron_scores(mlp, input_norm: torch.Tensor, hidden_norm: torch.Tensor) -> torch.Tensor:
+def neuron_scores(mlp, input_norm: torch.Tensor, hidden_norm: torch.Tensor, input_weight: float = 0.5) -> torch.Tensor:
     """Importance of each hidden neuron j of an encoder MLP (float64, sums to 1 over the layer).
 
     `score_in[j]  = sum_i |W1[j, i]| * ||X_i||`  (Wanda on `lin1`: how strongly the data drive neuron j),
     `score_out[j] = sum_o |W2[o, j]| * ||H_j||`  (Wanda on `lin2`: how much neuron j writes into the residual),
-    `score[j] = (score_in[j] / sum(score_in) + score_out[j] / sum(score_out)) / 2`.
+    `score[j] = (score_in[j] / sum(score_in) + score_out[j] / sum(score_out)) / 2`  (sums over the layer's neurons).
 
     Each side is divided by its own sum before averaging because the two live on unrelated scales (input features
     after LayerNorm vs. GELU activations, summed over `hidden_size` vs. `hidden_size` outputs with different weight
     norms); raw sums would let whichever side is larger decide alone. Sum normalisation is scale-free and keeps
     each side's ratios between neurons, so the result is an equal-weight mixture of two importance distributions.
+    `input_weight` (default 0.5, the equal mixture) exists for ablations: 0 = output side only, 1 = input side only.
     """
     w1 = mlp.lin1.weight.detach().float()
     w2 = mlp.lin2.weight.detach().float()
     score_in = (w1.abs() @ input_norm.to(w1.device).float()).double()
     score_out = (w2.abs().sum(dim=0) * hidden_norm.to(w2.device).float()).double()
     tiny = torch.finfo(torch.float64).tiny
-    return 0.5 * (score_in / score_in.sum().clamp_min(tiny) + score_out / score_out.sum().clamp_min(tiny))
+    score_in, score_out = score_in / score_in.sum().clamp_min(tiny), score_out / score_out.sum().clamp_min(tiny)
+    return input_weight * score_in + (1.0 - input_weight) * score_out
 
 
 @torch.no_grad()
@@ -348,7 +342,7 @@ def prioritize(
             if False the config's depth settings are left as they are.
         num_elastic_layers: how many of the least important layers become elastic (default: half the layers,
             rounded down, at most the number of candidates).
-        max_drop_prob: drop probability of a layer whose removal costs nothing; in [0, 1).
+        max_drop_prob: drop probability of the cheapest layer to remove; in [0, 1) (see `drop_probabilities`).
         keep_first_layer: never make layer 0 elastic (it turns patch embeddings into features).
         image_column: the dataset's image column (default: auto-detected).
         seed: seed of the image selection.
@@ -411,9 +405,9 @@ def prioritize(
 
     model.reset_subnet()
     model.eval()
-    progress = tqdm(total=target, desc="prioritize: calibrating", unit="img", disable=not show_progress)
     try:
-        with torch.no_grad():
+        bar = tqdm(total=target, desc="prioritize: calibrating", unit="img", disable=not show_progress)
+        with torch.no_grad(), bar:
             for images in _calibration_batches(dataset, column, target, batch_size, seed, stats):
                 pixel_values = processor(images=images, return_tensors="pt")["pixel_values"].to(device=device, dtype=dtype)
                 with recorder.recording():
@@ -428,51 +422,47 @@ def prioritize(
                             layer.active = True
                         cos = F.cosine_similarity(full, without, dim=1)
                         removal_cost[i] += (1.0 - cos).double().sum().cpu()
-                progress.update(len(images))
-    finally:
-        progress.close()
-        model.reset_subnet()
-        model.train(was_training)
+                bar.update(len(images))
 
-    used = stats["used"]
-    if used == 0:
-        model_restore_subnet(model, previous_subnet)
-        raise ValueError(
-            f"No usable image in column {column!r}: {stats['skipped']} row(s) examined, none held a decodable image "
-            "(PIL image, image bytes/path, or an HWC/CHW array)."
-        )
-    if stats["skipped"]:
-        logger.warning("Skipped %d row(s) of column %r without a usable image.", stats["skipped"], column)
-    if used < num_images:
-        logger.warning("Calibrated on %d image(s) instead of the requested num_images=%d.", used, num_images)
+        used = stats["used"]
+        if used == 0:
+            raise ValueError(
+                f"No usable image in column {column!r}: {stats['skipped']} row(s) examined, none held a decodable "
+                "image (PIL image, image bytes/path, or an (H, W) / (H, W, C) / (C, H, W) array)."
+            )
+        if stats["skipped"]:
+            logger.warning("Skipped %d row(s) of column %r without a usable image.", stats["skipped"], column)
+        if used < num_images:
+            logger.warning("Calibrated on %d image(s) instead of the requested num_images=%d.", used, num_images)
 
-    # -- MLP neurons: score, order, permute --------------------------------------------------------------------
-    summaries, permutations = [], []
-    for i, layer in enumerate(layers):
-        input_norm, hidden_norm = recorder.norms(i)
-        scores = neuron_scores(layer.mlp, input_norm, hidden_norm).cpu()
-        order = torch.sort(scores, descending=True, stable=True).indices
-        if reorder:
-            permute_mlp_neurons(layer.mlp, order)
-        summaries.append(_score_summary(scores, order))
-        permutations.append(order.tolist())
+        # -- MLP neurons: score, order, permute ----------------------------------------------------------------
+        summaries, permutations = [], []
+        for i, layer in enumerate(layers):
+            input_norm, hidden_norm = recorder.norms(i)
+            scores = neuron_scores(layer.mlp, input_norm, hidden_norm).cpu()
+            order = torch.sort(scores, descending=True, stable=True).indices
+            if reorder:
+                permute_mlp_neurons(layer.mlp, order)
+            summaries.append(_score_summary(scores, order))
+            permutations.append(order.tolist())
 
-    # -- layers: importance -> elastic depth -------------------------------------------------------------------
-    importance = None
-    if measure_layers:
-        importance = (removal_cost / used).tolist()
-        by_importance = sorted(candidates, key=lambda i: (importance[i], i))
-        elastic = sorted(by_importance[:num_elastic_layers])
-        probs = drop_probabilities(importance, elastic, max_drop_prob)
-        min_layers = max(1, num_layers - num_elastic_layers)
+        # -- layers: importance -> elastic depth ---------------------------------------------------------------
+        importance = None
         config = model.config
-        check_search_space(num_layers, config.vision_config.mlp_dim, elastic, probs, config.mlp_dim_choices, min_layers)
-        config.elastic_layers, config.layer_drop_probs, config.min_layers = elastic, probs, min_layers
-    if reorder and measure_layers:
-        model.config.prioritized = True
+        if measure_layers:
+            importance = (removal_cost / used).tolist()
+            by_importance = sorted(candidates, key=lambda i: (importance[i], i))
+            elastic = sorted(by_importance[:num_elastic_layers])
+            probs = drop_probabilities(importance, elastic, max_drop_prob)
+            min_layers = max(1, num_layers - num_elastic_layers)
+            check_search_space(num_layers, config.vision_config.mlp_dim, elastic, probs, config.mlp_dim_choices, min_layers)
+            config.elastic_layers, config.layer_drop_probs, config.min_layers = elastic, probs, min_layers
+        if reorder and measure_layers:
+            config.prioritized = True
+    finally:
+        model.train(was_training)
+        model_restore_subnet(model, previous_subnet)
 
-    model_restore_subnet(model, previous_subnet)
-    config = model.config
     report = PrioritizationReport(
         num_images=used,
         num_layers=num_layers,
@@ -528,7 +518,7 @@ class ConvertArguments:
         default=None, metadata={"help": "Layers that subnets may drop (the least important; default: half the layers)."}
     )
     max_drop_prob: float = field(
-        default=0.5, metadata={"help": "Drop probability of a layer whose removal costs nothing; in [0, 1)."}
+        default=0.5, metadata={"help": "Drop probability of the cheapest layer to remove (others scale with importance); in [0, 1)."}
     )
     keep_first_layer: bool = field(default=True, metadata={"help": "Never make encoder layer 0 elastic."})
     seed: int = field(default=0, metadata={"help": "Seed of the calibration image selection."})

@@ -1,0 +1,307 @@
+"""`supersam demo`: the whole SuperSAM pipeline end to end, offline, on two synthetic domains.
+
+1. Data: synthetic shapes of domain A and of a visually different domain B (train / search / test splits).
+2. Base model: no pretrained SAM can be downloaded offline, so a small SAM is first trained on domain A as the
+   stand-in "pretrained" checkpoint (skipped with `--model`, e.g. facebook/sam-vit-base).
+3. Baselines on B's test split: the base zero-shot, and the base fine-tuned on B for as many steps as the supernet.
+4. convert + prioritize on B, sandwich-train the supernet on B, search under three size budgets (30 / 50 / 70 %
+   fewer parameters than the base), export each winner as a standard SAM checkpoint, reload it with vanilla
+   `SamModel` and evaluate it on B's test split.
+5. Report: a table (printed and in `summary.md`), `pareto.png`, the exported folders.
+
+Each stage records its result in `<output>/demo_state.json`; `--resume` skips finished stages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedConfig, SamModel, SamProcessor
+
+from .configuration_supersam import build_sam_config
+from .data import build_sam_processor, load_segmentation_dataset, make_synthetic_shapes
+from .evaluation import evaluate_model
+from .export import export_subnet
+from .modeling_supersam import SuperSamModel
+from .prioritization import prioritize
+from .search import search_subnets
+from .search_space import SubnetConfig
+from .training import SupernetTrainingArguments, train_supernet
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "demo_state.json"
+SIZE_REDUCTIONS = (0.3, 0.5, 0.7)
+
+
+@dataclass
+class DemoArguments:
+    output: str = field(default="runs/demo", metadata={"help": "Folder for every artifact of the run."})
+    model: str | None = field(
+        default=None, metadata={"help": "A SAM checkpoint (folder or Hub id). Default: train a small stand-in base on domain A."}
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "An HF segmentation dataset (save_to_disk folder, local files or Hub name) used as domain B. "
+                  "Default: synthetic domain B."},
+    )
+    quick: bool = field(default=False, metadata={"help": "Smaller everything: finishes within ~5 minutes on 2 CPU cores."})
+    overwrite: bool = field(default=False, metadata={"help": "Delete an earlier demo run in --output and start afresh."})
+    resume: bool = field(default=False, metadata={"help": "Continue an earlier run in --output, skipping finished stages."})
+    seed: int = field(default=0, metadata={"help": "Seed of data, training and search."})
+    prompt: str = field(default="box", metadata={"help": "Prompt type for training and evaluation: point, box or mixed."})
+    # Sizes. Defaults depend on --quick (None = preset); tests set tiny values.
+    image_size: int | None = field(default=None, metadata={"help": "Image size of the stand-in base."})
+    hidden_size: int | None = field(default=None, metadata={"help": "Encoder width of the stand-in base."})
+    num_layers: int | None = field(default=None, metadata={"help": "Encoder layers of the stand-in base."})
+    num_train_images: int | None = field(default=None, metadata={"help": "Training images per domain."})
+    num_eval_images: int | None = field(default=None, metadata={"help": "Images of B's search and test splits (each)."})
+    base_steps: int | None = field(default=None, metadata={"help": "Steps of stand-in base training on A."})
+    train_steps: int | None = field(default=None, metadata={"help": "Steps of supernet training (and of the fine-tuning baseline) on B."})
+    search_budget: int | None = field(default=None, metadata={"help": "Subnets evaluated per search."})
+    batch_size: int = field(default=4, metadata={"help": "Images per training step."})
+
+
+PRESETS = {
+    "default": dict(image_size=128, hidden_size=96, num_layers=8, num_train_images=96, num_eval_images=32,
+                    base_steps=500, train_steps=200, search_budget=24),
+    "quick": dict(image_size=96, hidden_size=64, num_layers=6, num_train_images=48, num_eval_images=16,
+                  base_steps=200, train_steps=80, search_budget=12),
+}
+
+
+def _resolve_sizes(args: DemoArguments) -> dict:
+    sizes = dict(PRESETS["quick" if args.quick else "default"])
+    for key in sizes:
+        value = getattr(args, key)
+        if value is not None:
+            sizes[key] = value
+    return sizes
+
+
+class DemoState:
+    """The stages finished so far and their results, persisted after each stage (for --resume)."""
+
+    def __init__(self, output: Path):
+        self.path = output / STATE_FILE
+        self.stages: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def done(self, stage: str) -> bool:
+        return stage in self.stages
+
+    def record(self, stage: str, result: dict) -> dict:
+        self.stages[stage] = result
+        self.path.write_text(json.dumps(self.stages, indent=2))
+        return result
+
+
+def _prepare_output(args: DemoArguments) -> Path:
+    output = Path(args.output)
+    if args.overwrite and args.resume:
+        raise ValueError("--overwrite and --resume contradict each other; pass one of them.")
+    if output.exists() and any(output.iterdir()):
+        is_demo_run = (output / STATE_FILE).exists()
+        if args.resume and is_demo_run:
+            return output
+        if args.overwrite and is_demo_run:
+            shutil.rmtree(output)
+        elif args.overwrite or args.resume:
+            raise ValueError(f"{output} is not empty and holds no earlier demo run ({STATE_FILE} missing); "
+                             "choose another --output so nothing in it is lost.")
+        else:
+            raise ValueError(f"{output} already holds an earlier run; pass --resume to continue it, --overwrite to "
+                             "start afresh, or another --output.")
+    output.mkdir(parents=True, exist_ok=True)
+    return output
+
+
+def _check_model_argument(model: str) -> None:
+    try:
+        config_dict, _ = PreTrainedConfig.get_config_dict(model)
+    except OSError as error:
+        raise ValueError(f"--model {model!r}: no SAM checkpoint could be loaded ({error}).") from error
+    if config_dict.get("model_type") not in ("sam", "supersam"):
+        raise ValueError(f"--model {model!r} is not a SAM checkpoint: its config.json has model_type="
+                         f"{config_dict.get('model_type')!r}; pass a SAM checkpoint such as facebook/sam-vit-base.")
+
+
+def _print(message: str) -> None:
+    print(f"[supersam demo] {message}", flush=True)
+
+
+def _train(output_dir: Path, model_path: Path | str, data_dir: Path, steps: int, args: DemoArguments,
+           largest_only: bool, learning_rate: float, validation: bool = False) -> None:
+    training_args = SupernetTrainingArguments(
+        model_name_or_path=str(model_path),
+        dataset_name=str(data_dir),
+        train_split="train",
+        validation_split="search" if validation else None,
+        output_dir=str(output_dir),
+        overwrite_output_dir=True,
+        max_steps=steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=learning_rate,
+        warmup_steps=max(1, steps // 20),
+        num_random_subnets=0 if largest_only else 2,
+        largest_only=largest_only,
+        prompt_type=args.prompt,
+        save_steps=steps,
+        eval_steps=0,
+        seed=args.seed,
+    )
+    train_supernet(training_args)
+
+
+def _evaluate(model, data, processor, args: DemoArguments, subnet: SubnetConfig | None = None) -> dict:
+    return evaluate_model(model, data, processor, subnet=subnet, prompt=args.prompt, mask_selection="single",
+                          seed=args.seed, show_progress=False)
+
+
+def run_demo(args: DemoArguments) -> dict:
+    """Run (or resume) the demo; returns the summary rows."""
+    if args.prompt not in ("point", "box", "mixed"):
+        raise ValueError(f"--prompt must be point, box or mixed, got {args.prompt!r}.")
+    if args.model is not None:
+        _check_model_argument(args.model)
+    sizes = _resolve_sizes(args)
+    output = _prepare_output(args)
+    state = DemoState(output)
+    torch.manual_seed(args.seed)
+    started = time.time()
+    eval_prompt = "box" if args.prompt == "mixed" else args.prompt
+
+    # 1. data -------------------------------------------------------------------------------------------------
+    data_a, data_b = output / "data" / "domain_A", output / "data" / "domain_B"
+    if not state.done("data"):
+        _print("building the datasets")
+        n_eval = sizes["num_eval_images"]
+        if args.dataset is None:
+            split_b = {
+                "train": make_synthetic_shapes(sizes["num_train_images"], sizes["image_size"], seed=args.seed + 1, domain="B"),
+                "search": make_synthetic_shapes(n_eval, sizes["image_size"], seed=args.seed + 2, domain="B"),
+                "test": make_synthetic_shapes(n_eval, sizes["image_size"], seed=args.seed + 3, domain="B"),
+            }
+        else:
+            full = load_segmentation_dataset(args.dataset, split=None).shuffle(seed=args.seed)
+            if len(full) < 3:
+                raise ValueError(f"--dataset {args.dataset!r} has {len(full)} rows; the demo needs at least 3.")
+            n_eval = min(n_eval, max(1, len(full) // 5))
+            split_b = {"search": full.select(range(n_eval)), "test": full.select(range(n_eval, 2 * n_eval)),
+                       "train": full.select(range(2 * n_eval, len(full)))}
+        import datasets
+
+        datasets.DatasetDict(split_b).save_to_disk(data_b)
+        if args.model is None:
+            datasets.DatasetDict({
+                "train": make_synthetic_shapes(sizes["num_train_images"], sizes["image_size"], seed=args.seed + 4, domain="A"),
+                "test": make_synthetic_shapes(n_eval, sizes["image_size"], seed=args.seed + 5, domain="A"),
+            }).save_to_disk(data_a)
+        state.record("data", {"domain_B": str(data_b), "domain_A": str(data_a) if args.model is None else None})
+    b_search, b_test = (load_segmentation_dataset(data_b, split=s) for s in ("search", "test"))
+
+    # 2. base model -------------------------------------------------------------------------------------------
+    if args.model is not None:
+        base_dir: str | Path = args.model
+        processor = SamProcessor.from_pretrained(args.model)
+    else:
+        base_dir = output / "base"
+        processor = build_sam_processor(sizes["image_size"])
+        if not state.done("base"):
+            _print(f"no pretrained SAM offline: training a small stand-in base on domain A ({sizes['base_steps']} steps)")
+            init_dir = output / "base_init"
+            config = build_sam_config(image_size=sizes["image_size"], hidden_size=sizes["hidden_size"],
+                                      num_hidden_layers=sizes["num_layers"], num_attention_heads=4, window_size=4,
+                                      output_channels=64)
+            SamModel(config).save_pretrained(init_dir)
+            processor.save_pretrained(init_dir)
+            _train(output / "base_training", init_dir, data_a, sizes["base_steps"], args, largest_only=True, learning_rate=8e-4)
+            trained = SuperSamModel.from_pretrained(output / "base_training")
+            trained.extract_subnet().save_pretrained(base_dir)
+            processor.save_pretrained(base_dir)
+            shutil.rmtree(init_dir)
+            miou_a = _evaluate(str(base_dir), load_segmentation_dataset(data_a, split="test"), processor, args)["miou"]
+            state.record("base", {"path": str(base_dir), "miou_domain_A": miou_a})
+        _print(f"stand-in base reaches mIoU {state.stages['base']['miou_domain_A']:.3f} on domain A ({eval_prompt} prompts)")
+    base_params = SuperSamModel.from_pretrained(base_dir).count_parameters()
+
+    # 3. baselines --------------------------------------------------------------------------------------------
+    if not state.done("zero_shot"):
+        _print("evaluating the base zero-shot on domain B")
+        state.record("zero_shot", _evaluate(str(base_dir), b_test, processor, args))
+    if not state.done("finetuned"):
+        _print(f"fine-tuning the base on domain B ({sizes['train_steps']} steps, full model only)")
+        _train(output / "finetuned", base_dir, data_b, sizes["train_steps"], args, largest_only=True, learning_rate=2e-4)
+        ft = SuperSamModel.from_pretrained(output / "finetuned")
+        state.record("finetuned", _evaluate(ft.extract_subnet(), b_test, processor, args))
+
+    # 4. convert + prioritize, sandwich training ---------------------------------------------------------------
+    supernet_init, supernet_dir = output / "supernet_init", output / "supernet"
+    if not state.done("convert"):
+        _print("converting the base into a supernet and prioritizing it on domain B")
+        supernet = SuperSamModel.from_pretrained(base_dir)
+        report = prioritize(supernet, load_segmentation_dataset(data_b, split="train"), processor,
+                            num_images=min(32, sizes["num_train_images"]), seed=args.seed)
+        supernet.save_pretrained(supernet_init)
+        processor.save_pretrained(supernet_init)
+        report.save(supernet_init)
+        state.record("convert", {"elastic_layers": report.elastic_layers, "layer_drop_probs": report.layer_drop_probs})
+    if not state.done("train"):
+        _print(f"sandwich-rule training of the supernet on domain B ({sizes['train_steps']} steps)")
+        _train(supernet_dir, supernet_init, data_b, sizes["train_steps"], args, largest_only=False, learning_rate=2e-4)
+        state.record("train", {"path": str(supernet_dir)})
+    supernet = SuperSamModel.from_pretrained(supernet_dir).eval()
+
+    # 5. search, export, re-evaluate ---------------------------------------------------------------------------
+    for reduction in SIZE_REDUCTIONS:
+        stage = f"search_{int(reduction * 100)}"
+        if state.done(stage):
+            continue
+        _print(f"searching subnets with at least {reduction:.0%} fewer parameters than the base")
+        result = search_subnets(supernet, b_search, processor, budget=sizes["search_budget"],
+                                max_params=int(base_params * (1 - reduction)), strategy="opentuner", seed=args.seed,
+                                output_dir=output / "search" / stage, prompt=eval_prompt, show_progress=True)
+        best = result.best
+        folder = output / "exports" / f"supersam-{int(reduction * 100)}pct-smaller"
+        export_subnet(supernet, best.subnet, folder, processor=processor, metrics=best.metrics, overwrite=True,
+                      base_model=str(base_dir))
+        reloaded = SamModel.from_pretrained(folder)  # vanilla transformers, as a user would load it
+        metrics = _evaluate(reloaded, b_test, processor, args)
+        state.record(stage, {"folder": str(folder), "subnet": best.subnet.to_dict(), "params": supernet.count_parameters(best.subnet),
+                             "macs": supernet.count_macs(best.subnet), "search_miou": best.metrics["miou"], **{"test": metrics}})
+
+    return _write_summary(output, state, supernet, base_params, eval_prompt, started)
+
+
+def _write_summary(output: Path, state: DemoState, supernet: SuperSamModel, base_params: int, prompt: str, started: float) -> dict:
+    base_macs = supernet.count_macs()
+    rows = [
+        ("base, zero-shot on B", base_params, base_macs, state.stages["zero_shot"]["miou"]),
+        ("base fine-tuned on B (same steps)", base_params, base_macs, state.stages["finetuned"]["miou"]),
+    ]
+    for reduction in SIZE_REDUCTIONS:
+        s = state.stages[f"search_{int(reduction * 100)}"]
+        rows.append((f"SuperSAM, ≥{reduction:.0%} smaller ({Path(s['folder']).name})", s["params"], s["macs"], s["test"]["miou"]))
+    measured = (f"mIoU over objects of domain B's held-out test split, one {prompt} prompt per object, the model's own "
+                "mask choice (highest predicted IoU), masks compared at the original image size")
+    lines = ["| model | params | MACs | mIoU on B |", "|---|---|---|---|"]
+    for name, params, macs, miou in rows:
+        lines.append(f"| {name} | {params:,} ({params / base_params:.0%}) | {macs / 1e6:,.1f} M | {miou:.3f} |")
+    table = "\n".join(lines)
+    base_note = ""
+    if "base" in state.stages:
+        base_note = (f"The base is a small SAM trained here on synthetic domain A (mIoU {state.stages['base']['miou_domain_A']:.3f} "
+                     "on A), a stand-in for a pretrained checkpoint, which cannot be downloaded offline.\n\n")
+    summary = f"# SuperSAM demo\n\n{base_note}{table}\n\nMeasured: {measured}.\n\nExported checkpoints: `{output / 'exports'}`.\n"
+    (output / "summary.md").write_text(summary)
+    search_plot = output / "search" / "search_30" / "pareto.png"
+    if search_plot.exists():
+        shutil.copy(search_plot, output / "pareto.png")
+    print("\n" + table + f"\n\nMeasured: {measured}.\nWritten: {output / 'summary.md'}, {output / 'pareto.png'}, "
+          f"{output / 'exports'}/ (total {time.time() - started:.0f} s)")
+    return {"rows": rows, "summary": str(output / "summary.md")}

@@ -25,6 +25,8 @@ class SuperSamConfig(SamConfig):
         No subnet keeps fewer encoder layers. Defaults to half the layers.
     prioritized (`bool`, *optional*, defaults to `False`):
         Whether MLP neurons were importance-ordered and drop probabilities measured (see `prioritize`).
+    base_model (`str`, *optional*):
+        The SAM checkpoint (Hub id or path) the supernet was converted from; exported model cards cite it.
     """
 
     model_type = "supersam"
@@ -34,6 +36,7 @@ class SuperSamConfig(SamConfig):
     mlp_dim_choices: list[list[int]] | None = None
     min_layers: int | None = None
     prioritized: bool = False
+    base_model: str | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -67,13 +70,13 @@ class SuperSamConfig(SamConfig):
     def to_sam_config(self, **vision_overrides) -> SamConfig:
         """The plain `SamConfig` of this model, without the search space; `vision_overrides` edit the encoder."""
         data = self.to_dict()
-        for key in ("model_type", "architectures", "transformers_version", *SEARCH_SPACE_FIELDS):
+        for key in ("model_type", "architectures", "transformers_version", *SUPERNET_ONLY_FIELDS):
             data.pop(key, None)
         data["vision_config"] = {**data["vision_config"], **vision_overrides}
         return SamConfig(**data)
 
 
-SEARCH_SPACE_FIELDS = ("elastic_layers", "layer_drop_probs", "mlp_dim_choices", "min_layers", "prioritized")
+SUPERNET_ONLY_FIELDS = ("elastic_layers", "layer_drop_probs", "mlp_dim_choices", "min_layers", "prioritized", "base_model")
 
 
 def build_sam_config(

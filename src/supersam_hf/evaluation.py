@@ -56,15 +56,15 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
         model_type = json.loads(config_file.read_text()).get("model_type")
     except (json.JSONDecodeError, AttributeError) as error:
         raise ValueError(f"{config_file} is not a valid config.json ({error}).") from None
-    if model_type == "sam":
-        model = SamModel.from_pretrained(path)
-    elif model_type == "supersam":
-        model = SuperSamModel.from_pretrained(path)
-    else:
+    if model_type not in ("sam", "supersam"):
         raise ValueError(
-            f"{str(path)!r} holds a model of type {model_type!r}; evaluation needs a SAM checkpoint ('sam') or a "
-            "SuperSAM supernet ('supersam')."
+            f"{str(path)!r} holds a model of type {model_type!r}; expected a SAM checkpoint ('sam') or a SuperSAM "
+            "supernet ('supersam')."
         )
+    try:
+        model = (SamModel if model_type == "sam" else SuperSamModel).from_pretrained(path)
+    except Exception as error:  # noqa: BLE001 - missing/corrupt weights, bad config values: one clear message
+        raise ValueError(f"Could not load the {model_type} model in {str(path)!r}: {error}") from error
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval()
 

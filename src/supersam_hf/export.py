@@ -26,7 +26,13 @@ logger = logging.getLogger(__name__)
 CARD_TAGS = ["supersam", "sam", "segment-anything", "pruning", "nas"]
 SUBNET_FILE = "subnet.json"
 # Float metrics of `evaluate_model` results worth a row in the card's table, with their display names.
-METRIC_NAMES = {"miou": "mIoU", "per_image_miou": "per-image mIoU", "mean_dice": "mean Dice"}
+METRIC_NAMES = {
+    "miou": "mIoU",
+    "per_image_miou": "per-image mIoU",
+    "mean_dice": "mean Dice",
+    "largest_subnet_miou": "mIoU of the largest subnet (the whole supernet), same measurement",
+    "latency_ms": "latency, ms (on the search machine)",
+}
 # Entries of a metrics dict the card shows elsewhere (subnet table, subnet.json) rather than under "how measured".
 METRIC_SKIP = {"subnet", "subnet_config", "params", "macs", "description", "per_image"}
 
@@ -55,12 +61,13 @@ def export_subnet(
             LoRA adapter of one.
         subnet: the subnet to export (a `SubnetConfig` or its dict); must belong to the supernet's search space.
         output_dir: the folder to write. If it exists and is not empty, `FileExistsError` unless `overwrite`.
-        processor: the `SamProcessor` to save alongside; default: the one saved with the supernet (when it is a
-            path or Hub id).
+        processor: the `SamProcessor` (or a folder holding one) to save alongside; default: the one saved with
+            the supernet (when it is a path or Hub id).
         metrics: evaluation of this subnet for the card, e.g. the dict `evaluate_model` returns ("miou" and how it
             was measured: "prompt", "mask_selection", "num_images", ...).
         base_model: Hub id of the SAM checkpoint the supernet came from; default: the one recorded in the supernet
-            config (or the Hub id the supernet was loaded from).
+            config (or the Hub id the supernet was loaded from). A local path is only named in the card's text (the
+            Hub accepts only repo ids as `base_model` metadata).
         license: the card's license; default: the license of the supernet's or the base model's card, if known.
         datasets: Hub ids of the datasets the supernet was trained on, for the card's metadata.
         overwrite: replace the files of an existing non-empty `output_dir` (stale weight files are removed).
@@ -78,6 +85,10 @@ def export_subnet(
     if isinstance(subnet, dict):
         subnet = SubnetConfig.from_dict(subnet)
     model.search_space.validate(subnet)  # before anything is written
+    if isinstance(processor, (str, os.PathLike)):
+        from transformers import SamProcessor
+
+        processor = SamProcessor.from_pretrained(processor)
     processor = processor if processor is not None else default_processor()
 
     largest = model.search_space.largest()
@@ -87,14 +98,17 @@ def export_subnet(
         "base_params": model.count_parameters(largest),
         "base_macs": model.count_macs(largest),
     }
-    base_model = base_model or _recorded_base_model(model, source)
+    # The card's `base_model` must be a Hub id (the Hub rejects anything else); a local base only gets named.
+    base_name = Path(str(base_model).rstrip("/\\")).name if base_model and not _hub_id(base_model) else None
+    base_model = _hub_id(base_model) or _recorded_base_model(model, source)
+    base_name = base_model or base_name
     license = license or _find_license(source, base_model)
     datasets = [datasets] if isinstance(datasets, str) else (list(datasets) if datasets else None)
 
+    sam = model.extract_subnet(subnet)
     if overwrite:
         _remove_stale_weights(output)
     output.mkdir(parents=True, exist_ok=True)
-    sam = model.extract_subnet(subnet)
     sam.save_pretrained(output)
     if processor is not None:
         processor.save_pretrained(output)
@@ -108,13 +122,14 @@ def export_subnet(
         "name": subnet.name,
         **sizes,
         "macs_per": f"one image at {model.config.vision_config.image_size} px with one point prompt",
-        "base_model": base_model,
+        "base_model": base_name,
         "metrics": metrics,
     }
-    (output / SUBNET_FILE).write_text(json.dumps(subnet_record, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(subnet_record, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+    (output / SUBNET_FILE).write_text(text + "\n", encoding="utf-8")
 
     card_args = dict(model=model, subnet=subnet, sizes=sizes, metrics=metrics, base_model=base_model,
-                     license=license, datasets=datasets, output=output)
+                     base_name=base_name, license=license, datasets=datasets, output=output)
     card_repo_id = repo_id or (output.resolve().name if push_to_hub else None)
     write_model_card(**card_args, repo_id=card_repo_id)
     logger.info("Exported subnet %s (%d parameters) to %s", subnet.name, sizes["params"], output)
@@ -281,23 +296,29 @@ def write_model_card(
     output: Path,
     metrics: dict | None = None,
     base_model: str | None = None,
+    base_name: str | None = None,
     license: str | None = None,
     datasets: list[str] | None = None,
     repo_id: str | None = None,
 ):
-    """Render the package's model card template for this subnet into `output/README.md`; returns the `ModelCard`."""
+    """Render the package's model card template for this subnet into `output/README.md`; returns the `ModelCard`.
+
+    `base_model` (a Hub id or None) goes into the metadata; `base_name` names the base in the text (default:
+    `base_model`)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     model_name = repo_id.split("/")[-1] if repo_id else f"SuperSAM subnet {subnet.name}"
     eval_results = None
     miou = (metrics or {}).get("miou")
-    if isinstance(miou, (int, float)):
-        dataset = str(metrics.get("dataset") or (datasets or ["evaluation set"])[0])
+    # Structured results (model-index) need the evaluation dataset: the one recorded with the metrics, else the
+    # (first) training dataset, whose images the search scores subnets on.
+    dataset = (metrics or {}).get("dataset") or (datasets or [None])[0]
+    if isinstance(miou, (int, float)) and dataset:
         eval_results = [
             EvalResult(
                 task_type="mask-generation",
-                dataset_type=dataset,
-                dataset_name=dataset,
+                dataset_type=str(dataset),
+                dataset_name=str(dataset),
                 dataset_split=metrics.get("split"),
                 metric_type="mean_iou",
                 metric_name="mIoU",
@@ -320,7 +341,7 @@ def write_model_card(
         card_data,
         template_path=str(model_card_template()),
         model_name=model_name,
-        base_model_name=base_model or "a SAM checkpoint",
+        base_model_name=base_name or base_model or "a SAM checkpoint",
         num_layers=len(subnet.kept_layers),
         base_num_layers=vision.num_hidden_layers,
         params=_count(params),
@@ -416,7 +437,6 @@ def _remove_stale_weights(output: Path) -> None:
 def _push(output: Path, repo_id: str, *, private: bool, token: str | None, subnet: SubnetConfig, card_args: dict,
           commit_message: str | None) -> None:
     from huggingface_hub import create_repo, get_token, upload_folder
-    from huggingface_hub.errors import HfHubHTTPError
 
     token = token or get_token()
     if not token:
@@ -435,8 +455,11 @@ def _push(output: Path, repo_id: str, *, private: bool, token: str | None, subne
             token=token,
             commit_message=commit_message or f"Upload SuperSAM subnet {subnet.name}",
         )
-    except HfHubHTTPError as error:
-        raise ValueError(f"Pushing {output} to {repo_id} failed: {error}. The export is kept in {output}.") from error
+    except Exception as error:  # HTTP errors (401, 403, ...) and connection failures: say so without a traceback
+        raise ValueError(
+            f"Pushing {output} to the Hub repo {repo_id} failed ({type(error).__name__}: {error}). The export is kept "
+            f"in {output}."
+        ) from error
     print(f"Pushed {output} to {repo_url}: {commit.commit_url}")
 
 
@@ -524,47 +547,47 @@ def _default_search_dir(args: ExportArguments) -> str | None:
 
 
 def _search_metrics(search_dir: str | None, subnet: SubnetConfig) -> dict | None:
-    """The search's measurement of `subnet` (from search_results.json / pareto.json), if it is recorded there."""
-    if not search_dir:
+    """How the search measured `subnet`: its entry in search_results.json (with the search's settings: prompt, mask
+    selection, images) or, failing that, in pareto.json / best_subnet.json. None if it was not scored there."""
+    from .search import BEST_FILE, PARETO_FILE, RESULTS_FILE
+
+    if not search_dir or not Path(search_dir).is_dir():
         return None
-    for name in ("search_results.json", "pareto.json", "best_subnet.json"):
-        path = Path(search_dir) / name
-        if not path.is_file():
-            continue
+    settings: dict = {}
+    entries: list[dict] = []
+    for name in (RESULTS_FILE, PARETO_FILE, BEST_FILE):
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            data = json.loads((Path(search_dir) / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             continue
-        for entry in _entries(data):
-            if _entry_subnet(entry) == subnet:
-                return _entry_metrics(entry)
-    return None
-
-
-def _entries(data) -> list[dict]:
-    if isinstance(data, list):
-        return [e for e in data if isinstance(e, dict)]
-    if isinstance(data, dict):
-        for key in ("results", "evaluated", "pareto", "front", "subnets"):
-            if isinstance(data.get(key), list):
-                return [e for e in data[key] if isinstance(e, dict)]
-        return [data]
-    return []
+        if isinstance(data, dict) and isinstance(data.get("evaluations"), list):  # search_results.json
+            settings = data.get("settings") or {}
+            entries += data["evaluations"]
+        elif isinstance(data, list):  # pareto.json
+            entries += data
+        elif isinstance(data, dict):  # best_subnet.json
+            entries.append(data)
+    scored = [e for e in entries if isinstance(e, dict) and isinstance(e.get("miou"), (int, float))]
+    entry = next((e for e in scored if _entry_subnet(e) == subnet), None)
+    if entry is None:
+        return None
+    metrics = {k: float(entry[k]) for k in ("miou", "per_image_miou", "mean_dice") if isinstance(entry.get(k), (int, float))}
+    reference = next((e for e in scored if e.get("reference")), None)
+    if reference is not None and reference is not entry:
+        metrics["largest_subnet_miou"] = float(reference["miou"])
+    if isinstance(entry.get("latency_ms"), (int, float)):
+        metrics["latency_ms"] = float(entry["latency_ms"])
+    for key in ("dataset", "split", "prompt", "mask_selection", "num_images", "max_images", "eval_seed"):
+        if settings.get(key) is not None:
+            metrics[key] = settings[key]
+    metrics["measured_by"] = f"supersam search ({RESULTS_FILE if settings else PARETO_FILE}), on the supernet's weights"
+    return metrics
 
 
 def _entry_subnet(entry: dict) -> SubnetConfig | None:
-    for candidate in (entry.get("subnet"), entry.get("config"), entry):
-        if isinstance(candidate, dict) and {"kept_layers", "mlp_dims"} <= set(candidate):
-            return SubnetConfig.from_dict(candidate)
-    return None
+    from .evaluation import parse_subnet
 
-
-def _entry_metrics(entry: dict) -> dict:
-    skip = {"subnet", "config", "kept_layers", "mlp_dims", "name", "params", "macs"}
-    metrics = {k: v for k, v in entry.items() if k not in skip}
-    nested = metrics.pop("metrics", None)
-    if isinstance(nested, dict):
-        metrics = {**nested, **{k: v for k, v in metrics.items() if k not in nested}}
-    if "miou" in metrics and isinstance(metrics["miou"], (int, float)):
-        metrics["miou"] = float(metrics["miou"])
-    return metrics
+    try:
+        return parse_subnet(entry)
+    except ValueError:
+        return None

@@ -88,11 +88,14 @@ class SuperSamModel(SamModel):
             hub_kwargs = {k: kwargs[k] for k in hub_keys if k in kwargs}
             config_dict, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
             config = supersam_config_from_dict(config_dict, source=str(pretrained_model_name_or_path))
+            if config_dict.get("model_type") == "sam":
+                config.base_model = str(pretrained_model_name_or_path)
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
 
     @classmethod
     def from_sam(cls, sam: SamModel, **search_space) -> "SuperSamModel":
         """Convert an in-memory `SamModel` (weights copied, same dtype/device); `search_space` sets config fields."""
+        search_space.setdefault("base_model", sam.config._name_or_path or None)
         config = SuperSamConfig.from_sam_config(sam.config, **search_space)
         config._attn_implementation = sam.config._attn_implementation
         model = cls(config)

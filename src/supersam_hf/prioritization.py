@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
+from transformers import SamProcessor
 
 from .data import IMAGE_COLUMN_CANDIDATES, load_segmentation_dataset, to_rgb_image
 from .modeling_supersam import SuperSamModel
@@ -461,7 +462,7 @@ def prioritize(
             config.prioritized = True
     finally:
         model.train(was_training)
-        model_restore_subnet(model, previous_subnet)
+        _restore_subnet(model, previous_subnet)
 
     report = PrioritizationReport(
         num_images=used,
@@ -483,7 +484,7 @@ def prioritize(
     return report
 
 
-def model_restore_subnet(model: SuperSamModel, subnet) -> None:
+def _restore_subnet(model: SuperSamModel, subnet) -> None:
     """Re-activate `subnet` (None = full model); if the new search space no longer contains it, stay at full."""
     if subnet is None:
         model.reset_subnet()
@@ -492,8 +493,10 @@ def model_restore_subnet(model: SuperSamModel, subnet) -> None:
         model.set_subnet(subnet)
     except ValueError as error:
         model.reset_subnet()
-        logger.warning("The previously active subnet %s is not in the new search space (%s); the full model is active.",
-                       subnet.name, error)
+        logger.warning(
+            "The previously active subnet %s is not in the new search space (%s); the full model is active.",
+            subnet.name, error,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -518,18 +521,19 @@ class ConvertArguments:
         default=None, metadata={"help": "Layers that subnets may drop (the least important; default: half the layers)."}
     )
     max_drop_prob: float = field(
-        default=0.5, metadata={"help": "Drop probability of the cheapest layer to remove (others scale with importance); in [0, 1)."}
+        default=0.5,
+        metadata={"help": "Drop probability of the cheapest layer to remove (others scale with importance); in [0, 1)."},
     )
     keep_first_layer: bool = field(default=True, metadata={"help": "Never make encoder layer 0 elastic."})
     seed: int = field(default=0, metadata={"help": "Seed of the calibration image selection."})
-    device: str | None = field(default=None, metadata={"help": "Device to calibrate on (default: cuda if available, else cpu)."})
+    device: str | None = field(
+        default=None, metadata={"help": "Device to calibrate on (default: cuda if available, else cpu)."}
+    )
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Write into a non-empty output folder."})
 
 
 def run_convert(args: ConvertArguments) -> PrioritizationReport:
     """Load the SAM checkpoint as a supernet, prioritize it on the dataset, and save supernet + processor + report."""
-    from transformers import SamProcessor
-
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise FileExistsError(f"--output {output} exists and is not a folder.")
@@ -538,7 +542,13 @@ def run_convert(args: ConvertArguments) -> PrioritizationReport:
 
     dataset = load_segmentation_dataset(args.dataset, split=args.split)
     model = SuperSamModel.from_pretrained(args.model)
-    processor = SamProcessor.from_pretrained(args.model)
+    try:
+        processor = SamProcessor.from_pretrained(args.model)
+    except OSError as error:
+        raise ValueError(
+            f"Could not load a SamProcessor from {args.model} ({error}); save the checkpoint's processor beside it "
+            "with SamProcessor.save_pretrained."
+        ) from error
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
 

@@ -1,0 +1,181 @@
+"""search_subnets: budgets respected, impossible budgets refused, caching and resume, both strategies, output
+files, select_subnet, and `supersam search` end to end."""
+
+import json
+
+import pytest
+
+from helpers import tiny_processor, tiny_supernet
+from supersam_hf import search as search_module
+from supersam_hf.cli import main as cli_main
+from supersam_hf.data import make_synthetic_shapes
+from supersam_hf.evaluation import EvaluationData
+from supersam_hf.search import load_pareto, pareto_front, search_subnets, select_subnet
+
+IMAGE = 64
+
+
+@pytest.fixture(scope="module")
+def supernet():
+    return tiny_supernet(num_layers=6, image_size=IMAGE)
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return tiny_processor(IMAGE)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return make_synthetic_shapes(4, image_size=IMAGE, seed=5)
+
+
+@pytest.fixture(scope="module")
+def data(dataset, processor):
+    return EvaluationData.prepare(dataset, processor)  # the 4 search images, batched once for every test
+
+
+@pytest.fixture(scope="module")
+def half_params(supernet):
+    """A params budget halfway between the smallest and the largest subnet."""
+    space = supernet.search_space
+    return (supernet.count_parameters(space.smallest()) + supernet.count_parameters(space.largest())) // 2
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Every subnet the search scores, in order (wraps the evaluation function the search calls)."""
+    calls = []
+    original = search_module.evaluate_model
+
+    def counting(model, dataset, processor=None, subnet=None, **kwargs):
+        calls.append(subnet)
+        return original(model, dataset, processor, subnet=subnet, **kwargs)
+
+    monkeypatch.setattr(search_module, "evaluate_model", counting)
+    return calls
+
+
+def test_params_budget_is_met_and_outputs_are_written(supernet, processor, data, half_params, counted, tmp_path):
+    result = search_subnets(supernet, data, processor, budget=7, max_params=half_params, output_dir=tmp_path,
+                            show_progress=False)
+    assert result.num_evaluated == result.num_new_evaluations == len(counted) == 7
+    assert len({e["name"] for e in result.evaluations}) == 7  # never the same subnet twice
+    reference = result.evaluations[0]
+    assert reference["reference"] and reference["name"] == supernet.search_space.largest().name
+    assert not reference["feasible"] and reference["violations"] == ["max_params"]
+    assert counted[0] == supernet.search_space.largest()
+    # every subnet scored after the reference met the budget (infeasible ones were rejected unscored)
+    for cfg in counted[1:]:
+        assert supernet.count_parameters(cfg) <= half_params
+    for entry in result.evaluations[1:] + result.pareto:
+        assert entry["feasible"] and entry["params"] <= half_params
+        assert entry["params"] == supernet.count_parameters(select_subnet(entry))
+    assert result.best is not None and result.best["params"] <= half_params
+    assert result.best["miou"] == max(e["miou"] for e in result.evaluations if e["feasible"])
+    params = [e["params"] for e in result.pareto]
+    mious = [e["miou"] for e in result.pareto]
+    assert params == sorted(params) and mious == sorted(mious) and result.best in result.pareto
+    assert len(set(params)) == len(params)
+
+    saved = json.loads((tmp_path / "search_results.json").read_text())
+    assert [e["name"] for e in saved["evaluations"]] == [e["name"] for e in result.evaluations]
+    assert saved["constraints"]["max_params"] == half_params
+    assert load_pareto(tmp_path) == result.pareto
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert select_subnet("best", tmp_path) == result.best_subnet
+    assert select_subnet("pareto:0", tmp_path) == select_subnet(result.pareto[0])
+    with pytest.raises(ValueError, match=rf"pareto:0 … pareto:{len(result.pareto) - 1}"):
+        select_subnet("pareto:99", tmp_path)
+    with pytest.raises(FileExistsError, match="resume"):
+        search_subnets(supernet, data, processor, budget=7, output_dir=tmp_path, show_progress=False)
+
+
+def test_impossible_budgets_name_the_smallest_value(supernet, processor, data, tmp_path, counted):
+    smallest = supernet.count_parameters(supernet.search_space.smallest())
+    with pytest.raises(ValueError, match=f"max_params=1,000 is below the smallest subnet's {smallest:,} parameters"):
+        search_subnets(supernet, data, processor, max_params=1000, output_dir=tmp_path)
+    macs = supernet.count_macs(supernet.search_space.smallest())
+    with pytest.raises(ValueError, match=f"below the smallest subnet's {macs:,} MACs"):
+        search_subnets(supernet, data, processor, max_macs=10, output_dir=tmp_path)
+    with pytest.raises(ValueError, match="min_size_reduction=0.9 is above the largest achievable reduction"):
+        search_subnets(supernet, data, processor, min_size_reduction=0.9, output_dir=tmp_path)
+    with pytest.raises(ValueError, match="max_latency_ms=1e-06 is below the smallest subnet's measured"):
+        search_subnets(supernet, data, processor, max_latency_ms=1e-6, output_dir=tmp_path)
+    assert counted == [] and not (tmp_path / "search_results.json").exists()
+
+
+@pytest.mark.parametrize("strategy", ["opentuner", "random"])
+def test_resume_reuses_finished_evaluations(supernet, processor, dataset, data, half_params, counted, tmp_path, strategy):
+    kwargs = dict(max_params=half_params, strategy=strategy, seed=1, show_progress=False)
+    first = search_subnets(supernet, data, processor, budget=3, output_dir=tmp_path / "run", **kwargs)
+    assert len(counted) == first.num_evaluated == 3
+    resumed = search_subnets(supernet, data, processor, budget=6, output_dir=tmp_path / "run", resume=True, **kwargs)
+    assert len(counted) == 6 and resumed.num_new_evaluations == 3 and resumed.num_evaluated == 6
+    assert set(counted[3:]).isdisjoint(counted[:3])  # nothing scored twice
+    # a resumed search is the uninterrupted one
+    fresh = search_subnets(supernet, data, processor, budget=6, output_dir=tmp_path / "fresh", **kwargs)
+    assert [e["name"] for e in fresh.evaluations] == [e["name"] for e in resumed.evaluations]
+    assert [e["miou"] for e in fresh.evaluations] == [e["miou"] for e in resumed.evaluations]
+    assert fresh.evaluations[0]["reference"] and all(not e["reference"] for e in fresh.evaluations[1:])
+    with pytest.raises(ValueError, match="prompt"):  # results measured differently are not mixed
+        search_subnets(supernet, dataset, processor, budget=6, resume=True, output_dir=tmp_path / "run", prompt="box",
+                       max_images=1, **kwargs)
+
+
+def test_latency_budget_is_measured_and_met(supernet, processor, data, tmp_path):
+    result = search_subnets(supernet, data, processor, budget=3, max_latency_ms=1e4, latency_repeats=2,
+                            strategy="random", output_dir=tmp_path, show_progress=False)
+    assert all(isinstance(e["latency_ms"], float) and 0 < e["latency_ms"] <= 1e4 for e in result.evaluations)
+    assert all(e["feasible"] for e in result.evaluations)
+
+
+def test_pareto_front_keeps_only_non_dominated_feasible_points():
+    def entry(name, params, miou, feasible=True):
+        return {"name": name, "params": params, "miou": miou, "feasible": feasible}
+
+    entries = [entry("a", 10, 0.5), entry("b", 20, 0.4), entry("c", 30, 0.7), entry("d", 5, 0.9, False),
+               entry("e", 10, 0.6), entry("f", 40, 0.7)]
+    assert [e["name"] for e in pareto_front(entries)] == ["e", "c"]
+
+
+def test_cli_search_end_to_end(supernet, processor, dataset, half_params, tmp_path, capsys):
+    supernet.save_pretrained(tmp_path / "supernet")
+    processor.save_pretrained(tmp_path / "supernet")
+    dataset.save_to_disk(str(tmp_path / "data"))
+    out = tmp_path / "search"
+    argv = ["search", "--supernet", str(tmp_path / "supernet"), "--dataset", str(tmp_path / "data"), "--budget", "4",
+            "--max_params", str(half_params), "--device", "cpu", "--output_dir", str(out)]
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "best feasible" in printed and "pareto:0" in printed
+    for name in ("search_results.json", "pareto.json", "pareto.png", "best_subnet.json", "opentuner.db"):
+        assert (out / name).is_file()
+    results = json.loads((out / "search_results.json").read_text())
+    assert len(results["evaluations"]) == 4
+    assert all(e["params"] <= half_params for e in results["evaluations"] if not e["reference"])
+    assert cli_main(argv) == 2 and "--resume" in capsys.readouterr().err  # an existing search is not overwritten
+    assert cli_main(argv + ["--resume", "--budget", "5"]) == 0
+    assert len(json.loads((out / "search_results.json").read_text())["evaluations"]) == 5
+    capsys.readouterr()
+
+    # the found subnet evaluates through `supersam evaluate --subnet best --search_dir`
+    eval_json = tmp_path / "best_eval.json"
+    assert cli_main(["evaluate", "--model", str(tmp_path / "supernet"), "--dataset", str(tmp_path / "data"),
+                     "--subnet", "best", "--search_dir", str(out), "--device", "cpu", "--output", str(eval_json)]) == 0
+    best = json.loads((out / "best_subnet.json").read_text())
+    assert json.loads(eval_json.read_text())["miou"] == pytest.approx(best["miou"], abs=1e-9)
+    capsys.readouterr()
+
+    # foreign or corrupt --supernet folders: a clear error, no traceback
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "config.json").write_text("{not json")
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    sam_dir = tmp_path / "sam"
+    supernet.extract_subnet().save_pretrained(sam_dir)
+    for folder, message in (("corrupt", "not a valid config.json"), ("bert", "'bert'"), ("sam", "plain SAM checkpoint"),
+                            ("missing", "No model folder")):
+        code = cli_main(["search", "--supernet", str(tmp_path / folder), "--dataset", str(tmp_path / "data"),
+                         "--output_dir", str(tmp_path / f"out_{folder}")])
+        assert code == 2 and message in capsys.readouterr().err

@@ -10,7 +10,8 @@ from supersam_hf import search as search_module
 from supersam_hf.cli import main as cli_main
 from supersam_hf.data import make_synthetic_shapes
 from supersam_hf.evaluation import EvaluationData
-from supersam_hf.search import load_pareto, pareto_front, search_subnets, select_subnet
+from supersam_hf import SearchSpace, SubnetConfig
+from supersam_hf.search import load_pareto, pareto_front, repair, search_subnets, select_subnet
 
 IMAGE = 64
 
@@ -71,11 +72,13 @@ def test_params_budget_is_met_and_outputs_are_written(supernet, processor, data,
     for entry in result.evaluations[1:] + result.pareto:
         assert entry["feasible"] and entry["params"] <= half_params
         assert entry["params"] == supernet.count_parameters(select_subnet(entry))
-    assert result.best is not None and result.best["params"] <= half_params
-    assert result.best["miou"] == max(e["miou"] for e in result.evaluations if e["feasible"])
+    best = result.best
+    assert best is not None and best.metrics["params"] <= half_params and best.subnet == select_subnet(best.entry)
+    assert best.metrics["miou"] == max(e["miou"] for e in result.evaluations if e["feasible"])
+    assert best.metrics["prompt"] == "point" and best.metrics["num_images"] == 4
     params = [e["params"] for e in result.pareto]
     mious = [e["miou"] for e in result.pareto]
-    assert params == sorted(params) and mious == sorted(mious) and result.best in result.pareto
+    assert params == sorted(params) and mious == sorted(mious) and best.entry in result.pareto
     assert len(set(params)) == len(params)
 
     saved = json.loads((tmp_path / "search_results.json").read_text())
@@ -83,7 +86,7 @@ def test_params_budget_is_met_and_outputs_are_written(supernet, processor, data,
     assert saved["constraints"]["max_params"] == half_params
     assert load_pareto(tmp_path) == result.pareto
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert select_subnet("best", tmp_path) == result.best_subnet
+    assert select_subnet("best", tmp_path) == best.subnet
     assert select_subnet("pareto:0", tmp_path) == select_subnet(result.pareto[0])
     with pytest.raises(ValueError, match=rf"pareto:0 … pareto:{len(result.pareto) - 1}"):
         select_subnet("pareto:99", tmp_path)
@@ -137,6 +140,22 @@ def test_pareto_front_keeps_only_non_dominated_feasible_points():
     entries = [entry("a", 10, 0.5), entry("b", 20, 0.4), entry("c", 30, 0.7), entry("d", 5, 0.9, False),
                entry("e", 10, 0.6), entry("f", 40, 0.7)]
     assert [e["name"] for e in pareto_front(entries)] == ["e", "c"]
+
+
+def test_too_few_layers_are_repaired_most_important_first():
+    space = SearchSpace(num_layers=6, mlp_dim=8, elastic_layers=[1, 2, 3, 4, 5], layer_drop_probs=[0.4, 0.1, 0.3, 0.1, 0.2],
+                        mlp_dim_choices=[[4, 8]] * 6, min_layers=4)
+    widths = {i: 4 for i in range(6)}
+    # everything dropped: the three lowest drop probabilities (2 and 4 tie at 0.1, then 5) come back
+    assert repair(space, {i: False for i in range(1, 6)}, widths) == SubnetConfig((0, 2, 4, 5), (4, 4, 4, 4))
+    assert repair(space, {1: False, 3: False}, widths) == SubnetConfig((0, 2, 4, 5), (4, 4, 4, 4))  # already valid
+    assert repair(space, {1: False, 2: False, 3: False}, widths) == SubnetConfig((0, 2, 4, 5), (4, 4, 4, 4))
+
+
+def test_unknown_technique_is_refused_before_any_work(supernet, processor, data, tmp_path, counted):
+    with pytest.raises(ValueError, match="AUCBanditMetaTechniqueA"):
+        search_subnets(supernet, data, processor, technique="NoSuchTechnique", output_dir=tmp_path)
+    assert counted == []
 
 
 def test_cli_search_end_to_end(supernet, processor, dataset, half_params, tmp_path, capsys):

@@ -41,6 +41,15 @@ def assets(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models are op-overhead bound; on a shared 2-core machine intra-op threads only spin (10-20x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     """Each run builds its own Accelerator; drop accelerate's process-wide singletons between tests."""
@@ -86,20 +95,20 @@ def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def test_sandwich_losses_go_down_and_supernet_is_saved(assets, tmp_path):
     out = tmp_path / "run"
-    args = make_args(assets, out, max_steps=14, per_device_train_batch_size=4, learning_rate=2e-3,
+    args = make_args(assets, out, max_steps=24, per_device_train_batch_size=4, learning_rate=2e-3,
                      lr_scheduler_type="constant", validation_split="train", eval_max_images=2)
-    model = train_supernet(args)
+    model = train_supernet(args).cpu()
 
     records = read_metrics(out / "metrics.jsonl")
-    assert [r["step"] for r in records] == list(range(1, 15))
+    assert [r["step"] for r in records] == list(range(1, 25))
     for slot in ("largest", "smallest"):
         losses = [r["loss"][slot] for r in records]
-        assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), (slot, losses)
+        assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), (slot, losses)
     assert records[0]["subnets"]["largest"] != records[0]["subnets"]["smallest"]
 
     # Periodic evaluation (here only at the end): mIoU of the largest and the smallest subnet.
     evals = read_metrics(out / "metrics.jsonl", "eval")
-    assert len(evals) == 1 and evals[0]["step"] == 14
+    assert len(evals) == 1 and evals[0]["step"] == 24
     assert set(evals[0]["miou"]) == {"largest", "smallest"} and all(0 <= v <= 1 for v in evals[0]["miou"].values())
 
     # The output folder is a loadable supernet (search space kept) with the processor next to it.
@@ -108,9 +117,9 @@ def test_sandwich_losses_go_down_and_supernet_is_saved(assets, tmp_path):
     for name, tensor in loaded.state_dict().items():
         torch.testing.assert_close(tensor, model.state_dict()[name], rtol=0, atol=0)
     assert (out / "processor_config.json").is_file()
-    assert (out / "checkpoints" / "step_14" / "training_state.json").is_file()
+    assert (out / "checkpoints" / "step_24" / "training_state.json").is_file()
     summary = json.loads((out / "training_summary.json").read_text())
-    assert summary["global_step"] == 14 and summary["subnets_per_step"] == 2
+    assert summary["global_step"] == 24 and summary["subnets_per_step"] == 2
 
 
 def test_resume_reproduces_straight_run(assets, tmp_path):
@@ -118,14 +127,14 @@ def test_resume_reproduces_straight_run(assets, tmp_path):
     common = dict(dataset_name=str(assets / "data5"), max_steps=4, gradient_accumulation_steps=2,
                   num_random_subnets=1, prompt_type="mixed", lr_scheduler_type="cosine", warmup_steps=1)
     straight = tmp_path / "straight"
-    model_a = train_supernet(make_args(assets, straight, save_steps=2, **common))
+    model_a = train_supernet(make_args(assets, straight, save_steps=2, **common)).cpu()
     assert (straight / "checkpoints" / "step_2" / "training_state.json").is_file()
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
 
     resumed = tmp_path / "resumed"
     shutil.copytree(straight / "checkpoints" / "step_2", resumed / "checkpoints" / "step_2")
-    model_b = train_supernet(make_args(assets, resumed, resume_from_checkpoint="latest", **common))
+    model_b = train_supernet(make_args(assets, resumed, resume_from_checkpoint="latest", **common)).cpu()
 
     a, b = weights(model_a), weights(model_b)
     start = SuperSamModel.from_pretrained(assets / "sam").state_dict()
@@ -144,7 +153,8 @@ def test_resume_reproduces_straight_run(assets, tmp_path):
 
 def test_distributed_ranks_train_same_subnets_and_end_identical(assets, tmp_path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
+    # CPU processes over gloo, also on a machine with a GPU (hidden: else gloo's barrier binds to a CUDA device per rank).
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
@@ -176,7 +186,7 @@ def test_distributed_ranks_train_same_subnets_and_end_identical(assets, tmp_path
 def test_lora_trains_only_adapters_and_merge_is_exact(assets, tmp_path):
     out = tmp_path / "lora"
     args = make_args(assets, out, lora_r=4, lora_alpha=8, learning_rate=1e-2, max_steps=2)
-    merged = train_supernet(args)
+    merged = train_supernet(args).cpu()
     start = SuperSamModel.from_pretrained(assets / "sam")
     start_state = start.state_dict()
 
@@ -215,7 +225,10 @@ def test_lora_trains_only_adapters_and_merge_is_exact(assets, tmp_path):
 @pytest.mark.parametrize("distill_weight", [0.0, 1.0])
 def test_training_with_and_without_distillation(assets, tmp_path, distill_weight):
     out = tmp_path / f"kd{distill_weight}"
-    model = train_supernet(make_args(assets, out, distill_weight=distill_weight, num_random_subnets=1))
+    # Also exercised here: with KD, TensorBoard + a held-out validation fraction evaluated every step; without, bf16.
+    extra = (dict(report_to="tensorboard", validation_fraction=0.25, eval_steps=1, eval_max_images=1) if distill_weight
+             else dict(mixed_precision="bf16"))
+    model = train_supernet(make_args(assets, out, distill_weight=distill_weight, num_random_subnets=1, **extra)).cpu()
     start = SuperSamModel.from_pretrained(assets / "sam").state_dict()
     trained = model.state_dict()
     assert not torch.equal(trained["vision_encoder.layers.0.attn.qkv.weight"], start["vision_encoder.layers.0.attn.qkv.weight"])
@@ -227,8 +240,24 @@ def test_training_with_and_without_distillation(assets, tmp_path, distill_weight
     if distill_weight:
         assert set(records[0]["distill"]) == {"smallest", "random_1"}
         assert all(v > 0 for v in records[0]["distill"].values())
+        assert [r["step"] for r in read_metrics(out / "metrics.jsonl", "eval")] == [1, 2]
+        assert list((out / "runs").rglob("events.out.tfevents.*"))
     else:
         assert "distill" not in records[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 mixed precision needs a GPU")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_on_gpu(assets, tmp_path, precision):
+    out = tmp_path / precision
+    model = train_supernet(make_args(assets, out, mixed_precision=precision, num_random_subnets=1, distill_weight=1.0,
+                                     max_steps=3, gradient_accumulation_steps=2)).cpu()
+    records = read_metrics(out / "metrics.jsonl")
+    assert all(np.isfinite(v) for r in records for v in r["loss"].values())
+    start = SuperSamModel.from_pretrained(assets / "sam").state_dict()
+    trained = model.state_dict()
+    assert trained["vision_encoder.layers.0.attn.qkv.weight"].dtype == torch.float32  # master weights stay fp32
+    assert not torch.equal(trained["vision_encoder.layers.0.attn.qkv.weight"], start["vision_encoder.layers.0.attn.qkv.weight"])
 
 
 def test_subnet_slots_are_a_function_of_seed_and_step():
@@ -282,6 +311,10 @@ def test_existing_output_dir_is_refused(assets, tmp_path):
     with pytest.raises(FileExistsError, match="previous run"):
         train_supernet(make_args(assets, out))
     assert (out / "config.json").read_text() == "{}" and sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.jsonl"]
+    # overwrite_output_dir replaces the previous run (its metrics do not leak into the new ones).
+    train_supernet(make_args(assets, out, overwrite_output_dir=True, max_steps=1))
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1]
+    assert json.loads((out / "config.json").read_text())["model_type"] == "supersam"
 
 
 def test_nan_loss_stops_naming_step_and_subnet_and_keeps_checkpoint(assets, tmp_path, monkeypatch):
@@ -346,3 +379,14 @@ def test_cli_train_and_yaml_arguments(assets, tmp_path, capsys):
     parsed = parse_stage_arguments("train", [str(yaml_file)])
     assert isinstance(parsed, SupernetTrainingArguments)
     assert (parsed.max_steps, parsed.distill_weight, parsed.prompt_type) == (7, 0.5, "box")
+
+
+def test_largest_only_is_plain_fine_tuning(assets, tmp_path):
+    out = tmp_path / "full"
+    start = SuperSamModel.from_pretrained(assets / "sam").state_dict()
+    model = train_supernet(make_args(assets, out, largest_only=True, num_random_subnets=2, max_steps=3)).cpu()
+    records = read_metrics(out / "metrics.jsonl")
+    assert all(set(r["loss"]) == {"largest"} for r in records)
+    assert json.loads((out / "training_summary.json").read_text())["subnets_per_step"] == 1
+    trained = model.state_dict()
+    assert not torch.equal(trained["vision_encoder.layers.0.mlp.lin1.weight"], start["vision_encoder.layers.0.mlp.lin1.weight"])

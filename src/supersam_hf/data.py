@@ -652,6 +652,10 @@ _FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".cs
 
 def _pick_split(data: Any, split: str | None, source: str) -> datasets.Dataset:
     if not isinstance(data, (datasets.DatasetDict, dict)):
+        # A single saved Dataset has no split names; only the default split can mean it.
+        if split not in (None, "train"):
+            raise ValueError(f"{source!r} holds a single dataset without splits; split={split!r} cannot be selected. "
+                             "Save a DatasetDict with that split, or leave split unset.")
         return data
     splits = list(data.keys())
     if split is not None:

@@ -22,7 +22,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import datasets
 import torch
@@ -244,13 +244,14 @@ def _score_batches(model, batches, processor, mask_selection: str, metric, show_
             best = outputs.iou_scores.float().argmax(dim=-1)  # (B, P): the model's own choice
             index = best[..., None, None, None].expand(-1, -1, 1, *low_res.shape[-2:])
             low_res = torch.gather(low_res, 2, index)  # (B, P, 1, L, L)
+        counts = [int(truth.shape[0]) for truth in batch["full_masks"]]  # drop the collator's padding slots
         masks = processor.post_process_masks(
-            list(low_res), batch["original_sizes"], batch["reshaped_input_sizes"], mask_threshold=0.0, binarize=True
+            [low_res[b, :n] for b, n in enumerate(counts)], batch["original_sizes"], batch["reshaped_input_sizes"], mask_threshold=0.0, binarize=True
         )
         predictions, references, image_ids = [], [], []
         for image_masks, truth, image_id in zip(masks, batch["full_masks"], batch["image_ids"]):
             truth = truth.to(image_masks.device)
-            for k in range(truth.shape[0]):  # slots beyond the image's own instances are collator padding
+            for k in range(truth.shape[0]):
                 candidates = image_masks[k]
                 choice = 0 if mask_selection == "single" else int(_pairwise_iou(candidates, truth[k]).argmax())
                 prediction, reference = _crop_pair(candidates[choice], truth[k])
@@ -367,6 +368,10 @@ def evaluate_model(
         else:
             _score_batches(model, batches, processor, mask_selection, metric, show_progress, total)
         scores = metric.compute()
+    except BaseException:
+        global _METRIC
+        _METRIC = None  # it may hold a partial evaluation: the next call starts from a fresh one
+        raise
     finally:
         model.train(was_training)
     return {
@@ -408,8 +413,10 @@ class EvaluateArguments:
     )
     split: str | None = field(default=None, metadata={"help": "Dataset split (default: train, or the only split)."})
     processor: str | None = field(default=None, metadata={"help": "SamProcessor folder (default: the model folder)."})
-    prompt: str = field(default="point", metadata={"help": "Prompt per instance: point (one positive point) or box."})
-    mask_selection: str = field(
+    prompt: Literal["point", "box"] = field(
+        default="point", metadata={"help": "Prompt per instance: one positive point, or its box."}
+    )
+    mask_selection: Literal["single", "oracle"] = field(
         default="single",
         metadata={
             "help": "single: the output with the highest predicted IoU (the model's own choice); oracle: the best of "

@@ -34,7 +34,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -62,24 +62,36 @@ INFEASIBLE_PENALTY = 10.0
 
 
 @dataclass
+class SearchCandidate:
+    """One scored subnet: `subnet` (its `SubnetConfig`), `metrics` (an `evaluate_model`-style dict: "miou",
+    "per_image_miou", "mean_dice", "num_objects", "num_images", how it was measured — "prompt", "mask_selection",
+    "resolution", "seed" — and its costs "params", "macs", "latency_ms", "size_reduction"; what an export's
+    model card shows) and `entry` (its full record in search_results.json)."""
+
+    subnet: SubnetConfig
+    metrics: dict[str, Any]
+    entry: dict[str, Any]
+
+
+@dataclass
 class SearchResult:
     """What `search_subnets` found (everything is also in `paths`' files).
 
     evaluations: every scored subnet in evaluation order (the largest-subnet reference first); each entry holds
         `name`, `kept_layers`, `mlp_dims`, `params`, `macs`, `latency_ms` (None unless a latency budget was set),
-        `size_reduction`, `miou`, `per_image_miou`, `mean_dice`, `feasible`, `violations`, `reference`.
+        `size_reduction`, `miou`, `per_image_miou`, `mean_dice`, `num_objects`, `feasible`, `violations`,
+        `reference`.
     pareto: the feasible entries not dominated on (fewer params, higher mIoU), sorted by params.
-    best: the feasible entry with the highest mIoU (ties: fewer params), or None; `best_subnet` its config.
+    best: the feasible subnet with the highest mIoU (ties: fewer params) as a `SearchCandidate`, or None.
     reference: the largest subnet's entry (scored first, feasible or not).
     num_evaluated: scored subnets in total (resumed ones included); num_new_evaluations: scored by this call.
-    num_proposals / num_rejected: configurations proposed by the strategy / rejected by a constraint.
+    num_proposals / num_rejected: configurations proposed by the strategy / subnets rejected by a constraint.
     paths: "results", "pareto", "plot", "best" (None when no subnet is feasible), "database" (opentuner only).
     """
 
     evaluations: list[dict[str, Any]]
     pareto: list[dict[str, Any]]
-    best: dict[str, Any] | None
-    best_subnet: SubnetConfig | None
+    best: SearchCandidate | None
     reference: dict[str, Any]
     num_evaluated: int
     num_new_evaluations: int
@@ -254,15 +266,19 @@ def _import_opentuner():
     * `TuningRunMain` calls `init_logging()`, which adds handlers to the root logger and writes `opentuner.log`
       into the working directory: replaced by a no-op (opentuner itself does that after the first call); its
       loggers then follow the application's logging configuration.
+    * its SQLAlchemy 1.x idioms (declarative_base, Query.get) raise deprecation warnings under SQLAlchemy 2: they
+      are silenced for opentuner's modules only.
     * SQLAlchemy 2 removed cascade_backrefs, so a `DesiredResult(tuning_run=...)` is no longer added to the
       session by the backref: the search driver's flush then misses it ("SAWarning: Object of type
       <DesiredResult> not in session") and its duplicate detection never fires. An `init` listener adds every new
       DesiredResult to its tuning run's session, restoring the 1.x behaviour opentuner was written for.
     """
     original_formatter = logging.Formatter
-    import opentuner  # noqa: F401
-    from opentuner import tuningrunmain
-    from opentuner.resultsdb.models import DesiredResult
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="opentuner")  # SQLAlchemy 2 deprecation notes about its models
+        import opentuner  # noqa: F401
+        from opentuner import tuningrunmain
+        from opentuner.resultsdb.models import DesiredResult
     from sqlalchemy import event
 
     logging.Formatter = original_formatter
@@ -355,6 +371,16 @@ def decode_opentuner_config(space: SearchSpace, data: dict[str, Any]) -> SubnetC
     for i, choices in enumerate(space.mlp_dim_choices):
         widths[i] = choices[int(data[f"width_{i}"])] if len(choices) > 1 else choices[0]
     return repair(space, keep, widths)
+
+
+def check_technique(technique: str) -> None:
+    """Raise `ValueError` unless `technique` names a registered OpenTuner technique."""
+    _import_opentuner()
+    from opentuner.search.technique import all_techniques
+
+    names = sorted(t.name for t in all_techniques()[0])
+    if technique not in names:
+        raise ValueError(f"Unknown OpenTuner technique {technique!r}; registered techniques: {', '.join(names)}.")
 
 
 def _opentuner_proposals(space: SearchSpace, seed: int, technique: str, database: Path):
@@ -505,6 +531,8 @@ def search_subnets(
     image_column: str | None = None,
     mask_column: str | None = None,
     mask_kind: str | None = None,
+    dataset_name: str | None = None,
+    split: str | None = None,
 ) -> SearchResult:
     """Search the supernet's subnets for the highest mIoU under budgets; write results, Pareto front and plot.
 
@@ -528,6 +556,7 @@ def search_subnets(
             `eval_seed` fixes the prompts, so searches with different `seed`s score subnets identically.
         latency_repeats: timed forwards per latency measurement (only measured when `max_latency_ms` is set).
         technique: OpenTuner technique name (`--technique`).
+        dataset_name / split: recorded in search_results.json's settings (and checked on resume).
         max_proposals: stop after this many proposals even if the budget is not spent (default max(100, 25 ×
             budget)); reached when the feasible space is smaller than the budget.
 
@@ -546,6 +575,8 @@ def search_subnets(
         if value is not None and value <= 0:
             raise ValueError(f"{name} must be positive, got {value}.")
 
+    if strategy == "opentuner":
+        check_technique(technique)
     if isinstance(supernet, (str, os.PathLike)):
         if processor is None:
             processor = SamProcessor.from_pretrained(supernet)
@@ -610,6 +641,8 @@ def search_subnets(
             )
 
     settings = {
+        "dataset": dataset_name,
+        "split": split,
         "prompt": prompt,
         "mask_selection": mask_selection,
         "eval_seed": data.seed,
@@ -622,11 +655,16 @@ def search_subnets(
     rejected: dict[SubnetConfig, dict[str, Any]] = {}  # costs of subnets never scored (over a budget)
     if resume and results_path.exists():
         previous = json.loads(results_path.read_text())
-        differing = [k for k, v in settings.items() if previous.get("settings", {}).get(k) != v]
+        before = previous.get("settings", {})
+        optional = ("dataset", "split")  # only recorded when known (the CLI records them)
+        differing = [
+            k for k, v in settings.items()
+            if before.get(k) != v and not (k in optional and (v is None or before.get(k) is None))
+        ]
         if differing:
             raise ValueError(
                 f"Cannot resume the search in {str(output)!r}: it was measured with different "
-                + ", ".join(f"{k} ({previous.get('settings', {}).get(k)!r} vs now {settings[k]!r})" for k in differing)
+                + ", ".join(f"{k} ({before.get(k)!r} vs now {settings[k]!r})" for k in differing)
                 + ". Use the same settings, or a new output_dir."
             )
         for entry in previous.get("evaluations", []):
@@ -635,6 +673,10 @@ def search_subnets(
             rejected[SubnetConfig.from_dict(entry)] = entry
         for cfg, entry in [*evaluated.items(), *rejected.items()]:
             cheap_cache[cfg] = {k: entry[k] for k in ("params", "macs", "size_reduction")}
+        if max_latency_ms is not None:  # a latency budget new to this search: time what was scored without one
+            for cfg, entry in evaluated.items():
+                if entry.get("latency_ms") is None and not constraints.violations(entry):
+                    entry["latency_ms"] = measure_latency(supernet, cfg, data, latency_repeats)
         logger.info("Resuming the search in %s: %d subnets already scored.", output, len(evaluated))
     elif resume:
         logger.info("Nothing to resume in %s; starting a new search.", output)
@@ -694,7 +736,7 @@ def search_subnets(
         metrics = evaluate_model(supernet, data, processor, subnet=cfg, prompt=prompt, mask_selection=mask_selection,
                                  show_progress=False)
         entry = entry_for(cfg, cost)
-        entry.update(miou=metrics["miou"], per_image_miou=metrics["per_image_miou"], mean_dice=metrics["mean_dice"])
+        entry.update({k: metrics[k] for k in ("miou", "per_image_miou", "mean_dice", "num_objects")})
         evaluated[cfg] = entry
         rejected.pop(cfg, None)
         num_new += 1
@@ -762,11 +804,17 @@ def search_subnets(
         f", best feasible mIoU {best['miou']:.4f}" if best else ", no feasible subnet"
     )
     plot_pareto(evaluations, front, output / PARETO_PLOT, constraints, largest_params, title)
+    candidate = None
+    if best is not None:
+        metrics = {k: best.get(k) for k in ("miou", "per_image_miou", "mean_dice", "num_objects")}
+        metrics.update(num_images=data.num_images, prompt=prompt, mask_selection=mask_selection, resolution="original",
+                       seed=data.seed, subnet=best["name"], subnet_config=SubnetConfig.from_dict(best).to_dict())
+        metrics.update({k: best.get(k) for k in ("params", "macs", "latency_ms", "size_reduction")})
+        candidate = SearchCandidate(subnet=SubnetConfig.from_dict(best), metrics=metrics, entry=best)
     return SearchResult(
         evaluations=evaluations,
         pareto=front,
-        best=best,
-        best_subnet=SubnetConfig.from_dict(best) if best else None,
+        best=candidate,
         reference=evaluated[largest],
         num_evaluated=len(evaluations),
         num_new_evaluations=num_new,
@@ -793,7 +841,9 @@ class SearchArguments:
 
     supernet: str = field(metadata={"help": "Trained supernet folder (written by `supersam train` or `supersam convert`)."})
     dataset: str = field(metadata={"help": "Search images: a save_to_disk folder, local data files, or a Hub dataset name."})
-    output_dir: str = field(metadata={"help": "Folder for search_results.json, pareto.json, pareto.png, best_subnet.json."})
+    output_dir: str = field(
+        metadata={"help": "Folder for search_results.json, pareto.json, pareto.png and best_subnet.json."}
+    )
     split: str | None = field(
         default=None, metadata={"help": "Dataset split to search on, held out from training (default: train, or the only split)."}
     )
@@ -807,12 +857,14 @@ class SearchArguments:
     min_size_reduction: float | None = field(
         default=None, metadata={"help": "At least this fraction fewer parameters than the largest subnet (0.5 = half)."}
     )
-    strategy: str = field(default="opentuner", metadata={"help": "opentuner, or random (uniform sampling, for comparison)."})
+    strategy: Literal["opentuner", "random"] = field(
+        default="opentuner", metadata={"help": "opentuner, or random (uniform sampling, for comparison)."}
+    )
     technique: str = field(default="AUCBanditMetaTechniqueA", metadata={"help": "OpenTuner technique (--technique)."})
     seed: int = field(default=0, metadata={"help": "Seed of the search strategy."})
     resume: bool = field(default=False, metadata={"help": "Continue the search in --output_dir, reusing its scored subnets."})
-    prompt: str = field(default="point", metadata={"help": "Prompt per instance when scoring: point or box."})
-    mask_selection: str = field(
+    prompt: Literal["point", "box"] = field(default="point", metadata={"help": "Prompt per instance when scoring."})
+    mask_selection: Literal["single", "oracle"] = field(
         default="single", metadata={"help": "single (highest predicted IoU) or oracle (best of three vs ground truth)."}
     )
     max_images: int | None = field(default=None, metadata={"help": "Score subnets on the first N images only."})
@@ -826,7 +878,7 @@ class SearchArguments:
 
 
 def format_search(result: SearchResult) -> str:
-    ref, best = result.reference, result.best
+    ref, best = result.reference, (result.best.entry if result.best else None)
     lines = [
         f"scored {result.num_evaluated} subnets ({result.num_new_evaluations} new), {result.num_proposals} proposals, "
         f"{result.num_rejected} rejected by the budget",
@@ -870,6 +922,8 @@ def run_search(args: SearchArguments) -> SearchResult:
         image_column=args.image_column,
         mask_column=args.mask_column,
         mask_kind=args.mask_kind,
+        dataset_name=args.dataset,
+        split=args.split,
     )
     print(f"supersam search: {args.supernet} on {args.dataset}" + (f" [{args.split}]" if args.split else ""))
     print(format_search(result))
@@ -878,6 +932,7 @@ def run_search(args: SearchArguments) -> SearchResult:
 
 __all__ = [
     "SearchArguments",
+    "SearchCandidate",
     "SearchResult",
     "load_pareto",
     "load_supernet",

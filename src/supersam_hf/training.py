@@ -120,6 +120,11 @@ class SupernetTrainingArguments:
     num_random_subnets: int = field(
         default=2, metadata={"help": "Sampled subnets per step, besides the largest and the smallest (sandwich rule)."}
     )
+    largest_only: bool = field(
+        default=False,
+        metadata={"help": "Train only the largest subnet: plain fine-tuning of the full model, the baseline that the "
+                  "sandwich rule is compared with (num_random_subnets and distill_weight are then ignored)."},
+    )
     distill_weight: float = field(
         default=0.0, metadata={"help": "In-place distillation: weight of the smaller subnets' fit to the largest's masks (0: off)."}
     )
@@ -606,8 +611,9 @@ def train_supernet(args: SupernetTrainingArguments) -> SuperSamModel:
                 yield epoch, batch
             epoch, skip = epoch + 1, 0
 
+    subnets_per_step = 1 if args.largest_only else 2 + args.num_random_subnets
     logger.info(
-        f"Sandwich training: {args.max_steps} steps x ({2 + args.num_random_subnets} subnets x {ga} micro-batches of "
+        f"Sandwich training: {args.max_steps} steps x ({subnets_per_step} subnets x {ga} micro-batches of "
         f"{args.per_device_train_batch_size} images x {accelerator.num_processes} processes); {len(train_data)} train "
         f"images; {trainable_params:,} trainable parameters{' (LoRA)' if args.lora_r else ''}.",
         main_process_only=True,
@@ -622,8 +628,13 @@ def train_supernet(args: SupernetTrainingArguments) -> SuperSamModel:
     started = time.perf_counter()
     epoch = 0
 
+    # Gradient accumulation by hand rather than `accelerator.accumulate`: one optimizer step is ga micro-batches x
+    # the sandwich's slots backward passes; `accelerator.backward` divides each loss by ga, and every backward but
+    # the step's very last runs under `no_sync` (accumulate() decides syncing per call and at dataloader ends).
     for step in range(start_step, args.max_steps):
-        slots = sandwich_subnets(space, args.seed + accelerator.process_index, step, args.num_random_subnets)
+        slots = sandwich_subnets(space, args.seed, step, args.num_random_subnets)
+        if args.largest_only:
+            slots = slots[:1]  # plain fine-tuning of the full model
         totals = {name: torch.zeros((), device=accelerator.device) for name, _ in slots}
         distills = {name: torch.zeros((), device=accelerator.device) for name, _ in slots[1:]}
         for micro in range(ga):
@@ -644,6 +655,7 @@ def train_supernet(args: SupernetTrainingArguments) -> SuperSamModel:
         values = dict(zip(totals, mean.tolist()))
         for (name, cfg), value in zip(slots, values.values()):
             if not math.isfinite(value):
+                progress.close()
                 _finish_trackers(accelerator)
                 raise NonFiniteLossError(
                     f"Non-finite loss ({value}) at step {step + 1} in subnet '{name}' ({cfg.name}, kept layers "
@@ -655,6 +667,7 @@ def train_supernet(args: SupernetTrainingArguments) -> SuperSamModel:
         if args.max_grad_norm > 0:
             grad_norm = float(accelerator.clip_grad_norm_(trainable, args.max_grad_norm))
             if not math.isfinite(grad_norm) and args.mixed_precision != "fp16":  # fp16: the scaler skips the step
+                progress.close()
                 _finish_trackers(accelerator)
                 raise NonFiniteLossError(
                     f"Non-finite gradient norm at step {step + 1} (sandwich of {[c.name for _, c in slots]}); the last "
@@ -711,7 +724,7 @@ def train_supernet(args: SupernetTrainingArguments) -> SuperSamModel:
         "train_runtime_s": round(runtime, 3),
         "steps_per_second": round((final_step - start_step) / runtime, 4) if runtime > 0 else None,
         "num_processes": accelerator.num_processes,
-        "subnets_per_step": 2 + args.num_random_subnets,
+        "subnets_per_step": subnets_per_step,
         "trainable_parameters": trainable_params,
         "lora": bool(args.lora_r),
         "final_loss": last_losses,

@@ -45,6 +45,7 @@ def parse_args(argv=None):
     parser.add_argument("--max_images", type=int, default=16, help="Search images.")
     parser.add_argument("--prompt", default="box", choices=["point", "box"])
     parser.add_argument("--untrained", action="store_true", help="Say in the results that --supernet was not trained.")
+    parser.add_argument("--note", default="", help="Where --supernet comes from, written into the results file.")
     parser.add_argument("--output", default=str(RESULTS / "search_vs_random.md"))
     return parser.parse_args(argv)
 
@@ -93,7 +94,8 @@ def main(argv=None) -> None:
         supernet = load_supernet(args.supernet, "cpu")
         processor = SamProcessor.from_pretrained(args.supernet)
         trained = not args.untrained
-        supernet_note = f"`{args.supernet}` ({'trained' if trained else 'not trained'}, prioritized: {supernet.config.prioritized})"
+        supernet_note = (f"`{args.supernet}` ({'trained' if trained else 'not trained'}, prioritized: "
+                         f"{supernet.config.prioritized}){': ' + args.note if args.note else ''}")
     else:
         processor = build_sam_processor(96)
         supernet = standin_supernet(dataset, processor)
@@ -130,6 +132,9 @@ def main(argv=None) -> None:
                                                       prompt=args.prompt, show_progress=False)["miou"]
 
     reference = runs[("opentuner", args.seeds[0])]["result"].reference
+    scored = {(tuple(e["kept_layers"]), tuple(e["mlp_dims"])): e
+              for run in runs.values() for e in run["result"].evaluations if e["feasible"]}
+    spread = [e["miou"] for e in scored.values()]
     lines = [
         "# OpenTuner vs random subnet search at equal budgets",
         "",
@@ -143,6 +148,8 @@ def main(argv=None) -> None:
         f"min_layers {space.min_layers}, widths {list(space.mlp_dim_choices[0])}",
         f"- data: {dataset_note}, {data.num_images} images, one {args.prompt} prompt per object, mask selection "
         "`single` (highest predicted IoU), masks at original resolution",
+        f"- largest subnet (reference, over budget): mIoU {reference['miou']:.4f}; the {len(spread)} distinct feasible "
+        f"subnets scored by all runs span mIoU {min(spread):.4f} to {max(spread):.4f}" if spread else
         f"- largest subnet (reference, over budget): mIoU {reference['miou']:.4f}",
         f"- machine: {describe_machine(torch.device('cpu'))}; total {time.time() - started:.0f} s",
         "",
@@ -160,7 +167,8 @@ def main(argv=None) -> None:
               "|---|---:|---:|---|---:|---:|---:|" + ("---:|" if test_scores else "")]
     for (strategy, seed), run in sorted(runs.items()):
         result, best = run["result"], run["result"].best
-        row = (f"| {strategy} | {seed} | {best.metrics['miou']:.4f} | {best.subnet.name} | {best.metrics['params']:,} | "
+        row = (f"| {strategy} | {seed} | {best.metrics['miou']:.4f} | {best.subnet.name} (layers "
+               f"{','.join(map(str, best.subnet.kept_layers))}) | {best.metrics['params']:,} | "
                f"{result.num_proposals} / {result.num_rejected} | {run['seconds']:.0f} |") if best else \
               f"| {strategy} | {seed} | – | – | – | {result.num_proposals} / {result.num_rejected} | {run['seconds']:.0f} |"
         if test_scores:

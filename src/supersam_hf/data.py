@@ -342,8 +342,8 @@ class SamSegmentationData(torch.utils.data.Dataset):
         seed: prompts are drawn from `numpy.random.default_rng((seed, row_index, epoch))`; `set_epoch` varies
             them per epoch reproducibly (row_index = the row in `dataset`).
         return_full_masks: also return `full_masks`, bool (P, H, W) at the original size, for evaluation.
-        low_res_size: side of the decoder's low-resolution masks; default pad_size // 4, which is SAM's 4× upscaled
-            image embedding for patch size 16 (pass 4 × image-embedding size for other patch sizes).
+        low_res_size: side of the decoder's low-resolution masks (4× the image-embedding size); default the
+            processor's `mask_pad_size`, else pad_size // 4 (right for patch size 16).
 
     `__getitem__` returns tensors for one image with P instances (S = processor pad size, L = low_res_size):
     `pixel_values` (3, S, S), `original_sizes` (2,), `reshaped_input_sizes` (2,), `input_points` (P, n, 2) float,
@@ -414,7 +414,11 @@ class SamSegmentationData(torch.utils.data.Dataset):
         if not getattr(image_processor, "do_pad", False) or pad_size is None:
             raise ValueError("The SAM processor must pad images to a square (do_pad=True, pad_size={'height','width'}).")
         self.pad_size = (int(pad_size["height"]), int(pad_size["width"]))
-        self.low_res_size = int(low_res_size) if low_res_size is not None else self.pad_size[0] // 4
+        if low_res_size is None:
+            # The processor's mask_pad_size is the decoder's output size (SAM: 256 for 1024 px, patch 16).
+            mask_pad = getattr(processor.image_processor, "mask_pad_size", None) or {"height": self.pad_size[0] // 4}
+            low_res_size = mask_pad["height"]
+        self.low_res_size = int(low_res_size)
         if any(side % self.low_res_size for side in self.pad_size):
             raise ValueError(f"pad_size {self.pad_size} must be a multiple of low_res_size {self.low_res_size}.")
 

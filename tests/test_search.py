@@ -1,6 +1,7 @@
 """search_subnets: budgets respected, impossible budgets refused, caching and resume, both strategies, output
 files, select_subnet, and `supersam search` end to end."""
 
+import itertools
 import json
 
 import pytest
@@ -150,6 +151,17 @@ def test_too_few_layers_are_repaired_most_important_first():
     assert repair(space, {i: False for i in range(1, 6)}, widths) == SubnetConfig((0, 2, 4, 5), (4, 4, 4, 4))
     assert repair(space, {1: False, 3: False}, widths) == SubnetConfig((0, 2, 4, 5), (4, 4, 4, 4))  # already valid
     assert repair(space, {1: False, 2: False, 3: False}, widths) == SubnetConfig((0, 2, 4, 5), (4, 4, 4, 4))
+
+
+def test_differential_evolution_parent_order_is_reproducible():
+    """opentuner's DE draws parents from a set of population members; hashed by address, that order (and the whole
+    search) changed from run to run. After the search's workaround it follows creation order."""
+    search_module._import_opentuner()
+    from opentuner.search.differentialevolution import PopulationMember
+
+    search_module._DE_MEMBER_COUNTER[0] = itertools.count()
+    members = [PopulationMember(config=None) for _ in range(40)]
+    assert list(set(members) - {members[5]}) == members[:5] + members[6:]
 
 
 def test_unknown_technique_is_refused_before_any_work(supernet, processor, data, tmp_path, counted):

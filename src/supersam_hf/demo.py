@@ -37,7 +37,7 @@ from .training import SupernetTrainingArguments, train_supernet
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "demo_state.json"
-SIZE_REDUCTIONS = (0.3, 0.5, 0.7)
+SIZE_REDUCTIONS = (0.3, 0.5, 0.7)  # the demo's budgets: at least this fraction fewer parameters than the base
 
 
 @dataclass
@@ -65,7 +65,12 @@ class DemoArguments:
     base_steps: int | None = field(default=None, metadata={"help": "Steps of stand-in base training on A."})
     train_steps: int | None = field(default=None, metadata={"help": "Steps of supernet training (and of the fine-tuning baseline) on B."})
     search_budget: int | None = field(default=None, metadata={"help": "Subnets evaluated per search."})
+    decoder_channels: int = field(default=64, metadata={"help": "Image-embedding / mask-decoder width of the stand-in base."})
     batch_size: int = field(default=4, metadata={"help": "Images per training step."})
+    size_reductions: list[float] = field(
+        default_factory=lambda: list(SIZE_REDUCTIONS),
+        metadata={"help": "Search budgets: at least this fraction fewer parameters than the base (one search each)."},
+    )
 
 
 PRESETS = {
@@ -219,7 +224,7 @@ def run_demo(args: DemoArguments) -> dict:
             init_dir = output / "base_init"
             config = build_sam_config(image_size=sizes["image_size"], hidden_size=sizes["hidden_size"],
                                       num_hidden_layers=sizes["num_layers"], num_attention_heads=4, window_size=4,
-                                      output_channels=64)
+                                      output_channels=args.decoder_channels)
             SamModel(config).save_pretrained(init_dir)
             processor.save_pretrained(init_dir)
             _train(output / "base_training", init_dir, data_a, sizes["base_steps"], args, largest_only=True, learning_rate=1e-3)
@@ -262,7 +267,7 @@ def run_demo(args: DemoArguments) -> dict:
     supernet = SuperSamModel.from_pretrained(supernet_dir).eval()
 
     # 5. search, export, re-evaluate ---------------------------------------------------------------------------
-    for reduction in SIZE_REDUCTIONS:
+    for reduction in args.size_reductions:
         stage = f"search_{int(reduction * 100)}"
         if state.done(stage):
             continue
@@ -279,16 +284,17 @@ def run_demo(args: DemoArguments) -> dict:
         state.record(stage, {"folder": str(folder), "subnet": best.subnet.to_dict(), "params": supernet.count_parameters(best.subnet),
                              "macs": supernet.count_macs(best.subnet), "search_miou": best.metrics["miou"], **{"test": metrics}})
 
-    return _write_summary(output, state, supernet, base_params, eval_prompt, started)
+    return _write_summary(output, state, supernet, base_params, args.size_reductions, eval_prompt, started)
 
 
-def _write_summary(output: Path, state: DemoState, supernet: SuperSamModel, base_params: int, prompt: str, started: float) -> dict:
+def _write_summary(output: Path, state: DemoState, supernet: SuperSamModel, base_params: int,
+                   size_reductions: list[float], prompt: str, started: float) -> dict:
     base_macs = supernet.count_macs()
     rows = [
         ("base, zero-shot on B", base_params, base_macs, state.stages["zero_shot"]["miou"]),
         ("base fine-tuned on B (same steps)", base_params, base_macs, state.stages["finetuned"]["miou"]),
     ]
-    for reduction in SIZE_REDUCTIONS:
+    for reduction in size_reductions:
         s = state.stages[f"search_{int(reduction * 100)}"]
         rows.append((f"SuperSAM, ≥{reduction:.0%} smaller ({Path(s['folder']).name})", s["params"], s["macs"], s["test"]["miou"]))
     measured = (f"mIoU over objects of domain B's held-out test split, one {prompt} prompt per object, the model's own "
@@ -303,9 +309,10 @@ def _write_summary(output: Path, state: DemoState, supernet: SuperSamModel, base
                      "on A), a stand-in for a pretrained checkpoint, which cannot be downloaded offline.\n\n")
     summary = f"# SuperSAM demo\n\n{base_note}{table}\n\nMeasured: {measured}.\n\nExported checkpoints: `{output / 'exports'}`.\n"
     (output / "summary.md").write_text(summary)
-    search_plot = output / "search" / "search_30" / "pareto.png"
+    search_plot = output / "search" / f"search_{int(min(size_reductions) * 100)}" / "pareto.png"
     if search_plot.exists():
         shutil.copy(search_plot, output / "pareto.png")
     print("\n" + table + f"\n\nMeasured: {measured}.\nWritten: {output / 'summary.md'}, {output / 'pareto.png'}, "
           f"{output / 'exports'}/ (total {time.time() - started:.0f} s)")
-    return {"rows": rows, "summary": str(output / "summary.md")}
+    return state.record("summary", {"base_params": base_params, "base_macs": base_macs, "measured": measured,
+                                    "rows": [dict(zip(("model", "params", "macs", "miou"), row)) for row in rows]})

@@ -24,6 +24,7 @@ Semantics (documented in `search_subnets`):
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -268,6 +269,8 @@ def _import_opentuner():
       loggers then follow the application's logging configuration.
     * its SQLAlchemy 1.x idioms (declarative_base, Query.get) raise deprecation warnings under SQLAlchemy 2: they
       are silenced for opentuner's modules only.
+    * its DifferentialEvolution iterates a set of objects hashed by address: made reproducible (see
+      `_make_differential_evolution_deterministic`).
     * SQLAlchemy 2 removed cascade_backrefs, so a `DesiredResult(tuning_run=...)` is no longer added to the
       session by the backref: the search driver's flush then misses it ("SAWarning: Object of type
       <DesiredResult> not in session") and its duplicate detection never fires. An `init` listener adds every new
@@ -283,9 +286,34 @@ def _import_opentuner():
 
     logging.Formatter = original_formatter
     tuningrunmain.init_logging = lambda: None
+    _make_differential_evolution_deterministic()
     if not event.contains(DesiredResult, "init", _add_desired_result_to_session):
         event.listen(DesiredResult, "init", _add_desired_result_to_session)
     return opentuner
+
+
+_DE_MEMBER_COUNTER = [itertools.count()]
+
+
+def _make_differential_evolution_deterministic() -> None:
+    """opentuner's DifferentialEvolution picks parents from `list(set(population) - {parent})`, a set of objects
+    hashed by memory address, so the same seed gives different searches from run to run. Hashing each population
+    member by its creation number (restarted for every search) makes that order, and so the search, reproducible;
+    nothing else about the technique changes."""
+    from opentuner.search import differentialevolution
+
+    member = differentialevolution.PopulationMember
+    if getattr(member, "_supersam_deterministic_hash", False):
+        return
+    original_init = member.__init__
+
+    def __init__(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self._creation_number = next(_DE_MEMBER_COUNTER[0])
+
+    member.__init__ = __init__
+    member.__hash__ = lambda self: self._creation_number
+    member._supersam_deterministic_hash = True
 
 
 def _add_desired_result_to_session(target, args, kwargs) -> None:
@@ -392,6 +420,7 @@ def _opentuner_proposals(space: SearchSpace, seed: int, technique: str, database
     argv = ["--database", f"sqlite:///{database.resolve()}", "--no-dups", "--technique", technique, "--label", "supersam_search"]
     args = opentuner.default_argparser().parse_args(argv)
     rng = _IsolatedRandom(seed)
+    _DE_MEMBER_COUNTER[0] = itertools.count()  # see _make_differential_evolution_deterministic
     with rng.active():
         api = TuningRunManager(_make_interface(opentuner, space, args), args)
     try:

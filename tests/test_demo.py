@@ -1,0 +1,71 @@
+"""`supersam demo` end to end at a tiny size: every artifact exists, each export loads with vanilla SamModel and
+its reported mIoU is reproduced by `supersam evaluate`; bad input is refused with a clear message."""
+
+import json
+
+import pytest
+from transformers import SamModel, ViTConfig, ViTModel
+
+from supersam_hf.cli import main
+from supersam_hf.data import make_synthetic_shapes
+
+TINY = ["--image_size", "64", "--hidden_size", "64", "--num_layers", "6", "--decoder_channels", "16",
+        "--num_train_images", "8", "--num_eval_images", "4", "--base_steps", "3", "--train_steps", "2",
+        "--search_budget", "4", "--batch_size", "2", "--size_reductions", "0.3", "0.5", "0.6"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    output = tmp_path_factory.mktemp("demo") / "run"
+    assert main(["demo", "--output", str(output), *TINY]) == 0
+    return output
+
+
+def test_demo_writes_every_artifact(demo_run):
+    for name in ("summary.md", "pareto.png", "demo_state.json", "supernet/config.json", "base/config.json",
+                 "supernet_init/prioritization_report.json"):
+        assert (demo_run / name).is_file(), name
+    state = json.loads((demo_run / "demo_state.json").read_text())
+    summary = (demo_run / "summary.md").read_text()
+    assert "zero-shot" in summary and "fine-tuned" in summary
+    assert len(state["summary"]["rows"]) == 5
+    for reduction in (30, 50, 60):
+        stage = state[f"search_{reduction}"]
+        assert stage["params"] <= state["summary"]["base_params"] * (1 - reduction / 100)
+        assert f"{stage['test']['miou']:.3f}" in summary
+
+
+def test_exports_load_with_vanilla_sam_and_evaluate_reproduces_the_miou(demo_run, tmp_path):
+    state = json.loads((demo_run / "demo_state.json").read_text())
+    for reduction in (30, 50, 60):
+        stage = state[f"search_{reduction}"]
+        model = SamModel.from_pretrained(stage["folder"])
+        assert sum(p.numel() for p in model.parameters()) == stage["params"]
+        assert (demo_run / "exports" / f"supersam-{reduction}pct-smaller" / "README.md").is_file()
+        result_file = tmp_path / f"eval{reduction}.json"
+        code = main(["evaluate", "--model", stage["folder"], "--dataset", str(demo_run / "data" / "domain_B"),
+                     "--split", "test", "--prompt", "box", "--output", str(result_file)])
+        assert code == 0
+        assert json.loads(result_file.read_text())["miou"] == pytest.approx(stage["test"]["miou"], abs=1e-9)
+
+
+def test_demo_refuses_an_earlier_run_and_resumes_it(demo_run, capsys):
+    assert main(["demo", "--output", str(demo_run), *TINY]) == 2
+    assert "--resume" in capsys.readouterr().err
+    before = (demo_run / "supernet" / "model.safetensors").stat().st_mtime_ns
+    assert main(["demo", "--output", str(demo_run), "--resume", *TINY]) == 0  # every stage done: nothing re-run
+    assert (demo_run / "supernet" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_demo_refuses_a_foreign_model(tmp_path, capsys):
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path / "vit")
+    assert main(["demo", "--output", str(tmp_path / "out"), "--model", str(tmp_path / "vit"), *TINY]) == 2
+    assert "model_type='vit'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_refuses_a_dataset_without_usable_masks(tmp_path, capsys):
+    data = make_synthetic_shapes(4, 64, seed=0).map(lambda row: {"label": [[0] * 64] * 64})
+    data.save_to_disk(tmp_path / "empty")
+    assert main(["demo", "--output", str(tmp_path / "out"), "--dataset", str(tmp_path / "empty"), *TINY]) == 2
+    assert "usable" in capsys.readouterr().err.lower()

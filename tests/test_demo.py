@@ -68,4 +68,5 @@ def test_demo_refuses_a_dataset_without_usable_masks(tmp_path, capsys):
     data = make_synthetic_shapes(4, 64, seed=0).map(lambda row: {"label": [[0] * 64] * 64})
     data.save_to_disk(tmp_path / "empty")
     assert main(["demo", "--output", str(tmp_path / "out"), "--dataset", str(tmp_path / "empty"), *TINY]) == 2
-    assert "usable" in capsys.readouterr().err.lower()
+    assert "min_mask_area" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -25,7 +25,7 @@ import torch
 from transformers import PreTrainedConfig, SamModel, SamProcessor
 
 from .configuration_supersam import build_sam_config
-from .data import build_sam_processor, load_segmentation_dataset, make_synthetic_shapes
+from .data import SamSegmentationData, build_sam_processor, load_segmentation_dataset, make_synthetic_shapes
 from .evaluation import evaluate_model
 from .export import export_subnet
 from .modeling_supersam import SuperSamModel
@@ -74,11 +74,17 @@ class DemoArguments:
 
 
 PRESETS = {
-    "default": dict(image_size=128, hidden_size=128, num_layers=8, num_train_images=96, num_eval_images=32,
-                    base_steps=400, train_steps=200, search_budget=24),
-    "quick": dict(image_size=96, hidden_size=128, num_layers=8, num_train_images=48, num_eval_images=16,
-                  base_steps=200, train_steps=80, search_budget=12),
+    "default": dict(image_size=128, hidden_size=128, num_layers=8, num_train_images=600, num_eval_images=32,
+                    base_steps=1500, train_steps=400, search_budget=24),
+    "quick": dict(image_size=128, hidden_size=128, num_layers=8, num_train_images=300, num_eval_images=16,
+                  base_steps=600, train_steps=150, search_budget=12),
 }
+
+
+def _shapes(num_images: int, image_size: int, seed: int, domain: str):
+    # 3-7 objects per image: with fewer, predicting every object regardless of the prompt is a good-enough local
+    # optimum and a from-scratch SAM never learns to follow prompts.
+    return make_synthetic_shapes(num_images, image_size, seed=seed, domain=domain, min_shapes=3, max_shapes=7)
 
 
 def _resolve_sizes(args: DemoArguments) -> dict:
@@ -177,6 +183,10 @@ def run_demo(args: DemoArguments) -> dict:
     if args.model is not None:
         _check_model_argument(args.model)
     sizes = _resolve_sizes(args)
+    processor = SamProcessor.from_pretrained(args.model) if args.model else build_sam_processor(sizes["image_size"])
+    if args.dataset is not None:
+        # Fail before anything is written if the dataset has no usable masks (SamSegmentationData says why).
+        SamSegmentationData(load_segmentation_dataset(args.dataset), processor)
     output = _prepare_output(args)
     state = DemoState(output)
     torch.manual_seed(args.seed)
@@ -190,12 +200,12 @@ def run_demo(args: DemoArguments) -> dict:
         n_eval = sizes["num_eval_images"]
         if args.dataset is None:
             split_b = {
-                "train": make_synthetic_shapes(sizes["num_train_images"], sizes["image_size"], seed=args.seed + 1, domain="B"),
-                "search": make_synthetic_shapes(n_eval, sizes["image_size"], seed=args.seed + 2, domain="B"),
-                "test": make_synthetic_shapes(n_eval, sizes["image_size"], seed=args.seed + 3, domain="B"),
+                "train": _shapes(sizes["num_train_images"], sizes["image_size"], args.seed + 1, "B"),
+                "search": _shapes(n_eval, sizes["image_size"], args.seed + 2, "B"),
+                "test": _shapes(n_eval, sizes["image_size"], args.seed + 3, "B"),
             }
         else:
-            full = load_segmentation_dataset(args.dataset, split=None).shuffle(seed=args.seed)
+            full = load_segmentation_dataset(args.dataset).shuffle(seed=args.seed)
             if len(full) < 3:
                 raise ValueError(f"--dataset {args.dataset!r} has {len(full)} rows; the demo needs at least 3.")
             n_eval = min(n_eval, max(1, len(full) // 5))
@@ -206,8 +216,8 @@ def run_demo(args: DemoArguments) -> dict:
         datasets.DatasetDict(split_b).save_to_disk(data_b)
         if args.model is None:
             datasets.DatasetDict({
-                "train": make_synthetic_shapes(sizes["num_train_images"], sizes["image_size"], seed=args.seed + 4, domain="A"),
-                "test": make_synthetic_shapes(n_eval, sizes["image_size"], seed=args.seed + 5, domain="A"),
+                "train": _shapes(sizes["num_train_images"], sizes["image_size"], args.seed + 4, "A"),
+                "test": _shapes(n_eval, sizes["image_size"], args.seed + 5, "A"),
             }).save_to_disk(data_a)
         state.record("data", {"domain_B": str(data_b), "domain_A": str(data_a) if args.model is None else None})
     b_search, b_test = (load_segmentation_dataset(data_b, split=s) for s in ("search", "test"))
@@ -215,10 +225,8 @@ def run_demo(args: DemoArguments) -> dict:
     # 2. base model -------------------------------------------------------------------------------------------
     if args.model is not None:
         base_dir: str | Path = args.model
-        processor = SamProcessor.from_pretrained(args.model)
     else:
         base_dir = output / "base"
-        processor = build_sam_processor(sizes["image_size"])
         if not state.done("base"):
             _print(f"no pretrained SAM offline: training a small stand-in base on domain A ({sizes['base_steps']} steps)")
             init_dir = output / "base_init"
@@ -227,7 +235,7 @@ def run_demo(args: DemoArguments) -> dict:
                                       output_channels=args.decoder_channels)
             SamModel(config).save_pretrained(init_dir)
             processor.save_pretrained(init_dir)
-            _train(output / "base_training", init_dir, data_a, sizes["base_steps"], args, largest_only=True, learning_rate=1e-3)
+            _train(output / "base_training", init_dir, data_a, sizes["base_steps"], args, largest_only=True, learning_rate=5e-4)
             trained = SuperSamModel.from_pretrained(output / "base_training")
             trained.extract_subnet().save_pretrained(base_dir)
             processor.save_pretrained(base_dir)

@@ -619,7 +619,7 @@ def train_supernet(args: SupernetTrainingArguments) -> SuperSamModel:
         main_process_only=True,
     )
     stream = micro_batches(start_step * ga)
-    progress = tqdm(range(start_step, args.max_steps), initial=start_step, total=args.max_steps, desc="sandwich",
+    progress = tqdm(range(start_step, args.max_steps), initial=start_step, total=args.max_steps, desc="fine-tune" if args.largest_only else "sandwich",
                     disable=not accelerator.is_local_main_process)
     last_checkpoint = resume_dir
     last_losses: dict[str, float] = {}

@@ -83,7 +83,6 @@ def main() -> None:
 
     lat = interleaved_medians({k: encode(e) for k, e in encoders.items()}, args.repeats, device)
     vision = config.vision_config
-    full_enc = encoder_macs(vision, [vision.mlp_dim] * vision.num_hidden_layers)
     rows = []
     for target, (macs_fraction, cfg) in picked.items():
         time_ratio = lat[target] / lat["full"]

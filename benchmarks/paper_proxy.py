@@ -5,7 +5,9 @@ segment that domain at least as well as the base zero-shot, and close to (or abo
 Goals on this proxy: every winner at least 30 % smaller has mIoU ≥ the base zero-shot, and the 30 %-smaller
 winner is within 2 mIoU points of (or above) the base fine-tuned on B for the same number of steps.
 
-    python benchmarks/paper_proxy.py [--seeds 0 1] [--output runs/paper_proxy]
+    python benchmarks/paper_proxy.py [--seeds 0 1] [--output runs/paper_proxy] [--resume]
+(seeds can run as separate processes, e.g. `--seeds 0` and `--seeds 1` side by side with OMP_NUM_THREADS=1, then
+`--seeds 0 1 --resume` only collects their results.)
 Writes benchmarks/results/paper_proxy.md and paper_proxy.png.
 """
 
@@ -21,8 +23,9 @@ from matplotlib.figure import Figure
 from _common import RESULTS, write_result
 from supersam_hf.demo import SIZE_REDUCTIONS, DemoArguments, run_demo
 
-PROXY_SIZES = dict(image_size=128, hidden_size=128, num_layers=8, num_train_images=160, num_eval_images=48,
-                   base_steps=800, train_steps=400, search_budget=40)
+# Larger budgets than the demo's default (base 2500 / train 400 steps, search 24, 32 eval images).
+PROXY_SIZES = dict(image_size=128, hidden_size=128, num_layers=8, num_train_images=600, num_eval_images=48,
+                   base_steps=3000, train_steps=600, search_budget=32)
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import AutoModel, SamConfig, SamModel, ViTConfig, ViTModel
+from transformers import AutoModel, SamModel, ViTConfig, ViTModel
 
 from supersam_hf import SubnetConfig, SuperSamConfig, SuperSamModel
 from helpers import prompt_inputs, tiny_sam, tiny_supernet

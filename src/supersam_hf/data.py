@@ -673,7 +673,7 @@ def _pick_split(data: Any, split: str | None, source: str) -> datasets.Dataset:
     raise ValueError(f"{source!r} has several splits {splits} and none is 'train'; pass split=<one of them>.")
 
 
-def build_sam_processor(image_size: int = 1024, patch_size: int = 16) -> "SamProcessor":
+def build_sam_processor(image_size: int = 1024, patch_size: int = 16):
     """A `SamProcessor` for a SAM whose encoder takes `image_size` px: longest side resized to it, padded square,
     and mask targets at the decoder's low resolution (4× the image-embedding size). SAM checkpoints ship their own
     processor; this one is for the small models built with `build_sam_config` (tests, demo)."""

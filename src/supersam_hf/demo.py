@@ -18,9 +18,10 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import torch
 from transformers import PreTrainedConfig, SamModel, SamProcessor
 
@@ -31,7 +32,6 @@ from .export import export_subnet
 from .modeling_supersam import SuperSamModel
 from .prioritization import prioritize
 from .search import search_subnets
-from .search_space import SubnetConfig
 from .training import SupernetTrainingArguments, train_supernet
 
 logger = logging.getLogger(__name__)
@@ -147,12 +147,11 @@ def _print(message: str) -> None:
 
 
 def _train(output_dir: Path, model_path: Path | str, data_dir: Path, steps: int, args: DemoArguments,
-           largest_only: bool, learning_rate: float, validation: bool = False) -> None:
+           largest_only: bool, learning_rate: float) -> None:
     training_args = SupernetTrainingArguments(
         model_name_or_path=str(model_path),
         dataset_name=str(data_dir),
         train_split="train",
-        validation_split="search" if validation else None,
         output_dir=str(output_dir),
         overwrite_output_dir=True,
         max_steps=steps,
@@ -171,9 +170,9 @@ def _train(output_dir: Path, model_path: Path | str, data_dir: Path, steps: int,
     train_supernet(training_args)
 
 
-def _evaluate(model, data, processor, args: DemoArguments, subnet: SubnetConfig | None = None) -> dict:
-    return evaluate_model(model, data, processor, subnet=subnet, prompt=args.prompt, mask_selection="single",
-                          seed=args.seed, show_progress=False)
+def _evaluate(model, data, processor, prompt: str, seed: int) -> dict:
+    """mIoU as the summary reports it: one prompt per object, the model's own mask choice."""
+    return evaluate_model(model, data, processor, prompt=prompt, mask_selection="single", seed=seed, show_progress=False)
 
 
 def run_demo(args: DemoArguments) -> dict:
@@ -211,8 +210,6 @@ def run_demo(args: DemoArguments) -> dict:
             n_eval = min(n_eval, max(1, len(full) // 5))
             split_b = {"search": full.select(range(n_eval)), "test": full.select(range(n_eval, 2 * n_eval)),
                        "train": full.select(range(2 * n_eval, len(full)))}
-        import datasets
-
         datasets.DatasetDict(split_b).save_to_disk(data_b)
         if args.model is None:
             datasets.DatasetDict({
@@ -240,7 +237,7 @@ def run_demo(args: DemoArguments) -> dict:
             trained.extract_subnet().save_pretrained(base_dir)
             processor.save_pretrained(base_dir)
             shutil.rmtree(init_dir)
-            miou_a = _evaluate(str(base_dir), load_segmentation_dataset(data_a, split="test"), processor, args)["miou"]
+            miou_a = _evaluate(str(base_dir), load_segmentation_dataset(data_a, split="test"), processor, eval_prompt, args.seed)["miou"]
             state.record("base", {"path": str(base_dir), "miou_domain_A": miou_a})
         _print(f"stand-in base reaches mIoU {state.stages['base']['miou_domain_A']:.3f} on domain A ({eval_prompt} prompts)")
     base_params = SuperSamModel.from_pretrained(base_dir).count_parameters()
@@ -248,12 +245,12 @@ def run_demo(args: DemoArguments) -> dict:
     # 3. baselines --------------------------------------------------------------------------------------------
     if not state.done("zero_shot"):
         _print("evaluating the base zero-shot on domain B")
-        state.record("zero_shot", _evaluate(str(base_dir), b_test, processor, args))
+        state.record("zero_shot", _evaluate(str(base_dir), b_test, processor, eval_prompt, args.seed))
     if not state.done("finetuned"):
         _print(f"fine-tuning the base on domain B ({sizes['train_steps']} steps, full model only)")
         _train(output / "finetuned", base_dir, data_b, sizes["train_steps"], args, largest_only=True, learning_rate=2e-4)
         ft = SuperSamModel.from_pretrained(output / "finetuned")
-        state.record("finetuned", _evaluate(ft.extract_subnet(), b_test, processor, args))
+        state.record("finetuned", _evaluate(ft.extract_subnet(), b_test, processor, eval_prompt, args.seed))
 
     # 4. convert + prioritize, sandwich training ---------------------------------------------------------------
     supernet_init, supernet_dir = output / "supernet_init", output / "supernet"
@@ -284,13 +281,17 @@ def run_demo(args: DemoArguments) -> dict:
                                 max_params=int(base_params * (1 - reduction)), strategy="opentuner", seed=args.seed,
                                 output_dir=output / "search" / stage, prompt=eval_prompt, show_progress=True)
         best = result.best
+        if best is None:
+            raise ValueError(f"The search found no subnet with {reduction:.0%} fewer parameters within its budget; "
+                             "raise --search_budget or drop this entry of --size_reductions.")
         folder = output / "exports" / f"supersam-{int(reduction * 100)}pct-smaller"
         export_subnet(supernet, best.subnet, folder, processor=processor, metrics=best.metrics, overwrite=True,
                       base_model=str(base_dir))
         reloaded = SamModel.from_pretrained(folder)  # vanilla transformers, as a user would load it
-        metrics = _evaluate(reloaded, b_test, processor, args)
-        state.record(stage, {"folder": str(folder), "subnet": best.subnet.to_dict(), "params": supernet.count_parameters(best.subnet),
-                             "macs": supernet.count_macs(best.subnet), "search_miou": best.metrics["miou"], **{"test": metrics}})
+        state.record(stage, {"folder": str(folder), "subnet": best.subnet.to_dict(),
+                             "params": supernet.count_parameters(best.subnet), "macs": supernet.count_macs(best.subnet),
+                             "search_miou": best.metrics["miou"],
+                             "test": _evaluate(reloaded, b_test, processor, eval_prompt, args.seed)})
 
     return _write_summary(output, state, supernet, base_params, args.size_reductions, eval_prompt, started)
 

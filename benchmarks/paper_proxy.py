@@ -23,9 +23,9 @@ from matplotlib.figure import Figure
 from _common import RESULTS, write_result
 from supersam_hf.demo import SIZE_REDUCTIONS, DemoArguments, run_demo
 
-# Larger budgets than the demo's default (base 2500 / train 400 steps, search 24, 32 eval images).
+# Larger budgets than the demo's default (base 1500 / train 400 steps, search 24, 32 eval images).
 PROXY_SIZES = dict(image_size=128, hidden_size=128, num_layers=8, num_train_images=600, num_eval_images=48,
-                   base_steps=3000, train_steps=600, search_budget=32)
+                   base_steps=2000, train_steps=600, search_budget=32)
 
 
 def main() -> None:

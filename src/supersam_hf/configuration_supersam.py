@@ -122,4 +122,9 @@ def build_sam_config(
         num_attention_heads=decoder_heads,
         iou_head_hidden_dim=decoder_hidden_size,
     )
-    return SamConfig(vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(), mask_decoder_config=decoder.to_dict())
+    config = SamConfig(vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(), mask_decoder_config=decoder.to_dict())
+    # The random Fourier features that encode prompt and image positions: the original SAM draws them from N(0, 1)
+    # (PositionEmbeddingRandom(scale=1)); transformers initialises them with std hidden_size // 2, which is harmless
+    # when a checkpoint overwrites them but too high-frequency for a model trained from scratch to learn prompts.
+    config.vision_config.scale = 1.0
+    return config

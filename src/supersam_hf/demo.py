@@ -75,7 +75,7 @@ class DemoArguments:
 
 PRESETS = {
     "default": dict(image_size=128, hidden_size=128, num_layers=8, num_train_images=600, num_eval_images=32,
-                    base_steps=2500, train_steps=400, search_budget=24),
+                    base_steps=1500, train_steps=400, search_budget=24),
     "quick": dict(image_size=128, hidden_size=128, num_layers=8, num_train_images=300, num_eval_images=16,
                   base_steps=1000, train_steps=200, search_budget=12),
 }

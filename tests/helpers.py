@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch.utils.flop_counter import sdpa_flop_count
 from transformers import SamModel, SamProcessor
 
 from supersam_hf import SuperSamModel, build_sam_config
@@ -48,3 +49,12 @@ def prompt_inputs(kind: str, batch: int = 2, prompts: int = 3, image_size: int =
         corners = torch.rand(batch, prompts, 2, 2, generator=g) * image_size
         inputs["input_boxes"] = torch.cat([corners.min(dim=2).values, corners.max(dim=2).values], dim=-1)
     return inputs
+
+
+def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# FlopCounterMode has no formula for the CPU flash-attention kernel SDPA dispatches to on CPU (it would count 0);
+# give it the standard SDPA one (QK^T + AV) so SDPA and eager models can both be checked.
+CUSTOM_MAPPING = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flop}

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import SamConfig, SamModel
 from transformers.models.sam.modeling_sam import SamVisionEncoder
 
+from helpers import CUSTOM_MAPPING
 from supersam_hf.configuration_supersam import build_sam_config
 from supersam_hf.macs import (
     count_sam_macs,
@@ -20,13 +21,6 @@ from supersam_hf.macs import (
 REL_TOL = 0.01  # the model matches FlopCounterMode exactly today; 1 % leaves room for harmless upstream drift
 
 
-def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-# FlopCounterMode has no formula for the CPU flash-attention kernel SDPA dispatches to on CPU (it would count 0);
-# give it the standard SDPA one (QK^T + AV) so SDPA and eager models can both be checked.
-CUSTOM_MAPPING = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flop}
 
 
 def _make_model(config: SamConfig, attn_implementation: str = "eager") -> SamModel:

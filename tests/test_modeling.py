@@ -9,8 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModel, SamModel, ViTConfig, ViTModel
 
 from supersam_hf import SubnetConfig, SuperSamConfig, SuperSamModel
-from helpers import prompt_inputs, tiny_sam, tiny_supernet
-from test_macs import CUSTOM_MAPPING
+from helpers import CUSTOM_MAPPING, prompt_inputs, tiny_sam, tiny_supernet
 
 TOL = 1e-5
 

@@ -29,7 +29,7 @@ from .configuration_supersam import build_sam_config
 from .data import SamSegmentationData, build_sam_processor, load_segmentation_dataset, make_synthetic_shapes
 from .evaluation import evaluate_model
 from .export import export_subnet
-from .modeling_supersam import SuperSamModel
+from .modeling_supersam import SuperSamModel, supersam_config_from_dict
 from .prioritization import prioritize
 from .search import search_subnets
 from .training import SupernetTrainingArguments, train_supernet
@@ -133,13 +133,12 @@ def _prepare_output(args: DemoArguments) -> Path:
 
 
 def _check_model_argument(model: str) -> None:
+    """Refuse a --model that is not a SAM checkpoint before anything runs (same check as SuperSamModel's loader)."""
     try:
         config_dict, _ = PreTrainedConfig.get_config_dict(model)
     except OSError as error:
         raise ValueError(f"--model {model!r}: no SAM checkpoint could be loaded ({error}).") from error
-    if config_dict.get("model_type") not in ("sam", "supersam"):
-        raise ValueError(f"--model {model!r} is not a SAM checkpoint: its config.json has model_type="
-                         f"{config_dict.get('model_type')!r}; pass a SAM checkpoint such as facebook/sam-vit-base.")
+    supersam_config_from_dict(config_dict, source=f"--model {model!r}")
 
 
 def _print(message: str) -> None:

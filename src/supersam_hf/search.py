@@ -518,20 +518,12 @@ def plot_pareto(
 
 def load_supernet(path: str | os.PathLike, device: str | torch.device | None = None) -> SuperSamModel:
     """A saved supernet folder → `SuperSamModel`; a clear error for a plain SAM checkpoint or anything else."""
-    config_file = Path(path) / "config.json"
-    if config_file.is_file():
-        try:
-            model_type = json.loads(config_file.read_text()).get("model_type")
-        except (json.JSONDecodeError, AttributeError):
-            model_type = None
-        if model_type == "sam":
-            raise ValueError(
-                f"{str(path)!r} is a plain SAM checkpoint, not a supernet: run `supersam convert` (and `supersam "
-                "train`) first, and search the supernet it writes."
-            )
-    model = load_model(path, device)
+    model = load_model(path, device)  # rejects missing, corrupt and foreign folders
     if not isinstance(model, SuperSamModel):
-        raise ValueError(f"{str(path)!r} is not a SuperSAM supernet (config.json model_type must be 'supersam').")
+        raise ValueError(
+            f"{str(path)!r} is a plain SAM checkpoint, not a supernet: run `supersam convert` (and `supersam "
+            "train`) first, and search the supernet it writes."
+        )
     return model
 
 

@@ -1,18 +1,31 @@
 """Prioritization: exact Wanda MLP reordering that helps narrow subnets, layer importance → drop probabilities,
 bad input, and `supersam convert` end to end."""
 
+import io
 import json
 import logging
+from functools import partial
 
 import datasets
 import pytest
 import torch
+import torch.nn.functional as F
+from tqdm import tqdm as tqdm_std
 from transformers import SamProcessor
 
 from supersam_hf import SuperSamModel
 from supersam_hf.cli import main as cli_main
 from supersam_hf.data import make_synthetic_shapes
-from supersam_hf.prioritization import PrioritizationReport, drop_probabilities, prioritize
+from supersam_hf import prioritization
+from supersam_hf.prioritization import (
+    PrioritizationReport,
+    _calibration_batches,
+    drop_probabilities,
+    layer_calls_per_image,
+    neuron_scores,
+    permute_mlp_neurons,
+    prioritize,
+)
 from helpers import prompt_inputs, tiny_processor, tiny_sam, tiny_supernet
 
 S = 64  # image size of every test model
@@ -272,3 +285,141 @@ def test_convert_cli_end_to_end(tmp_path, capsys):
                      "--image_column", "nope"])
     assert code == 2
     assert "image_column='nope'" in capsys.readouterr().err
+
+
+# -- calibration cost: layer importance reuses the prefix -------------------------------------------------------------
+class LayerCallCounter:
+    """Counts encoder-layer forwards, in images (a call on a batch of n images counts n)."""
+
+    def __init__(self, model):
+        self.images = 0
+        self.handles = [layer.register_forward_hook(self.hook) for layer in model.vision_encoder.layers]
+
+    def hook(self, module, args, output):
+        self.images += output.shape[0]
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def add_square_sum(store: list, index: int, module, args) -> None:
+    """Forward pre-hook body: add the squared input features of one MLP linear, summed over tokens, to store[index]."""
+    store[index] = store[index] + args[0].reshape(-1, args[0].shape[-1]).float().pow(2).sum(dim=0)
+
+
+@torch.no_grad()
+def naive_prioritize(model, dataset, processor, num_images, batch_size, max_drop_prob=0.5):
+    """The pre-prefix-reuse calibration, kept as the reference: the full encoder once per batch (recording the MLP
+    norms), then the full encoder again with each layer in turn replaced by the identity. Returns importance,
+    elastic layers (half the layers, layer 0 kept), drop probabilities and the neuron orders (the model is
+    reordered in place like `prioritize` does)."""
+    layers = list(model.vision_encoder.layers)
+    num_layers = len(layers)
+    input_sq, hidden_sq = [0.0] * num_layers, [0.0] * num_layers
+    removal_cost = torch.zeros(num_layers, dtype=torch.float64)
+    stats = {"used": 0, "skipped": 0}
+    model.reset_subnet()
+    for images in _calibration_batches(dataset, "image", num_images, batch_size, 0, stats):
+        pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+        handles = [h for i, layer in enumerate(layers) for h in (
+            layer.mlp.lin1.register_forward_pre_hook(partial(add_square_sum, input_sq, i)),
+            layer.mlp.lin2.register_forward_pre_hook(partial(add_square_sum, hidden_sq, i)))]
+        full = model.get_image_embeddings(pixel_values).flatten(1).float()
+        for handle in handles:
+            handle.remove()
+        for i, layer in enumerate(layers):
+            layer.active = False
+            without = model.get_image_embeddings(pixel_values).flatten(1).float()
+            layer.active = True
+            removal_cost[i] += (1.0 - F.cosine_similarity(full, without, dim=1)).double().sum()
+    orders = []
+    for i, layer in enumerate(layers):
+        order = torch.sort(neuron_scores(layer.mlp, input_sq[i].sqrt(), hidden_sq[i].sqrt()), descending=True, stable=True).indices
+        permute_mlp_neurons(layer.mlp, order)
+        orders.append(order.tolist())
+    importance = (removal_cost / stats["used"]).tolist()
+    elastic = sorted(sorted(range(1, num_layers), key=lambda i: (importance[i], i))[: num_layers // 2])
+    return importance, elastic, drop_probabilities(importance, elastic, max_drop_prob), orders
+
+
+def test_layer_importance_reuses_prefix_and_equals_naive_report(processor):
+    num_layers, images, batch_size = 12, 5, 2
+    data = make_synthetic_shapes(images, image_size=S, seed=4)
+    fast, naive = tiny_supernet(num_layers=num_layers, image_size=S), tiny_supernet(num_layers=num_layers, image_size=S)
+
+    counter = LayerCallCounter(fast)
+    report = prioritize(fast, data, processor, num_images=images, batch_size=batch_size, show_progress=False)
+    counter.remove()
+    reference_counter = LayerCallCounter(naive)
+    importance, elastic, probs, orders = naive_prioritize(naive, data, processor, images, batch_size)
+    reference_counter.remove()
+
+    # Cost: the full pass + the layers after each removed one = L (L + 1) / 2 = 78 layer calls per image for L = 12,
+    # i.e. 6.5 encoder passes, within the L / 2 + 1 = 7 budget (the naive way: 13 passes, 156 layer forwards).
+    per_image = counter.images / images
+    assert per_image == layer_calls_per_image(num_layers) == num_layers * (num_layers + 1) // 2 == 78
+    assert per_image <= (num_layers / 2 + 1) * num_layers
+    assert reference_counter.images / images == (num_layers + 1) * num_layers
+
+    # Same report as the naive measurement.
+    assert report.num_images == images
+    assert report.layer_importance == pytest.approx(importance, rel=1e-6, abs=1e-9)
+    assert len(set(report.layer_importance)) == num_layers  # measured per layer, not a constant
+    assert report.elastic_layers == elastic
+    assert report.layer_drop_probs == pytest.approx(probs, rel=1e-6, abs=1e-9)
+    assert report.permutations == orders
+    for a, b in zip(fast.vision_encoder.layers, naive.vision_encoder.layers):
+        assert torch.equal(a.mlp.lin1.weight, b.mlp.lin1.weight)
+
+
+def test_without_layer_measurement_only_the_full_pass_runs(calibration, processor):
+    model = tiny_supernet(num_layers=4, image_size=S)
+    counter = LayerCallCounter(model)
+    prioritize(model, calibration, processor, num_images=4, batch_size=3, measure_layers=False, show_progress=False)
+    counter.remove()
+    assert counter.images == 4 * 4 == 4 * layer_calls_per_image(4, measure_layers=False)
+
+
+class RecordingBar(tqdm_std):
+    """A quiet tqdm that remembers its position and postfix after every update."""
+
+    instances: list = []
+
+    def __init__(self, *args, **kwargs):
+        kwargs["file"] = io.StringIO()
+        super().__init__(*args, **kwargs)
+        self.positions: list[float] = []
+        self.postfixes: list[str] = []
+        RecordingBar.instances.append(self)
+
+    def update(self, n=1):
+        result = super().update(n)
+        self.positions.append(float(self.n))
+        self.postfixes.append(self.postfix or "")
+        return result
+
+
+def test_progress_moves_per_layer_and_counts_images(calibration, processor, monkeypatch, caplog):
+    monkeypatch.setattr(prioritization, "tqdm", RecordingBar)
+    RecordingBar.instances = []
+    num_layers = 6
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        prioritize(tiny_supernet(num_layers=num_layers, image_size=S), calibration, processor, num_images=5,
+                   batch_size=2, show_progress=True)
+    (bar,) = RecordingBar.instances
+    assert bar.total == 5 and bar.n == pytest.approx(5)
+    assert all(b >= a - 1e-9 for a, b in zip(bar.positions, bar.positions[1:]))  # never goes back
+    # Within the first batch (2 images) the bar moves after the full pass and after each removal run ...
+    first_batch = [p for p in bar.positions if p < 2 - 1e-9]
+    assert len(set(first_batch)) >= num_layers - 1
+    assert bar.positions[0] == pytest.approx(2 * num_layers / layer_calls_per_image(num_layers))
+    # ... and lands on the exact image count at the end of each batch (2, 4, 5 images).
+    assert {2.0, 4.0, 5.0} <= set(bar.positions)
+    assert any(f"layer {num_layers}/{num_layers} removed" in p for p in bar.postfixes)
+    # Logged too, for runs without a terminal: what it does, then one line per batch.
+    messages = [r.getMessage() for r in caplog.records]
+    calls = layer_calls_per_image(num_layers)
+    assert any(f"{calls} encoder-layer calls per image" in m and f"{num_layers} layers" in m for m in messages)
+    progress = [m.split(" image(s)")[0] for m in messages if m.startswith("Calibrated ") and "image(s) (" in m]
+    assert progress == ["Calibrated 2/5", "Calibrated 4/5", "Calibrated 5/5"]

@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import enum
 import math
+import numbers
 import re
 import types
 import typing
@@ -150,16 +151,13 @@ def check_finite(model_or_state_dict: torch.nn.Module | Mapping[str, Any], sourc
 
 def is_finite_metric(value: Any) -> bool:
     """True for a finite real number (int, float, 0-d tensor or numpy scalar); False for NaN, inf, None, text, bool."""
-    if isinstance(value, bool) or value is None:
-        return False
     if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
+        if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
             return False
         value = value.item()
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return False
+    return math.isfinite(float(value))
 
 
 def check_finite_metric(value: Any, name: str) -> float:
@@ -304,7 +302,16 @@ def _has_type(value: Any, expected: Any) -> bool:
 
 
 def _coerce(value: Any, expected: Any) -> Any:
-    """JSON has no tuples or paths: turn lists into tuples and strings into Paths where the field says so."""
+    """JSON has no tuples, paths or enums: convert lists, strings and numbers to what the (checked) field says."""
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        options = [arg for arg in typing.get_args(expected) if arg is not type(None)]
+        if value is None or len(options) != 1:
+            return value
+        expected = options[0]
+    if isinstance(expected, type) and issubclass(expected, enum.Enum) and not isinstance(value, expected):
+        return expected(value)
+    if expected is float and isinstance(value, int):
+        return float(value)
     if expected is Path and isinstance(value, str):
         return Path(value)
     if (typing.get_origin(expected) is tuple or expected is tuple) and isinstance(value, list):
@@ -327,7 +334,9 @@ def _type_name(expected: Any) -> str:
         return names[expected]
     if origin in (list, tuple, Sequence) or expected in (list, tuple):
         items = [arg for arg in args if arg is not Ellipsis]
-        return "a list" + (f" of {_type_name(items[0])} values" if len(items) == 1 else "")
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+        item = items[0] if len(items) == 1 else Any
+        return "a list" + (f" of {plural.get(item) or _type_name(item)}" if item is not Any else "")
     return getattr(expected, "__name__", str(expected))
 
 

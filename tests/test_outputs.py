@@ -14,6 +14,7 @@ from supersam_hf.outputs import (
     MANIFEST_NAME,
     OutputDirError,
     atomic_output_dir,
+    atomic_update,
     prepare_output_dir,
     read_json_file,
     read_manifest,
@@ -196,6 +197,33 @@ def test_remove_tool_outputs_spares_other_tools_checkpoints(tmp_path):
     assert (run / "checkpoints" / "other_tool" / "state.pt").read_text() == "theirs"
     assert (run / "keep.txt").read_text() == "user"
     assert not (run / MANIFEST_NAME).exists()
+
+
+def test_atomic_update_adds_files_next_to_earlier_outputs(tmp_path):
+    run = prepare_output_dir(tmp_path / "run", overwrite=False, tool="supersam train")
+    (run / "checkpoints" / "step_1").mkdir(parents=True)
+    (run / "checkpoints" / "step_1" / "model.safetensors").write_text("ckpt")
+    record_tool_outputs(run, ["checkpoints/step_1"])
+    (run / "user.txt").write_text("user")
+    with atomic_update(run) as tmp:
+        (tmp / "config.json").write_text("v1")
+        (tmp / "model.safetensors").write_text("v1")
+    with atomic_update(run) as tmp:  # a second final save replaces our files of the same name only
+        (tmp / "model.safetensors").write_text("v2")
+    assert (run / "config.json").read_text() == "v1" and (run / "model.safetensors").read_text() == "v2"
+    assert (run / "checkpoints" / "step_1" / "model.safetensors").read_text() == "ckpt"
+    assert sorted(read_manifest(run)) == ["checkpoints/step_1/model.safetensors", "config.json", "model.safetensors"]
+    with pytest.raises(FileExistsError, match="user.txt"):
+        with atomic_update(run) as tmp:
+            (tmp / "user.txt").write_text("ours")
+    with pytest.raises(OSError):
+        with atomic_update(run) as tmp:
+            (tmp / "model.safetensors").write_text("v3")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert (run / "model.safetensors").read_text() == "v2" and (run / "user.txt").read_text() == "user"
+    assert _siblings(run) == []
+    remove_tool_outputs(run)
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == ["user.txt"]
 
 
 def test_manifest_entries_outside_the_folder_are_ignored(tmp_path):

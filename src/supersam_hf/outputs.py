@@ -218,13 +218,33 @@ def atomic_output_dir(
     exception, a full disk included, `tmp` is removed and `path` is left exactly as it was.
     """
     target = prepare_output_dir(path, overwrite=overwrite, inputs=inputs, tool=tool)
+    with _staged(target, tool, replace_all=True) as staging:
+        yield staging
+
+
+@contextlib.contextmanager
+def atomic_update(path: PathLike, *, tool: str = "supersam") -> Iterator[Path]:
+    """Add files to an output folder at once: `with atomic_update(out) as tmp:` write into `tmp`.
+
+    For a folder a stage already prepared and writes step by step (training's final model next to its
+    `checkpoints/`, a search's results next to its trials): on success the files in `tmp` move into `path`,
+    replacing earlier files of the same name that this tool wrote, and join the manifest; the folder's other files
+    stay. A new file whose name is taken by a foreign file is refused; on any exception `path` is left as it was.
+    """
+    target = Path(path).expanduser().resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _staged(target, tool, replace_all=False) as staging:
+        yield staging
+
+
+@contextlib.contextmanager
+def _staged(target: Path, tool: str, replace_all: bool) -> Iterator[Path]:
     staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
     _remove_stale_staging(target)
     staging.mkdir()
     try:
         yield staging
-        _write_manifest(staging, _files_under(staging.resolve(), [staging]), tool)
-        _commit(staging, target)
+        _commit(staging, target, tool, replace_all)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -247,24 +267,32 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _commit(staging: Path, target: Path) -> None:
-    """Move the complete `staging` folder into `target`; on failure `target` is restored to its previous files."""
+def _commit(staging: Path, target: Path, tool: str, replace_all: bool) -> None:
+    """Move the complete `staging` folder into `target`; on failure `target` is restored to its previous files.
+
+    `replace_all`: the earlier files of the manifest all go (a new output replaces the old one); otherwise only
+    those the new files replace, and the manifest lists both.
+    """
+    new_files = _files_under(staging.resolve(), [staging])
     if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        _write_manifest(staging, new_files, tool)
         with contextlib.suppress(FileNotFoundError):
             target.rmdir()
         os.replace(staging, target)  # one rename: the folder appears complete or not at all
         return
-    new_files = _files_under(staging.resolve(), [staging])
     old_files = [name for name in read_manifest(target) if (target / name).is_file()]
-    taken = sorted(n for n in new_files if n != MANIFEST_NAME and (target / n).exists() and n not in old_files)
+    taken = sorted(n for n in new_files if (target / n).exists() and n not in old_files)
     if taken:
         raise FileExistsError(
             f"{target} holds files this tool did not write: {', '.join(taken[:5])}; the new output would replace "
             "them. Move them away or choose another output folder."
         )
+    replaced = old_files if replace_all else [name for name in old_files if name in set(new_files)]
+    kept = [name for name in old_files if name not in set(replaced)]
+    _write_manifest(staging, new_files + kept, tool)
     if (target / MANIFEST_NAME).exists():
-        old_files.append(MANIFEST_NAME)
-    _swap_files(staging, target, old_files, new_files)
+        replaced.append(MANIFEST_NAME)
+    _swap_files(staging, target, replaced, new_files + [MANIFEST_NAME])
 
 
 def _swap_files(staging: Path, target: Path, old_files: list[str], new_files: list[str]) -> None:
@@ -382,6 +410,7 @@ __all__ = [
     "MANIFEST_NAME",
     "OutputDirError",
     "atomic_output_dir",
+    "atomic_update",
     "prepare_output_dir",
     "read_json_file",
     "read_manifest",

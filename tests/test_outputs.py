@@ -282,3 +282,45 @@ def test_corrupt_json_state_file_is_named_with_the_way_out(tmp_path, content):
 def test_missing_json_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"search results .*search_results\.json does not exist"):
         read_json_file(tmp_path / "search_results.json", what="search results")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs, so a full disk is real where the platform allows mounting one (root, no sandbox)."""
+    import shutil
+    import subprocess
+
+    mount_point = tmp_path / "small_disk"
+    mount_point.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_real_full_disk_mid_write_leaves_target_untouched(small_disk):
+    out = small_disk / "export"
+    _write_export(out, {"config.json": "old", "model.safetensors": "old"})
+    (out / "user.txt").write_text("user")
+    with pytest.raises(OSError) as error:
+        with atomic_output_dir(out, overwrite=True) as tmp:
+            (tmp / "config.json").write_text("new")
+            (tmp / "model.safetensors").write_bytes(b"\0" * (256 * 1024))  # larger than the disk
+    assert error.value.errno == errno.ENOSPC
+    assert (out / "config.json").read_text() == "old" and (out / "user.txt").read_text() == "user"
+    assert sorted(p.name for p in small_disk.iterdir()) == ["export"]
+
+
+def test_real_full_disk_is_found_before_work(small_disk):
+    filler = small_disk / "filler.bin"
+    with pytest.raises(OSError):
+        with filler.open("wb") as handle:
+            handle.write(b"\0" * (256 * 1024))
+    with pytest.raises(OutputDirError, match="no space left"):
+        prepare_output_dir(small_disk / "export", overwrite=False)
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler.bin"]

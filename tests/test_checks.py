@@ -28,6 +28,7 @@ from supersam_hf.checks import (
     check_state_dict,
     is_finite_metric,
     load_args_file,
+    named_load_errors,
     strict_dataclass_from_dict,
 )
 
@@ -236,3 +237,25 @@ def test_args_files_json_and_yaml(tmp_path):
     corrupt.write_text("{")
     with pytest.raises(ValueError, match=r"arguments file .*corrupt\.json is corrupt"):
         load_args_file(ToyArguments, corrupt)
+
+
+def test_corrupt_or_incompatible_resume_checkpoint_is_named(tmp_path):
+    checkpoint = tmp_path / "checkpoints" / "step_4"
+    checkpoint.mkdir(parents=True)
+    optimizer = checkpoint / "optimizer.bin"
+    optimizer.write_bytes(bytes([246]) * 64)  # garbage where a torch pickle should be
+    remedy = "resume from the previous checkpoint or start afresh with --overwrite_output_dir"
+    with pytest.raises(ValueError, match=r"training checkpoint .*step_4 is corrupt or does not fit this model \(.*\); resume from the previous"):
+        with named_load_errors(checkpoint, "training checkpoint", remedy):
+            torch.load(optimizer, weights_only=True)
+    small = torch.nn.Linear(4, 4)
+    with pytest.raises(ValueError, match=r"step_4 is corrupt or does not fit this model \(RuntimeError: Error\(s\) in loading state_dict"):
+        with named_load_errors(checkpoint, "training checkpoint", remedy):
+            small.load_state_dict(torch.nn.Linear(6, 6).state_dict())
+    (checkpoint / "model.safetensors").write_bytes(b"\x10" * 64)
+    with pytest.raises(ValueError, match=r"step_4 is corrupt or does not fit this model \(SafetensorError"):
+        with named_load_errors(checkpoint, "training checkpoint", remedy):
+            load_file(checkpoint / "model.safetensors")
+    with pytest.raises(FileNotFoundError):
+        with named_load_errors(checkpoint, "training checkpoint", remedy):
+            torch.load(checkpoint / "missing.bin", weights_only=True)

@@ -5,15 +5,17 @@ names the problem (which file, key or field) and what to do.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import enum
 import math
 import numbers
+import pickle
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -237,6 +239,28 @@ def check_model_folder(path: str | Path, what: str = "model") -> list[Path]:
     return files
 
 
+@contextlib.contextmanager
+def named_load_errors(path: str | Path, what: str, remedy: str) -> Iterator[None]:
+    """Turn a failure while reading `path` into one ValueError naming it, what it is and the way out.
+
+    Wrap library loaders that fail with messages naming no file, e.g. `accelerator.load_state(checkpoint)` on a
+    corrupt `optimizer.bin` ("Unsupported operand 246") or on a checkpoint of another model size (a size mismatch):
+    `with named_load_errors(checkpoint, "training checkpoint", "resume from the previous checkpoint"):`.
+    A missing file stays a FileNotFoundError.
+    """
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except (SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError, ValueError, KeyError, OSError) as error:
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        if len(reason) > 300:
+            reason = reason[:297] + "..."
+        raise ValueError(f"{what} {path} is corrupt or does not fit this model ({reason}); {remedy}.") from error
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Typed argument files
 # ----------------------------------------------------------------------------------------------------------------
@@ -369,5 +393,6 @@ __all__ = [
     "check_state_dict",
     "is_finite_metric",
     "load_args_file",
+    "named_load_errors",
     "strict_dataclass_from_dict",
 ]

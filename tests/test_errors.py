@@ -77,3 +77,17 @@ def test_success_and_interrupt(monkeypatch):
         raise KeyboardInterrupt
 
     assert _run(interrupted) == (130, "supersam evaluate: interrupted\n")
+
+
+def test_output_folder_errors_are_one_line(monkeypatch, tmp_path):
+    from supersam_hf.outputs import prepare_output_dir
+
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    supernet = tmp_path / "supernet"
+    supernet.mkdir()
+    (supernet / "config.json").write_text("{}")
+    code, text = _run(lambda: prepare_output_dir(supernet, overwrite=True, inputs=[supernet]))
+    assert code == 2 and text.count("\n") == 1
+    assert text.startswith(f"supersam evaluate: error: the output {supernet.resolve()} is the input")
+    code, text = _run(lambda: prepare_output_dir(supernet, overwrite=False))
+    assert code == 2 and "[Errno" not in text and "pass --overwrite_output_dir" in text

@@ -1,4 +1,4 @@
-"""Microscopy intensities survive: per-image percentile scaling of non-8-bit images, the old range scaling on request."""
+"""Microscopy intensities survive: per-image percentile scaling of non-8-bit images, old range scaling as a mode."""
 
 from __future__ import annotations
 

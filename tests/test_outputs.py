@@ -77,7 +77,7 @@ def test_non_empty_output_needs_overwrite(tmp_path):
     out.mkdir()
     (out / "data.txt").write_text("user")
     with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
-        prepare_output_dir(out, overwrite=False, tool="supersam evaluate")
+        prepare_output_dir(out, overwrite=False)
     assert (out / "data.txt").read_text() == "user"
 
 
@@ -200,7 +200,7 @@ def test_remove_tool_outputs_spares_other_tools_checkpoints(tmp_path):
 
 
 def test_atomic_update_adds_files_next_to_earlier_outputs(tmp_path):
-    run = prepare_output_dir(tmp_path / "run", overwrite=False, tool="supersam train")
+    run = prepare_output_dir(tmp_path / "run", overwrite=False)
     (run / "checkpoints" / "step_1").mkdir(parents=True)
     (run / "checkpoints" / "step_1" / "model.safetensors").write_text("ckpt")
     record_tool_outputs(run, ["checkpoints/step_1"])

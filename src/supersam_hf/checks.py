@@ -163,7 +163,7 @@ def is_finite_metric(value: Any) -> bool:
 
 
 def check_finite_metric(value: Any, name: str) -> float:
-    """`value` as a float when finite; ValueError naming the metric otherwise (a NaN/inf is never ranked or exported)."""
+    """`value` as a float when finite, else ValueError naming the metric: a NaN/inf is never ranked or exported."""
     if not is_finite_metric(value):
         raise ValueError(
             f"metric {name} is {value!r}, not a finite number; the model or data produced NaN/inf. Check the model "
@@ -173,7 +173,7 @@ def check_finite_metric(value: Any, name: str) -> float:
 
 
 def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> int:
-    """`value` as an int when it is a positive integer (or 0 with `allow_zero`); ValueError naming the flag otherwise."""
+    """`value` as an int when a positive integer (or 0 with `allow_zero`), else ValueError naming the flag."""
     bound = "a non-negative" if allow_zero else "a positive"
     if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
         raise ValueError(f"--{name} must be {bound} integer, got {value!r}.")

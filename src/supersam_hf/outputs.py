@@ -40,9 +40,7 @@ class OutputDirError(OSError):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def prepare_output_dir(
-    path: PathLike, *, overwrite: bool, inputs: Sequence[PathLike | None] = (), tool: str = "supersam"
-) -> Path:
+def prepare_output_dir(path: PathLike, *, overwrite: bool, inputs: Sequence[PathLike | None] = ()) -> Path:
     """Check `path` as an output folder before any long work; returns it resolved (not yet created).
 
     Raises `OutputDirError` when the output equals, lies inside or contains one of `inputs` (local paths; Hub ids
@@ -51,25 +49,25 @@ def prepare_output_dir(
     non-empty folder and `overwrite` is False.
     """
     output = Path(path).expanduser().resolve()
-    _refuse_input_overlap(output, inputs, tool)
+    _refuse_input_overlap(output, inputs)
     if output.exists() and not output.is_dir():
-        raise NotADirectoryError(f"{tool}: the output {output} is a file, not a folder; choose a folder path.")
+        raise NotADirectoryError(f"the output {output} is a file, not a folder; choose a folder path.")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise FileExistsError(
-            f"{tool}: the output folder {output} is not empty; pass --overwrite_output_dir to replace what this tool "
+            f"the output folder {output} is not empty; pass --overwrite_output_dir to replace what this tool "
             "wrote there (other files are kept), or choose another folder."
         )
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OutputDirError(_unwritable_message(tool, output.parent, error)) from error
-    _probe_writable(output.parent, tool)
+        raise OutputDirError(_unwritable_message(output.parent, error)) from error
+    _probe_writable(output.parent)
     if output.is_dir():
-        _probe_writable(output, tool)
+        _probe_writable(output)
     return output
 
 
-def _refuse_input_overlap(output: Path, inputs: Sequence[PathLike | None], tool: str) -> None:
+def _refuse_input_overlap(output: Path, inputs: Sequence[PathLike | None]) -> None:
     """Refuse an output equal to an input, inside an input folder, or containing an input (file or folder)."""
     for candidate in inputs:
         if candidate is None or not Path(candidate).expanduser().exists():
@@ -84,12 +82,12 @@ def _refuse_input_overlap(output: Path, inputs: Sequence[PathLike | None], tool:
             relation = "is inside the input folder"
         if relation:
             raise OutputDirError(
-                f"{tool}: the output {output} {relation} {source}; writing there could replace the input. Choose an "
+                f"the output {output} {relation} {source}; writing there could replace the input. Choose an "
                 "output folder outside every input."
             )
 
 
-def _probe_writable(folder: Path, tool: str) -> None:
+def _probe_writable(folder: Path) -> None:
     """Write and remove a small file in `folder`, so a read-only or full location is found before the work."""
     probe = folder / f".supersam-write-probe-{os.getpid()}"
     try:
@@ -102,13 +100,13 @@ def _probe_writable(folder: Path, tool: str) -> None:
     except OSError as error:
         with contextlib.suppress(OSError):
             probe.unlink()
-        raise OutputDirError(_unwritable_message(tool, folder, error)) from error
+        raise OutputDirError(_unwritable_message(folder, error)) from error
     probe.unlink()
 
 
-def _unwritable_message(tool: str, folder: Path, error: OSError) -> str:
+def _unwritable_message(folder: Path, error: OSError) -> str:
     reason = "no space left on the device" if error.errno == errno.ENOSPC else (error.strerror or str(error))
-    return f"{tool}: cannot write to {folder} ({reason}); choose a writable output folder (--output_dir) or free space."
+    return f"cannot write to {folder} ({reason}); choose a writable output folder (--output_dir) or free space."
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -217,7 +215,7 @@ def atomic_output_dir(
     manifest are removed, never foreign files (a new file whose name is taken by a foreign file is refused). On any
     exception, a full disk included, `tmp` is removed and `path` is left exactly as it was.
     """
-    target = prepare_output_dir(path, overwrite=overwrite, inputs=inputs, tool=tool)
+    target = prepare_output_dir(path, overwrite=overwrite, inputs=inputs)
     with _staged(target, tool, replace_all=True) as staging:
         yield staging
 

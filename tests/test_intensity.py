@@ -124,3 +124,17 @@ def test_bad_arguments_are_named():
         normalize_intensity(np.zeros((2, 2), np.uint16), low=99.0, high=1.0)
     with pytest.raises(ValueError, match="dtype complex"):
         normalize_intensity(np.zeros((2, 2), np.complex64))
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.int32, np.int64, np.uint32])
+def test_integer_percentiles_equal_numpy(dtype):
+    from supersam_hf.intensity import _percentiles
+
+    rng = np.random.default_rng(1)
+    spans = [(0, 236, 4097), (-300, 300, 1000), (5, 6, 7), (0, 4096, 1), (10**6, 10**6 + 50, 999), (-32768, 32767, 5000)]
+    for low, high, size in spans:
+        if np.iinfo(dtype).min > low or np.iinfo(dtype).max < high:
+            continue
+        values = rng.integers(low, high, size).astype(dtype)
+        for quantiles in [(1.0, 99.8), (0.0, 100.0), (25.0, 50.0)]:
+            assert _percentiles(values, quantiles) == tuple(float(v) for v in np.percentile(values, quantiles))

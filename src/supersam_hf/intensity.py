@@ -20,6 +20,7 @@ import warnings
 import numpy as np
 
 INTENSITY_MODES = ("percentile", "range", "minmax")
+HISTOGRAM_SPAN = 1 << 20  # integer images spanning at most this many values get their percentiles from a histogram
 MIN_LEVELS = 16  # fewer distinct intensity levels than this between the percentiles: warn (posterised, noisy input)
 
 
@@ -50,22 +51,48 @@ def normalize_intensity(
     if mode == "range":
         return _range_scale(array)
     values = array.astype(np.float64)
-    finite = values[np.isfinite(values)]
+    integer = np.issubdtype(array.dtype, np.integer)
+    finite = values.ravel() if integer else values[np.isfinite(values)]
     if finite.size == 0:
         lower = upper = 0.0
     elif mode == "percentile":
-        lower, upper = (float(v) for v in np.percentile(finite, [low, high]))
+        lower, upper = _percentiles(array if integer else finite, (low, high))
         if upper <= lower:  # e.g. sparse spots on a flat background: fall back to the full range
             lower, upper = float(finite.min()), float(finite.max())
     else:
         lower, upper = float(finite.min()), float(finite.max())
     if warn:
-        _warn_if_flat(finite, lower, upper, np.issubdtype(array.dtype, np.integer))
+        _warn_if_flat(finite, lower, upper, integer)
     if upper <= lower:
         return np.zeros(array.shape, dtype=np.uint8)
     scaled = (values - lower) * (255.0 / (upper - lower))
     scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
     return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+
+
+def _percentiles(values: np.ndarray, quantiles: tuple[float, float]) -> tuple[float, float]:
+    """`np.percentile(values, quantiles)` (linear method); for integers of a narrow span through a histogram,
+    which gives the same numbers several times faster on camera-sized images."""
+    flat = values.ravel()
+    if np.issubdtype(flat.dtype, np.integer):
+        smallest, largest = int(flat.min()), int(flat.max())
+        if largest - smallest <= HISTOGRAM_SPAN:
+            if np.issubdtype(flat.dtype, np.unsignedinteger):  # offsets from the minimum, without overflow
+                offsets = flat - np.array(smallest, dtype=flat.dtype)
+            else:
+                offsets = flat.astype(np.int64) - smallest
+            cumulative = np.cumsum(np.bincount(offsets.astype(np.intp), minlength=largest - smallest + 1))
+            result = []
+            for quantile in quantiles:
+                position = quantile / 100.0 * (flat.size - 1)
+                below = int(np.floor(position))
+                ranks = [below, min(below + 1, flat.size - 1)]  # 0-based ranks of the sorted values around it
+                first, second = (smallest + int(np.searchsorted(cumulative, r, side="right")) for r in ranks)
+                fraction, step = position - below, second - first  # numpy's lerp, so the numbers are identical
+                result.append(first + step * fraction if fraction < 0.5 else second - step * (1 - fraction))
+            return float(result[0]), float(result[1])
+    first, second = np.percentile(flat, quantiles)
+    return float(first), float(second)
 
 
 def _range_scale(array: np.ndarray) -> np.ndarray:

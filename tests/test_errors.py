@@ -1,0 +1,93 @@
+"""Every user error is one line with exit code 2; a traceback only with the debug switch."""
+
+from __future__ import annotations
+
+import errno
+import io
+
+import pytest
+
+from supersam_hf.checks import check_positive
+from supersam_hf.errors import DEBUG_ENV, debug_enabled, format_error_line, run_stage
+from supersam_hf.outputs import read_json_file
+
+
+def _run(entry, *args, debug=None):
+    stream = io.StringIO()
+    code = run_stage("evaluate", entry, *args, debug=debug, stderr=stream)
+    return code, stream.getvalue()
+
+
+def test_user_error_is_one_line_with_exit_code_2(monkeypatch, tmp_path):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    code, text = _run(check_positive, "batch_size", 0)
+    assert code == 2
+    assert text == "supersam evaluate: error: --batch_size must be a positive integer, got 0.\n"
+    (tmp_path / "training_state.json").write_text("{garbage")
+    code, text = _run(read_json_file, tmp_path / "training_state.json", "training state")
+    assert code == 2 and text.count("\n") == 1
+    assert text.startswith("supersam evaluate: error: training state ") and "training_state.json is corrupt" in text
+
+
+def test_os_errors_are_words_not_errno(monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+
+    def full_disk():
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/out/model.safetensors")
+
+    code, text = _run(full_disk)
+    assert code == 2
+    assert text == (
+        "supersam evaluate: error: No space left on device: /data/out/model.safetensors; free space or write to "
+        "another folder (the partial output was removed)\n"
+    )
+    assert "[Errno" not in format_error_line("export", FileExistsError(errno.EEXIST, "File exists", "/x"))
+
+
+def test_bug_is_one_line_pointing_to_the_debug_switch(monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+
+    def bug():
+        raise TypeError("unsupported operand\ntype(s)")
+
+    code, text = _run(bug)
+    assert code == 1
+    assert text == (
+        f"supersam evaluate: internal error (TypeError: unsupported operand type(s)); rerun with {DEBUG_ENV}=1 for "
+        "the traceback and report it.\n"
+    )
+
+
+def test_debug_switch_shows_the_traceback(monkeypatch):
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    assert debug_enabled()
+    with pytest.raises(ValueError, match="positive integer"):
+        _run(check_positive, "batch_size", 0)
+    monkeypatch.setenv(DEBUG_ENV, "0")
+    assert not debug_enabled() and debug_enabled(True)
+    with pytest.raises(ValueError):
+        _run(check_positive, "batch_size", 0, debug=True)
+
+
+def test_success_and_interrupt(monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    assert _run(lambda: None) == (0, "")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert _run(interrupted) == (130, "supersam evaluate: interrupted\n")
+
+
+def test_output_folder_errors_are_one_line(monkeypatch, tmp_path):
+    from supersam_hf.outputs import prepare_output_dir
+
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    supernet = tmp_path / "supernet"
+    supernet.mkdir()
+    (supernet / "config.json").write_text("{}")
+    code, text = _run(lambda: prepare_output_dir(supernet, overwrite=True, inputs=[supernet]))
+    assert code == 2 and text.count("\n") == 1
+    assert text.startswith(f"supersam evaluate: error: the output {supernet.resolve()} is the input")
+    code, text = _run(lambda: prepare_output_dir(supernet, overwrite=False))
+    assert code == 2 and "[Errno" not in text and "pass --overwrite_output_dir" in text

@@ -10,13 +10,11 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import SamModel, SamVisionConfig, pipeline
-from transformers.models.sam.modeling_sam import SamVisionEncoder
+from transformers import SamModel, pipeline
 
 from helpers import CUSTOM_MAPPING, prompt_inputs, tiny_processor, tiny_sam, tiny_supernet
 from supersam_hf import SearchSpace, SubnetConfig, SuperSamConfig, SuperSamModel, build_sam_config
 from supersam_hf.data import make_synthetic_shapes
-from supersam_hf.macs import encoder_macs
 from supersam_hf.prioritization import prioritize, reorder_embedding
 
 S = 64
@@ -261,20 +259,6 @@ def test_costs_of_width_subnets_match_meta_and_flop_counts(cfg):
         extracted(**inputs)
     assert model.count_macs(cfg) == counter.get_total_flops() // 2
     assert model.count_macs(cfg) < model.count_macs(SubnetConfig(cfg.kept_layers, cfg.mlp_dims))
-
-
-def test_encoder_macs_at_a_narrower_width_equal_a_narrower_encoder():
-    vision = build_sam_config(num_hidden_layers=4, hidden_size=64, window_size=3, global_attn_indexes=(1, 3)).vision_config
-    widths = [128, None, 128, 128]  # layer 1 (global) dropped; layer 3 (global) becomes layer 2
-    small = SamVisionConfig(**{**vision.to_dict(), "hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 3,
-                               "global_attn_indexes": [2], "mlp_dim": 128})
-    small._attn_implementation = "eager"
-    encoder = SamVisionEncoder(small).eval().requires_grad_(False)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        encoder(pixel_values=torch.randn(1, 3, 128, 128))
-    assert encoder_macs(vision, widths, hidden_size=32) == counter.get_total_flops() // 2
-    assert encoder_macs(vision, widths, hidden_size=32) < encoder_macs(vision, widths)
-    assert encoder_macs(vision, widths, hidden_size=64) == encoder_macs(vision, widths)
 
 
 # -- importance reordering of channels and heads --------------------------------------------------------------------

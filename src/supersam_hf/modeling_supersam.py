@@ -51,6 +51,25 @@ from .macs import count_sam_macs
 from .search_space import SearchSpace, SubnetConfig, SubnetPlan
 
 
+def linear_blocks(module: nn.Module, hidden_states: torch.Tensor, starts: tuple[int, ...], size: int) -> list[torch.Tensor]:
+    """Outputs `[start : start + size]` (for each start) of a linear layer whose input holds only its first
+    `hidden_states.shape[-1]` features (the others read as zero).
+
+    A plain `nn.Linear` computes them from views of its weight: no copies, and gradients reach only the slices. A
+    wrapped layer (e.g. a PEFT LoRA layer, whose adapter must take part) runs whole on the zero-padded input,
+    which gives the same numbers.
+    """
+    h = hidden_states.shape[-1]
+    if isinstance(module, nn.Linear):
+        bias = module.bias
+        return [
+            F.linear(hidden_states, module.weight[s : s + size, :h], None if bias is None else bias[s : s + size])
+            for s in starts
+        ]
+    output = module(F.pad(hidden_states, (0, module.in_features - h)))
+    return [output[..., s : s + size] for s in starts]
+
+
 class ElasticSamPatchEmbeddings(SamPatchEmbeddings):
     """SAM's patch embedding that can write only the first `active_hidden_size` channels (None = all)."""
 
@@ -96,9 +115,10 @@ class ElasticSamMLPBlock(SamMLPBlock):
         if d == self.lin1.out_features and h == self.lin1.in_features:
             return super().forward(hidden_states)
         # Prefix slices are views: the subnet shares (and trains) exactly these rows/columns.
-        hidden_states = F.linear(hidden_states, self.lin1.weight[:d, :h], self.lin1.bias[:d])
+        (hidden_states,) = linear_blocks(self.lin1, hidden_states, (0,), d)
         hidden_states = self.act(hidden_states)
-        return F.linear(hidden_states, self.lin2.weight[:h, :d], self.lin2.bias[:h])
+        (hidden_states,) = linear_blocks(self.lin2, hidden_states, (0,), h)
+        return hidden_states
 
 
 class _ElasticAttentionMixin:
@@ -118,13 +138,9 @@ class _ElasticAttentionMixin:
         batch_size, height, width, _ = hidden_states.shape
         head_dim = full // self.num_attention_heads
         heads, inner = h // head_dim, (h // head_dim) * head_dim
-        bias = self.qkv.bias
         query, key, value = (
-            F.linear(hidden_states, self.qkv.weight[b * full : b * full + inner, :h],
-                     None if bias is None else bias[b * full : b * full + inner])
-            .reshape(batch_size, height * width, heads, head_dim)
-            .transpose(1, 2)
-            for b in range(3)
+            block.reshape(batch_size, height * width, heads, head_dim).transpose(1, 2)
+            for block in linear_blocks(self.qkv, hidden_states, (0, full, 2 * full), inner)
         )  # each (batch, heads, tokens, head_dim)
         attn_bias = None
         if self.use_rel_pos:
@@ -145,7 +161,7 @@ class _ElasticAttentionMixin:
             attn_weights = attn_weights.reshape(batch_size * heads, height * width, height * width)
         attn_output = attn_output.reshape(batch_size, heads, height, width, head_dim).permute(0, 2, 3, 1, 4)
         attn_output = attn_output.reshape(batch_size, height, width, inner)
-        attn_output = F.linear(attn_output, self.proj.weight[:h, :inner], self.proj.bias[:h])
+        (attn_output,) = linear_blocks(self.proj, attn_output, (0,), h)
         return attn_output, attn_weights
 
 

@@ -7,6 +7,10 @@ between calls):
   the L2 norms of the MLP's input features and hidden activations over all calibration tokens. The neurons are then
   permuted in place, most important first, so that the prefix slice a narrow subnet uses keeps the most important
   ones. The permutation is exact: the full-width function does not change.
+* **Embedding channel and head importance (elastic embedding width).** Per residual channel, the mean |LayerNorm
+  output| over all encoder LayerNorms; per layer and head, the norm of the head's attention output. One channel
+  permutation through the whole encoder and one head permutation per layer put the most important first, so that
+  a narrower embedding width keeps them (`reorder_embedding`). Exact at full width.
 * **Layer importance (elastic depth).** The cost of removing each encoder layer, measured on the final image
   embeddings. The least important layers become elastic, with drop probabilities that grow as importance falls.
 

@@ -347,3 +347,26 @@ def test_prioritize_reorders_channels_and_heads_and_reports_them():
                         reorder=False, measure_layers=False, show_progress=False)
     assert torch.equal(weights, model.vision_encoder.patch_embed.projection.weight)
     assert report.embedding_order is not None
+
+
+def test_adapter_wrapped_attention_keeps_its_adapter_at_narrow_width():
+    """A PEFT LoRA layer around qkv/proj is not an nn.Linear: a narrow subnet runs it whole on zero-padded input,
+    so the adapter takes part and the unmerged model equals the merged one."""
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_supernet()
+    wrapped = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=r"vision_encoder\.layers\.\d+\.attn\.(?:qkv|proj)"))
+    with torch.no_grad():
+        for name, param in wrapped.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.1)  # PEFT starts B at zero: make the adapter matter
+    inputs = prompt_inputs("points")
+    base = wrapped.get_base_model()
+    with torch.no_grad(), base.subnet(NARROW[1]):
+        unmerged = wrapped(**inputs)
+    merged = wrapped.merge_and_unload()
+    with torch.no_grad(), merged.subnet(NARROW[1]):
+        expected = merged(**inputs)
+    assert max_diff(unmerged, expected) <= TOL
+    with torch.no_grad(), merged.subnet(NARROW[1]):
+        assert max_diff(merged(**inputs), tiny_supernet().extract_subnet(NARROW[1])(**inputs)) > 1e-3  # adapter mattered

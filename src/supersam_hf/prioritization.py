@@ -343,6 +343,8 @@ class EmbeddingOrder:
     head_orders: list[list[int]]
     channel_scores: list[float] = field(repr=False, default_factory=list)
     head_scores: list[list[float]] = field(repr=False, default_factory=list)
+    channel_score_description: str = field(repr=False, default=CHANNEL_SCORE_DESCRIPTION)
+    head_score_description: str = field(repr=False, default=HEAD_SCORE_DESCRIPTION)
 
 
 class _EmbeddingRecorder:

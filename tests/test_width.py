@@ -238,6 +238,12 @@ def test_hidden_states_and_attentions_list_the_layers_that_ran(attn):
     if attn == "eager":
         assert len(active.vision_attentions) == len(cfg.kept_layers)
         assert [a.shape for a in active.vision_attentions] == [a.shape for a in exported.vision_attentions]
+    # Selected by index (negative ones count from the last layer that ran), as the extracted model selects them.
+    with torch.no_grad(), model.subnet(cfg):
+        picked = model(**inputs, output_hidden_states=[-1, 1]).vision_hidden_states
+        exported = extracted(**inputs, output_hidden_states=[-1, 1]).vision_hidden_states
+    assert [t is None for t in picked] == [t is None for t in exported] == [True, False, True, True, False]
+    assert (picked[-1] - exported[-1]).abs().max() <= TOL
     with torch.no_grad():
         full = model(**inputs, output_hidden_states=True)
     assert len(full.vision_hidden_states) == 7 and full.vision_hidden_states[0].shape[-1] == 32

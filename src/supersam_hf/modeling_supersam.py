@@ -224,9 +224,19 @@ class ElasticSamVisionEncoder(SamVisionEncoder):
             self.layers = nn.ModuleList(ElasticSamVisionLayer(config, layer.window_size) for layer in self.layers)
         super().post_init()
 
+    def forward(self, pixel_values: torch.Tensor | None = None, **kwargs) -> SamVisionEncoderOutput:
+        selection = kwargs.get("output_hidden_states")
+        if selection is not None and not isinstance(selection, bool):
+            # Indices select among the hidden states of the layers that run (negative ones count from the last of
+            # them), as in the extracted model; transformers would resolve them against all configured layers.
+            count = sum(layer.active for layer in self.layers) + 1
+            indices = [selection] if isinstance(selection, int) else list(selection)
+            kwargs["output_hidden_states"] = [i % count for i in indices if -count <= i < count]
+        return self._forward(pixel_values, **kwargs)
+
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
-    def forward(self, pixel_values: torch.Tensor | None = None, **kwargs) -> SamVisionEncoderOutput:
+    def _forward(self, pixel_values: torch.Tensor | None = None, **kwargs) -> SamVisionEncoderOutput:
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values")
         hidden_states = self.patch_embed(pixel_values)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import SamConfig, SamModel
+from transformers import SamConfig, SamModel, SamVisionConfig
 from transformers.models.sam.modeling_sam import SamVisionEncoder
 
 from helpers import CUSTOM_MAPPING
@@ -192,3 +192,17 @@ def test_sam_vit_b(impl):
     assert _close(parts["total"], counter.get_total_flops() // 2), (parts, measured)
     assert _close(parts["image_encoder"], measured["SamModel.vision_encoder"]), (parts, measured)
     assert _close(parts["mask_decoder"], measured["SamModel.mask_decoder"]), (parts, measured)
+
+
+def test_encoder_macs_at_a_narrower_width_equal_a_narrower_encoder():
+    vision = build_sam_config(num_hidden_layers=4, hidden_size=64, window_size=3, global_attn_indexes=(1, 3)).vision_config
+    widths = [128, None, 128, 128]  # layer 1 (global) dropped; layer 3 (global) becomes layer 2
+    small = SamVisionConfig(**{**vision.to_dict(), "hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 3,
+                               "global_attn_indexes": [2], "mlp_dim": 128})
+    small._attn_implementation = "eager"
+    encoder = SamVisionEncoder(small).eval().requires_grad_(False)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        encoder(pixel_values=torch.randn(1, 3, 128, 128))
+    assert encoder_macs(vision, widths, hidden_size=32) == counter.get_total_flops() // 2
+    assert encoder_macs(vision, widths, hidden_size=32) < encoder_macs(vision, widths)
+    assert encoder_macs(vision, widths, hidden_size=64) == encoder_macs(vision, widths)

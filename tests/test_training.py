@@ -332,7 +332,7 @@ def test_nan_loss_stops_naming_step_and_subnet_and_keeps_checkpoint(assets, tmp_
 
     monkeypatch.setattr(training, "sam_loss", poisoned)
     out = tmp_path / "nan"
-    with pytest.raises(NonFiniteLossError, match=r"step 3 in subnet 'smallest' \(L2-w32x2") as error:
+    with pytest.raises(NonFiniteLossError, match=r"step 3 in subnet 'smallest' \(H16-L2-w32x2") as error:
         train_supernet(make_args(assets, out, max_steps=4, save_steps=2))
     assert "checkpoints/step_2" in str(error.value)
     checkpoint = out / "checkpoints" / "step_2"

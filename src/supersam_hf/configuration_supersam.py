@@ -1,3 +1,16 @@
+# Copyright 2026 The supersam_hf Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """`SuperSamConfig`: a `SamConfig` that also carries the supernet's search space (saved in config.json)."""
 
 from __future__ import annotations
@@ -5,9 +18,11 @@ from __future__ import annotations
 from transformers import SamConfig
 from transformers.models.sam.configuration_sam import SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
 
-from .search_space import check_search_space
+from .search_space import check_search_space, default_hidden_size_choices
 
 DEFAULT_WIDTH_RATIOS = (0.25, 0.5, 0.75, 1.0)
+# Embedding width: fractions of the attention heads (rounded to whole heads; head size unchanged).
+DEFAULT_HEAD_RATIOS = (0.5, 0.75, 1.0)
 
 
 class SuperSamConfig(SamConfig):
@@ -23,8 +38,13 @@ class SuperSamConfig(SamConfig):
         Allowed MLP hidden widths per encoder layer. Defaults to 25/50/75/100 % of `vision_config.mlp_dim`.
     min_layers (`int`, *optional*):
         No subnet keeps fewer encoder layers. Defaults to half the layers.
+    hidden_size_choices (`list[int]`, *optional*):
+        Allowed embedding widths of the encoder (uniform across layers), multiples of the head size
+        `vision_config.hidden_size / vision_config.num_attention_heads`, the full width included. Defaults to
+        50/75/100 % of the heads, rounded to whole heads.
     prioritized (`bool`, *optional*, defaults to `False`):
-        Whether MLP neurons were importance-ordered and drop probabilities measured (see `prioritize`).
+        Whether MLP neurons, embedding channels and heads were importance-ordered and drop probabilities measured
+        (see `prioritize`).
     base_model (`str`, *optional*):
         The SAM checkpoint (Hub id or path) the supernet was converted from; exported model cards cite it.
     """
@@ -35,6 +55,7 @@ class SuperSamConfig(SamConfig):
     layer_drop_probs: list[float] | None = None
     mlp_dim_choices: list[list[int]] | None = None
     min_layers: int | None = None
+    hidden_size_choices: list[int] | None = None
     prioritized: bool = False
     base_model: str | None = None
 
@@ -54,8 +75,13 @@ class SuperSamConfig(SamConfig):
         self.mlp_dim_choices = [sorted(int(d) for d in c) for c in self.mlp_dim_choices]
         if self.min_layers is None:
             self.min_layers = max(1, num_layers // 2)
+        hidden_size, num_heads = self.vision_config.hidden_size, self.vision_config.num_attention_heads
+        if self.hidden_size_choices is None:  # also for configs saved before the width dimension existed
+            self.hidden_size_choices = default_hidden_size_choices(hidden_size, num_heads, DEFAULT_HEAD_RATIOS)
+        self.hidden_size_choices = sorted(int(h) for h in self.hidden_size_choices)
         check_search_space(
-            num_layers, mlp_dim, self.elastic_layers, self.layer_drop_probs, self.mlp_dim_choices, self.min_layers
+            num_layers, mlp_dim, self.elastic_layers, self.layer_drop_probs, self.mlp_dim_choices, self.min_layers,
+            hidden_size, num_heads, self.hidden_size_choices,
         )
 
     @classmethod
@@ -76,7 +102,9 @@ class SuperSamConfig(SamConfig):
         return SamConfig(**data)
 
 
-SUPERNET_ONLY_FIELDS = ("elastic_layers", "layer_drop_probs", "mlp_dim_choices", "min_layers", "prioritized", "base_model")
+SUPERNET_ONLY_FIELDS = (
+    "elastic_layers", "layer_drop_probs", "mlp_dim_choices", "min_layers", "hidden_size_choices", "prioritized", "base_model"
+)
 
 
 def build_sam_config(

@@ -16,7 +16,9 @@ Structure, so that subnet costs are sums over kept layers:
 
     image encoder = patch embedding + Σ_kept encoder_layer_macs(layer, width) + neck
 
-where each kept layer keeps its own attention kind (windowed, or global over the whole token grid).
+where each kept layer keeps its own attention kind (windowed, or global over the whole token grid). Every encoder
+function takes an optional `hidden_size`, the embedding width of a subnet (whole heads of the config's head size;
+default: the config's `hidden_size`), so a width subnet's cost is the same sum at that width.
 """
 
 from __future__ import annotations
@@ -61,27 +63,33 @@ def _feed_forward(tokens: int, input_dim: int, hidden_dim: int, output_dim: int,
 # --------------------------------------------------------------------------------------------------- image encoder
 
 
-def patch_embed_macs(vision_config: SamVisionConfig) -> int:
-    """The patch-embedding convolution (kernel = stride = patch size)."""
+def _width(vision_config: SamVisionConfig, hidden_size: int | None) -> int:
+    return vision_config.hidden_size if hidden_size is None else int(hidden_size)
+
+
+def patch_embed_macs(vision_config: SamVisionConfig, hidden_size: int | None = None) -> int:
+    """The patch-embedding convolution (kernel = stride = patch size) to `hidden_size` channels."""
     grid_h, grid_w = _token_grid(vision_config)
     patch_h, patch_w = _pair(vision_config.patch_size)
-    return grid_h * grid_w * vision_config.hidden_size * vision_config.num_channels * patch_h * patch_w
+    return grid_h * grid_w * _width(vision_config, hidden_size) * vision_config.num_channels * patch_h * patch_w
 
 
-def neck_macs(vision_config: SamVisionConfig) -> int:
-    """The neck: a 1x1 conv to `output_channels`, then a 3x3 conv (padding 1) at `output_channels`."""
+def neck_macs(vision_config: SamVisionConfig, hidden_size: int | None = None) -> int:
+    """The neck: a 1x1 conv from `hidden_size` to `output_channels`, then a 3x3 conv (padding 1) at
+    `output_channels`."""
     grid_h, grid_w = _token_grid(vision_config)
     out = vision_config.output_channels
-    return grid_h * grid_w * out * (vision_config.hidden_size + 9 * out)
+    return grid_h * grid_w * out * (_width(vision_config, hidden_size) + 9 * out)
 
 
-def _attention_macs(vision_config: SamVisionConfig, window_size: int) -> int:
-    """One `SamVisionAttention` call (qkv, attention products, relative positions, proj) over the grid.
+def _attention_macs(vision_config: SamVisionConfig, window_size: int, hidden_size: int | None = None) -> int:
+    """One `SamVisionAttention` call (qkv, attention products, relative positions, proj) over the grid, at
+    embedding width `hidden_size` (heads of the config's head size; products summed over heads scale with it).
 
     `window_size > 0`: the grid is padded to a multiple of the window and attention runs per window, so qkv/proj
     also run on the padding tokens. `window_size == 0`: global attention over the whole grid.
     """
-    hidden = vision_config.hidden_size
+    hidden = _width(vision_config, hidden_size)
     grid_h, grid_w = _token_grid(vision_config)
     if window_size > 0:
         win_h = win_w = window_size
@@ -107,8 +115,10 @@ def encoder_layer_macs(
     layer_index: int,
     mlp_width: int | None = None,
     global_attn: bool | None = None,
+    hidden_size: int | None = None,
 ) -> int:
-    """MACs of one `SamVisionLayer` whose MLP hidden width is `mlp_width` (default: `vision_config.mlp_dim`).
+    """MACs of one `SamVisionLayer` whose MLP hidden width is `mlp_width` (default: `vision_config.mlp_dim`), at
+    embedding width `hidden_size` (default: `vision_config.hidden_size`).
 
     The attention kind is global if `global_attn` says so, else (when `global_attn` is None) if `layer_index` is in
     `vision_config.global_attn_indexes`; otherwise windowed with `vision_config.window_size` (0 also means global).
@@ -119,28 +129,30 @@ def encoder_layer_macs(
         global_attn = layer_index in vision_config.global_attn_indexes
     window_size = 0 if global_attn else vision_config.window_size
     grid_h, grid_w = _token_grid(vision_config)
-    mlp = 2 * _linear(grid_h * grid_w, vision_config.hidden_size, mlp_width)  # lin1 + lin2, unpadded grid
-    return _attention_macs(vision_config, window_size) + mlp
+    mlp = 2 * _linear(grid_h * grid_w, _width(vision_config, hidden_size), mlp_width)  # lin1 + lin2, unpadded grid
+    return _attention_macs(vision_config, window_size, hidden_size) + mlp
 
 
 def encoder_macs(
     vision_config: SamVisionConfig,
     layer_widths: Sequence[int | None],
     global_flags: Sequence[bool] | None = None,
+    hidden_size: int | None = None,
 ) -> int:
-    """Image-encoder MACs: patch embedding + Σ kept layers + neck.
+    """Image-encoder MACs: patch embedding + Σ kept layers + neck, at embedding width `hidden_size` (default:
+    the config's).
 
     `layer_widths[i]` is layer i's MLP width, or None for a dropped layer. Layer i's attention kind comes from
     `global_flags[i]` if given, else from `vision_config.global_attn_indexes`.
     """
     if global_flags is not None and len(global_flags) != len(layer_widths):
         raise ValueError(f"global_flags has {len(global_flags)} entries, layer_widths {len(layer_widths)}")
-    total = patch_embed_macs(vision_config) + neck_macs(vision_config)
+    total = patch_embed_macs(vision_config, hidden_size) + neck_macs(vision_config, hidden_size)
     for i, width in enumerate(layer_widths):
         if width is None:
             continue
         flag = None if global_flags is None else bool(global_flags[i])
-        total += encoder_layer_macs(vision_config, i, int(width), global_attn=flag)
+        total += encoder_layer_macs(vision_config, i, int(width), global_attn=flag, hidden_size=hidden_size)
     return total
 
 

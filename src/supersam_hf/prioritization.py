@@ -7,6 +7,10 @@ between calls):
   the L2 norms of the MLP's input features and hidden activations over all calibration tokens. The neurons are then
   permuted in place, most important first, so that the prefix slice a narrow subnet uses keeps the most important
   ones. The permutation is exact: the full-width function does not change.
+* **Embedding channel and head importance (elastic embedding width).** Per residual channel, the mean |LayerNorm
+  output| over all encoder LayerNorms; per layer and head, the norm of the head's attention output. One channel
+  permutation through the whole encoder and one head permutation per layer put the most important first, so that
+  a narrower embedding width keeps them (`reorder_embedding`). Exact at full width.
 * **Layer importance (elastic depth).** The cost of removing each encoder layer, measured on the final image
   embeddings. The least important layers become elastic, with drop probabilities that grow as importance falls.
   Each removal run starts from the removed layer's cached input (the prefix is the same with or without it), so
@@ -29,7 +33,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -92,10 +96,12 @@ class PrioritizationReport:
     measure_description: str = LAYER_IMPORTANCE_DESCRIPTION
     neuron_score_description: str = NEURON_SCORE_DESCRIPTION
     permutations: list[list[int]] | None = field(default=None, repr=False)
+    embedding_order: EmbeddingOrder | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("permutations")
+        data.pop("embedding_order")
         return data
 
     def save(self, output_dir: str | os.PathLike) -> Path:
@@ -371,11 +377,11 @@ def _removal_costs(model: SuperSamModel, cache: _LayerInputCache, full: torch.Te
 
 
 @torch.no_grad()
-def _calibrate(model: SuperSamModel, batches: Iterator[torch.Tensor], recorder: _MlpNormRecorder,
+def _calibrate(model: SuperSamModel, batches: Iterator[torch.Tensor], recorders: tuple,
                measure_layers: bool, num_images: int, show_progress: bool) -> torch.Tensor:
-    """Run the calibration batches (pixel values) through the full model once each, recording MLP statistics into
-    `recorder`, and, if `measure_layers`, every layer's removal from its cached input. Returns the per-layer removal
-    costs summed over images (zeros if not measured).
+    """Run the calibration batches (pixel values) through the full model once each, recording MLP and embedding
+    statistics into `recorders` (each has a `recording()` context), and, if `measure_layers`, every layer's removal
+    from its cached input. Returns the per-layer removal costs summed over images (zeros if not measured).
 
     Memory: a batch's L layer inputs are cached until their removal run (float32 ViT-B at 1024 px: ~150 MB per
     image). The bar counts images; inside a batch it advances in proportion to the layer calls done, with the
@@ -397,7 +403,11 @@ def _calibrate(model: SuperSamModel, batches: Iterator[torch.Tensor], recorder: 
     with bar:
         for pixel_values in batches:
             size = pixel_values.shape[0]
-            with recorder.recording(), cache.capturing() if measure_layers else contextlib.nullcontext():
+            with contextlib.ExitStack() as stack:
+                for recorder in recorders:
+                    stack.enter_context(recorder.recording())
+                if measure_layers:
+                    stack.enter_context(cache.capturing())
                 full = model.get_image_embeddings(pixel_values).flatten(1).float()
             bar.update(size * num_layers / per_image)
             if measure_layers:
@@ -409,6 +419,170 @@ def _calibrate(model: SuperSamModel, batches: Iterator[torch.Tensor], recorder: 
             bar.update(done - bar.n)  # exact image count at the end of each batch (no float drift)
             logger.info("Calibrated %d/%d image(s) (%.1f s).", done, num_images, time.perf_counter() - start)
     return removal_cost
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# embedding channels and attention heads (elastic embedding width)
+# ---------------------------------------------------------------------------------------------------------------
+CHANNEL_SCORE_DESCRIPTION = (
+    "per residual channel, the mean |LayerNorm output| over calibration tokens, each encoder LayerNorm's means "
+    "normalised to sum 1, averaged over all of them"
+)
+HEAD_SCORE_DESCRIPTION = "per layer and head, the L2 norm of the head's attention output (proj input) over calibration tokens"
+
+
+@dataclass
+class EmbeddingOrder:
+    """The embedding-channel and head orders `reorder_embedding` applied (new position -> old index).
+
+    Attributes:
+        channel_order: one permutation of the residual channels, shared by the whole encoder.
+        head_orders: per encoder layer, the order of its attention heads.
+        channel_scores: importance of each (old) channel, as `embedding_channel_scores` computes it.
+        head_scores: per layer, importance of each (old) head.
+    """
+
+    channel_order: list[int]
+    head_orders: list[list[int]]
+    channel_scores: list[float] = field(repr=False, default_factory=list)
+    head_scores: list[list[float]] = field(repr=False, default_factory=list)
+    channel_score_description: str = field(repr=False, default=CHANNEL_SCORE_DESCRIPTION)
+    head_score_description: str = field(repr=False, default=HEAD_SCORE_DESCRIPTION)
+
+
+class _EmbeddingRecorder:
+    """Per-channel sums of |LayerNorm output| (every encoder LayerNorm) and per-channel sums of squares of each
+    attention's output before `proj` (its heads' outputs side by side). Hooks live only inside `recording()`."""
+
+    def __init__(self, layers):
+        self.layers = list(layers)
+        self.norm_abs: dict[tuple[int, int], torch.Tensor] = {}
+        self.attn_sq: dict[int, torch.Tensor] = {}
+
+    @staticmethod
+    def _add(store: dict, key, value: torch.Tensor) -> None:
+        store[key] = value if key not in store else store[key] + value
+
+    def _norm_hook(self, key: tuple[int, int]):
+        def hook(module, args, output):
+            self._add(self.norm_abs, key, output.detach().reshape(-1, output.shape[-1]).float().abs().sum(dim=0))
+
+        return hook
+
+    def _proj_hook(self, index: int):
+        def hook(module, args):
+            x = args[0].detach()
+            self._add(self.attn_sq, index, x.reshape(-1, x.shape[-1]).float().pow(2).sum(dim=0))
+
+        return hook
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator["_EmbeddingRecorder"]:
+        handles = []
+        try:
+            for i, layer in enumerate(self.layers):
+                handles.append(layer.layer_norm1.register_forward_hook(self._norm_hook((i, 1))))
+                handles.append(layer.layer_norm2.register_forward_hook(self._norm_hook((i, 2))))
+                handles.append(layer.attn.proj.register_forward_pre_hook(self._proj_hook(i)))
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def embedding_channel_scores(norm_abs_sums: list[torch.Tensor]) -> torch.Tensor:
+    """Importance of each residual channel (float64, sums to 1): every LayerNorm's per-channel |output| sums are
+    divided by their own total (so no layer dominates by scale alone), then averaged over the LayerNorms."""
+    tiny = torch.finfo(torch.float64).tiny
+    stacked = torch.stack([s.double().cpu() for s in norm_abs_sums])
+    return (stacked / stacked.sum(dim=1, keepdim=True).clamp_min(tiny)).mean(dim=0)
+
+
+def attention_head_scores(attn_output_sq: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Importance of each head of one layer: the L2 norm of its output (its `head_dim` channels of the proj input)."""
+    return attn_output_sq.double().cpu().reshape(num_heads, -1).sum(dim=1).sqrt()
+
+
+@torch.no_grad()
+def permute_embedding_channels(encoder, order: torch.Tensor) -> None:
+    """Reorder the residual channels of a SAM image encoder in place: new channel k is old channel `order[k]`, in
+    the patch embedding, `pos_embed`, every LayerNorm, every `qkv` (input columns), `proj` and MLP `lin2` (output
+    rows), MLP `lin1` (input columns) and the neck's first conv (input channels). Exact: LayerNorm and every
+    product are equivariant to a consistent permutation. Parameters keep their identity."""
+
+    def take(param: torch.Tensor | None, dim: int) -> None:
+        if param is not None:
+            param.copy_(param.index_select(dim, order.to(param.device)))
+
+    take(encoder.patch_embed.projection.weight, 0)
+    take(encoder.patch_embed.projection.bias, 0)
+    if encoder.pos_embed is not None:
+        take(encoder.pos_embed, encoder.pos_embed.dim() - 1)
+    for layer in encoder.layers:
+        for norm in (layer.layer_norm1, layer.layer_norm2):
+            take(norm.weight, 0)
+            take(norm.bias, 0)
+        take(layer.attn.qkv.weight, 1)
+        take(layer.attn.proj.weight, 0)
+        take(layer.attn.proj.bias, 0)
+        take(layer.mlp.lin1.weight, 1)
+        take(layer.mlp.lin2.weight, 0)
+        take(layer.mlp.lin2.bias, 0)
+    take(encoder.neck.conv1.weight, 1)
+
+
+@torch.no_grad()
+def permute_attention_heads(attn, order: torch.Tensor) -> None:
+    """Reorder the heads of one SAM vision attention in place: new head k is old head `order[k]` (its rows in each
+    of the q, k, v blocks of `qkv`, its input columns of `proj`). The relative-position tables are shared by all
+    heads and stay as they are. Exact."""
+    hidden = attn.proj.in_features
+    head_dim = hidden // attn.num_attention_heads
+    within = (order.cpu()[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
+    rows = torch.cat([within + block * hidden for block in range(3)]).to(attn.qkv.weight.device)
+    attn.qkv.weight.copy_(attn.qkv.weight[rows])
+    if attn.qkv.bias is not None:
+        attn.qkv.bias.copy_(attn.qkv.bias[rows])
+    attn.proj.weight.copy_(attn.proj.weight[:, within.to(attn.proj.weight.device)])
+
+
+def reorder_embedding(model: SuperSamModel, pixel_batches: Iterable[torch.Tensor], apply: bool = True) -> EmbeddingOrder:
+    """Measure embedding-channel and head importance of `model`'s full encoder on `pixel_batches` (preprocessed
+    `pixel_values`, on the model's device and dtype) and, if `apply`, permute both most important first, so that
+    a narrower embedding width keeps the most important channels and heads. Exact at full width.
+
+    Runs the full model under `torch.no_grad`; the caller sets eval mode and the full subnet (as `prioritize` does,
+    which records the same statistics during its own calibration pass and calls `embedding_order_from`).
+    """
+    recorder = _EmbeddingRecorder(model.vision_encoder.layers)
+    with torch.no_grad(), recorder.recording():
+        for pixel_values in pixel_batches:
+            model.get_image_embeddings(pixel_values)
+    return embedding_order_from(model, recorder, apply=apply)
+
+
+def embedding_order_from(model: SuperSamModel, recorder: _EmbeddingRecorder, apply: bool = True) -> EmbeddingOrder:
+    """The channel and head orders from a filled `_EmbeddingRecorder`, applied to `model` if `apply`."""
+    encoder = model.vision_encoder
+    layers = list(encoder.layers)
+    if not recorder.attn_sq:
+        raise ValueError("reorder_embedding got no calibration batch; pass at least one batch of pixel_values.")
+    channel_scores = embedding_channel_scores([recorder.norm_abs[key] for key in sorted(recorder.norm_abs)])
+    channel_order = torch.sort(channel_scores, descending=True, stable=True).indices
+    head_scores = [attention_head_scores(recorder.attn_sq[i], layer.attn.num_attention_heads) for i, layer in enumerate(layers)]
+    head_orders = [torch.sort(scores, descending=True, stable=True).indices for scores in head_scores]
+    if apply:
+        # Heads first: their indices are output rows of qkv / input columns of proj, which the channel order
+        # (qkv input columns, proj output rows) does not touch, so the two permutations commute.
+        for layer, order in zip(layers, head_orders):
+            permute_attention_heads(layer.attn, order)
+        permute_embedding_channels(encoder, channel_order)
+    return EmbeddingOrder(
+        channel_order=channel_order.tolist(),
+        head_orders=[order.tolist() for order in head_orders],
+        channel_scores=channel_scores.tolist(),
+        head_scores=[scores.tolist() for scores in head_scores],
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -500,6 +674,7 @@ def prioritize(
     device, dtype = param.device, param.dtype
     previous_subnet, was_training = model.active_subnet, model.training
     recorder = _MlpNormRecorder(layers)
+    embedding_recorder = _EmbeddingRecorder(layers)
     stats = {"used": 0, "skipped": 0}
     target = min(num_images, len(dataset))
 
@@ -508,7 +683,7 @@ def prioritize(
     try:
         batches = _calibration_batches(dataset, column, target, batch_size, seed, stats)
         inputs = (processor(images=images, return_tensors="pt")["pixel_values"].to(device=device, dtype=dtype) for images in batches)
-        removal_cost = _calibrate(model, inputs, recorder, measure_layers, target, show_progress)
+        removal_cost = _calibrate(model, inputs, (recorder, embedding_recorder), measure_layers, target, show_progress)
 
         used = stats["used"]
         if used == 0:
@@ -531,6 +706,7 @@ def prioritize(
                 permute_mlp_neurons(layer.mlp, order)
             summaries.append(_score_summary(scores, order))
             permutations.append(order.tolist())
+        embedding_order = embedding_order_from(model, embedding_recorder, apply=reorder)
 
         # -- layers: importance -> elastic depth ---------------------------------------------------------------
         importance = None
@@ -561,6 +737,7 @@ def prioritize(
         reordered=bool(reorder),
         neuron_scores=summaries,
         permutations=permutations,
+        embedding_order=embedding_order,
     )
     logger.info(
         "Prioritized on %d image(s): elastic layers %s with drop probabilities %s.",

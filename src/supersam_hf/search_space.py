@@ -1,34 +1,57 @@
 """Subnet descriptions and the space they are drawn from.
 
-A `SubnetConfig` names which encoder layers are kept and how wide each kept layer's MLP is. A `SearchSpace` knows
-which layers may be dropped, with what probability, and which widths each layer allows. `SearchSpace.layer_plan`
-is the one place that maps a subnet onto the encoder's layers; forward, parameter counting and export all use it.
+A `SubnetConfig` names which encoder layers are kept, how wide each kept layer's MLP is and how wide the encoder's
+embedding is (uniform across layers, whole attention heads). A `SearchSpace` knows which layers may be dropped, with
+what probability, and which widths are allowed. `SearchSpace.layer_plan` is the one place that maps a subnet onto
+the encoder's weights (a `SubnetPlan`); forward, parameter and MAC counting and export all use it.
 """
 
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
 
+SUBNET_FIELDS = ("kept_layers", "mlp_dims", "hidden_size")
+
+
+def _int_field(name: str, value: Any) -> int:
+    """`value` as an int, or a `ValueError` naming the field: bools, floats (even 2.0), strings and None are refused."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    raise ValueError(f"{name} must hold integers, got {value!r} ({type(value).__name__}); write whole numbers, e.g. 3.")
+
+
+def _int_tuple(name: str, values: Any) -> tuple[int, ...]:
+    if values is None or isinstance(values, (str, bytes, dict)) or not isinstance(values, Iterable):
+        raise ValueError(f"{name} must be a list of integers, got {values!r}.")
+    return tuple(_int_field(name, v) for v in values)
+
+
 @dataclass(frozen=True)
 class SubnetConfig:
-    """One subnetwork: the kept encoder layers (sorted indices) and the MLP width of each, aligned with them."""
+    """One subnetwork: the kept encoder layers (sorted indices), the MLP width of each (aligned with them) and the
+    encoder's embedding width `hidden_size` (a multiple of the head size; None = the full width)."""
 
     kept_layers: tuple[int, ...]
     mlp_dims: tuple[int, ...]
+    hidden_size: int | None = None
 
     def __post_init__(self):
-        # Accept lists (e.g. from JSON) but store tuples so the config stays hashable.
-        object.__setattr__(self, "kept_layers", tuple(int(i) for i in self.kept_layers))
-        object.__setattr__(self, "mlp_dims", tuple(int(d) for d in self.mlp_dims))
+        # Accept lists (e.g. from JSON) but store tuples so the config stays hashable; only integers are accepted.
+        object.__setattr__(self, "kept_layers", _int_tuple("kept_layers", self.kept_layers))
+        object.__setattr__(self, "mlp_dims", _int_tuple("mlp_dims", self.mlp_dims))
+        if self.hidden_size is not None:
+            object.__setattr__(self, "hidden_size", _int_field("hidden_size", self.hidden_size))
 
     @property
     def name(self) -> str:
-        """Short readable name, e.g. `L10-w1536x4-w3072x6`: layer count then run-length encoded widths."""
+        """Short readable name, e.g. `L10-w1536x4-w3072x6` (layer count, then run-length encoded MLP widths),
+        prefixed with `H384-` when the embedding width is not the full one."""
         runs: list[list[int]] = []
         for d in self.mlp_dims:
             if runs and runs[-1][0] == d:
@@ -36,17 +59,37 @@ class SubnetConfig:
             else:
                 runs.append([d, 1])
         widths = "-".join(f"w{d}x{n}" if n > 1 else f"w{d}" for d, n in runs)
-        return f"L{len(self.kept_layers)}-{widths}" if widths else f"L{len(self.kept_layers)}"
+        name = f"L{len(self.kept_layers)}-{widths}" if widths else f"L{len(self.kept_layers)}"
+        return name if self.hidden_size is None else f"H{self.hidden_size}-{name}"
 
     def to_dict(self) -> dict:
-        return {"kept_layers": list(self.kept_layers), "mlp_dims": list(self.mlp_dims)}
+        """JSON-ready dict; `hidden_size` is written only when it is not the full width (so older readers and
+        files stay as they were)."""
+        data = {"kept_layers": list(self.kept_layers), "mlp_dims": list(self.mlp_dims)}
+        if self.hidden_size is not None:
+            data["hidden_size"] = self.hidden_size
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "SubnetConfig":
+        """Read `to_dict`'s output. Unknown keys are refused, except in a *record* (a dict with a `name`, as search
+        results and exported `subnet.json` files write): there they are the record's other fields, and the name
+        must match the subnet the fields describe."""
+        if not isinstance(data, dict):
+            raise ValueError(f"A subnet must be a JSON object with 'kept_layers' and 'mlp_dims', got {type(data).__name__}.")
         missing = {"kept_layers", "mlp_dims"} - set(data)
         if missing:
             raise ValueError(f"Subnet JSON is missing {sorted(missing)}; expected keys 'kept_layers' and 'mlp_dims'.")
-        return cls(kept_layers=data["kept_layers"], mlp_dims=data["mlp_dims"])
+        unknown = sorted(set(data) - set(SUBNET_FIELDS))
+        if unknown and "name" not in data:
+            raise ValueError(f"Subnet JSON has unknown key(s) {unknown}; the keys are {list(SUBNET_FIELDS)}.")
+        cfg = cls(kept_layers=data["kept_layers"], mlp_dims=data["mlp_dims"], hidden_size=data.get("hidden_size"))
+        if "name" in data and data["name"] != cfg.name:
+            raise ValueError(
+                f"Subnet record named {data['name']!r} describes {cfg.name!r}; its fields and name disagree "
+                "(edited by hand?). Fix one of them."
+            )
+        return cfg
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -56,8 +99,37 @@ class SubnetConfig:
         return cls.from_dict(json.loads(text))
 
 
+@dataclass(frozen=True)
+class SubnetPlan:
+    """How a subnet maps onto the supernet's weights: `SearchSpace.layer_plan`'s answer, read by forward, export
+    and cost counting alike.
+
+    Iterating (or indexing) a plan yields, per encoder layer, its MLP width if kept or None if dropped.
+    `hidden_size` is the kept embedding width (the leading channels) and `num_heads` the kept attention heads (the
+    leading heads), each of `head_dim` channels; None when the space does not know the encoder's width.
+    """
+
+    mlp_widths: tuple[int | None, ...]
+    hidden_size: int | None = None
+    num_heads: int | None = None
+    head_dim: int | None = None
+
+    @property
+    def kept_layers(self) -> tuple[int, ...]:
+        return tuple(i for i, w in enumerate(self.mlp_widths) if w is not None)
+
+    def __iter__(self) -> Iterator[int | None]:
+        return iter(self.mlp_widths)
+
+    def __len__(self) -> int:
+        return len(self.mlp_widths)
+
+    def __getitem__(self, index):
+        return self.mlp_widths[index]
+
+
 class SearchSpace:
-    """Elastic depth and width of a SAM image encoder.
+    """Elastic depth, MLP width and embedding width of a SAM image encoder.
 
     Args:
         num_layers: encoder layers of the full model.
@@ -66,6 +138,10 @@ class SearchSpace:
         layer_drop_probs: drop probability of each elastic layer (aligned with `elastic_layers`), in [0, 1).
         mlp_dim_choices: allowed widths, one list per encoder layer.
         min_layers: no subnet keeps fewer layers than this.
+        hidden_size: full embedding width of the encoder (None: the space has no width dimension).
+        num_attention_heads: attention heads of the full encoder; the head size is `hidden_size / heads`.
+        hidden_size_choices: allowed embedding widths, multiples of the head size, the full width among them
+            (default: the full width only).
     """
 
     def __init__(
@@ -76,6 +152,9 @@ class SearchSpace:
         layer_drop_probs: Sequence[float],
         mlp_dim_choices: Sequence[Sequence[int]],
         min_layers: int,
+        hidden_size: int | None = None,
+        num_attention_heads: int | None = None,
+        hidden_size_choices: Sequence[int] | None = None,
     ):
         self.num_layers = int(num_layers)
         self.mlp_dim = int(mlp_dim)
@@ -83,8 +162,14 @@ class SearchSpace:
         self.layer_drop_probs = tuple(float(p) for p in layer_drop_probs)
         self.mlp_dim_choices = tuple(tuple(sorted(int(d) for d in c)) for c in mlp_dim_choices)
         self.min_layers = int(min_layers)
+        self.hidden_size = None if hidden_size is None else int(hidden_size)
+        self.num_attention_heads = None if num_attention_heads is None else int(num_attention_heads)
+        if hidden_size_choices is None:
+            hidden_size_choices = () if self.hidden_size is None else (self.hidden_size,)
+        self.hidden_size_choices = tuple(sorted(int(h) for h in hidden_size_choices))
         check_search_space(
-            self.num_layers, self.mlp_dim, self.elastic_layers, self.layer_drop_probs, self.mlp_dim_choices, self.min_layers
+            self.num_layers, self.mlp_dim, self.elastic_layers, self.layer_drop_probs, self.mlp_dim_choices,
+            self.min_layers, self.hidden_size, self.num_attention_heads, self.hidden_size_choices,
         )
 
     @classmethod
@@ -97,52 +182,88 @@ class SearchSpace:
             layer_drop_probs=config.layer_drop_probs,
             mlp_dim_choices=config.mlp_dim_choices,
             min_layers=config.min_layers,
+            hidden_size=config.vision_config.hidden_size,
+            num_attention_heads=config.vision_config.num_attention_heads,
+            hidden_size_choices=config.hidden_size_choices,
         )
+
+    @property
+    def head_dim(self) -> int | None:
+        """Channels per attention head (the unit of the embedding width); None without a width dimension."""
+        if self.hidden_size is None or not self.num_attention_heads:
+            return None
+        return self.hidden_size // self.num_attention_heads
+
+    def canonical(self, cfg: SubnetConfig) -> SubnetConfig:
+        """`cfg` with an explicit full embedding width written as None (the form `largest`/`sample` produce), so
+        equal subnets compare and hash equal."""
+        if cfg.hidden_size is not None and cfg.hidden_size == self.hidden_size:
+            return SubnetConfig(cfg.kept_layers, cfg.mlp_dims)
+        return cfg
 
     # -- canonical subnets -------------------------------------------------------------------------------------
     def largest(self) -> SubnetConfig:
         kept = tuple(range(self.num_layers))
-        return SubnetConfig(kept, tuple(self.mlp_dim_choices[i][-1] for i in kept))
+        return self._with_width(kept, tuple(self.mlp_dim_choices[i][-1] for i in kept), self._widest())
 
     def smallest(self) -> SubnetConfig:
-        """Fewest layers (the most droppable go first) at the narrowest width of each."""
+        """Fewest layers (the most droppable go first) at the narrowest MLP width of each and the narrowest
+        embedding width."""
         droppable = self.num_layers - self.min_layers
         by_drop_prob = sorted(zip(self.layer_drop_probs, self.elastic_layers), key=lambda pi: (-pi[0], pi[1]))
         dropped = {i for _, i in by_drop_prob[: max(0, droppable)]}
         kept = tuple(i for i in range(self.num_layers) if i not in dropped)
-        return SubnetConfig(kept, tuple(self.mlp_dim_choices[i][0] for i in kept))
+        narrowest = self.hidden_size_choices[0] if self.hidden_size_choices else None
+        return self._with_width(kept, tuple(self.mlp_dim_choices[i][0] for i in kept), narrowest)
 
     def sample(self, generator: torch.Generator | None = None) -> SubnetConfig:
-        """Drop each elastic layer with its probability, then draw each kept layer's width uniformly.
+        """Drop each elastic layer with its probability, draw each kept layer's MLP width uniformly, then the
+        embedding width uniformly among `hidden_size_choices`.
 
         If the draw leaves fewer than `min_layers`, dropped layers are restored (in random order) until it does not.
+        Every draw happens on the generator's device (CPU without one), whatever the default device, so a seeded
+        generator gives the same subnet everywhere (e.g. on every DDP rank).
         """
-        draws = torch.rand(len(self.elastic_layers), generator=generator).tolist()
+        device = generator.device if generator is not None else torch.device("cpu")
+        draws = torch.rand(len(self.elastic_layers), generator=generator, device=device).tolist()
         dropped = [i for i, p, u in zip(self.elastic_layers, self.layer_drop_probs, draws) if u < p]
         shortfall = self.min_layers - (self.num_layers - len(dropped))
         if shortfall > 0:
-            order = torch.randperm(len(dropped), generator=generator).tolist()
+            order = torch.randperm(len(dropped), generator=generator, device=device).tolist()
             restored = {dropped[j] for j in order[:shortfall]}
             dropped = [i for i in dropped if i not in restored]
         kept = tuple(i for i in range(self.num_layers) if i not in set(dropped))
-        dims = []
-        for i in kept:
-            choices = self.mlp_dim_choices[i]
-            dims.append(choices[int(torch.randint(len(choices), (1,), generator=generator))])
-        return SubnetConfig(kept, tuple(dims))
+        dims = tuple(self._draw(self.mlp_dim_choices[i], generator, device) for i in kept)
+        hidden = self._draw(self.hidden_size_choices, generator, device) if len(self.hidden_size_choices) > 1 else None
+        return self._with_width(kept, dims, hidden)
 
-    def uniform(self, width_fraction: float, kept_layers: Iterable[int] | None = None) -> SubnetConfig:
-        """All kept layers at the allowed width closest to `width_fraction` of `mlp_dim` (a handy hand-made subnet)."""
+    @staticmethod
+    def _draw(choices: Sequence[int], generator: torch.Generator | None, device: torch.device) -> int:
+        return choices[int(torch.randint(len(choices), (1,), generator=generator, device=device))]
+
+    def uniform(
+        self, width_fraction: float, kept_layers: Iterable[int] | None = None, hidden_size: int | None = None
+    ) -> SubnetConfig:
+        """All kept layers at the allowed MLP width closest to `width_fraction` of `mlp_dim` (a handy hand-made
+        subnet), at embedding width `hidden_size` (None = full)."""
         kept = tuple(range(self.num_layers)) if kept_layers is None else tuple(kept_layers)
         target = width_fraction * self.mlp_dim
         dims = tuple(min(self.mlp_dim_choices[i], key=lambda d: (abs(d - target), -d)) for i in kept)
-        cfg = SubnetConfig(kept, dims)
+        cfg = self._with_width(kept, dims, hidden_size)
         self.validate(cfg)
         return cfg
+
+    def _widest(self) -> int | None:
+        return self.hidden_size_choices[-1] if self.hidden_size_choices else None
+
+    def _with_width(self, kept: tuple[int, ...], dims: tuple[int, ...], hidden_size: int | None) -> SubnetConfig:
+        return self.canonical(SubnetConfig(kept, dims, hidden_size))
 
     # -- checks ------------------------------------------------------------------------------------------------
     def validate(self, cfg: SubnetConfig) -> None:
         """Raise `ValueError` naming the offending field if `cfg` is not a member of this space."""
+        if not isinstance(cfg, SubnetConfig):
+            raise ValueError(f"Expected a SubnetConfig, got {type(cfg).__name__}; use SubnetConfig.from_dict for JSON.")
         kept = cfg.kept_layers
         for i in kept:
             if not 0 <= i < self.num_layers:
@@ -165,17 +286,31 @@ class SearchSpace:
                 raise ValueError(f"mlp_dims: width {d} for layer {i} must be in 1..{self.mlp_dim} (the full mlp_dim).")
             if d not in self.mlp_dim_choices[i]:
                 raise ValueError(f"mlp_dims: width {d} for layer {i} is not among its choices {list(self.mlp_dim_choices[i])}.")
+        if cfg.hidden_size is not None and cfg.hidden_size not in self.hidden_size_choices:
+            if not self.hidden_size_choices:
+                raise ValueError(
+                    f"hidden_size={cfg.hidden_size}: this search space has no embedding-width dimension; leave it None."
+                )
+            raise ValueError(
+                f"hidden_size={cfg.hidden_size} is not among the embedding widths {list(self.hidden_size_choices)} "
+                f"(multiples of the head size {self.head_dim}); None means the full width."
+            )
 
-    def layer_plan(self, cfg: SubnetConfig) -> list[int | None]:
-        """Per encoder layer: its MLP width if kept, None if dropped. The single subnet → weights mapping."""
+    def layer_plan(self, cfg: SubnetConfig) -> SubnetPlan:
+        """The single subnet → weights mapping: per encoder layer its MLP width if kept (None if dropped), and the
+        kept embedding width and heads. Validates `cfg` first."""
         self.validate(cfg)
         widths: list[int | None] = [None] * self.num_layers
         for i, d in zip(cfg.kept_layers, cfg.mlp_dims):
             widths[i] = d
-        return widths
+        if self.hidden_size is None:
+            return SubnetPlan(tuple(widths))
+        hidden = self.hidden_size if cfg.hidden_size is None else cfg.hidden_size
+        head_dim = self.head_dim
+        return SubnetPlan(tuple(widths), hidden, hidden // head_dim if head_dim else None, head_dim)
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "num_layers": self.num_layers,
             "mlp_dim": self.mlp_dim,
             "elastic_layers": list(self.elastic_layers),
@@ -183,6 +318,13 @@ class SearchSpace:
             "mlp_dim_choices": [list(c) for c in self.mlp_dim_choices],
             "min_layers": self.min_layers,
         }
+        if self.hidden_size is not None:
+            data.update(
+                hidden_size=self.hidden_size,
+                num_attention_heads=self.num_attention_heads,
+                hidden_size_choices=list(self.hidden_size_choices),
+            )
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "SearchSpace":
@@ -202,7 +344,23 @@ class SearchSpace:
         return f"SearchSpace({self.to_dict()})"
 
 
-def check_search_space(num_layers, mlp_dim, elastic_layers, layer_drop_probs, mlp_dim_choices, min_layers) -> None:
+def default_hidden_size_choices(hidden_size: int, num_attention_heads: int, ratios: Sequence[float]) -> list[int]:
+    """Embedding widths at `ratios` of the heads, each rounded to whole heads (at least one), sorted, distinct."""
+    head_dim = hidden_size // num_attention_heads
+    return sorted({max(1, round(r * num_attention_heads)) * head_dim for r in ratios})
+
+
+def check_search_space(
+    num_layers,
+    mlp_dim,
+    elastic_layers,
+    layer_drop_probs,
+    mlp_dim_choices,
+    min_layers,
+    hidden_size=None,
+    num_attention_heads=None,
+    hidden_size_choices=None,
+) -> None:
     """Validate a search-space description; shared by `SearchSpace` and `SuperSamConfig`."""
     for i in elastic_layers:
         if not 0 <= i < num_layers:
@@ -227,3 +385,27 @@ def check_search_space(num_layers, mlp_dim, elastic_layers, layer_drop_probs, ml
                 raise ValueError(f"mlp_dim_choices: width {d} for layer {i} must be in 1..{mlp_dim} (the full mlp_dim).")
     if not 1 <= min_layers <= num_layers:
         raise ValueError(f"min_layers={min_layers} must be between 1 and the number of layers ({num_layers}).")
+    if hidden_size is not None:
+        _check_hidden_size_choices(hidden_size, num_attention_heads, hidden_size_choices)
+
+
+def _check_hidden_size_choices(hidden_size: int, num_attention_heads: int | None, choices) -> None:
+    if not num_attention_heads or hidden_size % num_attention_heads:
+        raise ValueError(
+            f"hidden_size={hidden_size} must be a positive multiple of num_attention_heads={num_attention_heads}."
+        )
+    head_dim = hidden_size // num_attention_heads
+    choices = list(choices or [])
+    if len(set(choices)) != len(choices):
+        raise ValueError(f"hidden_size_choices has duplicates: {choices}.")
+    for h in choices:
+        if h <= 0 or h > hidden_size or h % head_dim:
+            raise ValueError(
+                f"hidden_size_choices: width {h} must be a multiple of the head size {head_dim} in "
+                f"{head_dim}..{hidden_size} (whole heads of the encoder)."
+            )
+    if hidden_size not in choices:
+        raise ValueError(
+            f"hidden_size_choices {choices} must include the full width {hidden_size} (the largest subnet is the "
+            "whole supernet)."
+        )

@@ -17,7 +17,7 @@ from transformers import PreTrainedConfig, SamConfig, SamModel
 from transformers.models.sam.modeling_sam import SamMLPBlock, SamVisionLayer
 
 from .configuration_supersam import SuperSamConfig
-from .macs import count_sam_macs
+from .costs import count_sam_macs
 from .search_space import SearchSpace, SubnetConfig
 
 

@@ -2,14 +2,14 @@
 
 1. Data: synthetic shapes of domain A and of a visually different domain B (train / search / test splits).
 2. Base model: no pretrained SAM can be downloaded offline, so a small SAM is first trained on domain A as the
-   stand-in "pretrained" checkpoint (skipped with `--model`, e.g. facebook/sam-vit-base).
+   stand-in "pretrained" checkpoint (skipped with `--model_name_or_path`, e.g. facebook/sam-vit-base).
 3. Baselines on B's test split: the base zero-shot, and the base fine-tuned on B for as many steps as the supernet.
 4. convert + prioritize on B, sandwich-train the supernet on B, search under three size budgets (30 / 50 / 70 %
    fewer parameters than the base), export each winner as a standard SAM checkpoint, reload it with vanilla
    `SamModel` and evaluate it on B's test split.
 5. Report: a table (printed and in `summary.md`), `pareto.png`, the exported folders.
 
-Each stage records its result in `<output>/demo_state.json`; `--resume` skips finished stages.
+Each stage records its result in `<output_dir>/demo_state.json`; `--resume` skips finished stages.
 """
 
 from __future__ import annotations
@@ -23,16 +23,18 @@ from pathlib import Path
 
 import datasets
 import torch
-from transformers import PreTrainedConfig, SamModel, SamProcessor
+from transformers import SamModel
 
-from .configuration_supersam import build_sam_config
-from .data import SamSegmentationData, build_sam_processor, load_segmentation_dataset, make_synthetic_shapes
-from .evaluation import evaluate_model
-from .export import export_subnet
-from .modeling_supersam import SuperSamModel, supersam_config_from_dict
-from .prioritization import prioritize
-from .search import search_subnets
-from .training import SupernetTrainingArguments, train_supernet
+from ..arguments import prompt_type_field
+from ..configuration_supersam import build_sam_config
+from ..data import SamSegmentationData, build_sam_processor, load_segmentation_dataset, make_synthetic_shapes
+from ..evaluation import evaluate_model
+from ..export import export_subnet
+from ..loading import load_config_dict, load_processor, load_sam_model, load_supernet
+from ..modeling_supersam import SuperSamModel
+from ..prioritization import prioritize
+from ..search import search_subnets
+from ..training import SupernetTrainingArguments, train_supernet
 
 logger = logging.getLogger(__name__)
 
@@ -40,22 +42,26 @@ STATE_FILE = "demo_state.json"
 SIZE_REDUCTIONS = (0.3, 0.5, 0.7)  # the demo's budgets: at least this fraction fewer parameters than the base
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DemoArguments:
-    output: str = field(default="runs/demo", metadata={"help": "Folder for every artifact of the run."})
-    model: str | None = field(
-        default=None, metadata={"help": "A SAM checkpoint (folder or Hub id). Default: train a small stand-in base on domain A."}
+    output_dir: str = field(default="runs/demo", metadata={"help": "Folder for every artifact of the run."})
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A SAM checkpoint: Hub id (e.g. facebook/sam-vit-base), cached Hub snapshot or folder. "
+                  "Default: train a small stand-in base on domain A."},
     )
-    dataset: str | None = field(
+    dataset_name: str | None = field(
         default=None,
         metadata={"help": "An HF segmentation dataset (save_to_disk folder, local files or Hub name) used as domain B. "
                   "Default: synthetic domain B."},
     )
     quick: bool = field(default=False, metadata={"help": "Smaller everything: finishes within ~5 minutes on 2 CPU cores."})
-    overwrite: bool = field(default=False, metadata={"help": "Delete an earlier demo run in --output and start afresh."})
-    resume: bool = field(default=False, metadata={"help": "Continue an earlier run in --output, skipping finished stages."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Delete an earlier demo run in --output_dir and start afresh."}
+    )
+    resume: bool = field(default=False, metadata={"help": "Continue an earlier run in --output_dir, skipping finished stages."})
     seed: int = field(default=0, metadata={"help": "Seed of data, training and search."})
-    prompt: str = field(default="box", metadata={"help": "Prompt type for training and evaluation: point, box or mixed."})
+    prompt_type: str = prompt_type_field("point, box or mixed (training; evaluation uses box for mixed)")
     # Sizes. Defaults depend on --quick (None = preset); tests set tiny values.
     image_size: int | None = field(default=None, metadata={"help": "Image size of the stand-in base."})
     hidden_size: int | None = field(default=None, metadata={"help": "Encoder width of the stand-in base."})
@@ -113,32 +119,23 @@ class DemoState:
 
 
 def _prepare_output(args: DemoArguments) -> Path:
-    output = Path(args.output)
-    if args.overwrite and args.resume:
-        raise ValueError("--overwrite and --resume contradict each other; pass one of them.")
+    output = Path(args.output_dir)
+    if args.overwrite_output_dir and args.resume:
+        raise ValueError("--overwrite_output_dir and --resume contradict each other; pass one of them.")
     if output.exists() and any(output.iterdir()):
         is_demo_run = (output / STATE_FILE).exists()
         if args.resume and is_demo_run:
             return output
-        if args.overwrite and is_demo_run:
+        if args.overwrite_output_dir and is_demo_run:
             shutil.rmtree(output)
-        elif args.overwrite or args.resume:
+        elif args.overwrite_output_dir or args.resume:
             raise ValueError(f"{output} is not empty and holds no earlier demo run ({STATE_FILE} missing); "
-                             "choose another --output so nothing in it is lost.")
+                             "choose another --output_dir so nothing in it is lost.")
         else:
-            raise ValueError(f"{output} already holds an earlier run; pass --resume to continue it, --overwrite to "
-                             "start afresh, or another --output.")
+            raise ValueError(f"{output} already holds an earlier run; pass --resume to continue it, "
+                             "--overwrite_output_dir to start afresh, or another --output_dir.")
     output.mkdir(parents=True, exist_ok=True)
     return output
-
-
-def _check_model_argument(model: str) -> None:
-    """Refuse a --model that is not a SAM checkpoint before anything runs (same check as SuperSamModel's loader)."""
-    try:
-        config_dict, _ = PreTrainedConfig.get_config_dict(model)
-    except OSError as error:
-        raise ValueError(f"--model {model!r}: no SAM checkpoint could be loaded ({error}).") from error
-    supersam_config_from_dict(config_dict, source=f"--model {model!r}")
 
 
 def _print(message: str) -> None:
@@ -150,7 +147,7 @@ def _train(output_dir: Path, model_path: Path | str, data_dir: Path, steps: int,
     training_args = SupernetTrainingArguments(
         model_name_or_path=str(model_path),
         dataset_name=str(data_dir),
-        train_split="train",
+        train_split_name="train",
         output_dir=str(output_dir),
         overwrite_output_dir=True,
         max_steps=steps,
@@ -159,7 +156,7 @@ def _train(output_dir: Path, model_path: Path | str, data_dir: Path, steps: int,
         warmup_steps=max(1, steps // 20),
         num_random_subnets=0 if largest_only else 2,
         largest_only=largest_only,
-        prompt_type=args.prompt,
+        prompt_type=args.prompt_type,
         # dice + BCE: the stand-in base learns from scratch, where SAM's 20:1 focal weighting stalls at empty masks.
         loss_type="dice_bce",
         save_steps=steps,
@@ -176,51 +173,51 @@ def _evaluate(model, data, processor, prompt: str, seed: int) -> dict:
 
 def run_demo(args: DemoArguments) -> dict:
     """Run (or resume) the demo; returns the summary rows."""
-    if args.prompt not in ("point", "box", "mixed"):
-        raise ValueError(f"--prompt must be point, box or mixed, got {args.prompt!r}.")
-    if args.model is not None:
-        _check_model_argument(args.model)
+    if args.prompt_type not in ("point", "box", "mixed"):
+        raise ValueError(f"--prompt_type must be point, box or mixed, got {args.prompt_type!r}.")
+    if args.model_name_or_path is not None:
+        load_config_dict(args.model_name_or_path)  # refuse anything but a SAM checkpoint before anything runs
     sizes = _resolve_sizes(args)
-    processor = SamProcessor.from_pretrained(args.model) if args.model else build_sam_processor(sizes["image_size"])
-    if args.dataset is not None:
+    processor = load_processor(args.model_name_or_path) if args.model_name_or_path else build_sam_processor(sizes["image_size"])
+    if args.dataset_name is not None:
         # Fail before anything is written if the dataset has no usable masks (SamSegmentationData says why).
-        SamSegmentationData(load_segmentation_dataset(args.dataset), processor)
+        SamSegmentationData(load_segmentation_dataset(args.dataset_name), processor)
     output = _prepare_output(args)
     state = DemoState(output)
     torch.manual_seed(args.seed)
     started = time.time()
-    eval_prompt = "box" if args.prompt == "mixed" else args.prompt
+    eval_prompt = "box" if args.prompt_type == "mixed" else args.prompt_type
 
     # 1. data -------------------------------------------------------------------------------------------------
     data_a, data_b = output / "data" / "domain_A", output / "data" / "domain_B"
     if not state.done("data"):
         _print("building the datasets")
         n_eval = sizes["num_eval_images"]
-        if args.dataset is None:
+        if args.dataset_name is None:
             split_b = {
                 "train": _shapes(sizes["num_train_images"], sizes["image_size"], args.seed + 1, "B"),
                 "search": _shapes(n_eval, sizes["image_size"], args.seed + 2, "B"),
                 "test": _shapes(n_eval, sizes["image_size"], args.seed + 3, "B"),
             }
         else:
-            full = load_segmentation_dataset(args.dataset).shuffle(seed=args.seed)
+            full = load_segmentation_dataset(args.dataset_name).shuffle(seed=args.seed)
             if len(full) < 3:
-                raise ValueError(f"--dataset {args.dataset!r} has {len(full)} rows; the demo needs at least 3.")
+                raise ValueError(f"--dataset_name {args.dataset_name!r} has {len(full)} rows; the demo needs at least 3.")
             n_eval = min(n_eval, max(1, len(full) // 5))
             split_b = {"search": full.select(range(n_eval)), "test": full.select(range(n_eval, 2 * n_eval)),
                        "train": full.select(range(2 * n_eval, len(full)))}
         datasets.DatasetDict(split_b).save_to_disk(data_b)
-        if args.model is None:
+        if args.model_name_or_path is None:
             datasets.DatasetDict({
                 "train": _shapes(sizes["num_train_images"], sizes["image_size"], args.seed + 4, "A"),
                 "test": _shapes(n_eval, sizes["image_size"], args.seed + 5, "A"),
             }).save_to_disk(data_a)
-        state.record("data", {"domain_B": str(data_b), "domain_A": str(data_a) if args.model is None else None})
+        state.record("data", {"domain_B": str(data_b), "domain_A": str(data_a) if args.model_name_or_path is None else None})
     b_search, b_test = (load_segmentation_dataset(data_b, split=s) for s in ("search", "test"))
 
     # 2. base model -------------------------------------------------------------------------------------------
-    if args.model is not None:
-        base_dir: str | Path = args.model
+    if args.model_name_or_path is not None:
+        base_dir: str | Path = args.model_name_or_path
     else:
         base_dir = output / "base"
         if not state.done("base"):
@@ -232,30 +229,31 @@ def run_demo(args: DemoArguments) -> dict:
             SamModel(config).save_pretrained(init_dir)
             processor.save_pretrained(init_dir)
             _train(output / "base_training", init_dir, data_a, sizes["base_steps"], args, largest_only=True, learning_rate=5e-4)
-            trained = SuperSamModel.from_pretrained(output / "base_training")
+            trained = load_supernet(output / "base_training", device="cpu")
             trained.extract_subnet().save_pretrained(base_dir)
             processor.save_pretrained(base_dir)
             shutil.rmtree(init_dir)
-            miou_a = _evaluate(str(base_dir), load_segmentation_dataset(data_a, split="test"), processor, eval_prompt, args.seed)["miou"]
+            miou_a = _evaluate(load_sam_model(base_dir), load_segmentation_dataset(data_a, split="test"), processor, eval_prompt,
+                               args.seed)["miou"]
             state.record("base", {"path": str(base_dir), "miou_domain_A": miou_a})
         _print(f"stand-in base reaches mIoU {state.stages['base']['miou_domain_A']:.3f} on domain A ({eval_prompt} prompts)")
-    base_params = SuperSamModel.from_pretrained(base_dir).count_parameters()
+    base_params = load_supernet(base_dir, device="cpu").count_parameters()
 
     # 3. baselines --------------------------------------------------------------------------------------------
     if not state.done("zero_shot"):
         _print("evaluating the base zero-shot on domain B")
-        state.record("zero_shot", _evaluate(str(base_dir), b_test, processor, eval_prompt, args.seed))
+        state.record("zero_shot", _evaluate(load_sam_model(base_dir), b_test, processor, eval_prompt, args.seed))
     if not state.done("finetuned"):
         _print(f"fine-tuning the base on domain B ({sizes['train_steps']} steps, full model only)")
         _train(output / "finetuned", base_dir, data_b, sizes["train_steps"], args, largest_only=True, learning_rate=2e-4)
-        ft = SuperSamModel.from_pretrained(output / "finetuned")
+        ft = load_supernet(output / "finetuned", device="cpu")
         state.record("finetuned", _evaluate(ft.extract_subnet(), b_test, processor, eval_prompt, args.seed))
 
     # 4. convert + prioritize, sandwich training ---------------------------------------------------------------
     supernet_init, supernet_dir = output / "supernet_init", output / "supernet"
     if not state.done("convert"):
         _print("converting the base into a supernet and prioritizing it on domain B")
-        supernet = SuperSamModel.from_pretrained(base_dir)
+        supernet = load_supernet(base_dir, device="cpu")
         report = prioritize(supernet, load_segmentation_dataset(data_b, split="train"), processor,
                             num_images=min(32, sizes["num_train_images"]), seed=args.seed,
                             # All but two layers elastic, so a 70 %-smaller subnet exists.
@@ -268,7 +266,7 @@ def run_demo(args: DemoArguments) -> dict:
         _print(f"sandwich-rule training of the supernet on domain B ({sizes['train_steps']} steps)")
         _train(supernet_dir, supernet_init, data_b, sizes["train_steps"], args, largest_only=False, learning_rate=2e-4)
         state.record("train", {"path": str(supernet_dir)})
-    supernet = SuperSamModel.from_pretrained(supernet_dir).eval()
+    supernet = load_supernet(supernet_dir, device="cpu")
 
     # 5. search, export, re-evaluate ---------------------------------------------------------------------------
     for reduction in args.size_reductions:
@@ -324,3 +322,7 @@ def _write_summary(output: Path, state: DemoState, supernet: SuperSamModel, base
           f"{output / 'exports'}/ (total {time.time() - started:.0f} s)")
     return state.record("summary", {"base_params": base_params, "base_macs": base_macs, "measured": measured,
                                     "rows": [dict(zip(("model", "params", "macs", "miou"), row)) for row in rows]})
+
+
+ARGUMENTS = (DemoArguments,)
+run = run_demo

@@ -105,6 +105,7 @@ def configure_logging(level: str) -> None:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     huggingface_hub.utils.disable_progress_bars()
+    huggingface_hub.utils.logging.set_verbosity_error()
     datasets.utils.logging.set_verbosity_error()
     datasets.utils.logging.disable_progress_bar()
 

@@ -166,7 +166,7 @@ def _check_output_dir(output: Path, overwrite: bool) -> None:
     if output.exists() and not output.is_dir():
         raise FileExistsError(f"Output {output} exists and is not a folder.")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise FileExistsError(f"Output folder {output} is not empty; choose a new folder or pass overwrite=True (--overwrite).")
+        raise FileExistsError(f"Output folder {output} is not empty; choose a new folder or pass overwrite=True (--overwrite_output_dir).")
 
 
 def _remove_stale_weights(output: Path) -> None:

@@ -106,7 +106,7 @@ def _device(device: str | torch.device | None) -> torch.device:
 def _from_pretrained(cls, name: str, model_type: str, hub_kwargs: dict) -> SamModel:
     try:
         return cls.from_pretrained(name, **hub_kwargs)
-    except (ValueError, OSError, RuntimeError, KeyError, TypeError) as error:
+    except Exception as error:  # noqa: BLE001 - corrupt/truncated weights, bad config values: one clear line
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ValueError(f"Could not load the {model_type} model {name!r}: {type(error).__name__}: {first}") from error
 

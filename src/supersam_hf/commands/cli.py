@@ -96,12 +96,12 @@ def configure_logging(level: str) -> None:
 
     package = logging.getLogger("supersam_hf")
     package.setLevel(level.upper())
-    if not any(getattr(h, "_supersam", False) for h in package.handlers):
+    # A handler of our own only where nothing else handles records (a host application or pytest may have).
+    if not logging.getLogger().handlers and not any(getattr(h, "_supersam", False) for h in package.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("[%(levelname)s|%(name)s] %(message)s"))
         handler._supersam = True
         package.addHandler(handler)
-        package.propagate = False
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     huggingface_hub.utils.disable_progress_bars()

@@ -88,9 +88,11 @@ def save_checkpoint(accelerator: Accelerator, args, output_dir: Path, step: int)
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
         state = {"global_step": step, "micro_batches_done": step * args.gradient_accumulation_steps,
-                 "num_processes": accelerator.num_processes, "args": dataclasses.asdict(args)}
+                 "num_processes": accelerator.num_processes,
+                 "args": {k: v for k, v in dataclasses.asdict(args).items() if k != "token"}}  # never write a token
         (path / STATE_FILE).write_text(json.dumps(state, indent=2))
     accelerator.wait_for_everyone()
+    return path
 
 
 __all__ = [

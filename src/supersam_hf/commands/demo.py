@@ -171,6 +171,29 @@ def _evaluate(model, data, processor, prompt: str, seed: int) -> dict:
     return evaluate_model(model, data, processor, prompt=prompt, mask_selection="single", seed=seed, show_progress=False)
 
 
+@dataclass
+class _DemoRun:
+    """What every stage of one demo run shares."""
+
+    args: DemoArguments
+    sizes: dict
+    processor: object
+    output: Path
+    state: DemoState
+    eval_prompt: str
+
+    @property
+    def data_a(self) -> Path:
+        return self.output / "data" / "domain_A"
+
+    @property
+    def data_b(self) -> Path:
+        return self.output / "data" / "domain_B"
+
+    def evaluate(self, model, data) -> dict:
+        return _evaluate(model, data, self.processor, self.eval_prompt, self.args.seed)
+
+
 def run_demo(args: DemoArguments) -> dict:
     """Run (or resume) the demo; returns the summary rows."""
     if args.prompt_type not in ("point", "box", "mixed"):
@@ -183,114 +206,132 @@ def run_demo(args: DemoArguments) -> dict:
         # Fail before anything is written if the dataset has no usable masks (SamSegmentationData says why).
         SamSegmentationData(load_segmentation_dataset(args.dataset_name), processor)
     output = _prepare_output(args)
-    state = DemoState(output)
     torch.manual_seed(args.seed)
     started = time.time()
-    eval_prompt = "box" if args.prompt_type == "mixed" else args.prompt_type
-
-    # 1. data -------------------------------------------------------------------------------------------------
-    data_a, data_b = output / "data" / "domain_A", output / "data" / "domain_B"
-    if not state.done("data"):
-        _print("building the datasets")
-        n_eval = sizes["num_eval_images"]
-        if args.dataset_name is None:
-            split_b = {
-                "train": _shapes(sizes["num_train_images"], sizes["image_size"], args.seed + 1, "B"),
-                "search": _shapes(n_eval, sizes["image_size"], args.seed + 2, "B"),
-                "test": _shapes(n_eval, sizes["image_size"], args.seed + 3, "B"),
-            }
-        else:
-            full = load_segmentation_dataset(args.dataset_name).shuffle(seed=args.seed)
-            if len(full) < 3:
-                raise ValueError(f"--dataset_name {args.dataset_name!r} has {len(full)} rows; the demo needs at least 3.")
-            n_eval = min(n_eval, max(1, len(full) // 5))
-            split_b = {"search": full.select(range(n_eval)), "test": full.select(range(n_eval, 2 * n_eval)),
-                       "train": full.select(range(2 * n_eval, len(full)))}
-        datasets.DatasetDict(split_b).save_to_disk(data_b)
-        if args.model_name_or_path is None:
-            datasets.DatasetDict({
-                "train": _shapes(sizes["num_train_images"], sizes["image_size"], args.seed + 4, "A"),
-                "test": _shapes(n_eval, sizes["image_size"], args.seed + 5, "A"),
-            }).save_to_disk(data_a)
-        state.record("data", {"domain_B": str(data_b), "domain_A": str(data_a) if args.model_name_or_path is None else None})
-    b_search, b_test = (load_segmentation_dataset(data_b, split=s) for s in ("search", "test"))
-
-    # 2. base model -------------------------------------------------------------------------------------------
-    if args.model_name_or_path is not None:
-        base_dir: str | Path = args.model_name_or_path
-    else:
-        base_dir = output / "base"
-        if not state.done("base"):
-            _print(f"no pretrained SAM offline: training a small stand-in base on domain A ({sizes['base_steps']} steps)")
-            init_dir = output / "base_init"
-            config = build_sam_config(image_size=sizes["image_size"], hidden_size=sizes["hidden_size"],
-                                      num_hidden_layers=sizes["num_layers"], num_attention_heads=4, window_size=4,
-                                      output_channels=args.decoder_channels)
-            SamModel(config).save_pretrained(init_dir)
-            processor.save_pretrained(init_dir)
-            _train(output / "base_training", init_dir, data_a, sizes["base_steps"], args, largest_only=True, learning_rate=5e-4)
-            trained = load_supernet(output / "base_training", device="cpu")
-            trained.extract_subnet().save_pretrained(base_dir)
-            processor.save_pretrained(base_dir)
-            shutil.rmtree(init_dir)
-            miou_a = _evaluate(load_sam_model(base_dir), load_segmentation_dataset(data_a, split="test"), processor, eval_prompt,
-                               args.seed)["miou"]
-            state.record("base", {"path": str(base_dir), "miou_domain_A": miou_a})
-        _print(f"stand-in base reaches mIoU {state.stages['base']['miou_domain_A']:.3f} on domain A ({eval_prompt} prompts)")
+    run = _DemoRun(args, sizes, processor, output, DemoState(output),
+                   eval_prompt="box" if args.prompt_type == "mixed" else args.prompt_type)
+    _stage_data(run)
+    b_search, b_test = (load_segmentation_dataset(run.data_b, split=s) for s in ("search", "test"))
+    base_dir = _stage_base(run)
     base_params = load_supernet(base_dir, device="cpu").count_parameters()
+    _stage_baselines(run, base_dir, b_test)
+    supernet = _stage_supernet(run, base_dir)
+    for reduction in args.size_reductions:
+        _stage_search(run, supernet, reduction, base_dir, base_params, b_search, b_test)
+    return _write_summary(output, run.state, supernet, base_params, args.size_reductions, run.eval_prompt, started)
 
-    # 3. baselines --------------------------------------------------------------------------------------------
-    if not state.done("zero_shot"):
+
+def _stage_data(run: _DemoRun) -> None:
+    """1. Domain B (train / search / test; synthetic, or carved from --dataset_name) and, for the stand-in, A."""
+    args, sizes, state = run.args, run.sizes, run.state
+    if state.done("data"):
+        return
+    _print("building the datasets")
+    n_eval = sizes["num_eval_images"]
+    if args.dataset_name is None:
+        split_b = {
+            "train": _shapes(sizes["num_train_images"], sizes["image_size"], args.seed + 1, "B"),
+            "search": _shapes(n_eval, sizes["image_size"], args.seed + 2, "B"),
+            "test": _shapes(n_eval, sizes["image_size"], args.seed + 3, "B"),
+        }
+    else:
+        full = load_segmentation_dataset(args.dataset_name).shuffle(seed=args.seed)
+        if len(full) < 3:
+            raise ValueError(f"--dataset_name {args.dataset_name!r} has {len(full)} rows; the demo needs at least 3.")
+        n_eval = min(n_eval, max(1, len(full) // 5))
+        split_b = {"search": full.select(range(n_eval)), "test": full.select(range(n_eval, 2 * n_eval)),
+                   "train": full.select(range(2 * n_eval, len(full)))}
+    datasets.DatasetDict(split_b).save_to_disk(run.data_b)
+    if args.model_name_or_path is None:
+        datasets.DatasetDict({
+            "train": _shapes(sizes["num_train_images"], sizes["image_size"], args.seed + 4, "A"),
+            "test": _shapes(n_eval, sizes["image_size"], args.seed + 5, "A"),
+        }).save_to_disk(run.data_a)
+    state.record("data", {"domain_B": str(run.data_b),
+                          "domain_A": str(run.data_a) if args.model_name_or_path is None else None})
+
+
+def _stage_base(run: _DemoRun) -> str | Path:
+    """2. The base SAM: --model_name_or_path, or a small stand-in trained here on domain A."""
+    args, sizes, state, output = run.args, run.sizes, run.state, run.output
+    if args.model_name_or_path is not None:
+        return args.model_name_or_path
+    base_dir = output / "base"
+    if not state.done("base"):
+        _print(f"no pretrained SAM offline: training a small stand-in base on domain A ({sizes['base_steps']} steps)")
+        init_dir = output / "base_init"
+        config = build_sam_config(image_size=sizes["image_size"], hidden_size=sizes["hidden_size"],
+                                  num_hidden_layers=sizes["num_layers"], num_attention_heads=4, window_size=4,
+                                  output_channels=args.decoder_channels)
+        SamModel(config).save_pretrained(init_dir)
+        run.processor.save_pretrained(init_dir)
+        _train(output / "base_training", init_dir, run.data_a, sizes["base_steps"], args, largest_only=True, learning_rate=5e-4)
+        trained = load_supernet(output / "base_training", device="cpu")
+        trained.extract_subnet().save_pretrained(base_dir)
+        run.processor.save_pretrained(base_dir)
+        shutil.rmtree(init_dir)
+        miou_a = run.evaluate(load_sam_model(base_dir), load_segmentation_dataset(run.data_a, split="test"))["miou"]
+        state.record("base", {"path": str(base_dir), "miou_domain_A": miou_a})
+    _print(f"stand-in base reaches mIoU {state.stages['base']['miou_domain_A']:.3f} on domain A ({run.eval_prompt} prompts)")
+    return base_dir
+
+
+def _stage_baselines(run: _DemoRun, base_dir: str | Path, b_test) -> None:
+    """3. The base zero-shot on B, and the base fine-tuned on B for as many steps as the supernet."""
+    if not run.state.done("zero_shot"):
         _print("evaluating the base zero-shot on domain B")
-        state.record("zero_shot", _evaluate(load_sam_model(base_dir), b_test, processor, eval_prompt, args.seed))
-    if not state.done("finetuned"):
-        _print(f"fine-tuning the base on domain B ({sizes['train_steps']} steps, full model only)")
-        _train(output / "finetuned", base_dir, data_b, sizes["train_steps"], args, largest_only=True, learning_rate=2e-4)
-        ft = load_supernet(output / "finetuned", device="cpu")
-        state.record("finetuned", _evaluate(ft.extract_subnet(), b_test, processor, eval_prompt, args.seed))
+        run.state.record("zero_shot", run.evaluate(load_sam_model(base_dir), b_test))
+    if not run.state.done("finetuned"):
+        steps = run.sizes["train_steps"]
+        _print(f"fine-tuning the base on domain B ({steps} steps, full model only)")
+        _train(run.output / "finetuned", base_dir, run.data_b, steps, run.args, largest_only=True, learning_rate=2e-4)
+        ft = load_supernet(run.output / "finetuned", device="cpu")
+        run.state.record("finetuned", run.evaluate(ft.extract_subnet(), b_test))
 
-    # 4. convert + prioritize, sandwich training ---------------------------------------------------------------
-    supernet_init, supernet_dir = output / "supernet_init", output / "supernet"
-    if not state.done("convert"):
+
+def _stage_supernet(run: _DemoRun, base_dir: str | Path) -> SuperSamModel:
+    """4. Convert + prioritize the base on B, then sandwich-train the supernet on B."""
+    supernet_init, supernet_dir = run.output / "supernet_init", run.output / "supernet"
+    if not run.state.done("convert"):
         _print("converting the base into a supernet and prioritizing it on domain B")
         supernet = load_supernet(base_dir, device="cpu")
-        report = prioritize(supernet, load_segmentation_dataset(data_b, split="train"), processor,
-                            num_images=min(32, sizes["num_train_images"]), seed=args.seed,
+        report = prioritize(supernet, load_segmentation_dataset(run.data_b, split="train"), run.processor,
+                            num_images=min(32, run.sizes["num_train_images"]), seed=run.args.seed,
                             # All but two layers elastic, so a 70 %-smaller subnet exists.
                             num_elastic_layers=max(1, supernet.config.vision_config.num_hidden_layers - 2))
         supernet.save_pretrained(supernet_init)
-        processor.save_pretrained(supernet_init)
+        run.processor.save_pretrained(supernet_init)
         report.save(supernet_init)
-        state.record("convert", {"elastic_layers": report.elastic_layers, "layer_drop_probs": report.layer_drop_probs})
-    if not state.done("train"):
-        _print(f"sandwich-rule training of the supernet on domain B ({sizes['train_steps']} steps)")
-        _train(supernet_dir, supernet_init, data_b, sizes["train_steps"], args, largest_only=False, learning_rate=2e-4)
-        state.record("train", {"path": str(supernet_dir)})
-    supernet = load_supernet(supernet_dir, device="cpu")
+        run.state.record("convert", {"elastic_layers": report.elastic_layers, "layer_drop_probs": report.layer_drop_probs})
+    if not run.state.done("train"):
+        steps = run.sizes["train_steps"]
+        _print(f"sandwich-rule training of the supernet on domain B ({steps} steps)")
+        _train(supernet_dir, supernet_init, run.data_b, steps, run.args, largest_only=False, learning_rate=2e-4)
+        run.state.record("train", {"path": str(supernet_dir)})
+    return load_supernet(supernet_dir, device="cpu")
 
-    # 5. search, export, re-evaluate ---------------------------------------------------------------------------
-    for reduction in args.size_reductions:
-        stage = f"search_{int(reduction * 100)}"
-        if state.done(stage):
-            continue
-        _print(f"searching subnets with at least {reduction:.0%} fewer parameters than the base")
-        result = search_subnets(supernet, b_search, processor, budget=sizes["search_budget"],
-                                max_params=int(base_params * (1 - reduction)), strategy="opentuner", seed=args.seed,
-                                output_dir=output / "search" / stage, prompt=eval_prompt, show_progress=True)
-        best = result.best
-        if best is None:
-            raise ValueError(f"The search found no subnet with {reduction:.0%} fewer parameters within its budget; "
-                             "raise --search_budget or drop this entry of --size_reductions.")
-        folder = output / "exports" / f"supersam-{int(reduction * 100)}pct-smaller"
-        export_subnet(supernet, best.subnet, folder, processor=processor, metrics=best.metrics, overwrite=True,
-                      base_model=str(base_dir))
-        reloaded = SamModel.from_pretrained(folder)  # vanilla transformers, as a user would load it
-        state.record(stage, {"folder": str(folder), "subnet": best.subnet.to_dict(),
+
+def _stage_search(run: _DemoRun, supernet: SuperSamModel, reduction: float, base_dir: str | Path, base_params: int,
+                  b_search, b_test) -> None:
+    """5. Search under one size budget, export the winner, reload it with vanilla SamModel and evaluate it."""
+    stage = f"search_{int(reduction * 100)}"
+    if run.state.done(stage):
+        return
+    _print(f"searching subnets with at least {reduction:.0%} fewer parameters than the base")
+    result = search_subnets(supernet, b_search, run.processor, budget=run.sizes["search_budget"],
+                            max_params=int(base_params * (1 - reduction)), strategy="opentuner", seed=run.args.seed,
+                            output_dir=run.output / "search" / stage, prompt=run.eval_prompt, show_progress=True)
+    best = result.best
+    if best is None:
+        raise ValueError(f"The search found no subnet with {reduction:.0%} fewer parameters within its budget; "
+                         "raise --search_budget or drop this entry of --size_reductions.")
+    folder = run.output / "exports" / f"supersam-{int(reduction * 100)}pct-smaller"
+    export_subnet(supernet, best.subnet, folder, processor=run.processor, metrics=best.metrics, overwrite=True,
+                  base_model=str(base_dir))
+    reloaded = SamModel.from_pretrained(folder)  # vanilla transformers, as a user would load it
+    run.state.record(stage, {"folder": str(folder), "subnet": best.subnet.to_dict(),
                              "params": supernet.count_parameters(best.subnet), "macs": supernet.count_macs(best.subnet),
-                             "search_miou": best.metrics["miou"],
-                             "test": _evaluate(reloaded, b_test, processor, eval_prompt, args.seed)})
-
-    return _write_summary(output, state, supernet, base_params, args.size_reductions, eval_prompt, started)
+                             "search_miou": best.metrics["miou"], "test": run.evaluate(reloaded, b_test)})
 
 
 def _write_summary(output: Path, state: DemoState, supernet: SuperSamModel, base_params: int,

@@ -32,5 +32,5 @@ setup(
         "tensorboard",
     ],
     extras_require={"test": ["pytest>=8"]},
-    entry_points={"console_scripts": ["supersam=supersam_hf.cli:main"]},
+    entry_points={"console_scripts": ["supersam=supersam_hf.commands.cli:main"]},
 )

@@ -21,7 +21,7 @@ from transformers import SamModel
 
 from _common import describe_machine, interleaved_medians, preset_config, write_result
 from supersam_hf import SubnetConfig, SuperSamModel
-from supersam_hf.macs import encoder_macs
+from supersam_hf.costs import encoder_macs
 
 
 def subnets_near(supernet: SuperSamModel, targets: list[float]) -> dict[float, SubnetConfig]:
@@ -99,7 +99,7 @@ Model: {vision.num_hidden_layers} layers, hidden {vision.hidden_size}, mlp {visi
 → ratio **{overhead:.3f}** (goal ≤ 1.02: {'met' if overhead <= 1.02 else 'not met'}).
 
 **Image-encoder latency of extracted subnets vs the full encoder** (full: {lat['full'] * 1e3:.1f} ms; encoder MACs ratio from
-`supersam_hf.macs.encoder_macs`):
+`supersam_hf.costs.encoder_macs`):
 
 | target | subnet | encoder MACs ratio | time ratio | time / MACs | ≤ 1.10 × MACs |
 |---|---|---|---|---|---|

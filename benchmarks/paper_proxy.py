@@ -21,7 +21,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from _common import RESULTS, write_result
-from supersam_hf.demo import SIZE_REDUCTIONS, DemoArguments, run_demo
+from supersam_hf.commands.demo import SIZE_REDUCTIONS, DemoArguments, run_demo
 
 # Larger budgets than the demo's default (base 1500 / train 400 steps, search 24, 32 eval images).
 PROXY_SIZES = dict(image_size=128, hidden_size=128, num_layers=8, num_train_images=600, num_eval_images=48,
@@ -39,7 +39,8 @@ def main() -> None:
     for seed in args.seeds:
         out = Path(args.output) / f"seed{seed}"
         resume = args.resume and (out / "demo_state.json").exists()
-        run_demo(DemoArguments(output=str(out), seed=seed, resume=resume, overwrite=not resume and out.exists(), **PROXY_SIZES))
+        run_demo(DemoArguments(output_dir=str(out), seed=seed, resume=resume, overwrite_output_dir=not resume and out.exists(),
+                               **PROXY_SIZES))
         runs[seed] = json.loads((out / "demo_state.json").read_text())
 
     lines = ["| seed | model | params | mIoU on B |", "|---|---|---|---|"]

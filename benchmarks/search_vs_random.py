@@ -29,7 +29,8 @@ from _common import RESULTS, describe_machine  # noqa: E402
 from supersam_hf import SuperSamModel, build_sam_config  # noqa: E402
 from supersam_hf.data import load_segmentation_dataset, make_synthetic_shapes  # noqa: E402
 from supersam_hf.evaluation import EvaluationData, evaluate_model  # noqa: E402
-from supersam_hf.search import load_supernet, search_subnets  # noqa: E402
+from supersam_hf.loading import load_supernet  # noqa: E402
+from supersam_hf.search import search_subnets  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -91,7 +92,7 @@ def main(argv=None) -> None:
     if args.supernet:
         from transformers import SamProcessor
 
-        supernet = load_supernet(args.supernet, "cpu")
+        supernet = load_supernet(args.supernet, device="cpu", require_supernet=True)
         processor = SamProcessor.from_pretrained(args.supernet)
         trained = not args.untrained
         supernet_note = (f"`{args.supernet}` ({'trained' if trained else 'not trained'}, prioritized: "

@@ -26,7 +26,7 @@ from transformers import SamConfig, SamModel
 
 from _common import PRESETS, describe_machine, interleaved_medians, write_result
 from supersam_hf import SubnetConfig, SuperSamConfig, SuperSamModel, build_sam_config
-from supersam_hf.macs import count_sam_macs, encoder_macs
+from supersam_hf.costs import count_sam_macs, encoder_macs
 from supersam_hf.modeling_supersam import export_sam_config
 
 
@@ -142,7 +142,7 @@ Encoder: {vision.num_hidden_layers} layers, hidden {vision.hidden_size} ({vision
 {vision.hidden_size // vision.num_attention_heads}), mlp {vision.mlp_dim}, window {vision.window_size}, global layers \
 {list(vision.global_attn_indexes)}; embedding widths {list(supernet.config.hidden_size_choices)}. Full encoder \
 {lat['full'] * 1e3:.1f} ms, {encoder_macs(vision, [vision.mlp_dim] * vision.num_hidden_layers) / 1e9:.2f} GMACs. \
-Median {clock} of {args.repeats} interleaved repeats; MACs from `supersam_hf.macs.encoder_macs` (exact vs FlopCounterMode).
+Median {clock} of {args.repeats} interleaved repeats; MACs from `supersam_hf.costs.encoder_macs` (exact vs FlopCounterMode).
 
 | target | kind | subnet | encoder MACs ratio | time ratio | time ÷ MACs | ≤ 1.10 |
 |---|---|---|---|---|---|---|

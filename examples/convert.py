@@ -5,7 +5,7 @@ Calibrates on a few images of a Hugging Face dataset: orders every encoder MLP's
 probabilities. Writes the supernet (config with the search space + safetensors), the processor and
 `prioritization_report.json` / `layer_importance.png` into --output.
 
-    python examples/convert.py --model facebook/sam-vit-base --dataset <dataset> --output runs/supernet
+    python examples/convert.py --model_name_or_path facebook/sam-vit-base --dataset_name <dataset> --output_dir runs/supernet
     python examples/convert.py args.json            # or args.yaml: the same fields as the flags
 
 `<dataset>`: a `save_to_disk` folder, local data files / an imagefolder, or a Hub dataset name (`--split`,
@@ -14,13 +14,13 @@ probabilities. Writes the supernet (config with the search space + safetensors),
 
 import sys
 
-from supersam_hf.cli import parse_stage_arguments  # HfArgumentParser(ConvertArguments), exactly as `supersam convert`
-from supersam_hf.prioritization import run_convert
+from supersam_hf.commands.cli import main as cli_main  # the same parser, loader and one-line errors as `supersam convert`
 
 
-def main(argv: list[str] | None = None) -> None:
-    run_convert(parse_stage_arguments("convert", sys.argv[1:] if argv is None else argv))
+def main(argv: list[str] | None = None) -> int:
+    code = cli_main(["convert", *(sys.argv[1:] if argv is None else argv)])
+    return code
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

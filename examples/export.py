@@ -5,7 +5,7 @@ Picks the subnet from the search output (`best`, `pareto:N`) or a JSON file, wri
 model.safetensors, the processor, subnet.json and a model card (README.md) with the subnet's size, MACs and the
 search's mIoU. `--push_to_hub --repo_id user/name` uploads it (token from HF_TOKEN, `hf auth login` or --token).
 
-    python examples/export.py --supernet runs/supernet --subnet pareto:0 --search_dir runs/search --output runs/export
+    python examples/export.py --model_name_or_path runs/supernet --subnet pareto:0 --search_dir runs/search --output_dir runs/export
     python examples/export.py args.json            # or args.yaml: the same fields as the flags
 
 `python examples/export.py --help` lists every flag.
@@ -13,13 +13,13 @@ search's mIoU. `--push_to_hub --repo_id user/name` uploads it (token from HF_TOK
 
 import sys
 
-from supersam_hf.cli import parse_stage_arguments  # HfArgumentParser(ExportArguments), exactly as `supersam export`
-from supersam_hf.export import run_export
+from supersam_hf.commands.cli import main as cli_main  # the same parser, loader and one-line errors as `supersam export`
 
 
-def main(argv: list[str] | None = None) -> None:
-    run_export(parse_stage_arguments("export", sys.argv[1:] if argv is None else argv))
+def main(argv: list[str] | None = None) -> int:
+    code = cli_main(["export", *(sys.argv[1:] if argv is None else argv)])
+    return code
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

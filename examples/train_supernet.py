@@ -21,14 +21,14 @@ import sys
 
 from accelerate import PartialState
 
-from supersam_hf.cli import parse_stage_arguments  # HfArgumentParser(SupernetTrainingArguments), as `supersam train`
-from supersam_hf.training import train_supernet
+from supersam_hf.commands.cli import main as cli_main  # the same parser, loader and one-line errors as `supersam train`
 
 
-def main(argv: list[str] | None = None) -> None:
-    train_supernet(parse_stage_arguments("train", sys.argv[1:] if argv is None else argv))
+def main(argv: list[str] | None = None) -> int:
+    code = cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
     PartialState().destroy_process_group()  # tidy end of a multi-process run (no-op with one process)
+    return code
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,7 +17,7 @@ TINY = ["--image_size", "64", "--hidden_size", "64", "--num_layers", "6", "--dec
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     output = tmp_path_factory.mktemp("demo") / "run"
-    assert main(["demo", "--output", str(output), *TINY]) == 0
+    assert main(["demo", "--output_dir", str(output), *TINY]) == 0
     return output
 
 
@@ -42,31 +42,32 @@ def test_exports_load_with_vanilla_sam_and_evaluate_reproduces_the_miou(demo_run
         model = SamModel.from_pretrained(stage["folder"])
         assert sum(p.numel() for p in model.parameters()) == stage["params"]
         assert (demo_run / "exports" / f"supersam-{reduction}pct-smaller" / "README.md").is_file()
-        result_file = tmp_path / f"eval{reduction}.json"
-        code = main(["evaluate", "--model", stage["folder"], "--dataset", str(demo_run / "data" / "domain_B"),
-                     "--split", "test", "--prompt", "box", "--output", str(result_file)])
+        result_dir = tmp_path / f"eval{reduction}"
+        code = main(["evaluate", "--model_name_or_path", stage["folder"], "--dataset_name", str(demo_run / "data" / "domain_B"),
+                     "--eval_split_name", "test", "--prompt_type", "box", "--output_dir", str(result_dir)])
         assert code == 0
+        result_file = result_dir / "eval_results.json"
         assert json.loads(result_file.read_text())["miou"] == pytest.approx(stage["test"]["miou"], abs=1e-9)
 
 
 def test_demo_refuses_an_earlier_run_and_resumes_it(demo_run, capsys):
-    assert main(["demo", "--output", str(demo_run), *TINY]) == 2
+    assert main(["demo", "--output_dir", str(demo_run), *TINY]) == 2
     assert "--resume" in capsys.readouterr().err
     before = (demo_run / "supernet" / "model.safetensors").stat().st_mtime_ns
-    assert main(["demo", "--output", str(demo_run), "--resume", *TINY]) == 0  # every stage done: nothing re-run
+    assert main(["demo", "--output_dir", str(demo_run), "--resume", *TINY]) == 0  # every stage done: nothing re-run
     assert (demo_run / "supernet" / "model.safetensors").stat().st_mtime_ns == before
 
 
 def test_demo_refuses_a_foreign_model(tmp_path, capsys):
     ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path / "vit")
-    assert main(["demo", "--output", str(tmp_path / "out"), "--model", str(tmp_path / "vit"), *TINY]) == 2
-    assert "model_type='vit'" in capsys.readouterr().err
+    assert main(["demo", "--output_dir", str(tmp_path / "out"), "--model_name_or_path", str(tmp_path / "vit"), *TINY]) == 2
+    assert "model of type 'vit'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
 def test_demo_refuses_a_dataset_without_usable_masks(tmp_path, capsys):
     data = make_synthetic_shapes(4, 64, seed=0).map(lambda row: {"label": [[0] * 64] * 64})
     data.save_to_disk(tmp_path / "empty")
-    assert main(["demo", "--output", str(tmp_path / "out"), "--dataset", str(tmp_path / "empty"), *TINY]) == 2
+    assert main(["demo", "--output_dir", str(tmp_path / "out"), "--dataset_name", str(tmp_path / "empty"), *TINY]) == 2
     assert "min_mask_area" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

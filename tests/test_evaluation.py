@@ -8,10 +8,13 @@ import pytest
 import torch
 
 from helpers import tiny_processor, tiny_supernet
+from transformers import SamModel
+
 from supersam_hf import SubnetConfig
 from supersam_hf.cli import main as cli_main
 from supersam_hf.data import SamSegmentationData, make_synthetic_shapes
 from supersam_hf.evaluation import EvaluationData, _crop_pair, evaluate_model, parse_subnet
+from supersam_hf.loading import load_processor, load_sam_model
 from supersam_hf.metrics import load_sam_miou
 
 IMAGE = 64
@@ -48,15 +51,16 @@ def instance_count(dataset):
 
 
 def test_result_keys_values_and_determinism(supernet, processor, dataset):
-    first = evaluate_model(supernet, dataset, processor, show_progress=False)
+    assert evaluate_model(supernet, dataset, processor, show_progress=False)["prompt"] == "box"  # the one default
+    first = evaluate_model(supernet, dataset, processor, prompt="point", show_progress=False)
     assert RESULT_KEYS <= set(first)
     assert 0.0 <= first["miou"] <= 1.0 and 0.0 <= first["mean_dice"] <= 1.0
     assert first["num_images"] == 4 and first["num_objects"] == instance_count(dataset)
     assert first["prompt"] == "point" and first["mask_selection"] == "single" and first["resolution"] == "original"
     assert first["subnet"] is None and first["params"] == supernet.count_parameters()
-    again = evaluate_model(supernet, dataset, processor, show_progress=False)
+    again = evaluate_model(supernet, dataset, processor, prompt="point", show_progress=False)
     assert again == first
-    other_prompts = evaluate_model(supernet, dataset, processor, seed=1, show_progress=False)
+    other_prompts = evaluate_model(supernet, dataset, processor, prompt="point", seed=1, show_progress=False)
     assert other_prompts["seed"] == 1 and other_prompts["miou"] != first["miou"]
 
 
@@ -79,7 +83,9 @@ def test_subnet_equals_extracted_model_and_saved_folder(supernet, processor, dat
     in_memory = evaluate_model(extracted, dataset, processor, show_progress=False)
     extracted.save_pretrained(tmp_path / "small")
     processor.save_pretrained(tmp_path / "small")
-    by_path = evaluate_model(tmp_path / "small", dataset, show_progress=False, device="cpu")
+    by_path = evaluate_model(load_sam_model(tmp_path / "small", device="cpu"), dataset, load_processor(tmp_path / "small"),
+                             show_progress=False)
+    assert type(load_sam_model(tmp_path / "small")) is SamModel  # an export stays a plain SamModel
     for result in (in_memory, by_path):
         assert result["miou"] == pytest.approx(under_subnet["miou"], abs=1e-6)
         assert result["num_objects"] == under_subnet["num_objects"]
@@ -129,7 +135,7 @@ def test_ready_data_and_prepared_batches_give_the_same_result(supernet, processo
     prepared = EvaluationData.prepare(dataset, processor, seed=2, batch_size=2)
     assert evaluate_model(supernet, prepared, processor, show_progress=False) == reference
     with pytest.raises(ValueError, match="prompt"):
-        evaluate_model(supernet, prepared, processor, prompt="box", show_progress=False)
+        evaluate_model(supernet, prepared, processor, prompt="point", show_progress=False)
 
 
 def test_cropping_leaves_the_metric_unchanged():
@@ -167,18 +173,25 @@ def test_cli_evaluate_writes_the_result_json(supernet, processor, dataset, subne
     processor.save_pretrained(tmp_path / "supernet")
     dataset.save_to_disk(str(tmp_path / "data"))
     (tmp_path / "subnet.json").write_text(subnet.to_json())
-    out = tmp_path / "results" / "eval.json"
-    argv = ["evaluate", "--model", str(tmp_path / "supernet"), "--dataset", str(tmp_path / "data"), "--subnet",
-            str(tmp_path / "subnet.json"), "--mask_selection", "oracle", "--device", "cpu", "--output", str(out)]
+    out = tmp_path / "results"
+    argv = ["evaluate", "--model_name_or_path", str(tmp_path / "supernet"), "--dataset_name", str(tmp_path / "data"),
+            "--subnet", str(tmp_path / "subnet.json"), "--mask_selection", "oracle", "--device", "cpu", "--output_dir",
+            str(out)]
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert "mIoU" in printed and subnet.name in printed
     expected = evaluate_model(supernet, dataset, processor, subnet=subnet, mask_selection="oracle", show_progress=False)
-    assert json.loads(out.read_text()) == expected
+    assert json.loads((out / "eval_results.json").read_text()) == expected
+    assert cli_main(argv) == 2 and "--overwrite_output_dir" in capsys.readouterr().err  # the result is not replaced
+    assert cli_main([*argv, "--overwrite_output_dir"]) == 0
+    capsys.readouterr()
 
-    assert cli_main(["evaluate", "--model", str(tmp_path / "nowhere"), "--dataset", str(tmp_path / "data")]) == 2
+    out_flag = ["--output_dir", str(tmp_path / "o")]
+    assert cli_main(["evaluate", "--model_name_or_path", str(tmp_path / "nowhere"), "--dataset_name", str(tmp_path / "data"),
+                     *out_flag]) == 2
     assert "No model folder" in capsys.readouterr().err
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text('{"model_type": "supersam"}')
-    assert cli_main(["evaluate", "--model", str(tmp_path / "broken"), "--dataset", str(tmp_path / "data")]) == 2
+    assert cli_main(["evaluate", "--model_name_or_path", str(tmp_path / "broken"), "--dataset_name", str(tmp_path / "data"),
+                     *out_flag]) == 2
     assert "Could not load" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """`export_subnet` / `supersam export`: a standard SAM folder that plain transformers loads, a model card, the Hub."""
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -13,7 +14,9 @@ from transformers import SamModel, SamProcessor, pipeline
 
 from supersam_hf import SubnetConfig, SuperSamModel
 from supersam_hf.cli import main as cli_main
-from supersam_hf.export import export_subnet, model_card_template
+from supersam_hf.export import export_subnet
+from supersam_hf.loading import load_processor, load_supernet
+from supersam_hf.model_card import model_card_template
 
 # huggingface_hub's own LFS upload passes a file object as `data=`, which httpx deprecates: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
@@ -163,9 +166,10 @@ def test_output_folder_is_not_touched_without_overwrite(supernet, supernet_dir, 
     assert (target / "notes.txt").read_text() == "mine"
 
     # overwrite: an earlier export of another subnet is replaced (stale weights removed), other files left alone
-    export_subnet(supernet_dir, supernet.search_space.largest(), target, overwrite=True)
+    loaded, processor = load_supernet(supernet_dir), load_processor(supernet_dir)
+    export_subnet(loaded, supernet.search_space.largest(), target, processor=processor, overwrite=True)
     (target / "model-00001-of-00002.safetensors").write_bytes(b"stale shard")
-    out = export_subnet(supernet_dir, SUBNET, target, overwrite=True)
+    out = export_subnet(loaded, SUBNET, target, processor=processor, overwrite=True)
     assert not (target / "model-00001-of-00002.safetensors").exists()
     assert (target / "notes.txt").read_text() == "mine"
     assert SubnetConfig.from_json((out / "subnet.json").read_text()) == SUBNET
@@ -190,10 +194,12 @@ def test_push_without_token_is_a_clear_error_and_keeps_the_export(supernet, tmp_
     assert "user/tiny" in (out / "README.md").read_text()  # the card already names the intended repo
 
 
-def test_push_to_local_hub_round_trip(supernet, local_hub, tmp_path, monkeypatch, capsys):
+def test_push_to_local_hub_round_trip(supernet, local_hub, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="supersam_hf.export")
     out = export_subnet(supernet, SUBNET, tmp_path / "out", processor=tiny_processor(), metrics=METRICS,
                         push_to_hub=True, repo_id="user/tiny-subnet", token=local_hub.token, private=True)
-    printed = capsys.readouterr().out
+    printed = caplog.text
+    caplog.clear()
     assert f"{local_hub.endpoint}/user/tiny-subnet/commit/" in printed
     assert local_hub.token not in printed
     assert {"config.json", "model.safetensors", "processor_config.json", "subnet.json", "README.md"} <= set(
@@ -212,7 +218,7 @@ def test_push_to_local_hub_round_trip(supernet, local_hub, tmp_path, monkeypatch
     # the token can also come from HF_TOKEN
     monkeypatch.setenv("HF_TOKEN", local_hub.token)
     export_subnet(supernet, SUBNET, tmp_path / "out2", push_to_hub=True, repo_id="user/from-env")
-    assert f"{local_hub.endpoint}/user/from-env/commit/" in capsys.readouterr().out
+    assert f"{local_hub.endpoint}/user/from-env/commit/" in caplog.text
     assert "model.safetensors" in local_hub.files("user/from-env")
 
 
@@ -243,23 +249,23 @@ def test_corrupt_or_foreign_supernet_is_a_clear_error(supernet_dir, tmp_path):
         (truncated / file.name).write_bytes(file.read_bytes())
     weights = (truncated / "model.safetensors").read_bytes()
     (truncated / "model.safetensors").write_bytes(weights[: len(weights) // 2])
-    with pytest.raises(ValueError, match=f"Cannot load a supernet from {truncated}"):
-        export_subnet(truncated, SUBNET, out)
+    with pytest.raises(ValueError, match=f"Could not load the supersam model '{truncated}'"):
+        load_supernet(truncated)
 
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     config = json.loads((supernet_dir / "config.json").read_text())
     (foreign / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
-    with pytest.raises(ValueError, match="model_type='bert'"):
-        export_subnet(foreign, SUBNET, out)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        export_subnet(tmp_path / "missing", SUBNET, out)
-    with pytest.raises(ValueError, match="no config.json"):
-        export_subnet(tmp_path, SUBNET, out)
+    with pytest.raises(ValueError, match="model of type 'bert'"):
+        load_supernet(foreign)
+    with pytest.raises(FileNotFoundError, match="No model folder"):
+        load_supernet(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="without config.json"):
+        load_supernet(tmp_path)
     with pytest.raises(ValueError, match="needs a SuperSamModel"):
         export_subnet(torch.nn.Linear(2, 2), SUBNET, out)
     with pytest.raises(ValueError, match="kept_layers"):  # not in the search space (layer 0 is not elastic)
-        export_subnet(supernet_dir, SubnetConfig((1, 2, 3), (32, 32, 32)), out)
+        export_subnet(load_supernet(supernet_dir), SubnetConfig((1, 2, 3), (32, 32, 32)), out)
     assert not out.exists()  # nothing written on any error
 
 
@@ -286,8 +292,8 @@ def test_cli_export_pareto_end_to_end(supernet, supernet_dir, tmp_path, capsys):
     search_dir = tmp_path / "search"
     _write_search_output(search_dir, supernet)
     out = tmp_path / "exported"
-    argv = ["export", "--supernet", str(supernet_dir), "--subnet", "pareto:0", "--search_dir", str(search_dir),
-            "--output", str(out), "--license", "apache-2.0", "--datasets", "user/shapes"]
+    argv = ["export", "--model_name_or_path", str(supernet_dir), "--subnet", "pareto:0", "--search_dir", str(search_dir),
+            "--output_dir", str(out), "--license", "apache-2.0", "--datasets", "user/shapes"]
     assert cli_main(argv) == 0
     assert SUBNET.name in capsys.readouterr().out
     assert SubnetConfig.from_json((out / "subnet.json").read_text()) == SUBNET
@@ -310,7 +316,7 @@ def test_cli_export_pareto_end_to_end(supernet, supernet_dir, tmp_path, capsys):
 
     assert cli_main(argv) == 2  # the folder now exists and is not empty
     assert "--overwrite" in capsys.readouterr().err
-    assert cli_main([*argv, "--overwrite"]) == 0
+    assert cli_main([*argv, "--overwrite_output_dir"]) == 0
 
 
 def test_example_script_runs_the_same_export(supernet, supernet_dir, tmp_path):
@@ -323,5 +329,5 @@ def test_example_script_runs_the_same_export(supernet, supernet_dir, tmp_path):
     spec.loader.exec_module(example)
     subnet_json = tmp_path / "subnet.json"
     subnet_json.write_text(SUBNET.to_json())
-    example.main(["--supernet", str(supernet_dir), "--subnet", str(subnet_json), "--output", str(tmp_path / "out")])
+    example.main(["--model_name_or_path", str(supernet_dir), "--subnet", str(subnet_json), "--output_dir", str(tmp_path / "out")])
     assert SubnetConfig.from_json((tmp_path / "out" / "subnet.json").read_text()) == SUBNET

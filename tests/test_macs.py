@@ -1,4 +1,4 @@
-"""The analytic MAC count (`supersam_hf.macs`) against `torch.utils.flop_counter.FlopCounterMode` on real forwards."""
+"""The analytic MAC count (`supersam_hf.costs`) against `torch.utils.flop_counter.FlopCounterMode` on real forwards."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from transformers.models.sam.modeling_sam import SamVisionEncoder
 
 from helpers import CUSTOM_MAPPING
 from supersam_hf.configuration_supersam import build_sam_config
-from supersam_hf.macs import (
+from supersam_hf.costs import (
     count_sam_macs,
     encoder_layer_macs,
     encoder_macs,

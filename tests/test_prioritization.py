@@ -269,8 +269,8 @@ def test_convert_cli_end_to_end(tmp_path, capsys):
     tiny_processor(S).save_pretrained(model_dir)
     make_synthetic_shapes(6, image_size=S, seed=3).save_to_disk(data_dir)
 
-    code = cli_main(["convert", "--model", str(model_dir), "--dataset", str(data_dir), "--output", str(out),
-                     "--num_images", "4", "--batch_size", "2"])
+    code = cli_main(["convert", "--model_name_or_path", str(model_dir), "--dataset_name", str(data_dir), "--output_dir",
+                     str(out), "--num_calibration_images", "4", "--calibration_batch_size", "2"])
     assert code == 0
     supernet = SuperSamModel.from_pretrained(out)
     assert supernet.config.prioritized is True
@@ -281,8 +281,8 @@ def test_convert_cli_end_to_end(tmp_path, capsys):
     assert (out / "layer_importance.png").is_file()
 
     # Bad input comes back as a clean CLI error, not a traceback.
-    code = cli_main(["convert", "--model", str(model_dir), "--dataset", str(data_dir), "--output", str(tmp_path / "o2"),
-                     "--image_column", "nope"])
+    code = cli_main(["convert", "--model_name_or_path", str(model_dir), "--dataset_name", str(data_dir), "--output_dir",
+                     str(tmp_path / "o2"), "--image_column", "nope"])
     assert code == 2
     assert "image_column='nope'" in capsys.readouterr().err
 

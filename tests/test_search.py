@@ -1,13 +1,13 @@
 """search_subnets: budgets respected, impossible budgets refused, caching and resume, both strategies, output
 files, select_subnet, and `supersam search` end to end."""
 
-import itertools
 import json
 
 import pytest
 
 from helpers import tiny_processor, tiny_supernet
-from supersam_hf import search as search_module
+from supersam_hf.search import driver as search_module
+from supersam_hf.search import opentuner_compat
 from supersam_hf.cli import main as cli_main
 from supersam_hf.data import make_synthetic_shapes
 from supersam_hf.evaluation import EvaluationData
@@ -76,7 +76,7 @@ def test_params_budget_is_met_and_outputs_are_written(supernet, processor, data,
     best = result.best
     assert best is not None and best.metrics["params"] <= half_params and best.subnet == select_subnet(best.entry)
     assert best.metrics["miou"] == max(e["miou"] for e in result.evaluations if e["feasible"])
-    assert best.metrics["prompt"] == "point" and best.metrics["num_images"] == 4
+    assert best.metrics["prompt"] == "box" and best.metrics["num_images"] == 4
     params = [e["params"] for e in result.pareto]
     mious = [e["miou"] for e in result.pareto]
     assert params == sorted(params) and mious == sorted(mious) and best.entry in result.pareto
@@ -123,7 +123,7 @@ def test_resume_reuses_finished_evaluations(supernet, processor, dataset, data, 
     assert [e["miou"] for e in fresh.evaluations] == [e["miou"] for e in resumed.evaluations]
     assert fresh.evaluations[0]["reference"] and all(not e["reference"] for e in fresh.evaluations[1:])
     with pytest.raises(ValueError, match="prompt"):  # results measured differently are not mixed
-        search_subnets(supernet, dataset, processor, budget=6, resume=True, output_dir=tmp_path / "run", prompt="box",
+        search_subnets(supernet, dataset, processor, budget=6, resume=True, output_dir=tmp_path / "run", prompt="point",
                        max_images=1, **kwargs)
 
 
@@ -156,10 +156,10 @@ def test_too_few_layers_are_repaired_most_important_first():
 def test_differential_evolution_parent_order_is_reproducible():
     """opentuner's DE draws parents from a set of population members; hashed by address, that order (and the whole
     search) changed from run to run. After the search's workaround it follows creation order."""
-    search_module._import_opentuner()
+    opentuner_compat.import_opentuner()
     from opentuner.search.differentialevolution import PopulationMember
 
-    search_module._DE_MEMBER_COUNTER[0] = itertools.count()
+    opentuner_compat.reset_member_counter()
     members = [PopulationMember(config=None) for _ in range(40)]
     assert list(set(members) - {members[5]}) == members[:5] + members[6:]
 
@@ -175,7 +175,7 @@ def test_cli_search_end_to_end(supernet, processor, dataset, half_params, tmp_pa
     processor.save_pretrained(tmp_path / "supernet")
     dataset.save_to_disk(str(tmp_path / "data"))
     out = tmp_path / "search"
-    argv = ["search", "--supernet", str(tmp_path / "supernet"), "--dataset", str(tmp_path / "data"), "--budget", "4",
+    argv = ["search", "--model_name_or_path", str(tmp_path / "supernet"), "--dataset_name", str(tmp_path / "data"), "--budget", "4",
             "--max_params", str(half_params), "--device", "cpu", "--output_dir", str(out)]
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
@@ -191,9 +191,10 @@ def test_cli_search_end_to_end(supernet, processor, dataset, half_params, tmp_pa
     capsys.readouterr()
 
     # the found subnet evaluates through `supersam evaluate --subnet best --search_dir`
-    eval_json = tmp_path / "best_eval.json"
-    assert cli_main(["evaluate", "--model", str(tmp_path / "supernet"), "--dataset", str(tmp_path / "data"),
-                     "--subnet", "best", "--search_dir", str(out), "--device", "cpu", "--output", str(eval_json)]) == 0
+    eval_dir = tmp_path / "best_eval"
+    assert cli_main(["evaluate", "--model_name_or_path", str(tmp_path / "supernet"), "--dataset_name", str(tmp_path / "data"),
+                     "--subnet", "best", "--search_dir", str(out), "--device", "cpu", "--output_dir", str(eval_dir)]) == 0
+    eval_json = eval_dir / "eval_results.json"
     best = json.loads((out / "best_subnet.json").read_text())
     assert json.loads(eval_json.read_text())["miou"] == pytest.approx(best["miou"], abs=1e-9)
     capsys.readouterr()
@@ -205,8 +206,8 @@ def test_cli_search_end_to_end(supernet, processor, dataset, half_params, tmp_pa
     (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
     sam_dir = tmp_path / "sam"
     supernet.extract_subnet().save_pretrained(sam_dir)
-    for folder, message in (("corrupt", "not a valid config.json"), ("bert", "'bert'"), ("sam", "plain SAM checkpoint"),
+    for folder, message in (("corrupt", "config.json cannot be read"), ("bert", "'bert'"), ("sam", "plain SAM checkpoint"),
                             ("missing", "No model folder")):
-        code = cli_main(["search", "--supernet", str(tmp_path / folder), "--dataset", str(tmp_path / "data"),
+        code = cli_main(["search", "--model_name_or_path", str(tmp_path / folder), "--dataset_name", str(tmp_path / "data"),
                          "--output_dir", str(tmp_path / f"out_{folder}")])
         assert code == 2 and message in capsys.readouterr().err

@@ -96,7 +96,7 @@ def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_sandwich_losses_go_down_and_supernet_is_saved(assets, tmp_path):
     out = tmp_path / "run"
     args = make_args(assets, out, max_steps=24, per_device_train_batch_size=4, learning_rate=2e-3,
-                     lr_scheduler_type="constant", validation_split="train", eval_max_images=2)
+                     lr_scheduler_type="constant", eval_split_name="train", max_eval_images=2)
     model = train_supernet(args).cpu()
 
     records = read_metrics(out / "metrics.jsonl")
@@ -226,7 +226,7 @@ def test_lora_trains_only_adapters_and_merge_is_exact(assets, tmp_path):
 def test_training_with_and_without_distillation(assets, tmp_path, distill_weight):
     out = tmp_path / f"kd{distill_weight}"
     # Also exercised here: with KD, TensorBoard + a held-out validation fraction evaluated every step; without, bf16.
-    extra = (dict(report_to="tensorboard", validation_fraction=0.25, eval_steps=1, eval_max_images=1) if distill_weight
+    extra = (dict(report_to="tensorboard", validation_fraction=0.25, eval_steps=1, max_eval_images=1) if distill_weight
              else dict(mixed_precision="bf16"))
     model = train_supernet(make_args(assets, out, distill_weight=distill_weight, num_random_subnets=1, **extra)).cpu()
     start = SuperSamModel.from_pretrained(assets / "sam").state_dict()
@@ -318,7 +318,7 @@ def test_existing_output_dir_is_refused(assets, tmp_path):
 
 
 def test_nan_loss_stops_naming_step_and_subnet_and_keeps_checkpoint(assets, tmp_path, monkeypatch):
-    import supersam_hf.training as training
+    import supersam_hf.training.sandwich as training
 
     calls = {"n": 0}
     real_sam_loss = training.sam_loss
@@ -375,10 +375,13 @@ def test_cli_train_and_yaml_arguments(assets, tmp_path, capsys):
 
     yaml_file = tmp_path / "args.yaml"
     yaml_file.write_text(f"model_name_or_path: {assets / 'sam'}\ndataset_name: {assets / 'data4'}\noutput_dir: {out}\n"
-                         "max_steps: 7\ndistill_weight: 0.5\nprompt_type: box\n")
-    parsed = parse_stage_arguments("train", [str(yaml_file)])
+                         "max_steps: 7\ndistill_weight: 0.5\nprompt_type: point\n")
+    parsed, _run_arguments = parse_stage_arguments("train", [str(yaml_file)])
     assert isinstance(parsed, SupernetTrainingArguments)
-    assert (parsed.max_steps, parsed.distill_weight, parsed.prompt_type) == (7, 0.5, "box")
+    assert (parsed.max_steps, parsed.distill_weight, parsed.prompt_type) == (7, 0.5, "point")
+    yaml_file.write_text(yaml_file.read_text() + "model: x\n")  # a key no stage knows: one clear line
+    assert main(["train", str(yaml_file)]) == 2
+    assert "model" in capsys.readouterr().err
 
 
 def test_largest_only_is_plain_fine_tuning(assets, tmp_path):

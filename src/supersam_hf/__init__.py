@@ -11,4 +11,30 @@ __version__ = "0.1.0"
 AutoConfig.register("supersam", SuperSamConfig)
 AutoModel.register(SuperSamConfig, SuperSamModel)
 
-__all__ = ["SuperSamConfig", "SuperSamModel", "SubnetConfig", "SearchSpace", "build_sam_config", "__version__"]
+# One function per stage (and the loader), imported on first use so `import supersam_hf` stays light.
+_LAZY = {
+    "load_model": "loading",
+    "load_supernet": "loading",
+    "load_sam_model": "loading",
+    "load_processor": "loading",
+    "prioritize": "prioritization",
+    "SupernetTrainingArguments": "training",
+    "train_supernet": "training",
+    "search_subnets": "search",
+    "evaluate_model": "evaluation",
+    "export_subnet": "export",
+    "SamSegmentationData": "data",
+    "load_segmentation_dataset": "data",
+    "make_synthetic_shapes": "data",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["SuperSamConfig", "SuperSamModel", "SubnetConfig", "SearchSpace", "build_sam_config", "__version__", *_LAZY]

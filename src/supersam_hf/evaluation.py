@@ -20,15 +20,16 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import datasets
 import torch
 from transformers import SamModel, SamProcessor
 
-from .data import SamCollator, SamSegmentationData, load_segmentation_dataset, model_inputs
+from .arguments import DEFAULT_PROMPT_TYPE
+from .data import SamCollator, SamSegmentationData, model_inputs
 from .metrics import load_sam_miou
 from .modeling_supersam import SuperSamModel
 from .search_space import SubnetConfig
@@ -42,31 +43,6 @@ MASK_SELECTIONS = ("single", "oracle")
 # ----------------------------------------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def load_model(path: str | os.PathLike, device: str | torch.device | None = None) -> SamModel:
-    """A saved model folder → `SamModel` (config model_type "sam") or `SuperSamModel` ("supersam"), in eval mode."""
-    path = Path(path)
-    config_file = path / "config.json"
-    if not path.is_dir():
-        raise FileNotFoundError(f"No model folder at {str(path)!r}.")
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{str(path)!r} has no config.json; expected a folder written by save_pretrained.")
-    try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
-    except (json.JSONDecodeError, AttributeError) as error:
-        raise ValueError(f"{config_file} is not a valid config.json ({error}).") from None
-    if model_type not in ("sam", "supersam"):
-        raise ValueError(
-            f"{str(path)!r} holds a model of type {model_type!r}; expected a SAM checkpoint ('sam') or a SuperSAM "
-            "supernet ('supersam')."
-        )
-    try:
-        model = (SamModel if model_type == "sam" else SuperSamModel).from_pretrained(path)
-    except Exception as error:  # noqa: BLE001 - missing/corrupt weights, bad config values: one clear message
-        raise ValueError(f"Could not load the {model_type} model in {str(path)!r}: {error}") from error
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval()
 
 
 def parse_subnet(spec: str | os.PathLike | dict | SubnetConfig) -> SubnetConfig:
@@ -121,7 +97,7 @@ class EvaluationData:
         cls,
         dataset,
         processor=None,
-        prompt: str = "point",
+        prompt: str = DEFAULT_PROMPT_TYPE,
         batch_size: int = 4,
         max_images: int | None = None,
         seed: int = 0,
@@ -145,7 +121,7 @@ class EvaluationData:
 def as_evaluation_dataset(
     dataset,
     processor,
-    prompt: str = "point",
+    prompt: str = DEFAULT_PROMPT_TYPE,
     seed: int = 0,
     image_column: str | None = None,
     mask_column: str | None = None,
@@ -278,11 +254,11 @@ def _metric():
 
 
 def evaluate_model(
-    model: SamModel | str | os.PathLike,
+    model: SamModel,
     dataset,
     processor: SamProcessor | None = None,
     subnet: SubnetConfig | dict | None = None,
-    prompt: str = "point",
+    prompt: str = DEFAULT_PROMPT_TYPE,
     mask_selection: str = "single",
     batch_size: int = 4,
     max_images: int | None = None,
@@ -296,12 +272,11 @@ def evaluate_model(
     """Mean IoU of a SAM model (or of one subnet of a supernet) on a segmentation dataset.
 
     Args:
-        model: a `SamModel`, a `SuperSamModel`, or a saved model folder (model_type "sam" → `SamModel`,
-            "supersam" → `SuperSamModel`).
+        model: a `SamModel` or a `SuperSamModel` (load a Hub id or folder with `supersam_hf.loading.load_sam_model`).
         dataset: a `datasets.Dataset` with image and mask columns (wrapped in `SamSegmentationData` with
             `return_full_masks=True`), a ready `SamSegmentationData` (its own rows, prompts and seed), or an
             `EvaluationData` prepared once for many evaluations.
-        processor: the model's `SamProcessor`; default: loaded from `model` when it is a folder.
+        processor: the model's `SamProcessor` (`supersam_hf.loading.load_processor`).
         subnet: evaluate this subnet of a `SuperSamModel` (under `model.subnet(subnet)`); None = the model as it
             is (its active subnet, if any, else the full model).
         prompt: "point" (one positive point per instance) or "box" (the instance's bounding box).
@@ -312,8 +287,7 @@ def evaluate_model(
         seed: prompts are drawn reproducibly from this seed (a ready `SamSegmentationData` keeps its own).
         image_column / mask_column / mask_kind: passed to `SamSegmentationData` (default: auto-detected).
         show_progress: tqdm bar over batches.
-        device: move the model there first (it stays there); default: where the model already is (a folder loads
-            on cuda if available).
+        device: move the model there first (it stays there); default: where the model already is.
 
     Returns:
         The metric's `miou`, `per_image_miou`, `mean_dice`, `num_objects`, `num_images`, and how they were
@@ -327,16 +301,15 @@ def evaluate_model(
         raise ValueError(f"Unknown mask_selection {mask_selection!r}; choose one of {MASK_SELECTIONS}.")
     if prompt not in PROMPTS:
         raise ValueError(f"Unknown prompt {prompt!r}; evaluation prompts are {PROMPTS}.")
-    if isinstance(model, (str, os.PathLike)):
-        if processor is None:
-            processor = SamProcessor.from_pretrained(model)
-        model = load_model(model, device)
-    elif device is not None:
+    if not isinstance(model, SamModel):
+        raise ValueError(
+            f"evaluate_model needs a SamModel or a SuperSamModel, got {type(model).__name__}; load a checkpoint with "
+            "supersam_hf.loading.load_sam_model(name_or_path)."
+        )
+    if device is not None:
         model = model.to(device)
     if processor is None:
-        raise ValueError("Pass the model's SamProcessor (processor=...), or give the model as a saved folder.")
-    if not isinstance(model, SamModel):
-        raise ValueError(f"evaluate_model needs a SamModel, a SuperSamModel or a model folder, got {type(model).__name__}.")
+        raise ValueError("Pass the model's SamProcessor (processor=...; supersam_hf.loading.load_processor).")
 
     if subnet is not None:
         if not isinstance(model, SuperSamModel):
@@ -390,119 +363,4 @@ def evaluate_model(
     }
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Command line: `supersam evaluate` / examples/evaluate.py
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class EvaluateArguments:
-    """Arguments of `supersam evaluate` / `examples/evaluate.py`."""
-
-    model: str = field(metadata={"help": "Model folder: a SAM checkpoint (model_type sam) or a SuperSAM supernet (supersam)."})
-    dataset: str = field(metadata={"help": "Evaluation data: a save_to_disk folder, local data files, or a Hub dataset name."})
-    subnet: str | None = field(
-        default=None,
-        metadata={
-            "help": "Subnet of a supernet to evaluate: a JSON file or inline JSON with kept_layers and mlp_dims, or "
-            "'best' / 'pareto:N' together with --search_dir. Default: the whole model."
-        },
-    )
-    search_dir: str | None = field(
-        default=None, metadata={"help": "Output folder of `supersam search`, for --subnet best / pareto:N."}
-    )
-    split: str | None = field(default=None, metadata={"help": "Dataset split (default: train, or the only split)."})
-    processor: str | None = field(default=None, metadata={"help": "SamProcessor folder (default: the model folder)."})
-    prompt: Literal["point", "box"] = field(
-        default="point", metadata={"help": "Prompt per instance: one positive point, or its box."}
-    )
-    mask_selection: Literal["single", "oracle"] = field(
-        default="single",
-        metadata={
-            "help": "single: the output with the highest predicted IoU (the model's own choice); oracle: the best of "
-            "the three outputs against the ground truth (as the SuperSAM paper reports)."
-        },
-    )
-    max_images: int | None = field(default=None, metadata={"help": "Evaluate only the first N images."})
-    batch_size: int = field(default=4, metadata={"help": "Images per forward."})
-    seed: int = field(default=0, metadata={"help": "Seed of the prompts (points drawn inside each mask)."})
-    image_column: str | None = field(default=None, metadata={"help": "Image column (default: auto-detect)."})
-    mask_column: str | None = field(default=None, metadata={"help": "Mask column (default: auto-detect)."})
-    mask_kind: str | None = field(
-        default=None, metadata={"help": "instance, masks or semantic (default: auto-detect from the first row)."}
-    )
-    device: str | None = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
-    output: str | None = field(default=None, metadata={"help": "Write the result dict as JSON to this file."})
-
-
-def format_results(result: dict[str, Any]) -> str:
-    """A small two-column text table of an `evaluate_model` result."""
-    rows = [
-        ("mIoU", f"{result['miou']:.4f}"),
-        ("per-image mIoU", f"{result['per_image_miou']:.4f}"),
-        ("mean Dice", f"{result['mean_dice']:.4f}"),
-        ("objects / images", f"{result['num_objects']} / {result['num_images']}"),
-        ("prompt", result["prompt"]),
-        ("mask selection", result["mask_selection"]),
-        ("resolution", result["resolution"]),
-        ("seed", str(result["seed"])),
-        ("subnet", result["subnet"] or "(whole model)"),
-        ("parameters", f"{result['params']:,}" if result.get("params") is not None else "?"),
-    ]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
-
-
-def run_evaluate(args: EvaluateArguments) -> dict[str, Any]:
-    """Load model, processor and data from the arguments, evaluate, print a table and (optionally) write JSON."""
-    if args.mask_selection not in MASK_SELECTIONS:
-        raise ValueError(f"--mask_selection must be one of {MASK_SELECTIONS}, got {args.mask_selection!r}.")
-    if args.prompt not in PROMPTS:
-        raise ValueError(f"--prompt must be one of {PROMPTS}, got {args.prompt!r}.")
-    subnet = None
-    if args.subnet is not None:
-        spec = args.subnet.strip()
-        if spec == "best" or spec.startswith("pareto:"):
-            if args.search_dir is None:
-                raise ValueError(f"--subnet {spec} needs --search_dir (the output folder of `supersam search`).")
-            from .search import select_subnet
-
-            subnet = select_subnet(spec, args.search_dir)
-        else:
-            subnet = parse_subnet(spec)
-    model = load_model(args.model, args.device)
-    processor = SamProcessor.from_pretrained(args.processor or args.model)
-    dataset = load_segmentation_dataset(args.dataset, split=args.split)
-    result = evaluate_model(
-        model,
-        dataset,
-        processor,
-        subnet=subnet,
-        prompt=args.prompt,
-        mask_selection=args.mask_selection,
-        batch_size=args.batch_size,
-        max_images=args.max_images,
-        seed=args.seed,
-        image_column=args.image_column,
-        mask_column=args.mask_column,
-        mask_kind=args.mask_kind,
-    )
-    print(f"supersam evaluate: {args.model} on {args.dataset}" + (f" [{args.split}]" if args.split else ""))
-    print(format_results(result))
-    if args.output:
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {output}")
-    return result
-
-
-__all__ = [
-    "EvaluateArguments",
-    "EvaluationData",
-    "evaluate_model",
-    "format_results",
-    "load_model",
-    "parse_subnet",
-    "run_evaluate",
-]
+__all__ = ["EvaluationData", "MASK_SELECTIONS", "PROMPTS", "as_evaluation_dataset", "evaluate_model", "parse_subnet"]

@@ -47,7 +47,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_supersam import SuperSamConfig
-from .macs import count_sam_macs
+from .costs import count_sam_macs
 from .search_space import SearchSpace, SubnetConfig, SubnetPlan
 
 

@@ -17,7 +17,7 @@ between calls):
   calibration costs `(L + 1) / 2` encoder passes per image, not `L + 1` (see `layer_calls_per_image`).
 
 `prioritize` writes the result into `model.config` (`elastic_layers`, `layer_drop_probs`, `min_layers`,
-`prioritized`), so `save_pretrained` keeps it, and returns a `PrioritizationReport`. `run_convert` is the
+`prioritized`), so `save_pretrained` keeps it, and returns a `PrioritizationReport`. `commands/convert.py` is the
 `supersam convert` stage: SAM checkpoint + dataset in, prioritized supernet + processor + report out.
 """
 
@@ -39,9 +39,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import SamProcessor
 
-from .data import IMAGE_COLUMN_CANDIDATES, load_segmentation_dataset, to_rgb_image
+from .data import IMAGE_COLUMN_CANDIDATES, to_rgb_image
 from .modeling_supersam import SuperSamModel
 from .search_space import check_search_space
 
@@ -759,80 +758,3 @@ def _restore_subnet(model: SuperSamModel, subnet) -> None:
             "The previously active subnet %s is not in the new search space (%s); the full model is active.",
             subnet.name, error,
         )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# `supersam convert`
-# ---------------------------------------------------------------------------------------------------------------
-@dataclass
-class ConvertArguments:
-    """Arguments of `supersam convert` / `examples/convert.py`."""
-
-    model: str = field(metadata={"help": "SAM checkpoint: a local folder or a Hub repo id (e.g. facebook/sam-vit-base)."})
-    dataset: str = field(
-        metadata={"help": "Calibration images: a save_to_disk folder, local image/data files, or a Hub dataset name."}
-    )
-    output: str = field(metadata={"help": "Folder to write the prioritized supernet, its processor and the report to."})
-    split: str | None = field(default=None, metadata={"help": "Dataset split (default: train, or the only split)."})
-    image_column: str | None = field(
-        default=None, metadata={"help": "Image column (default: auto-detect image/img/pixel_values/picture)."}
-    )
-    num_images: int = field(default=32, metadata={"help": "Number of calibration images."})
-    batch_size: int = field(default=4, metadata={"help": "Images per encoder forward during calibration."})
-    num_elastic_layers: int | None = field(
-        default=None, metadata={"help": "Layers that subnets may drop (the least important; default: half the layers)."}
-    )
-    max_drop_prob: float = field(
-        default=0.5,
-        metadata={"help": "Drop probability of the cheapest layer to remove (others scale with importance); in [0, 1)."},
-    )
-    keep_first_layer: bool = field(default=True, metadata={"help": "Never make encoder layer 0 elastic."})
-    seed: int = field(default=0, metadata={"help": "Seed of the calibration image selection."})
-    device: str | None = field(
-        default=None, metadata={"help": "Device to calibrate on (default: cuda if available, else cpu)."}
-    )
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Write into a non-empty output folder."})
-
-
-def run_convert(args: ConvertArguments) -> PrioritizationReport:
-    """Load the SAM checkpoint as a supernet, prioritize it on the dataset, and save supernet + processor + report."""
-    output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise FileExistsError(f"--output {output} exists and is not a folder.")
-    if output.is_dir() and any(output.iterdir()) and not args.overwrite_output_dir:
-        raise FileExistsError(f"--output {output} is not empty; choose a new folder or pass --overwrite_output_dir.")
-
-    dataset = load_segmentation_dataset(args.dataset, split=args.split)
-    model = SuperSamModel.from_pretrained(args.model)
-    try:
-        processor = SamProcessor.from_pretrained(args.model)
-    except OSError as error:
-        raise ValueError(
-            f"Could not load a SamProcessor from {args.model} ({error}); save the checkpoint's processor beside it "
-            "with SamProcessor.save_pretrained."
-        ) from error
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
-
-    report = prioritize(
-        model,
-        dataset,
-        processor,
-        num_images=args.num_images,
-        batch_size=args.batch_size,
-        num_elastic_layers=args.num_elastic_layers,
-        max_drop_prob=args.max_drop_prob,
-        keep_first_layer=args.keep_first_layer,
-        image_column=args.image_column,
-        seed=args.seed,
-    )
-    output.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output)
-    processor.save_pretrained(output)
-    report.save(output)
-    logger.info("Wrote the prioritized supernet, processor and report to %s", output)
-    print(
-        f"supersam convert: {args.model} -> {output} (calibrated on {report.num_images} images; elastic layers "
-        f"{report.elastic_layers}, drop probabilities {[round(p, 3) for p in report.layer_drop_probs]})"
-    )
-    return report

@@ -1,4 +1,4 @@
-"""Hugging Face datasets → SAM training/evaluation examples, the prompt-batch collator, and a synthetic shapes builder.
+"""Hugging Face datasets → SAM training/evaluation examples, and dataset loading.
 
 One example is one image with all of its instances: the instances become the image's prompt batch, so the mask
 decoder sees them together and the (expensive) image encoder runs once per image, never once per instance.
@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import datasets
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
+
+from .collator import POINT_PAD_VALUE, PROMPT_TYPES, SamCollator
+from .images import to_rgb_image
 
 logger = logging.getLogger(__name__)
 
@@ -35,204 +38,6 @@ MASK_COLUMN_CANDIDATES = (
     "semantic_map",
 )
 MASK_KINDS = ("instance", "masks", "semantic")
-PROMPT_TYPES = ("point", "box", "mixed")
-SYNTHETIC_DOMAINS = ("A", "B")
-# Keys of a collated batch that `SamModel.forward` accepts (the rest are targets and bookkeeping).
-MODEL_INPUT_KEYS = ("pixel_values", "input_points", "input_labels", "input_boxes")
-POINT_PAD_VALUE = -10  # SAM's "not a point": the prompt encoder zeroes these embeddings
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Synthetic shapes
-# ----------------------------------------------------------------------------------------------------------------
-
-# Domain A: flat, mid-dark saturated shapes on bright smooth gradients. Domain B: bright neon, textured shapes on
-# dark striped, noisy backgrounds. Different palettes, backgrounds and textures make B a real domain shift from A.
-_PALETTE_A = np.array(
-    [[200, 40, 40], [40, 70, 200], [30, 150, 60], [140, 50, 160], [220, 120, 20], [20, 140, 150]], dtype=np.float32
-)
-_PALETTE_B = np.array(
-    [[0, 255, 255], [255, 0, 200], [255, 240, 0], [120, 255, 40], [255, 140, 0], [170, 120, 255]], dtype=np.float32
-)
-
-
-def _shape_mask(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    """One random ellipse or polygon (bool, size×size), radius 10–25 % of the image so a tiny SAM can learn it."""
-    cx, cy = rng.uniform(0.15, 0.85, size=2) * size
-    radius = rng.uniform(0.10, 0.25) * size
-    if rng.random() < 0.5:
-        a, b = radius, radius * rng.uniform(0.5, 1.0)
-        theta = rng.uniform(0, np.pi)
-        dx, dy = xx - cx, yy - cy
-        u = (dx * np.cos(theta) + dy * np.sin(theta)) / a
-        v = (-dx * np.sin(theta) + dy * np.cos(theta)) / b
-        return u * u + v * v <= 1.0
-    num_vertices = int(rng.integers(3, 8))
-    angles = np.sort(rng.uniform(0, 2 * np.pi, size=num_vertices))
-    radii = radius * rng.uniform(0.6, 1.0, size=num_vertices)
-    vertices = [(float(cx + r * np.cos(t)), float(cy + r * np.sin(t))) for r, t in zip(radii, angles)]
-    canvas = Image.new("L", (size, size), 0)
-    ImageDraw.Draw(canvas).polygon(vertices, fill=1)
-    return np.asarray(canvas, dtype=bool)
-
-
-def _background(rng: np.random.Generator, domain: str, size: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    """Float (size, size, 3) background: A = bright smooth two-colour gradient; B = dark stripes plus noise."""
-    if domain == "A":
-        c0, c1 = rng.uniform(170, 255, size=(2, 3))
-        theta = rng.uniform(0, 2 * np.pi)
-        t = (np.cos(theta) * xx + np.sin(theta) * yy) / size
-        t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
-        image = c0 * (1 - t[..., None]) + c1 * t[..., None]
-        return image + rng.normal(0, 2.0, size=image.shape)
-    base = rng.uniform(10, 50, size=3)
-    phi = rng.uniform(0, np.pi)
-    freq = rng.uniform(6, 14)
-    stripes = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (np.cos(phi) * xx + np.sin(phi) * yy) / size)
-    image = base + 35.0 * stripes[..., None]
-    return image + rng.normal(0, 12.0, size=image.shape)
-
-
-def _paint_shape(
-    rng: np.random.Generator, domain: str, image: np.ndarray, region: np.ndarray, yy: np.ndarray, xx: np.ndarray
-) -> None:
-    """Paint one instance in place: flat colour (A) or a striped/checkered texture with noise (B)."""
-    if domain == "A":
-        colour = _PALETTE_A[rng.integers(len(_PALETTE_A))] + rng.uniform(-20, 20, size=3)
-        image[region] = colour
-        return
-    colour = _PALETTE_B[rng.integers(len(_PALETTE_B))] + rng.uniform(-15, 15, size=3)
-    period = rng.uniform(3, 8)
-    if rng.random() < 0.5:
-        pattern = ((xx[region] // period + yy[region] // period) % 2).astype(np.float32)
-    else:
-        angle = rng.uniform(0, np.pi)
-        pattern = 0.5 + 0.5 * np.sin(2 * np.pi * (np.cos(angle) * xx[region] + np.sin(angle) * yy[region]) / period)
-    texture = 0.6 + 0.4 * pattern
-    image[region] = colour * texture[:, None] + rng.normal(0, 10.0, size=(int(region.sum()), 3))
-
-
-def make_synthetic_shapes(
-    num_images: int,
-    image_size: int = 128,
-    seed: int = 0,
-    domain: str = "A",
-    max_shapes: int = 4,
-    min_shapes: int = 1,
-    min_area_fraction: float = 0.01,
-) -> datasets.Dataset:
-    """A deterministic synthetic instance-segmentation dataset of ellipses and polygons (numpy/PIL only, fast).
-
-    Columns: `image` (PIL RGB, `datasets.Image()`) and `label` (int32 instance map, `Array2D((S, S))`; 0 =
-    background, 1..K instances, later shapes occlude earlier ones). Two visually distinct domains exist so a domain
-    shift can be tested: "A" (flat shapes on bright gradients) and "B" (textured neon shapes on dark stripes).
-    Instances whose visible area falls under `min_area_fraction` of the image are removed (shown as background), so
-    every label is learnable; every image has at least one instance. Round-trips through `save_to_disk`.
-    """
-    if domain not in SYNTHETIC_DOMAINS:
-        raise ValueError(f"Unknown synthetic domain {domain!r}; choose one of {SYNTHETIC_DOMAINS}.")
-    if num_images < 0 or image_size < 8:
-        raise ValueError(f"Need num_images >= 0 and image_size >= 8, got {num_images} and {image_size}.")
-    if not 1 <= min_shapes <= max_shapes:
-        raise ValueError(f"Need 1 <= min_shapes <= max_shapes, got min_shapes={min_shapes}, max_shapes={max_shapes}.")
-    yy, xx = np.mgrid[0:image_size, 0:image_size].astype(np.float32)
-    min_area = max(1, int(min_area_fraction * image_size * image_size))
-    images, labels = [], []
-    for index in range(num_images):
-        rng = np.random.default_rng((seed, SYNTHETIC_DOMAINS.index(domain), index))
-        for _attempt in range(20):  # an image whose shapes are all too small is redrawn (rare)
-            label = np.zeros((image_size, image_size), dtype=np.int32)
-            for k in range(1, int(rng.integers(min_shapes, max_shapes + 1)) + 1):
-                label[_shape_mask(rng, image_size, yy, xx)] = k
-            ids, areas = np.unique(label[label > 0], return_counts=True)
-            kept = ids[areas >= min_area]
-            if len(kept):
-                break
-        relabel = np.zeros(int(label.max()) + 1, dtype=np.int32)
-        relabel[kept] = np.arange(1, len(kept) + 1, dtype=np.int32)
-        label = relabel[label]
-        image = _background(rng, domain, image_size, yy, xx)
-        for k in range(1, len(kept) + 1):
-            _paint_shape(rng, domain, image, label == k, yy, xx)
-        images.append(Image.fromarray(np.clip(np.round(image), 0, 255).astype(np.uint8), "RGB"))
-        labels.append(label)
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.Array2D(shape=(image_size, image_size), dtype="int32")}
-    )
-    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Images and masks
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    """Scale any numeric image array to uint8 (rules in `to_rgb_image`)."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == bool:
-        return array.astype(np.uint8) * 255
-    if np.issubdtype(array.dtype, np.complexfloating) or not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"Cannot turn an image of dtype {array.dtype} into RGB; give uint8, uint16 or float pixels.")
-    values = array.astype(np.float64)
-    if np.issubdtype(array.dtype, np.integer):
-        if array.dtype.itemsize == 2 or (values.size and values.min() >= 0 and values.max() <= 65535):
-            # 16-bit data (uint16 / int16 / PIL "I;16", or a wider int holding 16-bit values): /257.
-            values = np.clip(values, 0, 65535) * (255.0 / 65535.0)
-        else:
-            values = _min_max(values)
-    else:
-        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-        if values.size and values.min() >= 0.0 and values.max() <= 1.0:
-            values = values * 255.0
-        else:
-            values = _min_max(values)
-    return np.clip(np.round(values), 0, 255).astype(np.uint8)
-
-
-def _min_max(values: np.ndarray) -> np.ndarray:
-    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    if high <= low:
-        return np.zeros_like(values)
-    return (values - low) * (255.0 / (high - low))
-
-
-def to_rgb_image(image: Any) -> Image.Image:
-    """Any image (PIL of any mode, numpy array, torch tensor) → a 3-channel uint8 RGB PIL image.
-
-    Scaling, so that every source reaches SAM's 0–255 input range the same way:
-      * PIL RGB/RGBA/L/LA/P/1/CMYK…: `Image.convert("RGB")` (alpha dropped, grey replicated to 3 channels).
-      * uint8: unchanged; bool: ×255.
-      * 16-bit integers (uint16, int16, PIL "I;16"): divided by 257, i.e. scaled by the 16-bit range (65535 → 255).
-      * wider integers (PIL "I", int32/int64): treated as 16-bit when all values lie in [0, 65535], else min–max.
-      * floats (PIL "F"): ×255 when all values lie in [0, 1], else min–max normalised to [0, 255] (NaN/inf → 0).
-    Arrays may be (H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4}; C=1 is replicated, C=4 loses its alpha.
-    """
-    if isinstance(image, Image.Image):
-        if image.mode == "RGB":
-            return image
-        if image.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-            return image.convert("RGB")
-        array = np.asarray(image)
-    elif isinstance(image, torch.Tensor):
-        array = image.detach().cpu().numpy()
-    else:
-        array = np.asarray(image)
-    if array.ndim == 3 and array.shape[-1] not in (1, 2, 3, 4) and array.shape[0] in (1, 2, 3, 4):
-        array = np.moveaxis(array, 0, -1)  # channels-first → channels-last
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
-        raise ValueError(
-            f"Cannot read an image of shape {tuple(array.shape)}: expected (H, W), (H, W, C) or (C, H, W) with C in 1..4."
-        )
-    channels = array.shape[-1]
-    array = array[..., :1] if channels in (1, 2) else array[..., :3]
-    array = _to_uint8(np.ascontiguousarray(array))
-    if array.shape[-1] == 1:
-        array = np.repeat(array, 3, axis=-1)
-    return Image.fromarray(np.ascontiguousarray(array), "RGB")
 
 
 def _as_array(value: Any) -> np.ndarray:
@@ -571,83 +376,6 @@ class SamSegmentationData(torch.utils.data.Dataset):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Collator
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class SamCollator:
-    """Stacks `SamSegmentationData` examples; instances are padded to the batch's largest prompt batch P.
-
-    Output: `pixel_values` (B, 3, S, S), `original_sizes` (B, 2), `reshaped_input_sizes` (B, 2), then for "point"
-    `input_points` (B, P, n, 2) + `input_labels` (B, P, n) (padding: coordinates and labels -10, SAM's ignored
-    point) or for "box" `input_boxes` (B, P, 4) (padding: zeros); `labels` (B, P, L, L) float (padding: zeros);
-    `instance_mask` (B, P) bool (False = padding; losses skip those slots); `full_masks` as a list of (P_i, H, W)
-    bool tensors when the examples have them. "mixed" picks point or box per batch from
-    `default_rng((seed, batch_counter))`, so a run is reproducible. `model_inputs(batch)` selects what
-    `SamModel.forward` takes: one encoder pass per image, the image's instances decoded together.
-    """
-
-    def __init__(self, prompt: str = "point", seed: int = 0) -> None:
-        if prompt not in PROMPT_TYPES:
-            raise ValueError(f"Unknown prompt {prompt!r}; valid prompts are {PROMPT_TYPES}.")
-        self.prompt = prompt
-        self.seed = int(seed)
-        self.batch_counter = 0
-
-    def _prompt_for_batch(self) -> str:
-        if self.prompt != "mixed":
-            return self.prompt
-        rng = np.random.default_rng((self.seed, self.batch_counter))
-        return "point" if rng.random() < 0.5 else "box"
-
-    def __call__(self, examples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, Any]:
-        if not examples:
-            raise ValueError("SamCollator got an empty list of examples.")
-        prompt = self._prompt_for_batch()
-        self.batch_counter += 1
-        num_prompts = max(int(ex["labels"].shape[0]) for ex in examples)
-        batch_size = len(examples)
-        low_h, low_w = examples[0]["labels"].shape[-2:]
-        labels = torch.zeros(batch_size, num_prompts, low_h, low_w, dtype=torch.float32)
-        instance_mask = torch.zeros(batch_size, num_prompts, dtype=torch.bool)
-        batch: dict[str, Any] = {
-            "pixel_values": torch.stack([ex["pixel_values"] for ex in examples]),
-            "original_sizes": torch.stack([ex["original_sizes"] for ex in examples]),
-            "reshaped_input_sizes": torch.stack([ex["reshaped_input_sizes"] for ex in examples]),
-        }
-        if prompt == "point":
-            num_points = max(int(ex["input_points"].shape[1]) for ex in examples)
-            points = torch.full((batch_size, num_prompts, num_points, 2), float(POINT_PAD_VALUE))
-            point_labels = torch.full((batch_size, num_prompts, num_points), POINT_PAD_VALUE, dtype=torch.long)
-        else:
-            boxes = torch.zeros(batch_size, num_prompts, 4)
-        for b, ex in enumerate(examples):
-            count = int(ex["labels"].shape[0])
-            labels[b, :count] = ex["labels"]
-            instance_mask[b, :count] = True
-            if prompt == "point":
-                n = int(ex["input_points"].shape[1])
-                points[b, :count, :n] = ex["input_points"]
-                point_labels[b, :count, :n] = ex["input_labels"]
-            else:
-                boxes[b, :count] = ex["input_boxes"]
-        if prompt == "point":
-            batch["input_points"], batch["input_labels"] = points, point_labels
-        else:
-            batch["input_boxes"] = boxes
-        batch["labels"] = labels
-        batch["instance_mask"] = instance_mask
-        if all("full_masks" in ex for ex in examples):
-            batch["full_masks"] = [ex["full_masks"] for ex in examples]
-        return batch
-
-
-def model_inputs(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The entries of a collated batch that `SamModel.forward` accepts (drops targets and bookkeeping)."""
-    return {key: batch[key] for key in MODEL_INPUT_KEYS if key in batch}
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -689,13 +417,15 @@ def build_sam_processor(image_size: int = 1024, patch_size: int = 16):
     return SamProcessor(image_processor=image_processor)
 
 
-def load_segmentation_dataset(name_or_path: str | os.PathLike, split: str | None = None) -> datasets.Dataset:
+def load_segmentation_dataset(
+    name_or_path: str | os.PathLike, split: str | None = None, config_name: str | None = None
+) -> datasets.Dataset:
     """Load a segmentation dataset from a `save_to_disk` folder, a local file/folder, or the Hub.
 
     * a folder written by `save_to_disk` → `datasets.load_from_disk` (a DatasetDict → `split`, default "train");
     * a .parquet/.json/.jsonl/.csv/.arrow file → `load_dataset(<builder>, data_files=...)`;
     * another local folder (imagefolder, parquet shards, …) → `load_dataset(folder)`;
-    * anything else is a Hub dataset name → `load_dataset(name, split=split)`.
+    * anything else is a Hub dataset name → `load_dataset(name, config_name, split=split)`.
     """
     source = os.fspath(name_or_path)
     path = os.path.expanduser(source)
@@ -721,7 +451,7 @@ def load_segmentation_dataset(name_or_path: str | os.PathLike, split: str | None
     if source.startswith((".", "~")) or os.path.isabs(source):
         raise FileNotFoundError(f"No dataset file or folder at {source!r}.")
     try:
-        data = datasets.load_dataset(source, split=split)
+        data = datasets.load_dataset(source, config_name, split=split)
     except Exception as error:  # noqa: BLE001 - re-raised with what was tried
         raise ValueError(
             f"{source!r} is not a local path, and loading it as a Hub dataset failed ({error}). Give a "
@@ -734,12 +464,7 @@ __all__ = [
     "IMAGE_COLUMN_CANDIDATES",
     "MASK_COLUMN_CANDIDATES",
     "MASK_KINDS",
-    "PROMPT_TYPES",
-    "MODEL_INPUT_KEYS",
-    "make_synthetic_shapes",
-    "to_rgb_image",
     "SamSegmentationData",
-    "SamCollator",
-    "model_inputs",
+    "build_sam_processor",
     "load_segmentation_dataset",
 ]

@@ -1,0 +1,104 @@
+"""The one argument vocabulary every stage shares (Hugging Face example-script names).
+
+`ModelArguments`, `DataArguments` and `OutputArguments` are parsed by every `supersam` stage together with the
+stage's own dataclass (`HfArgumentParser((ModelArguments, DataArguments, OutputArguments, StageArguments))`);
+`SupernetTrainingArguments` inherits all three, so Python code can still build one object. The dataclasses are
+keyword-only: give every field by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+PROMPT_CHOICES = ("point", "box", "mixed")
+# One default everywhere (train, search, evaluate, demo, the model card): a box is what SAM users mostly give, and
+# it is unambiguous (a single point may mean a part or the whole object), so scores measured with it are stable.
+DEFAULT_PROMPT_TYPE = "box"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def prompt_type_field(choices: str = "point, box or mixed") -> "field":
+    """The shared `--prompt_type` field (same name and default in every stage that draws prompts)."""
+    return field(
+        default=DEFAULT_PROMPT_TYPE,
+        metadata={"help": f"Prompt per object: {choices} (default {DEFAULT_PROMPT_TYPE}, the prompt SAM users mostly give)."},
+    )
+
+
+@dataclass(kw_only=True)
+class ModelArguments:
+    """The model a stage reads: a SAM checkpoint, a supernet or an export (Hub id, HF cache or folder)."""
+
+    model_name_or_path: str = field(
+        metadata={"help": "The model this stage reads: a Hub id (e.g. facebook/sam-vit-base), a cached Hub snapshot "
+                  "or a folder written by save_pretrained (a SAM checkpoint, a supernet or an export)."}
+    )
+    revision: Optional[str] = field(default=None, metadata={"help": "Hub branch, tag or commit of the model."})
+    token: Optional[str] = field(
+        default=None,
+        metadata={"help": "Hub token (default: HF_TOKEN or the stored `hf auth login` token; prefer those, a flag "
+                  "shows up in shell history)."},
+    )
+    processor_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "SamProcessor to use (default: the one next to the model, else the base model recorded "
+                  "in a supernet)."},
+    )
+
+
+@dataclass(kw_only=True)
+class DataArguments:
+    """The dataset a stage reads (`supersam_hf.data.load_segmentation_dataset`) and how its rows become examples."""
+
+    dataset_name: str = field(
+        metadata={"help": "HF dataset: a Hub name, a save_to_disk folder, or local data files (parquet/json/csv/"
+                  "imagefolder)."}
+    )
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Configuration of a Hub dataset."})
+    train_split_name: str = field(default="train", metadata={"help": "Split to train or calibrate on."})
+    eval_split_name: Optional[str] = field(
+        default=None,
+        metadata={"help": "Split to evaluate or search on (default: train, or the dataset's only split)."},
+    )
+    image_column: Optional[str] = field(default=None, metadata={"help": "Image column (default: auto-detect)."})
+    mask_column: Optional[str] = field(default=None, metadata={"help": "Mask column (default: auto-detect)."})
+    mask_kind: Optional[str] = field(
+        default=None,
+        metadata={"help": "How masks are stored: instance (id map), masks (binary stack) or semantic (class map); "
+                  "default: auto-detect from the first row."},
+    )
+    max_train_images: Optional[int] = field(default=None, metadata={"help": "Use only the first N training images."})
+    max_eval_images: Optional[int] = field(default=None, metadata={"help": "Use only the first N evaluation images."})
+
+
+@dataclass(kw_only=True)
+class OutputArguments:
+    """Where a stage writes: always a folder."""
+
+    output_dir: str = field(metadata={"help": "Folder this stage writes into."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Write into an output_dir that already holds this stage's output."}
+    )
+
+
+@dataclass(kw_only=True)
+class RunArguments:
+    """How the command runs (not recorded with results)."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = field(
+        default="info", metadata={"help": "Logging level of supersam_hf's messages."}
+    )
+    debug: bool = field(default=False, metadata={"help": "Show the full traceback of an error (also SUPERSAM_DEBUG=1)."})
+
+
+__all__ = [
+    "DEFAULT_PROMPT_TYPE",
+    "DataArguments",
+    "LOG_LEVELS",
+    "ModelArguments",
+    "OutputArguments",
+    "PROMPT_CHOICES",
+    "RunArguments",
+    "prompt_type_field",
+]

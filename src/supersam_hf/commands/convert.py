@@ -1,0 +1,62 @@
+"""`supersam convert`: a SAM checkpoint (Hub id, cache or folder) → a prioritized supernet, its processor and report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..arguments import DataArguments, ModelArguments, OutputArguments
+from ..data import load_segmentation_dataset
+from ..loading import load_processor, load_supernet, recorded_base_model
+from ..prioritization import PrioritizationReport, prioritize
+from .common import check_output_dir
+
+
+@dataclass(kw_only=True)
+class ConvertArguments:
+    """Calibration settings of `supersam convert` (model, data and output flags are the shared ones)."""
+
+    num_calibration_images: int = field(default=32, metadata={"help": "Calibration images (from the train split)."})
+    calibration_batch_size: int = field(default=4, metadata={"help": "Images per encoder forward during calibration."})
+    num_elastic_layers: Optional[int] = field(
+        default=None, metadata={"help": "Layers that subnets may drop (the least important; default: half the layers)."}
+    )
+    max_drop_prob: float = field(
+        default=0.5,
+        metadata={"help": "Drop probability of the cheapest layer to remove (others scale with importance); in [0, 1)."},
+    )
+    keep_first_layer: bool = field(default=True, metadata={"help": "Never make encoder layer 0 elastic."})
+    seed: int = field(default=0, metadata={"help": "Seed of the calibration image selection."})
+    device: Optional[str] = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
+
+
+ARGUMENTS = (ModelArguments, DataArguments, OutputArguments, ConvertArguments)
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, output_args: OutputArguments,
+        args: ConvertArguments) -> PrioritizationReport:
+    """Load the SAM checkpoint as a supernet, prioritize it on the dataset, save supernet + processor + report."""
+    output = check_output_dir(output_args.output_dir, output_args.overwrite_output_dir)
+    dataset = load_segmentation_dataset(data_args.dataset_name, split=data_args.train_split_name,
+                                        config_name=data_args.dataset_config_name)
+    if data_args.max_train_images is not None:
+        dataset = dataset.select(range(min(len(dataset), data_args.max_train_images)))
+    model = load_supernet(model_args.model_name_or_path, revision=model_args.revision, token=model_args.token,
+                          device=args.device)
+    processor = load_processor(model_args.model_name_or_path, model_args.processor_name_or_path,
+                               recorded_base_model(model), revision=model_args.revision, token=model_args.token)
+    report = prioritize(
+        model, dataset, processor,
+        num_images=args.num_calibration_images, batch_size=args.calibration_batch_size,
+        num_elastic_layers=args.num_elastic_layers, max_drop_prob=args.max_drop_prob,
+        keep_first_layer=args.keep_first_layer, image_column=data_args.image_column, seed=args.seed,
+    )
+    output.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output)
+    processor.save_pretrained(output)
+    report.save(output)
+    print(
+        f"supersam convert: {model_args.model_name_or_path} -> {output} (calibrated on {report.num_images} images; "
+        f"elastic layers {report.elastic_layers}, drop probabilities {[round(p, 3) for p in report.layer_drop_probs]})"
+    )
+    return report

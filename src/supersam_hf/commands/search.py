@@ -1,0 +1,95 @@
+"""`supersam search`: the best subnets of a trained supernet under budgets (OpenTuner), written to --output_dir."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
+from ..data import load_segmentation_dataset
+from ..loading import load_processor, load_supernet, recorded_base_model
+from ..search import BEST_FILE, PARETO_FILE, PARETO_PLOT, RESULTS_FILE, SearchResult, search_subnets
+from ..search.results import OPENTUNER_DB
+
+
+@dataclass(kw_only=True)
+class SearchArguments:
+    """Budgets and strategy of `supersam search` (model, data and output flags are the shared ones)."""
+
+    budget: int = field(default=40, metadata={"help": "Subnets to score (mIoU evaluations), the largest-subnet reference included."})
+    max_params: Optional[int] = field(default=None, metadata={"help": "Parameter budget of the exported checkpoint."})
+    max_macs: Optional[int] = field(default=None, metadata={"help": "MAC budget per image (one prompt)."})
+    max_latency_ms: Optional[float] = field(
+        default=None, metadata={"help": "Latency budget: median ms of a forward of the extracted subnet on one image."}
+    )
+    min_size_reduction: Optional[float] = field(
+        default=None, metadata={"help": "At least this fraction fewer parameters than the largest subnet (0.5 = half)."}
+    )
+    strategy: Literal["opentuner", "random"] = field(
+        default="opentuner", metadata={"help": "opentuner, or random (uniform sampling, for comparison)."}
+    )
+    technique: str = field(default="AUCBanditMetaTechniqueA", metadata={"help": "OpenTuner technique (--technique)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the search strategy."})
+    resume: bool = field(default=False, metadata={"help": "Continue the search in --output_dir, reusing its scored subnets."})
+    prompt_type: Literal["point", "box"] = prompt_type_field("point or box")
+    mask_selection: Literal["single", "oracle"] = field(
+        default="single", metadata={"help": "single (highest predicted IoU) or oracle (best of three vs ground truth)."}
+    )
+    batch_size: int = field(default=4, metadata={"help": "Images per forward when scoring."})
+    eval_seed: int = field(default=0, metadata={"help": "Seed of the evaluation prompts."})
+    latency_repeats: int = field(default=5, metadata={"help": "Timed forwards per latency measurement."})
+    device: Optional[str] = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
+
+
+ARGUMENTS = (ModelArguments, DataArguments, OutputArguments, SearchArguments)
+
+
+def format_search(result: SearchResult) -> str:
+    ref, best = result.reference, (result.best.entry if result.best else None)
+    lines = [
+        f"scored {result.num_evaluated} subnets ({result.num_new_evaluations} new), {result.num_proposals} proposals, "
+        f"{result.num_rejected} rejected by the budget",
+        f"reference (largest) {ref['name']}: mIoU {ref['miou']:.4f}, {ref['params']:,} params"
+        + ("" if ref["feasible"] else " (over budget)"),
+        (f"best feasible       {best['name']}: mIoU {best['miou']:.4f}, {best['params']:,} params "
+         f"({best['size_reduction']:.1%} smaller)") if best else "best feasible       none",
+        "Pareto front (params ↑):",
+    ]
+    for k, e in enumerate(result.pareto):
+        lines.append(f"  pareto:{k:<3} {e['params']:>14,}  mIoU {e['miou']:.4f}  {e['name']}")
+    lines += [f"{name}: {path}" for name, path in result.paths.items() if path]
+    return "\n".join(lines)
+
+
+def _remove_previous_search(output: Path) -> None:
+    """--overwrite_output_dir without --resume: remove the files an earlier search wrote (only those)."""
+    for name in (RESULTS_FILE, PARETO_FILE, PARETO_PLOT, BEST_FILE, OPENTUNER_DB):
+        (output / name).unlink(missing_ok=True)
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, output_args: OutputArguments,
+        args: SearchArguments) -> SearchResult:
+    """Load supernet, processor and data, search, print a summary."""
+    supernet = load_supernet(model_args.model_name_or_path, require_supernet=True, revision=model_args.revision,
+                             token=model_args.token, device=args.device)
+    processor = load_processor(model_args.model_name_or_path, model_args.processor_name_or_path,
+                               recorded_base_model(supernet), revision=model_args.revision, token=model_args.token)
+    split = data_args.eval_split_name
+    dataset = load_segmentation_dataset(data_args.dataset_name, split=split, config_name=data_args.dataset_config_name)
+    output = Path(output_args.output_dir)
+    if output_args.overwrite_output_dir and not args.resume and output.is_dir():
+        _remove_previous_search(output)
+    result = search_subnets(
+        supernet, dataset, processor,
+        budget=args.budget, max_params=args.max_params, max_macs=args.max_macs, max_latency_ms=args.max_latency_ms,
+        min_size_reduction=args.min_size_reduction, strategy=args.strategy, seed=args.seed, output_dir=output,
+        resume=args.resume, prompt=args.prompt_type, max_images=data_args.max_eval_images,
+        latency_repeats=args.latency_repeats, mask_selection=args.mask_selection, batch_size=args.batch_size,
+        eval_seed=args.eval_seed, technique=args.technique, image_column=data_args.image_column,
+        mask_column=data_args.mask_column, mask_kind=data_args.mask_kind, dataset_name=data_args.dataset_name,
+        split=split,
+    )
+    print(f"supersam search: {model_args.model_name_or_path} on {data_args.dataset_name}" + (f" [{split}]" if split else ""))
+    print(format_search(result))
+    return result

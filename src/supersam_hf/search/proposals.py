@@ -1,0 +1,99 @@
+"""Subnet proposals behind one generator interface: OpenTuner's techniques, or uniform random sampling.
+
+A proposal generator yields `SubnetConfig`s (or None: "nothing new this round", which still counts as a proposal);
+the driver sends back each proposal's objective (minimised). Both strategies repair a proposal keeping fewer than
+`min_layers` layers the same way (`repair`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..search_space import SearchSpace, SubnetConfig
+from .opentuner_compat import IsolatedRandom, import_opentuner, make_interface, reset_member_counter
+
+STRATEGIES = ("opentuner", "random")
+
+
+def repair(space: SearchSpace, keep: dict[int, bool], widths: dict[int, int]) -> SubnetConfig:
+    """A subnet from per-layer keep flags (elastic layers) and widths (every layer). Keeping fewer than
+    `min_layers` is repaired: dropped elastic layers with the lowest drop probability (ties: lower index) are
+    restored first."""
+    dropped = [i for i in space.elastic_layers if not keep.get(i, True)]
+    shortfall = space.min_layers - (space.num_layers - len(dropped))
+    if shortfall > 0:
+        prob = dict(zip(space.elastic_layers, space.layer_drop_probs))
+        restored = set(sorted(dropped, key=lambda i: (prob[i], i))[:shortfall])
+        dropped = [i for i in dropped if i not in restored]
+    kept = tuple(i for i in range(space.num_layers) if i not in set(dropped))
+    return SubnetConfig(kept, tuple(widths[i] for i in kept))
+
+
+def decode_opentuner_config(space: SearchSpace, data: dict[str, Any]) -> SubnetConfig:
+    keep = {i: bool(data.get(f"keep_{i}", True)) for i in space.elastic_layers}
+    widths = {}
+    for i, choices in enumerate(space.mlp_dim_choices):
+        widths[i] = choices[int(data[f"width_{i}"])] if len(choices) > 1 else choices[0]
+    return repair(space, keep, widths)
+
+
+def opentuner_proposals(space: SearchSpace, seed: int, technique: str, database: Path):
+    """Generator of subnets proposed by OpenTuner; send it each proposal's objective (minimised)."""
+    opentuner = import_opentuner()
+    from opentuner.api import TuningRunManager
+    from opentuner.resultsdb.models import Result
+
+    argv = ["--database", f"sqlite:///{database.resolve()}", "--no-dups", "--technique", technique, "--label", "supersam_search"]
+    args = opentuner.default_argparser().parse_args(argv)
+    rng = IsolatedRandom(seed)
+    reset_member_counter()
+    with rng.active():
+        api = TuningRunManager(make_interface(opentuner, space, args), args)
+    try:
+        while True:
+            with rng.active():
+                desired = api.get_next_desired_result()
+            if desired is None:
+                yield None  # nothing new this generation; counts as a proposal
+                continue
+            value = yield decode_opentuner_config(space, desired.configuration.data)
+            with rng.active():
+                api.report_result(desired, Result(time=float(value)))
+    finally:
+        with rng.active():
+            if api.get_best_result() is not None:
+                api.finish()
+            else:
+                api.session.close()
+        api.engine.dispose()
+
+
+def random_proposals(space: SearchSpace, seed: int):
+    """Generator of uniformly random subnets: each elastic layer kept with probability 1/2, each width uniform
+    over its choices, repaired to `min_layers` like OpenTuner's proposals."""
+    rng = np.random.default_rng(seed)
+    while True:
+        keep = {i: bool(rng.random() < 0.5) for i in space.elastic_layers}
+        widths = {i: c[int(rng.integers(len(c)))] for i, c in enumerate(space.mlp_dim_choices)}
+        yield repair(space, keep, widths)
+
+
+def make_proposals(
+    strategy: str, space: SearchSpace, seed: int, technique: str, database: Path
+) -> Generator[SubnetConfig | None, Any, None]:
+    """The proposal generator of `strategy`; OpenTuner's database starts afresh (a resume replays from the start,
+    its answers come from the driver's cache)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {strategy!r}; choose one of {STRATEGIES}.")
+    if strategy == "random":
+        return random_proposals(space, seed)
+    if database.exists():
+        database.unlink()
+    return opentuner_proposals(space, seed, technique, database)
+
+
+__all__ = ["STRATEGIES", "decode_opentuner_config", "make_proposals", "opentuner_proposals", "random_proposals", "repair"]

@@ -1,0 +1,137 @@
+"""`SupernetTrainingArguments`: the shared model / data / output vocabulary plus the sandwich rule's settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
+from ..data import MASK_KINDS, PROMPT_TYPES
+from ..losses import LOSS_TYPES
+
+TRAINABLE_PARTS = ("encoder", "decoder", "prompt_encoder")
+# Module prefixes of each trainable part. SAM's random Fourier positional table (`shared_image_embedding`, a fixed
+# buffer in the original SAM) belongs to the prompt side and stays frozen unless the prompt encoder trains.
+PART_PREFIXES = {
+    "encoder": ("vision_encoder.",),
+    "decoder": ("mask_decoder.",),
+    "prompt_encoder": ("prompt_encoder.", "shared_image_embedding."),
+}
+# LoRA targets (regular expressions, fully matched against module names by PEFT): the image encoder's attention
+# projections and every attention projection of the mask decoder's two-way transformer. The encoder MLPs
+# (lin1/lin2) are never targeted: the supernet slices them for elastic width.
+LORA_TARGETS = {
+    "encoder": r"vision_encoder\.layers\.\d+\.attn\.(?:qkv|proj)",
+    "decoder": r"mask_decoder\.transformer\.(?:layers\.\d+\.(?:self_attn|cross_attn_token_to_image|cross_attn_image_to_token)"
+    r"|final_attn_token_to_image)\.(?:q_proj|k_proj|v_proj|out_proj)",
+}
+SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+REPORT_TO = ("none", "tensorboard")
+
+
+@dataclass(kw_only=True)
+class SupernetTrainingArguments(OutputArguments, DataArguments, ModelArguments):
+    """Arguments of `train_supernet` (flags of `supersam train` and `examples/train_supernet.py`, or a JSON/YAML file).
+
+    The model, data and output fields are the shared vocabulary (`supersam_hf.arguments`); give fields by name.
+    """
+
+    validation_fraction: float = field(
+        default=0.0,
+        metadata={"help": "Hold out this fraction of the train split (seeded, deterministic) for evaluation (instead of "
+                  "eval_split_name)."},
+    )
+    max_instances_per_image: int = field(default=16, metadata={"help": "Instances (prompts) per image, largest first."})
+    max_steps: int = field(default=1000, metadata={"help": "Optimizer steps to train (each one a full sandwich)."})
+    per_device_train_batch_size: int = field(default=2, metadata={"help": "Images per device per micro-batch."})
+    per_device_eval_batch_size: int = field(default=4, metadata={"help": "Images per batch during evaluation."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not applied to biases and norms)."})
+    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = field(
+        default="cosine", metadata={"help": "Learning-rate schedule (transformers.get_scheduler)."}
+    )
+    warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the sandwich's summed gradient to this norm (0: off)."})
+    num_random_subnets: int = field(
+        default=2, metadata={"help": "Sampled subnets per step, besides the largest and the smallest (sandwich rule)."}
+    )
+    largest_only: bool = field(
+        default=False,
+        metadata={"help": "Train only the largest subnet: plain fine-tuning of the full model, the baseline that the "
+                  "sandwich rule is compared with (num_random_subnets and distill_weight are then ignored)."},
+    )
+    distill_weight: float = field(
+        default=0.0, metadata={"help": "In-place distillation: weight of the smaller subnets' fit to the largest's masks (0: off)."}
+    )
+    loss_type: Literal["focal_dice", "dice", "dice_bce"] = field(
+        default="focal_dice", metadata={"help": "Mask loss (SAM's focal+dice by default) plus the IoU-head MSE."}
+    )
+    prompt_type: Literal["point", "box", "mixed"] = prompt_type_field("point, box, or mixed (point or box per micro-batch, seeded)")
+    max_eval_images: Optional[int] = field(default=64, metadata={"help": "Validation images per evaluation (None: all)."})
+    trainable: str = field(
+        default="encoder,decoder",
+        metadata={"help": f"Comma-separated parts that train, among {TRAINABLE_PARTS}; the rest is frozen."},
+    )
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank (0: full fine-tuning of the trainable parts)."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA path."})
+    logging_steps: int = field(default=10, metadata={"help": "Append losses to metrics.jsonl every N steps (0: off)."})
+    save_steps: int = field(default=500, metadata={"help": "Save a resumable checkpoint every N steps (0: only at the end)."})
+    eval_steps: int = field(default=500, metadata={"help": "mIoU of the largest and smallest subnet every N steps (0: only at the end)."})
+    seed: int = field(default=42, metadata={"help": "Seed of everything random: data order, prompts, subnets, init."})
+    resume_from_checkpoint: Optional[str] = field(
+        default=None, metadata={"help": "'latest' (newest under output_dir/checkpoints) or a checkpoint folder."}
+    )
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={"help": "accelerate mixed precision."})
+    report_to: Literal["none", "tensorboard"] = field(
+        default="none", metadata={"help": "Also log to TensorBoard (output_dir/runs) through accelerate's trackers."}
+    )
+    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+
+    def trainable_parts(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.trainable.split(",") if p.strip())
+
+    def validate(self) -> None:
+        """Raise `ValueError` naming the first bad argument (called by `train_supernet` before anything runs)."""
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        need(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}.")
+        need(self.per_device_train_batch_size >= 1, "per_device_train_batch_size must be >= 1.")
+        need(self.per_device_eval_batch_size >= 1, "per_device_eval_batch_size must be >= 1.")
+        need(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1.")
+        need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}.")
+        need(self.weight_decay >= 0 and self.warmup_steps >= 0 and self.max_grad_norm >= 0,
+             "weight_decay, warmup_steps and max_grad_norm must be >= 0.")
+        need(self.num_random_subnets >= 0,
+             f"num_random_subnets must be >= 0 (sampled subnets besides the largest and smallest), got {self.num_random_subnets}.")
+        need(self.distill_weight >= 0, f"distill_weight must be >= 0, got {self.distill_weight}.")
+        need(self.loss_type in LOSS_TYPES, f"Unknown loss_type {self.loss_type!r}; valid types are {LOSS_TYPES}.")
+        need(self.prompt_type in PROMPT_TYPES, f"Unknown prompt_type {self.prompt_type!r}; valid types are {PROMPT_TYPES}.")
+        need(self.mask_kind is None or self.mask_kind in MASK_KINDS,
+             f"Unknown mask_kind {self.mask_kind!r}; valid kinds are {MASK_KINDS} (or None to auto-detect).")
+        need(self.lr_scheduler_type in SCHEDULERS, f"Unknown lr_scheduler_type {self.lr_scheduler_type!r}; choose one of {SCHEDULERS}.")
+        need(self.mixed_precision in MIXED_PRECISION, f"Unknown mixed_precision {self.mixed_precision!r}; choose one of {MIXED_PRECISION}.")
+        need(self.report_to in REPORT_TO, f"Unknown report_to {self.report_to!r}; choose one of {REPORT_TO}.")
+        parts = self.trainable_parts()
+        unknown = [p for p in parts if p not in TRAINABLE_PARTS]
+        need(bool(parts) and not unknown, f"trainable={self.trainable!r}: give a comma-separated subset of {TRAINABLE_PARTS}.")
+        if self.lora_r:
+            need(self.lora_r > 0 and self.lora_alpha > 0, "lora_r and lora_alpha must be > 0 (lora_r=0 turns LoRA off).")
+            need(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+            need(any(p in LORA_TARGETS for p in parts), "LoRA adapts attention of the encoder/decoder: put one of them in trainable.")
+        need(0 <= self.validation_fraction < 1, f"validation_fraction must be in [0, 1), got {self.validation_fraction}.")
+        need(not (self.eval_split_name and self.validation_fraction),
+             "Give eval_split_name or validation_fraction, not both.")
+        need(self.max_train_images is None or self.max_train_images >= 1, "max_train_images must be >= 1 (or None for all).")
+        need(self.max_instances_per_image >= 1, "max_instances_per_image must be >= 1.")
+        need(self.max_eval_images is None or self.max_eval_images >= 1, "max_eval_images must be >= 1 (or None for all).")
+        need(min(self.logging_steps, self.save_steps, self.eval_steps, self.dataloader_num_workers) >= 0,
+             "logging_steps, save_steps, eval_steps and dataloader_num_workers must be >= 0.")
+
+
+__all__ = ["LORA_TARGETS", "PART_PREFIXES", "SupernetTrainingArguments", "TRAINABLE_PARTS"]

@@ -66,12 +66,16 @@ def build_data(root: Path, num_train: int, num_eval: int, image_size: int, seed:
     data_dir = root / "domain_A"
     train = make_hard_shapes(num_train, image_size, seed=seed + 4, domain="A")
     test = make_hard_shapes(num_eval, image_size, seed=seed + 5, domain="A")
-    datasets.DatasetDict({"train": train}).save_to_disk(data_dir)
+    # The test split doubles as train_supernet's validation split: its periodic eval gives the learning curve.
+    datasets.DatasetDict({"train": train, "validation": test}).save_to_disk(data_dir)
     return data_dir, test
 
 
-def train_base(root: Path, data_dir: Path, model_kwargs: dict, train_kwargs: dict, seed: int) -> tuple[SamModel, float]:
-    """Train a from-scratch SAM on domain A exactly as the demo does (largest_only train_supernet); seconds spent."""
+def train_base(root: Path, data_dir: Path, model_kwargs: dict, train_kwargs: dict, seed: int, eval_every: int):
+    """Train a from-scratch SAM on domain A exactly as the demo does (largest_only train_supernet).
+
+    Returns the base, the training seconds (periodic evaluations included) and the learning curve: (step, mIoU)
+    of train_supernet's own evaluation every `eval_every` steps (box prompts for box training, else points)."""
     config = build_sam_config(**model_kwargs)
     processor = build_sam_processor(model_kwargs["image_size"], model_kwargs["patch_size"])
     init_dir = root / "base_init"
@@ -84,23 +88,26 @@ def train_base(root: Path, data_dir: Path, model_kwargs: dict, train_kwargs: dic
     args = SupernetTrainingArguments(
         model_name_or_path=str(init_dir), dataset_name=str(data_dir), train_split="train",
         output_dir=str(root / "base_training"), overwrite_output_dir=True, warmup_steps=warmup, largest_only=True,
-        num_random_subnets=0, save_steps=steps, eval_steps=0, logging_steps=50, seed=seed, **train_kwargs,
+        num_random_subnets=0, save_steps=steps, eval_steps=eval_every, validation_split="validation",
+        eval_max_images=None, logging_steps=50, seed=seed, **train_kwargs,
     )
     started = time.perf_counter()
     train_supernet(args)
     seconds = time.perf_counter() - started
     base = SuperSamModel.from_pretrained(root / "base_training").extract_subnet()
-    return base.eval(), seconds
+    records = [json.loads(line) for line in (root / "base_training" / "metrics.jsonl").read_text().splitlines()]
+    curve = [(r["step"], round(r["miou"]["largest"], 3)) for r in records if r.get("type") == "eval"]
+    return base.eval(), seconds, curve
 
 
-def run(recipe: str, overrides: dict, num_train: int, num_eval: int, seed: int) -> dict:
+def run(recipe: str, overrides: dict, num_train: int, num_eval: int, seed: int, eval_every: int) -> dict:
     spec = RECIPES[recipe]
     model_kwargs = {**DEMO_MODEL, **spec["model"], **overrides.get("model", {})}
     train_kwargs = {**DEMO_TRAIN, **spec["train"], **overrides.get("train", {})}
     with tempfile.TemporaryDirectory(prefix="base_recipe_") as tmp:
         root = Path(tmp)
         data_dir, test = build_data(root, num_train, num_eval, model_kwargs["image_size"], seed)
-        base, seconds = train_base(root, data_dir, model_kwargs, train_kwargs, seed)
+        base, seconds, curve = train_base(root, data_dir, model_kwargs, train_kwargs, seed, eval_every)
         processor = build_sam_processor(model_kwargs["image_size"], model_kwargs["patch_size"])
         scores = {}
         for prompt in ("box", "point"):
@@ -112,7 +119,7 @@ def run(recipe: str, overrides: dict, num_train: int, num_eval: int, seed: int) 
         "recipe": recipe, "model": model_kwargs, "train": train_kwargs, "seed": seed, "num_train_images": num_train,
         "num_eval_images": num_eval, "num_objects": reference["num_objects"], "train_seconds": round(seconds, 1),
         "threads": torch.get_num_threads(), "box_miou": round(scores["box"], 4), "point_miou": round(scores["point"], 4),
-        "box_reference": round(reference["miou"], 4), "machine": platform.machine(),
+        "box_reference": round(reference["miou"], 4), "curve": curve, "machine": platform.machine(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
 
@@ -145,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_eval_images", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--eval_every", type=int, default=500, help="Learning-curve evaluation every N steps (0: off).")
     parser.add_argument("--table", action="store_true", help="Only rewrite base_recipe.md from the log.")
     args = parser.parse_args(argv)
     if args.table:
@@ -154,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = json.loads(args.override)
     if args.steps is not None:
         overrides.setdefault("train", {})["max_steps"] = args.steps
-    row = run(args.recipe, overrides, args.num_train_images, args.num_eval_images, args.seed)
+    row = run(args.recipe, overrides, args.num_train_images, args.num_eval_images, args.seed, args.eval_every)
     RESULTS.mkdir(parents=True, exist_ok=True)
     with LOG.open("a") as handle:
         handle.write(json.dumps(row) + "\n")

@@ -290,8 +290,11 @@ def box_reference_miou(
     predictions, references, image_ids = [], [], []
     for i in range(count):
         for truth in data[i]["full_masks"].numpy():
-            predictions.append(filled_box(truth))
-            references.append(truth)
+            # Cropped to the box, as evaluation crops each pair to its union: same IoU, far fewer pixels to store.
+            ys, xs = np.nonzero(truth)
+            crop = truth[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+            predictions.append(filled_box(crop))
+            references.append(crop)
             image_ids.append(str(data.row_indices[i]))
     scores = load_sam_miou(keep_in_memory=True).compute(predictions=predictions, references=references, image_ids=image_ids)
     return {**scores, "prompt": "box", "reference": "box"}

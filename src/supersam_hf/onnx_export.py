@@ -57,6 +57,7 @@ __all__ = [
     "export_vision_encoder",
     "quantize_int8",
     "OnnxSamModel",
+    "ort_session",
     "ort_latency_ms",
     "OrtLatencyCache",
     "check_parity",
@@ -265,7 +266,8 @@ def quantize_int8(onnx_dir: str | os.PathLike) -> Path:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _session(path: Path, threads: int | None = None, providers: list[str] | None = None):
+def ort_session(path: str | os.PathLike, threads: int | None = None, providers: list[str] | None = None):
+    """An ONNX Runtime session with full graph optimisation; `threads` intra-op threads (None: all cores)."""
     _, ort = require_onnx()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -320,10 +322,10 @@ class OnnxSamModel:
             raise FileNotFoundError(f"No {encoder.name} in {str(folder)!r}; create it with quantize_int8({str(folder)!r}).")
         self.folder, self.int8 = folder, int8
         self.config = _config_from_file(encoder)
-        self.encoder = _session(encoder, threads, providers)
-        self.point_decoder = _session(folder / DECODER_FILE, threads, providers)
+        self.encoder = ort_session(encoder, threads, providers)
+        self.point_decoder = ort_session(folder / DECODER_FILE, threads, providers)
         box_file = folder / BOX_DECODER_FILE
-        self.box_decoder = _session(box_file, threads, providers) if box_file.is_file() else None
+        self.box_decoder = ort_session(box_file, threads, providers) if box_file.is_file() else None
 
     @classmethod
     def from_pretrained(cls, onnx_dir: str | os.PathLike, **kwargs) -> "OnnxSamModel":
@@ -413,7 +415,7 @@ def ort_latency_ms(model_or_path: SamModel | str | os.PathLike, image_size: int 
     path = Path(model_or_path)
     if path.is_dir():
         path = _onnx_folder(path) / ENCODER_FILE
-    session = _session(path, threads)
+    session = ort_session(path, threads)
     name = session.get_inputs()[0].name
     pixels = torch.randn(_encoder_input_shape(session, image_size, batch_size), generator=torch.Generator().manual_seed(0))
     feeds = {name: pixels.numpy()}

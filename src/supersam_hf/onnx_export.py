@@ -35,6 +35,7 @@ import platform
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,10 @@ def _save_with_metadata(path: Path, config: SamConfig) -> None:
 
 
 def _trace(module: torch.nn.Module, args: tuple, path: Path, names: tuple[list, list], axes: dict, opset: int) -> None:
-    with torch.no_grad():
+    """TorchScript export. Its TracerWarnings concern SamModel's input checks and SDPA's `is_causal` test, which
+    are constant for SAM (shapes are checked by ONNX Runtime, attention is never causal), so they are silenced."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(module, args, str(path), input_names=names[0], output_names=names[1],
                           dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
 

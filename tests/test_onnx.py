@@ -207,3 +207,10 @@ def test_missing_extra_names_the_install_command(sam, tmp_path, monkeypatch, mod
     with pytest.raises(ImportError, match=r"pip install supersam_hf\[onnx\]"):
         ort_latency_ms(tmp_path / "vision_encoder.onnx")
     assert not (tmp_path / "onnx").exists()
+
+
+def test_int8_drop_warning_threshold():
+    assert onnx_export.int8_drop_warning(0.80, 0.795) is None  # within one mIoU point
+    message = onnx_export.int8_drop_warning(0.80, 0.70)
+    assert message.startswith("WARNING") and "0.1000" in message and ENCODER_FILE in message
+    assert onnx_export.int8_drop_warning(0.80, 0.70, threshold=0.2) is None

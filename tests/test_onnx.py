@@ -194,9 +194,11 @@ def test_clear_errors(sam, exported, tmp_path):
         export_onnx(tiny_supernet(num_layers=3, image_size=IMAGE), tmp_path)
     with pytest.raises(FileNotFoundError, match="export_onnx"):
         OnnxSamModel(tmp_path)
+    export_onnx(sam, tmp_path / "fresh", boxes=False)
     with pytest.raises(FileNotFoundError, match="quantize_int8"):
-        export_onnx(sam, tmp_path / "fresh", boxes=False)
         OnnxSamModel(tmp_path / "fresh", int8=True)
+    with pytest.raises(ValueError, match="export with boxes=True"):
+        OnnxSamModel(tmp_path / "fresh")(**prompt_inputs("boxes", batch=1, prompts=1, image_size=IMAGE))
 
 
 @pytest.mark.parametrize("module", ["onnx", "onnxruntime"])

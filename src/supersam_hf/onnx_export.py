@@ -16,7 +16,8 @@ itself (it folds into a constant) instead of every image carrying a (batch, C, h
 Each file stores the model's `SamConfig` as JSON in its metadata (key ``sam_config``), so the folder is
 self-describing.
 
-Exporter: the TorchScript exporter (`torch.onnx.export(..., dynamo=False)`). It traces SAM in about a second,
+Exporter: the TorchScript exporter (`torch.onnx.export(..., dynamo=False)`; deprecated since torch 2.9, still
+shipped in 2.14). It traces a tiny SAM in about a second (a ViT-B at 1024 px: one forward plus serialisation),
 honours dynamic axes from size-1 example inputs, and matches PyTorch to float rounding. The dynamo exporter
 (`torch.export`) specialises size-1 example dimensions (a dynamic batch exported from one image fails with
 "Invalid ranges [2:1]") and took ~40 s for the tiny test decoder on this machine, which matters when the search

@@ -31,6 +31,10 @@ setup(
         "pyyaml",
         "tensorboard",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={
+        "test": ["pytest>=8"],
+        # ONNX export, ONNX Runtime inference / latency and INT8 quantization (supersam_hf.onnx_export).
+        "onnx": ["onnx>=1.16", "onnxscript", "onnxruntime>=1.18"],
+    },
     entry_points={"console_scripts": ["supersam=supersam_hf.commands.cli:main"]},
 )

@@ -169,14 +169,17 @@ def write_table() -> Path:
     """benchmarks/results/base_recipe.md from the JSON lines of every run so far."""
     rows = [json.loads(line) for line in LOG.read_text().splitlines() if line.strip()]
     lines = ["| recipe | what differs from the demo's base | steps | train s (threads) | box mIoU | box ref | "
-             "box − ref | point mIoU |", "|---|---|---|---|---|---|---|---|"]
+             "box − ref | point mIoU | curve (step: mIoU) |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         diff = {k: v for k, v in row["model"].items() if DEMO_MODEL.get(k) != v}
         diff.update({k: v for k, v in row["train"].items() if DEMO_TRAIN.get(k) != v and k != "max_steps"})
+        if row["num_train_images"] != 600:
+            diff["num_train_images"] = row["num_train_images"]
+        curve = ", ".join(f"{step}: {miou:.2f}" for step, miou in row.get("curve", []))
         lines.append(
             f"| {row['recipe']} | {', '.join(f'{k}={v}' for k, v in diff.items()) or '—'} | {row['train']['max_steps']} | "
             f"{row['train_seconds']:.0f} ({row['threads']}) | {row['box_miou']:.3f} | {row['box_reference']:.3f} | "
-            f"{row['box_miou'] - row['box_reference']:+.3f} | {row['point_miou']:.3f} |"
+            f"{row['box_miou'] - row['box_reference']:+.3f} | {row['point_miou']:.3f} | {curve or '—'} |"
         )
     path = RESULTS / "base_recipe.md"
     header = (path.read_text().split("<!-- table -->")[0] if path.exists() else "# Stand-in base recipe\n\n")

@@ -124,18 +124,62 @@ def run(recipe: str, overrides: dict, num_train: int, num_eval: int, seed: int, 
     }
 
 
+def time_steps(recipes: list[str], steps: int, threads: int, seed: int = 0) -> dict[str, float]:
+    """Median seconds of one training step (forward + backward + AdamW) of each recipe's model, interleaved.
+
+    Interleaving (A, B, A, B, ...) lets machine noise hit every recipe alike, so the ratios hold on a shared machine
+    even when the absolute times do not."""
+    import statistics
+
+    from supersam_hf.data import SamCollator, SamSegmentationData, model_inputs
+    from supersam_hf.losses import sam_loss
+
+    torch.set_num_threads(threads)
+    data = make_hard_shapes(8, 128, seed=seed + 4, domain="A")
+    setups = {}
+    for name in recipes:
+        model_kwargs = {**DEMO_MODEL, **RECIPES[name]["model"]}
+        train_kwargs = {**DEMO_TRAIN, **RECIPES[name]["train"]}
+        processor = build_sam_processor(model_kwargs["image_size"], model_kwargs["patch_size"])
+        examples = SamSegmentationData(data, processor, prompt="box", seed=seed)
+        batch = SamCollator(prompt="box")([examples[i] for i in range(train_kwargs["per_device_train_batch_size"])])
+        model = SamModel(build_sam_config(**model_kwargs)).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        setups[name] = (model, optimizer, batch)
+
+    def step(name: str) -> float:
+        model, optimizer, batch = setups[name]
+        started = time.perf_counter()
+        out = model(**model_inputs(batch), multimask_output=True)
+        sam_loss(out.pred_masks, out.iou_scores, batch["labels"], batch["instance_mask"], loss_type="dice_bce")["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return time.perf_counter() - started
+
+    times: dict[str, list[float]] = {name: [] for name in recipes}
+    for repeat in range(steps + 2):
+        for name in recipes:
+            elapsed = step(name)
+            if repeat >= 2:  # warm-up
+                times[name].append(elapsed)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def write_table() -> Path:
     """benchmarks/results/base_recipe.md from the JSON lines of every run so far."""
     rows = [json.loads(line) for line in LOG.read_text().splitlines() if line.strip()]
     lines = ["| recipe | what differs from the demo's base | steps | train s (threads) | box mIoU | box ref | "
-             "box − ref | point mIoU |", "|---|---|---|---|---|---|---|---|"]
+             "box − ref | point mIoU | curve (step: mIoU) |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         diff = {k: v for k, v in row["model"].items() if DEMO_MODEL.get(k) != v}
         diff.update({k: v for k, v in row["train"].items() if DEMO_TRAIN.get(k) != v and k != "max_steps"})
+        if row["num_train_images"] != 600:
+            diff["num_train_images"] = row["num_train_images"]
+        curve = ", ".join(f"{step}: {miou:.2f}" for step, miou in row.get("curve", []))
         lines.append(
             f"| {row['recipe']} | {', '.join(f'{k}={v}' for k, v in diff.items()) or '—'} | {row['train']['max_steps']} | "
             f"{row['train_seconds']:.0f} ({row['threads']}) | {row['box_miou']:.3f} | {row['box_reference']:.3f} | "
-            f"{row['box_miou'] - row['box_reference']:+.3f} | {row['point_miou']:.3f} |"
+            f"{row['box_miou'] - row['box_reference']:+.3f} | {row['point_miou']:.3f} | {curve or '—'} |"
         )
     path = RESULTS / "base_recipe.md"
     header = (path.read_text().split("<!-- table -->")[0] if path.exists() else "# Stand-in base recipe\n\n")
@@ -154,9 +198,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval_every", type=int, default=500, help="Learning-curve evaluation every N steps (0: off).")
     parser.add_argument("--table", action="store_true", help="Only rewrite base_recipe.md from the log.")
+    parser.add_argument("--time", nargs="*", default=None, metavar="RECIPE",
+                        help="Only time one training step of these recipes' models (interleaved medians).")
     args = parser.parse_args(argv)
     if args.table:
         print(write_table().read_text())
+        return
+    if args.time is not None:
+        medians = time_steps(args.time or sorted(RECIPES), steps=args.steps or 20, threads=args.threads, seed=args.seed)
+        reference = medians.get("demo_default", next(iter(medians.values())))
+        for name, seconds in medians.items():
+            print(f"{name}: {seconds * 1000:.0f} ms/step ({seconds / reference:.2f}x), {args.threads} threads")
         return
     torch.set_num_threads(args.threads)
     overrides = json.loads(args.override)

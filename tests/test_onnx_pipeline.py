@@ -73,6 +73,10 @@ def test_export_writes_onnx_beside_the_weights_and_parity_passes(supernet, tmp_p
     card = ModelCard.load(out / "README.md").text
     assert "## ONNX Runtime" in card and "import onnxruntime as ort" in card and "onnx/parity.json" in card
     assert "Accuracy through ONNX Runtime" not in card  # no data given: nothing measured, nothing claimed
+    # overwriting with a plain export leaves no ONNX files of the old weights behind
+    export_subnet(supernet, SUBNET, out, processor=tiny_processor(IMAGE), overwrite=True)
+    assert not list(onnx_dir.glob("*.onnx")) and not (onnx_dir / "parity.json").exists()
+    assert "## ONNX Runtime" not in ModelCard.load(out / "README.md").text
 
 
 def test_quantize_needs_onnx_and_data_before_anything_is_written(supernet, tmp_path):

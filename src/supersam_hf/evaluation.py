@@ -279,7 +279,9 @@ def evaluate_model(
     """Mean IoU of a SAM model (or of one subnet of a supernet) on a segmentation dataset.
 
     Args:
-        model: a `SamModel` or a `SuperSamModel` (load a Hub id or folder with `supersam_hf.loading.load_sam_model`).
+        model: a `SamModel` or a `SuperSamModel` (load a Hub id or folder with `supersam_hf.loading.load_sam_model`),
+            or a runtime model called like one (`onnx_export.OnnxSamModel`: an export's ONNX files in ONNX Runtime;
+            `params` is then None).
         dataset: a `datasets.Dataset` with image and mask columns (wrapped in `SamSegmentationData` with
             `return_full_masks=True`), a ready `SamSegmentationData` (its own rows, prompts and seed), or an
             `EvaluationData` prepared once for many evaluations.

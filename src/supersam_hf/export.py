@@ -193,7 +193,8 @@ def _remove_stale_weights(output: Path) -> None:
     """Before overwriting: remove weight files of an earlier export so old shards cannot mix with the new ones."""
     if not output.is_dir():
         return
-    for pattern in ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin"):
+    for pattern in ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin",
+                    "onnx/*.onnx", "onnx/*.onnx.data", "onnx/parity.json"):  # ONNX files of the old weights too
         for stale in output.glob(pattern):
             if stale.is_file():
                 stale.unlink()

@@ -60,7 +60,8 @@ def format_search(result: SearchResult) -> str:
         f"reference (largest) {ref['name']}: mIoU {ref['miou']:.4f}, {ref['params']:,} params"
         + ("" if ref["feasible"] else " (over budget)"),
         (f"best feasible       {best['name']}: mIoU {best['miou']:.4f}, {best['params']:,} params "
-         f"({best['size_reduction']:.1%} smaller)") if best else "best feasible       none",
+         f"({best['size_reduction']:.1%} smaller)" + (f", {best['latency_ms']:.2f} ms" if best.get("latency_ms") else ""))
+        if best else "best feasible       none",
         "Pareto front (params ↑):",
     ]
     for k, e in enumerate(result.pareto):

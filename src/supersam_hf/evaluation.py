@@ -237,6 +237,13 @@ def _score_batches(model, batches, processor, mask_selection: str, metric, show_
         metric.add_batch(predictions=predictions, references=references, image_ids=image_ids)
 
 
+def _is_runtime_model(model) -> bool:
+    """A non-torch model that evaluation can call like a SamModel: `get_image_embeddings` and `__call__` returning
+    `iou_scores` / `pred_masks`, plus `eval` / `train` / `parameters` for device and mode (`OnnxSamModel`)."""
+    return all(callable(getattr(model, name, None)) for name in ("get_image_embeddings", "__call__", "eval", "train",
+                                                                  "parameters"))
+
+
 _METRIC = None
 
 
@@ -272,7 +279,9 @@ def evaluate_model(
     """Mean IoU of a SAM model (or of one subnet of a supernet) on a segmentation dataset.
 
     Args:
-        model: a `SamModel` or a `SuperSamModel` (load a Hub id or folder with `supersam_hf.loading.load_sam_model`).
+        model: a `SamModel` or a `SuperSamModel` (load a Hub id or folder with `supersam_hf.loading.load_sam_model`),
+            or a runtime model called like one (`onnx_export.OnnxSamModel`: an export's ONNX files in ONNX Runtime;
+            `params` is then None).
         dataset: a `datasets.Dataset` with image and mask columns (wrapped in `SamSegmentationData` with
             `return_full_masks=True`), a ready `SamSegmentationData` (its own rows, prompts and seed), or an
             `EvaluationData` prepared once for many evaluations.
@@ -301,9 +310,10 @@ def evaluate_model(
         raise ValueError(f"Unknown mask_selection {mask_selection!r}; choose one of {MASK_SELECTIONS}.")
     if prompt not in PROMPTS:
         raise ValueError(f"Unknown prompt {prompt!r}; evaluation prompts are {PROMPTS}.")
-    if not isinstance(model, SamModel):
+    if not isinstance(model, SamModel) and not _is_runtime_model(model):
         raise ValueError(
-            f"evaluate_model needs a SamModel or a SuperSamModel, got {type(model).__name__}; load a checkpoint with "
+            f"evaluate_model needs a SamModel, a SuperSamModel or a runtime model called like one (e.g. "
+            f"onnx_export.OnnxSamModel), got {type(model).__name__}; load a checkpoint with "
             "supersam_hf.loading.load_sam_model(name_or_path)."
         )
     if device is not None:
@@ -318,8 +328,10 @@ def evaluate_model(
     active = subnet if subnet is not None else getattr(model, "active_subnet", None)
     if isinstance(model, SuperSamModel):
         params = model.count_parameters(active)
-    else:
+    elif isinstance(model, SamModel):
         params = sum(p.numel() for p in model.parameters())
+    else:  # a runtime model (ONNX Runtime): its weights are not torch parameters
+        params = None
 
     if isinstance(dataset, EvaluationData):
         if dataset.prompt != prompt:
@@ -359,7 +371,7 @@ def evaluate_model(
         "seed": int(data_seed),
         "subnet": active.name if active is not None else None,
         "subnet_config": active.to_dict() if active is not None else None,
-        "params": int(params),
+        "params": int(params) if params is not None else None,
     }
 
 

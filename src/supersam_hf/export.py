@@ -18,6 +18,8 @@ from typing import Any
 
 from .model_card import find_license, hub_id, recorded_hub_base_model, write_model_card
 from .modeling_supersam import SuperSamModel
+from .onnx_export import INT8_MIOU_DROP_THRESHOLD
+from .onnx_pipeline import check_onnx_options, export_checked_onnx, onnx_summary
 from .search_space import SubnetConfig
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,10 @@ def export_subnet(
     private: bool = False,
     token: str | None = None,
     commit_message: str | None = None,
+    onnx: bool = False,
+    quantize: str | None = None,
+    eval_data=None,
+    int8_threshold: float | None = None,
 ) -> Path:
     """Write `subnet` of `supernet` as a standard SAM folder (weights, config, processor, `subnet.json`, model card).
 
@@ -62,6 +68,13 @@ def export_subnet(
             in your namespace). The token comes from `token`, else `HF_TOKEN` / the stored login.
         private: create the repo as private.
         commit_message: message of the upload commit.
+        onnx: also write `onnx/` (encoder, point and box decoders; `supersam_hf.onnx_pipeline`), check them against
+            PyTorch on deterministic inputs (`onnx/parity.json`) and add an ONNX Runtime section to the card.
+            Needs the `[onnx]` extra.
+        quantize: "int8": also write `onnx/vision_encoder_int8.onnx` (dynamic INT8) and measure its mIoU on
+            `eval_data` next to fp32's (required; a drop over `int8_threshold`, default 0.01, is a warning).
+        eval_data: evaluation images for the ONNX files' mIoU (anything `evaluate_model` takes; an
+            `EvaluationData` keeps its prompt); PyTorch, fp32 ONNX and INT8 are scored on the same prompts.
 
     Returns:
         The output folder.
@@ -78,6 +91,7 @@ def export_subnet(
     if isinstance(subnet, dict):
         subnet = SubnetConfig.from_dict(subnet)
     model.search_space.validate(subnet)  # before anything is written
+    check_onnx_options(onnx, quantize, eval_data, processor)
 
     largest = model.search_space.largest()
     sizes = {
@@ -105,6 +119,10 @@ def export_subnet(
             "No processor was given or found with the supernet: %s has no processor files, so pipelines and "
             "SamProcessor.from_pretrained cannot load it. Pass processor=SamProcessor(...) to include one.", output
         )
+    onnx_report = None
+    if onnx:  # into the same folder as the weights, so whatever writes that folder atomically covers these too
+        onnx_report = export_checked_onnx(sam, output, quantize=quantize, eval_data=eval_data, processor=processor,
+                                          int8_threshold=int8_threshold or INT8_MIOU_DROP_THRESHOLD)
     subnet_record = {
         **subnet.to_dict(),  # top-level kept_layers / mlp_dims: SubnetConfig.from_json(subnet.json) reads it back
         "name": subnet.name,
@@ -112,12 +130,14 @@ def export_subnet(
         "macs_per": f"one image at {model.config.vision_config.image_size} px with one point prompt",
         "base_model": base_name,
         "metrics": metrics,
+        **({"onnx": onnx_summary(onnx_report)} if onnx_report else {}),
     }
     text = json.dumps(subnet_record, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
     (output / SUBNET_FILE).write_text(text + "\n", encoding="utf-8")
 
     card_args = dict(model=model, subnet=subnet, sizes=sizes, metrics=metrics, base_model=base_model,
-                     base_name=base_name, license=license, datasets=datasets, output=output)
+                     base_name=base_name, license=license, datasets=datasets, output=output,
+                     onnx_report=onnx_report)
     card_repo_id = repo_id or (output.resolve().name if push_to_hub else None)
     write_model_card(**card_args, repo_id=card_repo_id)
     logger.info("Exported subnet %s (%d parameters) to %s", subnet.name, sizes["params"], output)
@@ -173,7 +193,8 @@ def _remove_stale_weights(output: Path) -> None:
     """Before overwriting: remove weight files of an earlier export so old shards cannot mix with the new ones."""
     if not output.is_dir():
         return
-    for pattern in ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin"):
+    for pattern in ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin",
+                    "onnx/*.onnx", "onnx/*.onnx.data", "onnx/parity.json"):  # ONNX files of the old weights too
         for stale in output.glob(pattern):
             if stale.is_file():
                 stale.unlink()

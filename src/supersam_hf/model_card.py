@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from .modeling_supersam import SuperSamModel
+from .onnx_pipeline import onnx_card_section
 from .search_space import SubnetConfig
 
 logger = logging.getLogger(__name__)
@@ -95,11 +96,12 @@ def write_model_card(
     license: str | None = None,
     datasets: list[str] | None = None,
     repo_id: str | None = None,
+    onnx_report: dict | None = None,
 ):
     """Render the package's model card template for this subnet into `output/README.md`; returns the `ModelCard`.
 
     `base_model` (a Hub id or None) goes into the metadata; `base_name` names the base in the text (default:
-    `base_model`)."""
+    `base_model`). `onnx_report` (`onnx_pipeline.export_checked_onnx`) adds the ONNX Runtime section."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     model_name = repo_id.split("/")[-1] if repo_id else f"SuperSAM subnet {subnet.name}"
@@ -157,6 +159,7 @@ def write_model_card(
         metrics_description=_metrics_description(metrics),
         repo_id=repo_id or str(output),
         training_description=_training_description(model),
+        onnx_section=onnx_card_section(onnx_report, repo_id or str(output)) if onnx_report else "",
     )
     card.save(output / "README.md")
     return card

@@ -54,6 +54,7 @@ __all__ = [
     "DECODER_FILE",
     "BOX_DECODER_FILE",
     "MISSING_EXTRA_MESSAGE",
+    "MissingOnnxExtraError",
     "require_onnx",
     "export_onnx",
     "export_vision_encoder",
@@ -78,13 +79,17 @@ MISSING_EXTRA_MESSAGE = "ONNX support needs extra packages: pip install supersam
 _PROTOBUF_LIMIT = 2_000_000_000  # bytes; larger models keep their weights in an external data file
 
 
+class MissingOnnxExtraError(ImportError, ValueError):
+    """The `[onnx]` extra is not installed. Also a ValueError, so command lines answer it in one line."""
+
+
 def require_onnx() -> tuple[Any, Any]:
-    """`(onnx, onnxruntime)`, or an ImportError naming the extra to install."""
+    """`(onnx, onnxruntime)`, or a `MissingOnnxExtraError` (an ImportError) naming the extra to install."""
     try:
         import onnx
         import onnxruntime
     except ImportError as error:
-        raise ImportError(f"{MISSING_EXTRA_MESSAGE} ({error}).") from error
+        raise MissingOnnxExtraError(f"{MISSING_EXTRA_MESSAGE} ({error}).") from error
     return onnx, onnxruntime
 
 
@@ -185,9 +190,12 @@ def _has_external_data(path: Path) -> bool:
 
 def _trace(module: torch.nn.Module, args: tuple, path: Path, names: tuple[list, list], axes: dict, opset: int) -> None:
     """TorchScript export. Its TracerWarnings concern SamModel's input checks and SDPA's `is_causal` test, which
-    are constant for SAM (shapes are checked by ONNX Runtime, attention is never causal), so they are silenced."""
+    are constant for SAM (shapes are checked by ONNX Runtime, attention is never causal), so they are silenced, as
+    is the deprecation notice of this exporter (chosen on purpose; see the module docstring)."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
         torch.onnx.export(module, args, str(path), input_names=names[0], output_names=names[1],
                           dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
 

@@ -35,6 +35,14 @@ class EvaluateArguments:
     batch_size: int = field(default=4, metadata={"help": "Images per forward."})
     seed: int = field(default=0, metadata={"help": "Seed of the prompts (points drawn inside each mask)."})
     device: Optional[str] = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
+    onnx: bool = field(
+        default=False,
+        metadata={"help": "Evaluate the ONNX files of an export (--model_name_or_path: the export folder, holding "
+                  "onnx/) through ONNX Runtime on CPU, with the same metric. Needs `pip install supersam_hf[onnx]`."},
+    )
+    onnx_int8: bool = field(
+        default=False, metadata={"help": "With --onnx: use onnx/vision_encoder_int8.onnx (`supersam export --quantize int8`)."}
+    )
 
 
 ARGUMENTS = (ModelArguments, DataArguments, OutputArguments, EvaluateArguments)
@@ -52,6 +60,7 @@ def format_results(result: dict[str, Any]) -> str:
         ("resolution", result["resolution"]),
         ("seed", str(result["seed"])),
         ("subnet", result["subnet"] or "(whole model)"),
+        *([("runtime", result["runtime"])] if result.get("runtime") else []),
         ("parameters", f"{result['params']:,}" if result.get("params") is not None else "?"),
     ]
     width = max(len(name) for name, _ in rows)
@@ -69,6 +78,22 @@ def _subnet(args: EvaluateArguments):
     return parse_subnet(spec)
 
 
+def _onnx_model(model_args: ModelArguments, args: EvaluateArguments, subnet):
+    """`OnnxSamModel` of a local export folder (`supersam export --onnx`)."""
+    from ..onnx_export import OnnxSamModel, require_onnx
+
+    require_onnx()
+    if subnet is not None:
+        raise ValueError("--onnx evaluates an exported model's ONNX files; --subnet selects a subnet of a supernet. "
+                         "Export the subnet with `supersam export --onnx` and evaluate that folder.")
+    if not Path(model_args.model_name_or_path).is_dir():
+        raise FileNotFoundError(f"--onnx needs --model_name_or_path to be an export folder holding onnx/; "
+                                f"{model_args.model_name_or_path!r} is not a folder.")
+    if args.device not in (None, "cpu"):
+        raise ValueError(f"--onnx runs on ONNX Runtime's CPU provider; --device {args.device} is not supported.")
+    return OnnxSamModel(model_args.model_name_or_path, int8=args.onnx_int8)
+
+
 def run(model_args: ModelArguments, data_args: DataArguments, output_args: OutputArguments,
         args: EvaluateArguments) -> dict[str, Any]:
     """Load model, processor and data, evaluate, print a table and write `<output_dir>/eval_results.json`."""
@@ -82,10 +107,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
     if (output / RESULTS_FILE).exists() and not output_args.overwrite_output_dir:
         raise FileExistsError(f"{output / RESULTS_FILE} exists; pass --overwrite_output_dir or choose another --output_dir.")
     subnet = _subnet(args)
-    model = load_sam_model(model_args.model_name_or_path, revision=model_args.revision, token=model_args.token,
-                           device=args.device)
+    if args.onnx or args.onnx_int8:
+        model, base_model = _onnx_model(model_args, args, subnet), None
+    else:
+        model = load_sam_model(model_args.model_name_or_path, revision=model_args.revision, token=model_args.token,
+                               device=args.device)
+        base_model = recorded_base_model(model)
     processor = load_processor(model_args.model_name_or_path, model_args.processor_name_or_path,
-                               recorded_base_model(model), revision=model_args.revision, token=model_args.token)
+                               base_model, revision=model_args.revision, token=model_args.token)
     split = data_args.eval_split_name
     dataset = load_segmentation_dataset(data_args.dataset_name, split=split, config_name=data_args.dataset_config_name)
     result = evaluate_model(
@@ -93,6 +122,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
         batch_size=args.batch_size, max_images=data_args.max_eval_images, seed=args.seed,
         image_column=data_args.image_column, mask_column=data_args.mask_column, mask_kind=data_args.mask_kind,
     )
+    if args.onnx or args.onnx_int8:
+        result["runtime"] = f"onnxruntime ({'INT8' if args.onnx_int8 else 'fp32'} encoder)"
     output.mkdir(parents=True, exist_ok=True)
     (output / RESULTS_FILE).write_text(json.dumps(result, indent=2) + "\n")
     print(f"supersam evaluate: {model_args.model_name_or_path} on {data_args.dataset_name}" + (f" [{split}]" if split else ""))

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
-from ..arguments import ModelArguments, OutputArguments
+from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
+from ..data import load_segmentation_dataset
+from ..evaluation import EvaluationData
 from ..export import SUBNET_FILE, export_subnet
+from ..onnx_export import INT8_MIOU_DROP_THRESHOLD
+from ..onnx_pipeline import check_onnx_options
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..search.results import select_subnet, subnet_metrics
 
@@ -39,9 +43,58 @@ class ExportArguments:
     )
     private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
     commit_message: Optional[str] = field(default=None, metadata={"help": "Commit message of the upload."})
+    onnx: bool = field(
+        default=False,
+        metadata={"help": "Also write onnx/ (image encoder | prompt encoder + mask decoder, optimum's split), checked "
+                  "against PyTorch (onnx/parity.json). Needs `pip install supersam_hf[onnx]`."},
+    )
+    quantize: Optional[Literal["int8"]] = field(
+        default=None,
+        metadata={"help": "int8: also write a dynamic-INT8 encoder and record its mIoU next to fp32's on the card "
+                  "(needs --onnx and --dataset_name)."},
+    )
+    int8_max_miou_drop: float = field(
+        default=INT8_MIOU_DROP_THRESHOLD, metadata={"help": "Warn when INT8 loses more mIoU than this against fp32."}
+    )
+    prompt_type: Literal["point", "box"] = prompt_type_field("point or box")
 
 
-ARGUMENTS = (ModelArguments, OutputArguments, ExportArguments)
+@dataclass(kw_only=True)
+class ExportDataArguments(DataArguments):
+    """The shared data flags; for export the dataset is optional (it scores the ONNX files, --onnx)."""
+
+    dataset_name: Optional[str] = field(
+        default=None,
+        metadata={"help": "With --onnx: HF dataset whose --eval_split_name scores PyTorch, fp32-ONNX and INT8 mIoU."},
+    )
+
+
+ARGUMENTS = (ModelArguments, ExportDataArguments, OutputArguments, ExportArguments)
+
+
+def _eval_data(data_args: ExportDataArguments, args: ExportArguments, processor):
+    """The evaluation images for the ONNX files (None without --dataset_name), prepared once for every model."""
+    if data_args.dataset_name is None:
+        return None
+    dataset = load_segmentation_dataset(data_args.dataset_name, split=data_args.eval_split_name,
+                                        config_name=data_args.dataset_config_name)
+    return EvaluationData.prepare(dataset, processor, prompt=args.prompt_type, max_images=data_args.max_eval_images,
+                                  image_column=data_args.image_column, mask_column=data_args.mask_column,
+                                  mask_kind=data_args.mask_kind)
+
+
+def format_onnx(summary: dict) -> str:
+    """The ONNX lines of the export summary; an INT8 drop over the threshold is its own WARNING line."""
+    parity = "passed" if summary["parity_passed"] else "FAILED"
+    lines = [f"onnx: {', '.join(summary['files'])}; parity with PyTorch {parity} (embeddings max rel. error "
+             f"{summary['embeddings_max_rel']:.2e}, mask logits {summary['pred_masks_max_rel']:.2e})"]
+    mious = [(name, summary.get(f"{key}_miou")) for name, key in
+             (("PyTorch", "pytorch"), ("ORT fp32", "onnxruntime_fp32"), ("ORT INT8", "onnxruntime_int8"))]
+    if any(value is not None for _, value in mious):
+        lines.append("mIoU: " + ", ".join(f"{name} {value:.4f}" for name, value in mious if value is not None))
+    if summary.get("int8_warning"):
+        lines.append(summary["int8_warning"])
+    return "\n".join(lines)
 
 
 def _search_dir(model_args: ModelArguments, args: ExportArguments) -> str | None:
@@ -53,8 +106,10 @@ def _search_dir(model_args: ModelArguments, args: ExportArguments) -> str | None
     return model_args.model_name_or_path if Path(model_args.model_name_or_path).is_dir() else None
 
 
-def run(model_args: ModelArguments, output_args: OutputArguments, args: ExportArguments) -> Path:
+def run(model_args: ModelArguments, data_args: ExportDataArguments, output_args: OutputArguments,
+        args: ExportArguments) -> Path:
     """Pick the subnet from the search output, export it (with its search metrics on the card), maybe push it."""
+    check_onnx_options(args.onnx, args.quantize, data_args.dataset_name, True)  # a missing extra: before any work
     search_dir = _search_dir(model_args, args)
     subnet = select_subnet(args.subnet, search_dir)
     metrics = subnet_metrics(search_dir, subnet)
@@ -62,11 +117,13 @@ def run(model_args: ModelArguments, output_args: OutputArguments, args: ExportAr
                              device="cpu")
     processor = load_processor(model_args.model_name_or_path, model_args.processor_name_or_path,
                                recorded_base_model(supernet), revision=model_args.revision, token=model_args.token)
+    eval_data = _eval_data(data_args, args, processor)
     output = export_subnet(
         supernet, subnet, output_args.output_dir, processor=processor, metrics=metrics,
         base_model=args.base_model or recorded_base_model(supernet), license=args.license, datasets=args.datasets,
         overwrite=output_args.overwrite_output_dir, push_to_hub=args.push_to_hub, repo_id=args.repo_id,
         private=args.private, token=model_args.token, commit_message=args.commit_message,
+        onnx=args.onnx, quantize=args.quantize, eval_data=eval_data, int8_threshold=args.int8_max_miou_drop,
     )
     record = json.loads((output / SUBNET_FILE).read_text(encoding="utf-8"))
     miou = f", mIoU {metrics['miou']:.4f}" if isinstance((metrics or {}).get("miou"), float) else ""
@@ -74,4 +131,6 @@ def run(model_args: ModelArguments, output_args: OutputArguments, args: ExportAr
         f"supersam export: subnet {subnet.name} ({record['params']:,} parameters, "
         f"{record['params'] / record['base_params']:.1%} of the base{miou}) -> {output}"
     )
+    if "onnx" in record:
+        print(format_onnx(record["onnx"]))
     return output

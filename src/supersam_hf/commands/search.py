@@ -10,6 +10,7 @@ from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_t
 from ..data import load_segmentation_dataset
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..search import BEST_FILE, PARETO_FILE, PARETO_PLOT, RESULTS_FILE, SearchResult, search_subnets
+from ..search.driver import ORT_LATENCY_CACHE
 from ..search.results import OPENTUNER_DB
 
 
@@ -21,7 +22,7 @@ class SearchArguments:
     max_params: Optional[int] = field(default=None, metadata={"help": "Parameter budget of the exported checkpoint."})
     max_macs: Optional[int] = field(default=None, metadata={"help": "MAC budget per image (one prompt)."})
     max_latency_ms: Optional[float] = field(
-        default=None, metadata={"help": "Latency budget: median ms of a forward of the extracted subnet on one image."}
+        default=None, metadata={"help": "Latency budget, median ms on one image, timed as --latency_backend says."}
     )
     min_size_reduction: Optional[float] = field(
         default=None, metadata={"help": "At least this fraction fewer parameters than the largest subnet (0.5 = half)."}
@@ -39,6 +40,12 @@ class SearchArguments:
     batch_size: int = field(default=4, metadata={"help": "Images per forward when scoring."})
     eval_seed: int = field(default=0, metadata={"help": "Seed of the evaluation prompts."})
     latency_repeats: int = field(default=5, metadata={"help": "Timed forwards per latency measurement."})
+    latency_backend: Literal["torch", "onnxruntime"] = field(
+        default="torch",
+        metadata={"help": "What --max_latency_ms bounds: torch (the extracted subnet's PyTorch forward on --device) "
+                  "or onnxruntime (the exported subnet's image encoder in ONNX Runtime on this CPU, cached per subnet "
+                  "in --output_dir/ort_latency_cache.json; needs `pip install supersam_hf[onnx]`)."},
+    )
     device: Optional[str] = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
 
 
@@ -53,7 +60,8 @@ def format_search(result: SearchResult) -> str:
         f"reference (largest) {ref['name']}: mIoU {ref['miou']:.4f}, {ref['params']:,} params"
         + ("" if ref["feasible"] else " (over budget)"),
         (f"best feasible       {best['name']}: mIoU {best['miou']:.4f}, {best['params']:,} params "
-         f"({best['size_reduction']:.1%} smaller)") if best else "best feasible       none",
+         f"({best['size_reduction']:.1%} smaller)" + (f", {best['latency_ms']:.2f} ms" if best.get("latency_ms") else ""))
+        if best else "best feasible       none",
         "Pareto front (params ↑):",
     ]
     for k, e in enumerate(result.pareto):
@@ -64,7 +72,7 @@ def format_search(result: SearchResult) -> str:
 
 def _remove_previous_search(output: Path) -> None:
     """--overwrite_output_dir without --resume: remove the files an earlier search wrote (only those)."""
-    for name in (RESULTS_FILE, PARETO_FILE, PARETO_PLOT, BEST_FILE, OPENTUNER_DB):
+    for name in (RESULTS_FILE, PARETO_FILE, PARETO_PLOT, BEST_FILE, OPENTUNER_DB, ORT_LATENCY_CACHE):
         (output / name).unlink(missing_ok=True)
 
 
@@ -88,7 +96,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
         latency_repeats=args.latency_repeats, mask_selection=args.mask_selection, batch_size=args.batch_size,
         eval_seed=args.eval_seed, technique=args.technique, image_column=data_args.image_column,
         mask_column=data_args.mask_column, mask_kind=data_args.mask_kind, dataset_name=data_args.dataset_name,
-        split=split,
+        split=split, latency_backend=args.latency_backend,
     )
     print(f"supersam search: {model_args.model_name_or_path} on {data_args.dataset_name}" + (f" [{split}]" if split else ""))
     print(format_search(result))

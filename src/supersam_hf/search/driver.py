@@ -126,6 +126,40 @@ def measure_latency(supernet: SuperSamModel, cfg: SubnetConfig, data: Evaluation
     return float(statistics.median(times))
 
 
+LATENCY_BACKENDS = ("torch", "onnxruntime")
+ORT_LATENCY_CACHE = "ort_latency_cache.json"
+LATENCY_LABELS = {"torch": "latency, ms (PyTorch forward, one image)",
+                  "onnxruntime": "encoder latency, ms (ONNX Runtime, CPU)"}
+
+
+def ort_latency_key(cfg: SubnetConfig) -> str:
+    """A subnet's key in the ORT latency cache: its name plus its kept layers (which fix the attention kinds)."""
+    return f"{cfg.name}@{'-'.join(map(str, cfg.kept_layers))}"
+
+
+def subnet_latency_ms(supernet: SuperSamModel, cfg: SubnetConfig, data: EvaluationData, backend: str = "torch",
+                      repeats: int = 5, ort_cache=None) -> float:
+    """The latency a budget is checked against, where the model will run.
+
+    "torch": `measure_latency` (the extracted subnet's PyTorch forward on the supernet's device). "onnxruntime":
+    the exported subnet's image encoder timed in ONNX Runtime on this machine's CPU (warm-up, median of the cache's
+    repeats), through `ort_cache` (an `onnx_export.OrtLatencyCache`, persisted per subnet), so a subnet is exported
+    and timed once.
+    """
+    if backend == "torch":
+        return measure_latency(supernet, cfg, data, repeats)
+    if backend != "onnxruntime":
+        raise ValueError(f"Unknown latency backend {backend!r}; choose one of {LATENCY_BACKENDS}.")
+    if ort_cache is None:
+        from ..onnx_export import OrtLatencyCache
+
+        ort_cache = OrtLatencyCache(None, repeats=repeats)
+    key = ort_latency_key(cfg)
+    if key not in ort_cache:
+        ort_cache.measure(key, supernet.extract_subnet(cfg))
+    return float(ort_cache.get(key))
+
+
 def _narrowest_all_kept(space: SearchSpace) -> SubnetConfig:
     kept = tuple(range(space.num_layers))
     return SubnetConfig(kept, tuple(space.mlp_dim_choices[i][0] for i in kept))
@@ -203,6 +237,7 @@ class SearchOptions:
     prompt: str = DEFAULT_PROMPT_TYPE
     mask_selection: str = "single"
     latency_repeats: int = 5
+    latency_backend: str = "torch"
     max_proposals: int | None = None
     show_progress: bool = True
 
@@ -220,6 +255,7 @@ class SubnetSearch:
         self.num_new = 0
         self.num_proposals = 0
         self.progress = None
+        self.ort_cache = None  # onnx_export.OrtLatencyCache of output_dir, with latency_backend="onnxruntime"
 
     @property
     def results_path(self) -> Path:
@@ -236,7 +272,7 @@ class SubnetSearch:
         except ValueError as error:
             raise ValueError(f"Cannot resume: {self.results_path} is not valid JSON ({error}).") from None
         before = previous.get("settings", {})
-        optional = ("dataset", "split")  # only recorded when known (the CLI records them)
+        optional = ("dataset", "split", "latency_backend")  # only recorded when known (the CLI records them)
         differing = [
             k for k, v in self.settings.items()
             if before.get(k) != v and not (k in optional and (v is None or before.get(k) is None))
@@ -261,7 +297,8 @@ class SubnetSearch:
 
     # -- costs and scores -----------------------------------------------------------------------------------------
     def _latency(self, cfg: SubnetConfig) -> float:
-        return measure_latency(self.supernet, cfg, self.data, self.options.latency_repeats)
+        return subnet_latency_ms(self.supernet, cfg, self.data, self.options.latency_backend,
+                                 self.options.latency_repeats, self.ort_cache)
 
     def full_cost(self, cfg: SubnetConfig, force_latency: bool = False) -> dict[str, Any]:
         """Cheap costs plus the latency (measured only under a latency budget, and only past the cheap checks)."""
@@ -370,7 +407,8 @@ class SubnetSearch:
         title = f"{self.options.strategy} search, {len(evaluations)} subnets scored" + (
             f", best feasible mIoU {best['miou']:.4f}" if best else ", no feasible subnet"
         )
-        plot_pareto(evaluations, front, self.output / PARETO_PLOT, self.constraints, self.costs.largest_params, title)
+        plot_pareto(evaluations, front, self.output / PARETO_PLOT, self.constraints, self.costs.largest_params, title,
+                    latency_label=LATENCY_LABELS[self.options.latency_backend])
         return SearchResult(
             evaluations=evaluations, pareto=front, best=self._candidate(best), reference=self.evaluated[self.largest],
             num_evaluated=len(evaluations), num_new_evaluations=self.num_new, num_proposals=self.num_proposals,
@@ -406,6 +444,17 @@ def _check_output(output: Path, resume: bool) -> None:
         )
 
 
+def _ort_cache(output: Path, backend: str, repeats: int):
+    """The ORT latency cache of a search's output folder (None for the torch backend); needs the [onnx] extra."""
+    if backend not in LATENCY_BACKENDS:
+        raise ValueError(f"Unknown latency_backend {backend!r}; choose one of {LATENCY_BACKENDS}.")
+    if backend != "onnxruntime":
+        return None
+    from ..onnx_export import OrtLatencyCache
+
+    return OrtLatencyCache(output / ORT_LATENCY_CACHE, repeats=repeats)
+
+
 def search_subnets(
     supernet: SuperSamModel,
     dataset,
@@ -433,6 +482,7 @@ def search_subnets(
     mask_kind: str | None = None,
     dataset_name: str | None = None,
     split: str | None = None,
+    latency_backend: str = "torch",
 ) -> SearchResult:
     """Search the supernet's subnets for the highest mIoU under budgets; write results, Pareto front and plot.
 
@@ -455,6 +505,9 @@ def search_subnets(
         prompt / mask_selection / batch_size / max_images / eval_seed: how subnets are scored (`evaluate_model`);
             `eval_seed` fixes the prompts, so searches with different `seed`s score subnets identically.
         latency_repeats: timed forwards per latency measurement (only measured when `max_latency_ms` is set).
+        latency_backend: what `max_latency_ms` bounds (`subnet_latency_ms`): "torch" (the extracted subnet's
+            forward) or "onnxruntime" (the exported subnet's encoder in ONNX Runtime on this CPU; cached per subnet
+            in `output_dir/ort_latency_cache.json`; needs the `[onnx]` extra).
         technique: OpenTuner technique name (`--technique`).
         dataset_name / split: recorded in search_results.json's settings (and checked on resume).
         max_proposals: stop after this many proposals even if the budget is not spent (default max(100, 25 ×
@@ -477,6 +530,7 @@ def search_subnets(
         raise ValueError(f"search_subnets needs a SuperSamModel (a supernet), got {type(supernet).__name__}.")
     output = Path(output_dir)
     _check_output(output, resume)
+    ort_cache = _ort_cache(output, latency_backend, latency_repeats)  # a missing [onnx] extra fails here
     space = supernet.search_space
     costs = CheapCosts(supernet)
     check_cheap_budgets(space, costs, constraints)  # impossible budgets fail before anything is measured
@@ -489,21 +543,25 @@ def search_subnets(
         raise ValueError(f"The EvaluationData was prepared with prompt={data.prompt!r}, not {prompt!r}.")
     if max_latency_ms is not None:
         fastest, _ = cheapest_subnet(space, lambda c: costs(c)["macs"])
-        latency = measure_latency(supernet, fastest, data, latency_repeats)
+        latency = subnet_latency_ms(supernet, fastest, data, latency_backend, latency_repeats, ort_cache)
         if latency > max_latency_ms:
+            where = ("ONNX Runtime, CPU" if latency_backend == "onnxruntime"
+                     else f"PyTorch on {next(supernet.parameters()).device}")
             raise ValueError(
                 f"max_latency_ms={max_latency_ms} is below the smallest subnet's measured {latency:.2f} ms "
-                f"({fastest.name}, median of {latency_repeats} forwards on {next(supernet.parameters()).device})."
+                f"({fastest.name}, median of {latency_repeats} runs, {where})."
             )
     settings = {
         "dataset": dataset_name, "split": split, "prompt": prompt, "mask_selection": mask_selection,
         "eval_seed": data.seed, "num_images": data.num_images, "max_images": max_images,
         "search_space": space.to_dict(), "largest_params": int(costs.largest_params),
+        "latency_backend": latency_backend if max_latency_ms is not None else None,
     }
     options = SearchOptions(strategy=strategy, seed=seed, budget=budget, technique=technique, prompt=prompt,
-                            mask_selection=mask_selection, latency_repeats=latency_repeats,
+                            mask_selection=mask_selection, latency_repeats=latency_repeats, latency_backend=latency_backend,
                             max_proposals=max_proposals, show_progress=show_progress)
     search = SubnetSearch(supernet, data, processor, costs, constraints, output, options, settings)
+    search.ort_cache = ort_cache
     if resume:
         search.resume()
     output.mkdir(parents=True, exist_ok=True)
@@ -515,10 +573,13 @@ __all__ = [
     "CheapCosts",
     "Constraints",
     "INFEASIBLE_PENALTY",
+    "LATENCY_BACKENDS",
+    "ORT_LATENCY_CACHE",
     "SearchOptions",
     "SubnetSearch",
     "cheapest_subnet",
     "check_cheap_budgets",
     "measure_latency",
     "search_subnets",
+    "subnet_latency_ms",
 ]

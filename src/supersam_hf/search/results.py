@@ -133,15 +133,22 @@ def plot_pareto(
     constraints: Any,
     largest_params: int,
     title: str = "",
+    latency_label: str | None = None,
 ) -> None:
-    """params vs mIoU: every scored subnet, the feasible Pareto front, the largest subnet and the params budget."""
+    """params vs mIoU: every scored subnet, the feasible Pareto front, the largest subnet and the params budget.
+
+    When the entries carry measured latencies (`latency_ms`), a second panel plots mIoU against latency, its axis
+    labelled `latency_label` (which backend timed it), with the latency budget."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     scale, unit = (1e6, "M") if largest_params >= 1e6 else (1e3, "K")
-    fig = Figure(figsize=(6.4, 4.4))
+    timed = [e for e in entries if isinstance(e.get("latency_ms"), (int, float))]
+    fig = Figure(figsize=(11.8 if timed else 6.4, 4.4))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    ax = fig.add_subplot(1, 2 if timed else 1, 1)
+    if timed:
+        _plot_latency(fig.add_subplot(1, 2, 2), timed, front, constraints, latency_label or "latency, ms")
     feasible = [e for e in entries if e["feasible"] and not e["reference"]]
     infeasible = [e for e in entries if not e["feasible"] and not e["reference"]]
     if feasible:
@@ -173,6 +180,28 @@ def plot_pareto(
     fig.savefig(path, dpi=120)
 
 
+def _plot_latency(ax, timed: list[dict[str, Any]], front: list[dict[str, Any]], constraints: Any, label: str) -> None:
+    """mIoU against measured latency: feasible and over-budget subnets, the (params) Pareto front, the budget."""
+    for feasible, style in ((True, dict(s=18, c="tab:blue", alpha=0.6, label="feasible subnets")),
+                            (False, dict(s=22, c="tab:gray", marker="x", alpha=0.7, label="over budget"))):
+        points = [e for e in timed if e["feasible"] == feasible and not e["reference"]]
+        if points:
+            ax.scatter([e["latency_ms"] for e in points], [e["miou"] for e in points], **style)
+    timed_front = [e for e in front if isinstance(e.get("latency_ms"), (int, float))]
+    if timed_front:
+        ax.scatter([e["latency_ms"] for e in timed_front], [e["miou"] for e in timed_front], s=40, facecolors="none",
+                   edgecolors="tab:red", label="Pareto front (params)")
+    for e in timed:
+        if e["reference"]:
+            ax.scatter([e["latency_ms"]], [e["miou"]], s=140, marker="*", c="black", zorder=5, label="largest subnet")
+    if getattr(constraints, "max_latency_ms", None) is not None:
+        ax.axvline(constraints.max_latency_ms, ls="--", c="tab:green", label="budget (max_latency_ms)")
+    ax.set_xlabel(label)
+    ax.set_ylabel("mIoU (search images)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+
+
 def subnet_metrics(search_dir: str | os.PathLike | None, subnet: SubnetConfig) -> dict | None:
     """How a search measured `subnet`: its entry in search_results.json (with the search's settings: prompt, mask
     selection, images) or, failing that, in pareto.json / best_subnet.json. None if it was not scored there."""
@@ -202,7 +231,8 @@ def subnet_metrics(search_dir: str | os.PathLike | None, subnet: SubnetConfig) -
         metrics["largest_subnet_miou"] = float(reference["miou"])
     if isinstance(entry.get("latency_ms"), (int, float)):
         metrics["latency_ms"] = float(entry["latency_ms"])
-    for key in ("dataset", "split", "prompt", "mask_selection", "num_images", "max_images", "eval_seed"):
+    for key in ("dataset", "split", "prompt", "mask_selection", "num_images", "max_images", "eval_seed",
+                "latency_backend"):
         if settings.get(key) is not None:
             metrics[key] = settings[key]
     metrics["measured_by"] = f"supersam search ({RESULTS_FILE if settings else PARETO_FILE}), on the supernet's weights"

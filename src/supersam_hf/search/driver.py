@@ -126,6 +126,11 @@ def measure_latency(supernet: SuperSamModel, cfg: SubnetConfig, data: Evaluation
     return float(statistics.median(times))
 
 
+def _narrowest_all_kept(space: SearchSpace) -> SubnetConfig:
+    """Every layer, each at its narrowest MLP width, at the narrowest embedding width."""
+    return _narrowest(space, tuple(range(space.num_layers)))
+
+
 def _narrowest(space: SearchSpace, kept: tuple[int, ...]) -> SubnetConfig:
     """`kept` at every layer's narrowest MLP width and the narrowest embedding width."""
     narrowest = space.hidden_size_choices[0] if space.hidden_size_choices else None
@@ -137,7 +142,7 @@ def cheapest_subnet(space: SearchSpace, cost: Callable[[SubnetConfig], float]) -
     embedding widths, drop the elastic layers whose removal saves the most). Exact when every layer has the same
     width choices (costs are then sums over kept layers, and every cost shrinks with the uniform embedding width);
     a close upper bound otherwise."""
-    full = _narrowest(space, tuple(range(space.num_layers)))
+    full = _narrowest_all_kept(space)
     base = cost(full)
     savings = []
     for i in space.elastic_layers:

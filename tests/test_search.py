@@ -12,7 +12,8 @@ from supersam_hf.cli import main as cli_main
 from supersam_hf.data import make_synthetic_shapes
 from supersam_hf.evaluation import EvaluationData
 from supersam_hf import SearchSpace, SubnetConfig
-from supersam_hf.search import load_pareto, pareto_front, repair, search_subnets, select_subnet
+from supersam_hf.search import cheapest_subnet, load_pareto, pareto_front, repair, search_subnets, select_subnet
+from supersam_hf.search.proposals import decode_opentuner_config, make_proposals
 
 IMAGE = 64
 
@@ -211,3 +212,76 @@ def test_cli_search_end_to_end(supernet, processor, dataset, half_params, tmp_pa
         code = cli_main(["search", "--model_name_or_path", str(tmp_path / folder), "--dataset_name", str(tmp_path / "data"),
                          "--output_dir", str(tmp_path / f"out_{folder}")])
         assert code == 2 and message in capsys.readouterr().err
+
+
+# -- the embedding-width dimension -------------------------------------------------------------------------------
+def _full_width(cfg: SubnetConfig) -> SubnetConfig:
+    return SubnetConfig(cfg.kept_layers, cfg.mlp_dims)
+
+
+@pytest.mark.parametrize("strategy", ["opentuner", "random"])
+def test_macs_budget_that_only_width_can_meet_finds_narrow_subnets(supernet, processor, data, counted, tmp_path, strategy):
+    space = supernet.search_space
+    # one MAC below the cheapest full-width subnet: only a narrower embedding width can meet it
+    max_macs = supernet.count_macs(_full_width(space.smallest())) - 1
+    assert supernet.count_macs(space.smallest()) <= max_macs
+    result = search_subnets(supernet, data, processor, budget=5, max_macs=max_macs, strategy=strategy, seed=0,
+                            output_dir=tmp_path, show_progress=False)
+    assert result.num_evaluated == 5 and counted[0] == space.largest()
+    for entry in result.evaluations[1:] + result.pareto:  # every reported result respects the budget
+        assert entry["feasible"] and entry["macs"] <= max_macs
+        assert entry["macs"] == supernet.count_macs(select_subnet(entry))
+        assert entry["hidden_size"] in space.hidden_size_choices[:-1]  # narrower than the full width
+    best = result.best
+    assert best is not None and best.subnet.hidden_size < space.hidden_size and best.metrics["macs"] <= max_macs
+    assert select_subnet("best", tmp_path) == best.subnet
+
+
+def _proposed_widths(strategy: str, space: SearchSpace, tmp_path, count: int = 40) -> list[SubnetConfig]:
+    """`count` proposals of `strategy`, each answered with a made-up objective (narrower and shallower is better)."""
+    generator = make_proposals(strategy, space, seed=3, technique="AUCBanditMetaTechniqueA", database=tmp_path / "ot.db")
+    proposals = []
+    with opentuner_compat.quiet_opentuner():
+        cfg = next(generator)
+        while len(proposals) < count:
+            if cfg is None:
+                cfg = next(generator)
+                continue
+            proposals.append(cfg)
+            hidden = cfg.hidden_size or space.hidden_size
+            cfg = generator.send(hidden / space.hidden_size + len(cfg.kept_layers) / space.num_layers)
+        generator.close()
+    return proposals
+
+
+@pytest.mark.parametrize("strategy", ["opentuner", "random"])
+def test_both_strategies_propose_every_embedding_width(supernet, tmp_path, strategy):
+    space = supernet.search_space
+    first = _proposed_widths(strategy, space, tmp_path)
+    widths = {cfg.hidden_size or space.hidden_size for cfg in first}
+    assert widths == set(space.hidden_size_choices) and len(widths) == 3
+    for cfg in first:
+        space.validate(cfg)
+        assert cfg.hidden_size != space.hidden_size  # the full width is written None (canonical, one cache key)
+    (tmp_path / "again").mkdir()
+    assert _proposed_widths(strategy, space, tmp_path / "again") == first  # deterministic given the seed
+    if strategy == "opentuner":
+        assert first[0] == space.largest()  # the search starts from its seed, the largest subnet
+
+
+def test_opentuner_configuration_round_trip_covers_the_width(supernet):
+    space = supernet.search_space
+    for cfg in (space.largest(), space.smallest(), space.uniform(0.5, (0, 1, 3, 5), hidden_size=24)):
+        data = opentuner_compat.seed_configuration(space, cfg)
+        assert data["hidden_size"] == space.hidden_size_choices.index(cfg.hidden_size or space.hidden_size)
+        assert decode_opentuner_config(space, data) == cfg
+    assert opentuner_compat.seed_configuration(space, space.largest())["hidden_size"] == 2
+    assert repair(space, {}, {i: 32 for i in range(6)}, hidden_size=space.hidden_size).hidden_size is None
+
+
+def test_cheapest_subnet_takes_the_narrowest_width(supernet):
+    space = supernet.search_space
+    for key, count in (("macs", supernet.count_macs), ("params", supernet.count_parameters)):
+        cfg, value = cheapest_subnet(space, count)
+        assert cfg.hidden_size == space.hidden_size_choices[0] and value == count(cfg)
+        assert value < count(_full_width(cfg)), key

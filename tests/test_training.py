@@ -268,6 +268,10 @@ def test_subnet_slots_are_a_function_of_seed_and_step():
     assert a[0][1] == space.largest() and a[1][1] == space.smallest()
     others = [sandwich_subnets(space, seed=0, step=s, num_random=3)[2:] for s in range(6, 12)]
     assert any(o != a[2:] for o in others)
+    # the sandwich's bread spans the embedding width too: full width on top, the narrowest at the bottom
+    assert a[0][1].hidden_size is None and a[1][1].hidden_size == space.hidden_size_choices[0] < space.hidden_size
+    sampled = {cfg.hidden_size for step in range(12) for _, cfg in sandwich_subnets(space, 0, step, 3)[2:]}
+    assert len(sampled) == len(space.hidden_size_choices) == 3  # sampled slots draw every width
 
 
 # -- bad input: a clear error, nothing written ------------------------------------------------------------------

@@ -1,11 +1,11 @@
 """The search driver: the best subnet of a trained supernet under size / compute / latency budgets.
 
-The search space is the supernet's: one keep flag per elastic encoder layer and one MLP width per layer. A proposal
-strategy (`search.proposals`: OpenTuner or random) proposes subnets; each one's cheap costs (parameters and MACs of
-the checkpoint export would write) are checked against the constraints first, and only a feasible subnet is scored
-(mIoU on the search images, `evaluate_model`). The objective, minimised, is `1 - mIoU`; an infeasible proposal gets
-a penalty of 10 plus its relative constraint violation, without any mIoU evaluation (the violation term points the
-search back towards feasible subnets).
+The search space is the supernet's: one keep flag per elastic encoder layer, one MLP width per layer and the
+encoder's embedding width (uniform across layers). A proposal strategy (`search.proposals`: OpenTuner or random)
+proposes subnets; each one's cheap costs (parameters and MACs of the checkpoint export would write) are checked
+against the constraints first, and only a feasible subnet is scored (mIoU on the search images, `evaluate_model`).
+The objective, minimised, is `1 - mIoU`; an infeasible proposal gets a penalty of 10 plus its relative constraint
+violation, without any mIoU evaluation (the violation term points the search back towards feasible subnets).
 
 Semantics (see `search_subnets`):
 
@@ -161,24 +161,29 @@ def subnet_latency_ms(supernet: SuperSamModel, cfg: SubnetConfig, data: Evaluati
 
 
 def _narrowest_all_kept(space: SearchSpace) -> SubnetConfig:
-    kept = tuple(range(space.num_layers))
-    return SubnetConfig(kept, tuple(space.mlp_dim_choices[i][0] for i in kept))
+    """Every layer, each at its narrowest MLP width, at the narrowest embedding width."""
+    return _narrowest(space, tuple(range(space.num_layers)))
+
+
+def _narrowest(space: SearchSpace, kept: tuple[int, ...]) -> SubnetConfig:
+    """`kept` at every layer's narrowest MLP width and the narrowest embedding width."""
+    narrowest = space.hidden_size_choices[0] if space.hidden_size_choices else None
+    return space.canonical(SubnetConfig(kept, tuple(space.mlp_dim_choices[i][0] for i in kept), narrowest))
 
 
 def cheapest_subnet(space: SearchSpace, cost: Callable[[SubnetConfig], float]) -> tuple[SubnetConfig, float]:
-    """The cheapest subnet under `cost` among `space.smallest()` and a greedy candidate (narrowest widths, drop
-    the elastic layers whose removal saves the most). Exact when every layer has the same width choices (costs
-    are then sums over kept layers); a close upper bound otherwise."""
+    """The cheapest subnet under `cost` among `space.smallest()` and a greedy candidate (narrowest MLP and
+    embedding widths, drop the elastic layers whose removal saves the most). Exact when every layer has the same
+    width choices (costs are then sums over kept layers, and every cost shrinks with the uniform embedding width);
+    a close upper bound otherwise."""
     full = _narrowest_all_kept(space)
     base = cost(full)
     savings = []
     for i in space.elastic_layers:
-        kept = tuple(j for j in full.kept_layers if j != i)
-        savings.append((base - cost(SubnetConfig(kept, tuple(space.mlp_dim_choices[j][0] for j in kept))), -i, i))
+        savings.append((base - cost(_narrowest(space, tuple(j for j in full.kept_layers if j != i))), -i, i))
     num_drop = space.num_layers - space.min_layers
     dropped = {i for _, _, i in sorted(savings, reverse=True)[:num_drop]}
-    kept = tuple(i for i in range(space.num_layers) if i not in dropped)
-    candidates = [space.smallest(), SubnetConfig(kept, tuple(space.mlp_dim_choices[i][0] for i in kept))]
+    candidates = [space.smallest(), _narrowest(space, tuple(i for i in range(space.num_layers) if i not in dropped))]
     return min(((c, cost(c)) for c in candidates), key=lambda item: item[1])
 
 

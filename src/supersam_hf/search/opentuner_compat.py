@@ -10,10 +10,11 @@ import itertools
 import logging
 import random
 import warnings
+from typing import Any
 
 import numpy as np
 
-from ..search_space import SearchSpace
+from ..search_space import SearchSpace, SubnetConfig
 
 
 def import_opentuner():
@@ -120,10 +121,29 @@ def _quiet_logger(name: str, level: int = logging.WARNING):
         log.setLevel(previous)
 
 
+HIDDEN_PARAMETER = "hidden_size"  # OpenTuner parameter of the embedding width (an index into hidden_size_choices)
+
+
+def seed_configuration(space: SearchSpace, cfg: SubnetConfig) -> dict[str, Any]:
+    """The OpenTuner configuration (`make_interface`'s parameters) of the subnet `cfg`: the inverse of
+    `proposals.decode_opentuner_config` (widths of dropped layers are set to their widest choice)."""
+    space.validate(cfg)
+    plan = space.layer_plan(cfg)
+    data: dict[str, Any] = {f"keep_{i}": plan[i] is not None for i in space.elastic_layers}
+    for i, choices in enumerate(space.mlp_dim_choices):
+        if len(choices) > 1:
+            data[f"width_{i}"] = choices.index(plan[i]) if plan[i] is not None else len(choices) - 1
+    if len(space.hidden_size_choices) > 1:
+        data[HIDDEN_PARAMETER] = space.hidden_size_choices.index(plan.hidden_size)
+    return data
+
+
 def make_interface(opentuner, space: SearchSpace, args):
-    """The `MeasurementInterface` over `space`: a BooleanParameter `keep_<i>` per elastic layer and an
+    """The `MeasurementInterface` over `space`: a BooleanParameter `keep_<i>` per elastic layer, an
     IntegerParameter `width_<i>` (index into the layer's sorted width choices, so neighbours are similar widths)
-    per layer with more than one choice. Measurements are made by the search driver's loop (TuningRunManager)."""
+    per layer with more than one choice, and an IntegerParameter `hidden_size` (index into the sorted embedding
+    widths) when the space has more than one. The search starts from the largest subnet (its seed
+    configuration). Measurements are made by the search driver's loop (TuningRunManager)."""
     from opentuner.search.manipulator import BooleanParameter, ConfigurationManipulator, IntegerParameter
 
     class SubnetSearchInterface(opentuner.MeasurementInterface):
@@ -134,12 +154,12 @@ def make_interface(opentuner, space: SearchSpace, args):
             for i, choices in enumerate(space.mlp_dim_choices):
                 if len(choices) > 1:
                     manipulator.add_parameter(IntegerParameter(f"width_{i}", 0, len(choices) - 1))
+            if len(space.hidden_size_choices) > 1:
+                manipulator.add_parameter(IntegerParameter(HIDDEN_PARAMETER, 0, len(space.hidden_size_choices) - 1))
             return manipulator
 
         def seed_configurations(self):
-            largest = {f"keep_{i}": True for i in space.elastic_layers}
-            largest.update({f"width_{i}": len(c) - 1 for i, c in enumerate(space.mlp_dim_choices) if len(c) > 1})
-            return [largest]
+            return [seed_configuration(space, space.largest())]
 
         def run(self, desired_result, input, limit):  # noqa: A002 - opentuner's signature
             raise NotImplementedError("measurements are reported by the search driver through TuningRunManager")
@@ -168,7 +188,16 @@ def quiet_opentuner():
         yield
 
 
-__all__ = ["IsolatedRandom", "check_technique", "import_opentuner", "make_interface", "quiet_opentuner", "reset_member_counter"]
+__all__ = [
+    "HIDDEN_PARAMETER",
+    "IsolatedRandom",
+    "check_technique",
+    "import_opentuner",
+    "make_interface",
+    "quiet_opentuner",
+    "reset_member_counter",
+    "seed_configuration",
+]
 
 
 def reset_member_counter() -> None:

@@ -34,6 +34,10 @@ def stable_seed(*parts: Any) -> int:
 def sandwich_subnets(space: SearchSpace, seed: int, step: int, num_random: int) -> list[tuple[str, SubnetConfig]]:
     """The (slot name, subnet) pairs of one sandwich step: largest, smallest, then `num_random` sampled subnets.
 
+    The bread spans every elastic dimension: the largest is the full supernet, the smallest (`space.smallest()`)
+    keeps `min_layers` layers at the narrowest MLP width and the narrowest embedding width; the sampled subnets
+    draw depth, MLP widths and embedding width (`space.sample`).
+
     Slot k's subnet comes from `torch.Generator().manual_seed(stable_seed(seed, step, k))`, never from a process's
     global RNG, so all processes of a distributed run (and a resumed run) train the same subnets at each step.
     """

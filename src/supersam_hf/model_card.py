@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -95,6 +96,7 @@ def write_model_card(
     license: str | None = None,
     datasets: list[str] | None = None,
     repo_id: str | None = None,
+    location: str | os.PathLike | None = None,
 ):
     """Render the package's model card template for this subnet into `output/README.md`; returns the `ModelCard`.
 
@@ -155,7 +157,7 @@ def write_model_card(
         subnet_json=json.dumps(subnet.to_dict()),
         metrics_table=_metrics_table(metrics),
         metrics_description=_metrics_description(metrics),
-        repo_id=repo_id or str(output),
+        repo_id=repo_id or str(location or output),  # location: where the folder ends up (written elsewhere)
         training_description=_training_description(model),
     )
     card.save(output / "README.md")

@@ -11,6 +11,7 @@ from ..arguments import ModelArguments, OutputArguments
 from ..export import SUBNET_FILE, export_subnet
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..search.results import select_subnet, subnet_metrics
+from .common import prepare_output
 
 
 @dataclass(kw_only=True)
@@ -55,6 +56,8 @@ def _search_dir(model_args: ModelArguments, args: ExportArguments) -> str | None
 
 def run(model_args: ModelArguments, output_args: OutputArguments, args: ExportArguments) -> Path:
     """Pick the subnet from the search output, export it (with its search metrics on the card), maybe push it."""
+    # Before any work: writable, not the supernet folder (nor inside / around it), empty unless --overwrite_output_dir.
+    prepare_output(output_args, model_args.model_name_or_path)
     search_dir = _search_dir(model_args, args)
     subnet = select_subnet(args.subnet, search_dir)
     metrics = subnet_metrics(search_dir, subnet)

@@ -118,8 +118,9 @@ class DemoState:
     def record(self, stage: str, result: dict) -> dict:
         self.stages[stage] = result
         self.path.write_text(json.dumps(self.stages, indent=2))
-        outputs = [self.path.parent / name for name in DEMO_OUTPUTS if (self.path.parent / name).exists()]
-        record_tool_outputs(self.path.parent, outputs, tool="supersam demo")  # what --overwrite_output_dir removes
+        folder = self.path.parent.resolve()
+        outputs = [folder / name for name in DEMO_OUTPUTS if (folder / name).exists()]
+        record_tool_outputs(folder, outputs, tool="supersam demo")  # what --overwrite_output_dir removes
         return result
 
 

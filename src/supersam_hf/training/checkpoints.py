@@ -136,7 +136,7 @@ class MetricsLog:
                 with path.open("a") as handle:
                     handle.write(json.dumps(rec) + "\n")
                 if new:  # this tool's file: an overwrite may remove it
-                    record_tool_outputs(self.output_dir, [path], tool=TOOL)
+                    record_tool_outputs(self.output_dir, [path.resolve()], tool=TOOL)
 
 
 def save_checkpoint(accelerator: Accelerator, args, output_dir: Path, step: int) -> Path:
@@ -158,7 +158,7 @@ def save_checkpoint(accelerator: Accelerator, args, output_dir: Path, step: int)
             if path.exists():
                 shutil.rmtree(path)
             os.replace(staging, path)
-            record_tool_outputs(output_dir, [path], tool=TOOL)
+            record_tool_outputs(output_dir, [path.resolve()], tool=TOOL)
     except BaseException:
         if accelerator.is_main_process:
             with contextlib.suppress(OSError):

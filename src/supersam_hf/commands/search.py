@@ -80,6 +80,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
         args: SearchArguments) -> SearchResult:
     """Load supernet, processor and data, search, print a summary."""
     inputs = (model_args.model_name_or_path, data_args.dataset_name)
+    previous = Path(output_args.output_dir) / RESULTS_FILE
+    if previous.is_file() and not (args.resume or output_args.overwrite_output_dir):
+        raise FileExistsError(f"{previous.parent} already holds a search ({RESULTS_FILE}); pass --resume to continue "
+                              "it, --overwrite_output_dir to start afresh, or choose another --output_dir.")
     # Before any work: writable, not an input, empty unless --overwrite_output_dir or --resume.
     output = prepare_output(output_args, *inputs, overwrite=output_args.overwrite_output_dir or args.resume)
     check_positive("batch_size", args.batch_size)

@@ -135,7 +135,7 @@ class MetricsLog:
                 new = not path.exists()
                 with path.open("a") as handle:
                     handle.write(json.dumps(rec) + "\n")
-                if new:  # this tool's file: an overwrite may remove it
+                if new and self.accelerator.is_main_process:  # ours: an overwrite may remove it (one writer)
                     record_tool_outputs(self.output_dir, [path.resolve()], tool=TOOL)
 
 
@@ -150,6 +150,7 @@ def save_checkpoint(accelerator: Accelerator, args, output_dir: Path, step: int)
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(staging))
+        accelerator.wait_for_everyone()  # every process's files (RNG states) are in before the rename
         if accelerator.is_main_process:
             state = {"global_step": step, "micro_batches_done": step * args.gradient_accumulation_steps,
                      "num_processes": accelerator.num_processes,
@@ -158,7 +159,8 @@ def save_checkpoint(accelerator: Accelerator, args, output_dir: Path, step: int)
             if path.exists():
                 shutil.rmtree(path)
             os.replace(staging, path)
-            record_tool_outputs(output_dir, [path.resolve()], tool=TOOL)
+            rank_logs = sorted(output_dir.glob("metrics_rank*.jsonl"))  # created by other processes
+            record_tool_outputs(output_dir, [path.resolve(), *(log.resolve() for log in rank_logs)], tool=TOOL)
     except BaseException:
         if accelerator.is_main_process:
             with contextlib.suppress(OSError):

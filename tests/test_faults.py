@@ -486,6 +486,16 @@ def test_binary_0_255_maps_point_to_mask_kind_masks(tmp_path):
     assert len(SamSegmentationData(rows, tiny_processor(64), mask_kind="masks")) == 2  # what the message says works
 
 
+def test_resuming_a_run_written_before_manifests_existed(ws, tmp_path):
+    run = copy_model(ws / "trained", tmp_path / "run")
+    (run / MANIFEST_NAME).unlink()  # as an older version left it
+    assert main(["train", *_train_flags(ws, run), "--max_steps", "3", "--resume_from_checkpoint", "latest",
+                 *QUIET]) == 0
+    recorded = set(json.loads((run / MANIFEST_NAME).read_text())["files"])
+    assert {"config.json", "model.safetensors", "metrics.jsonl", "checkpoints/step_1/training_state.json",
+            "checkpoints/step_3/training_state.json"} <= recorded
+
+
 def test_garbage_training_state_names_the_file_and_the_way_out(ws, tmp_path, capsys):
     run = copy_model(ws / "trained", tmp_path / "run")
     (run / "checkpoints" / "step_2" / "training_state.json").write_text("\x00\x13garbage")

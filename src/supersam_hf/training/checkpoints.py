@@ -97,6 +97,20 @@ def foreign_files(output_dir: Path) -> list[str]:
     return [name for name in names if name not in ours]
 
 
+def adopt_run_files(output_dir: Path) -> None:
+    """On resume in output_dir: record the run's final files, metrics log and checkpoints as this tool's (what the
+    end of the resumed run replaces and an overwrite may remove), for runs written before manifests existed."""
+    names = [name for name in (*FINAL_FILES, METRICS_FILE) if (output_dir / name).is_file()]
+    root = output_dir / CHECKPOINTS_DIR
+    if root.is_dir():  # complete checkpoints of the run (step_N with its training_state.json)
+        names += [p.relative_to(output_dir).as_posix() for p in root.iterdir()
+                  if re.fullmatch(r"step_\d+", p.name) and (p / STATE_FILE).is_file()]
+    recorded = set(read_manifest(output_dir))
+    missing = [name for name in names if name not in recorded]
+    if missing:
+        record_tool_outputs(output_dir, [(output_dir / name).resolve() for name in missing], tool=TOOL)
+
+
 def remove_previous_run(output_dir: Path) -> None:
     """--overwrite_output_dir: remove what an earlier run of this tool wrote in output_dir (its manifest), only that,
     and the step_N.tmp folders of its interrupted saves."""
@@ -181,6 +195,7 @@ __all__ = [
     "CHECKPOINTS_DIR",
     "METRICS_FILE",
     "MetricsLog",
+    "adopt_run_files",
     "STATE_FILE",
     "SUMMARY_FILE",
     "find_latest_checkpoint",

@@ -40,6 +40,7 @@ from .checkpoints import (
     SUMMARY_FILE,
     TOOL,
     MetricsLog,
+    adopt_run_files,
     foreign_files,
     load_checkpoint,
     previous_run_files,
@@ -151,6 +152,8 @@ def _check_output_dir(args: SupernetTrainingArguments) -> tuple[Path, Path | Non
             f"output_dir {str(output_dir)!r} holds a previous run ({', '.join(previous)}). Pass "
             "resume_from_checkpoint='latest' to continue it, overwrite_output_dir=True to replace it, or another output_dir."
         )
+    if resume_dir is not None and output_dir.resolve() in resume_dir.resolve().parents:
+        adopt_run_files(output_dir)  # continuing the run of this folder: its files are this tool's
     foreign = foreign_files(output_dir) if resume_dir is None else []
     if foreign:
         raise FileExistsError(

@@ -2,8 +2,11 @@
 
 Every stage parses `HfArgumentParser((ModelArguments, DataArguments, OutputArguments, StageArguments, RunArguments))`
 (the shared vocabulary of `supersam_hf.arguments`), so `supersam <stage>` and `examples/<stage>.py` run the same code
-with the same flags. User errors (a mistyped flag, a missing file, a bad value) are answered in one line,
-`supersam <stage>: error: ...`, exit status 2; the traceback only with `--debug` or `SUPERSAM_DEBUG=1`.
+with the same flags; an argument file is typed strictly (unknown keys and values of the wrong type are refused, named).
+Every stage, argument parsing included, runs through `supersam_hf.errors.run_stage`, the one place failures become
+exit codes: a user's error (a mistyped flag, a missing or corrupt file, a bad value, a full disk) is one line
+`supersam <stage>: error: ...`, exit status 2; a bug is one line pointing to the debug switch, exit status 1; the
+traceback only with `--debug` or `SUPERSAM_DEBUG=1`.
 """
 
 from __future__ import annotations
@@ -13,12 +16,12 @@ import difflib
 import importlib
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 from transformers import HfArgumentParser
 
 from ..arguments import RunArguments
+from ..checks import read_args_file, strict_dataclass_from_dict
 from ..errors import run_stage
 
 # subcommand -> one-line help
@@ -71,9 +74,7 @@ def _unknown_flag(parser: StageParser, argv: list[str]) -> str | None:
 def parse_args_file(parser: StageParser, path: str) -> tuple[Any, ...]:
     """The stage's dataclasses from one .json / .yaml file, strictly typed: an unknown key, a value of the wrong type
     (`"max_steps": "ten"`, `"kept_layers": null`) or a missing required argument is one error naming the file."""
-    from ..checks import strict_dataclass_from_dict
-
-    data = _read_args_file(path)
+    data = read_args_file(path)
     fields = {cls: {f.name for f in dataclasses.fields(cls) if f.init} for cls in parser.dataclass_types}
     known = set().union(*fields.values())
     unknown = [key for key in data if key not in known]
@@ -93,28 +94,6 @@ def parse_args_file(parser: StageParser, path: str) -> tuple[Any, ...]:
             raise UsageError(f"{path}: missing required argument(s) {', '.join(missing) or error}; add them to the "
                              "file.") from None
     return tuple(parsed)
-
-
-def _read_args_file(path: str) -> dict[str, Any]:
-    """The mapping in a .json / .yaml arguments file (an error naming the file if it is unreadable or not a mapping)."""
-    if Path(path).suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UsageError(f"arguments file {path} does not exist.") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as error:
-            raise UsageError(f"arguments file {path} is not valid YAML ({' '.join(str(error).split())}); fix the "
-                             "file.") from None
-    else:
-        from ..outputs import read_json_file
-
-        data = read_json_file(path, what="arguments file", remedy="fix the file")
-    if not isinstance(data, dict):
-        raise UsageError(f"arguments file {path} must hold a mapping of argument names to values, got a "
-                         f"{type(data).__name__}.")
-    return data
 
 
 def parse_stage_arguments(stage: str, argv: list[str]) -> tuple[Any, ...]:

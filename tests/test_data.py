@@ -159,7 +159,8 @@ def test_image_modes(processor, mode):
     else:
         image = Image.fromarray(np.dstack([base, base, base, np.full_like(base, 7)]), "RGBA")
     ds = dataset_of([image], [two_box_map()])
-    example = SamSegmentationData(ds, processor)[0]
+    # "range": the dtype-range scaling, exact for full-range data (the default "percentile" stretches each image)
+    example = SamSegmentationData(ds, processor, intensity_normalization="range")[0]
     assert example["pixel_values"].shape == (3, S, S) and example["pixel_values"].dtype == torch.float32
     reference = SamSegmentationData(dataset_of([Image.fromarray(base, "L")], [two_box_map()]), processor)[0]
     # Every mode reaches the same 0-255 RGB image, hence the same pixel values.
@@ -168,9 +169,12 @@ def test_image_modes(processor, mode):
 
 def test_to_rgb_image_scaling_rules():
     sixteen = Image.fromarray(np.array([[0, 257 * 100, 65535]], dtype=np.uint16))
-    assert np.asarray(to_rgb_image(sixteen))[0, :, 0].tolist() == [0, 100, 255]
-    assert np.asarray(to_rgb_image(np.array([[0.0, 0.5, 1.0]])))[0, :, 1].tolist() == [0, 128, 255]
-    assert np.asarray(to_rgb_image(np.array([[-1.0, 4.0, 9.0]])))[0, :, 2].tolist() == [0, 128, 255]  # min-max
+    assert np.asarray(to_rgb_image(sixteen, "range"))[0, :, 0].tolist() == [0, 100, 255]
+    assert np.asarray(to_rgb_image(np.array([[0.0, 0.5, 1.0]]), "range"))[0, :, 1].tolist() == [0, 128, 255]
+    assert np.asarray(to_rgb_image(np.array([[-1.0, 4.0, 9.0]]), "range"))[0, :, 2].tolist() == [0, 128, 255]
+    # the default: per-image percentiles, so 12-bit camera data (0-4095) is not black (÷257 would peak at 16)
+    twelve = np.linspace(0, 4095, 64 * 64).reshape(64, 64).astype(np.uint16)
+    assert np.asarray(to_rgb_image(twelve)).max() == 255 and np.asarray(to_rgb_image(twelve, "range")).max() == 16
     chw = np.zeros((3, 5, 7), dtype=np.uint8)
     chw[1] = 9
     out = np.asarray(to_rgb_image(chw))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import errno
 import io
 
-import pytest
-
 from supersam_hf.checks import check_positive
 from supersam_hf.errors import DEBUG_ENV, debug_enabled, format_error_line, run_stage
 from supersam_hf.outputs import read_json_file
@@ -61,12 +59,15 @@ def test_bug_is_one_line_pointing_to_the_debug_switch(monkeypatch):
 def test_debug_switch_shows_the_traceback(monkeypatch):
     monkeypatch.setenv(DEBUG_ENV, "1")
     assert debug_enabled()
-    with pytest.raises(ValueError, match="positive integer"):
-        _run(check_positive, "batch_size", 0)
+    code, text = _run(check_positive, "batch_size", 0)
+    assert code == 2 and "Traceback" in text and "ValueError: --batch_size must be a positive integer" in text
+    assert text.endswith("supersam evaluate: error: --batch_size must be a positive integer, got 0.\n")
     monkeypatch.setenv(DEBUG_ENV, "0")
     assert not debug_enabled() and debug_enabled(True)
-    with pytest.raises(ValueError):
-        _run(check_positive, "batch_size", 0, debug=True)
+    code, text = _run(check_positive, "batch_size", 0, debug=True)
+    assert code == 2 and "Traceback" in text
+    code, text = _run(check_positive, "batch_size", 0)
+    assert code == 2 and "Traceback" not in text
 
 
 def test_success_and_interrupt(monkeypatch):

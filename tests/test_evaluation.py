@@ -194,4 +194,4 @@ def test_cli_evaluate_writes_the_result_json(supernet, processor, dataset, subne
     (tmp_path / "broken" / "config.json").write_text('{"model_type": "supersam"}')
     assert cli_main(["evaluate", "--model_name_or_path", str(tmp_path / "broken"), "--dataset_name", str(tmp_path / "data"),
                      *out_flag]) == 2
-    assert "Could not load" in capsys.readouterr().err
+    assert "has config.json but no model.safetensors" in capsys.readouterr().err

@@ -315,7 +315,14 @@ def test_existing_output_dir_is_refused(assets, tmp_path):
     with pytest.raises(FileExistsError, match="previous run"):
         train_supernet(make_args(assets, out))
     assert (out / "config.json").read_text() == "{}" and sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.jsonl"]
-    # overwrite_output_dir replaces the previous run (its metrics do not leak into the new ones).
+    with pytest.raises(FileExistsError, match="did not write"):  # not this tool's files: overwrite refuses too
+        train_supernet(make_args(assets, out, overwrite_output_dir=True, max_steps=1))
+    assert (out / "config.json").read_text() == "{}" and sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.jsonl"]
+    # overwrite_output_dir replaces the previous run of this tool (the files its manifest lists; its metrics do not
+    # leak into the new ones). Files it did not record writing are never replaced: see tests/test_faults.py.
+    from supersam_hf.outputs import record_tool_outputs
+
+    record_tool_outputs(out, ["config.json", "metrics.jsonl"], tool="supersam train")
     train_supernet(make_args(assets, out, overwrite_output_dir=True, max_steps=1))
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1]
     assert json.loads((out / "config.json").read_text())["model_type"] == "supersam"
@@ -353,8 +360,13 @@ def test_nan_weight_is_reported_at_first_step(assets, tmp_path):
         sam.mask_decoder.iou_prediction_head.proj_out.weight.fill_(float("nan"))
     sam.save_pretrained(tmp_path / "bad")
     tiny_processor(64).save_pretrained(tmp_path / "bad")
-    with pytest.raises(NonFiniteLossError, match=r"step 1 in subnet 'largest'"):
+    # loaded from a folder: refused on load, naming the tensor
+    with pytest.raises(ValueError, match=r"non-finite weights .*mask_decoder\.iou_prediction_head\.proj_out\.weight"):
         train_supernet(make_args(assets, tmp_path / "out", model_name_or_path=str(tmp_path / "bad"), max_steps=1))
+    # given as an object (no load check): the first step's loss says where
+    args = make_args(assets, tmp_path / "out", model_name_or_path=str(tmp_path / "bad"), max_steps=1)
+    with pytest.raises(NonFiniteLossError, match=r"step 1 in subnet 'largest'"):
+        train_supernet(args, model=SuperSamModel.from_sam(sam), processor=tiny_processor(64))
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 

@@ -68,6 +68,12 @@ class DataArguments:
         metadata={"help": "How masks are stored: instance (id map), masks (binary stack) or semantic (class map); "
                   "default: auto-detect from the first row."},
     )
+    intensity_normalization: Literal["percentile", "range", "minmax"] = field(
+        default="percentile",
+        metadata={"help": "How images that are not 8-bit (16-bit, 12-bit, float microscopy) reach 0-255: percentile "
+                  "(per image, 1st-99.8th percentile, as microscopy tools do), range (dtype range: 16-bit /257) or "
+                  "minmax. The same in every stage."},
+    )
     max_train_images: Optional[int] = field(default=None, metadata={"help": "Use only the first N training images."})
     max_eval_images: Optional[int] = field(default=None, metadata={"help": "Use only the first N evaluation images."})
 

@@ -364,8 +364,9 @@ def _type_name(expected: Any) -> str:
     return getattr(expected, "__name__", str(expected))
 
 
-def load_args_file(cls: type[T], path: str | Path) -> T:
-    """Arguments dataclass `cls` from a .json or .yaml/.yml file, strictly typed (see `strict_dataclass_from_dict`)."""
+def read_args_file(path: str | Path) -> dict[str, Any]:
+    """The mapping of argument names to values in a .json or .yaml/.yml file; ValueError / FileNotFoundError naming
+    the file when it is missing, unreadable or not a mapping (an empty YAML file is an empty mapping)."""
     from .outputs import read_json_file
 
     path = Path(path)
@@ -377,10 +378,20 @@ def load_args_file(cls: type[T], path: str | Path) -> T:
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as error:
-            raise ValueError(f"arguments file {path} is not valid YAML ({error}); fix the file.") from error
+            reason = " ".join(str(error).split())
+            raise ValueError(f"arguments file {path} is not valid YAML ({reason}); fix the file.") from error
     else:
         data = read_json_file(path, what="arguments file", remedy="fix the file")
-    return strict_dataclass_from_dict(cls, data if data is not None else {}, source=str(path))
+    data = {} if data is None else data
+    if not isinstance(data, Mapping):
+        raise ValueError(f"arguments file {path} must hold a mapping of argument names to values, got a "
+                         f"{type(data).__name__}.")
+    return dict(data)
+
+
+def load_args_file(cls: type[T], path: str | Path) -> T:
+    """Arguments dataclass `cls` from a .json or .yaml/.yml file, strictly typed (see `strict_dataclass_from_dict`)."""
+    return strict_dataclass_from_dict(cls, read_args_file(path), source=str(path))
 
 
 __all__ = [
@@ -394,5 +405,6 @@ __all__ = [
     "is_finite_metric",
     "load_args_file",
     "named_load_errors",
+    "read_args_file",
     "strict_dataclass_from_dict",
 ]

@@ -12,6 +12,7 @@ import errno
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -70,19 +71,21 @@ def run_stage(
 ) -> int:
     """Call `entry(*args)` and return the process exit code: 0, 2 (user error), 1 (bug) or 130 (Ctrl-C).
 
-    With the debug switch on, exceptions propagate with their traceback instead.
+    With the debug switch on, the traceback is printed first (same exit code). This is the one place the command
+    line turns failures into exit codes: `supersam_hf.commands.cli.main` runs every stage (argument parsing
+    included) through it.
     """
     stream = stderr if stderr is not None else sys.stderr
     try:
         entry(*args)
     except KeyboardInterrupt:
         if debug_enabled(debug):
-            raise
+            traceback.print_exc(file=stream)
         print(f"supersam {stage}: interrupted", file=stream)
         return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 - the one place that turns every failure into one line
         if debug_enabled(debug):
-            raise
+            traceback.print_exc(file=stream)
         print(format_error_line(stage, error), file=stream)
         return EXIT_USER_ERROR if is_user_error(error) else EXIT_INTERNAL_ERROR
     return 0

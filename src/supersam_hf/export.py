@@ -16,10 +16,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .checks import check_finite, is_finite_metric
 from .model_card import find_license, hub_id, recorded_hub_base_model, write_model_card
 from .modeling_supersam import SuperSamModel
 from .onnx_export import INT8_MIOU_DROP_THRESHOLD
 from .onnx_pipeline import check_onnx_options, export_checked_onnx, onnx_summary
+from .outputs import MANIFEST_NAME, atomic_output_dir, prepare_output_dir
 from .search_space import SubnetConfig
 
 logger = logging.getLogger(__name__)
@@ -63,7 +65,8 @@ def export_subnet(
             Hub accepts only repo ids as `base_model` metadata).
         license: the card's license; default: the license of the supernet's or the base model's card, if known.
         datasets: Hub ids of the datasets the supernet was trained on, for the card's metadata.
-        overwrite: replace the files of an existing non-empty `output_dir` (stale weight files are removed).
+        overwrite: replace an earlier export in a non-empty `output_dir`: only the files this tool wrote there
+            (listed in its `.supersam-manifest.json`) are removed; other files are kept, never replaced.
         push_to_hub: after writing the folder, upload it to `repo_id` (created if needed; default: the folder name
             in your namespace). The token comes from `token`, else `HF_TOKEN` / the stored login.
         private: create the repo as private.
@@ -76,18 +79,22 @@ def export_subnet(
         eval_data: evaluation images for the ONNX files' mIoU (anything `evaluate_model` takes; an
             `EvaluationData` keeps its prompt); PyTorch, fp32 ONNX and INT8 are scored on the same prompts.
 
+    The folder is written into a temporary sibling and moved into place when complete, so a failure (a full disk
+    included) leaves `output_dir` as it was. An output equal to, inside or around the supernet's folder is refused.
+
     Returns:
         The output folder.
     """
     output = Path(output_dir)
-    _check_output_dir(output, overwrite)
+    source = getattr(getattr(supernet, "config", None), "_name_or_path", None) or None
+    inputs = [source] if source and Path(source).expanduser().is_dir() else []
+    prepare_output_dir(output, overwrite=overwrite, inputs=inputs)  # before any work
     model = _merged(supernet)
     if not isinstance(model, SuperSamModel):
         raise ValueError(
             f"export_subnet needs a SuperSamModel, got {type(supernet).__name__}; convert a SAM model with "
             "SuperSamModel.from_sam(model), or load a checkpoint with supersam_hf.loading.load_supernet(path)."
         )
-    source = getattr(model.config, "_name_or_path", None) or None
     if isinstance(subnet, dict):
         subnet = SubnetConfig.from_dict(subnet)
     model.search_space.validate(subnet)  # before anything is written
@@ -108,21 +115,10 @@ def export_subnet(
     datasets = [datasets] if isinstance(datasets, str) else (list(datasets) if datasets else None)
 
     sam = model.extract_subnet(subnet)
-    if overwrite:
-        _remove_stale_weights(output)
-    output.mkdir(parents=True, exist_ok=True)
-    sam.save_pretrained(output)
-    if processor is not None:
-        processor.save_pretrained(output)
-    else:
-        logger.warning(
-            "No processor was given or found with the supernet: %s has no processor files, so pipelines and "
-            "SamProcessor.from_pretrained cannot load it. Pass processor=SamProcessor(...) to include one.", output
-        )
-    onnx_report = None
-    if onnx:  # into the same folder as the weights, so whatever writes that folder atomically covers these too
-        onnx_report = export_checked_onnx(sam, output, quantize=quantize, eval_data=eval_data, processor=processor,
-                                          int8_threshold=int8_threshold or INT8_MIOU_DROP_THRESHOLD)
+    check_finite(sam, f"subnet {subnet.name} of the supernet {source or ''}".strip())  # never export a NaN checkpoint
+    if metrics and "miou" in metrics and not is_finite_metric(metrics["miou"]):
+        raise ValueError(f"The metrics of subnet {subnet.name} hold mIoU {metrics['miou']!r}, not a finite number; a "
+                         "NaN/inf result is never exported. Re-evaluate the subnet (check the supernet's weights).")
     subnet_record = {
         **subnet.to_dict(),  # top-level kept_layers / mlp_dims: SubnetConfig.from_json(subnet.json) reads it back
         "name": subnet.name,
@@ -130,22 +126,40 @@ def export_subnet(
         "macs_per": f"one image at {model.config.vision_config.image_size} px with one point prompt",
         "base_model": base_name,
         "metrics": metrics,
-        **({"onnx": onnx_summary(onnx_report)} if onnx_report else {}),
     }
-    text = json.dumps(subnet_record, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
-    (output / SUBNET_FILE).write_text(text + "\n", encoding="utf-8")
-
     card_args = dict(model=model, subnet=subnet, sizes=sizes, metrics=metrics, base_model=base_model,
-                     base_name=base_name, license=license, datasets=datasets, output=output,
-                     onnx_report=onnx_report)
+                     base_name=base_name, license=license, datasets=datasets, output=output)
     card_repo_id = repo_id or (output.resolve().name if push_to_hub else None)
-    write_model_card(**card_args, repo_id=card_repo_id)
+    with atomic_output_dir(output, overwrite=overwrite, inputs=inputs, tool="supersam export") as staging:
+        onnx_report = None
+        if onnx:  # into the staging folder with the weights, so the atomic move covers these files too
+            onnx_report = export_checked_onnx(sam, staging, quantize=quantize, eval_data=eval_data, processor=processor,
+                                              int8_threshold=int8_threshold or INT8_MIOU_DROP_THRESHOLD)
+            subnet_record["onnx"] = onnx_summary(onnx_report)
+        card_args["onnx_report"] = onnx_report
+        _write_export(staging, sam, processor, subnet_record,
+                      {**card_args, "output": staging, "location": output.resolve()}, card_repo_id)
     logger.info("Exported subnet %s (%d parameters) to %s", subnet.name, sizes["params"], output)
 
     if push_to_hub:
         _push(output, card_repo_id, private=private, token=token, subnet=subnet, card_args=card_args,
               commit_message=commit_message)
     return output
+
+
+def _write_export(folder: Path, sam, processor, subnet_record: dict, card_args: dict, repo_id: str | None) -> None:
+    """The files of an export: weights + config, processor, subnet.json, model card."""
+    sam.save_pretrained(folder)
+    if processor is not None:
+        processor.save_pretrained(folder)
+    else:
+        logger.warning(
+            "No processor was given or found with the supernet: the export has no processor files, so pipelines and "
+            "SamProcessor.from_pretrained cannot load it. Pass processor=SamProcessor(...) to include one."
+        )
+    text = json.dumps(subnet_record, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+    (folder / SUBNET_FILE).write_text(text + "\n", encoding="utf-8")
+    write_model_card(**card_args, repo_id=repo_id)
 
 
 # -- the supernet ---------------------------------------------------------------------------------------------
@@ -182,24 +196,6 @@ def _merged(model, copy_first: bool = True):
 
 
 # -- output folder and upload ---------------------------------------------------------------------------------
-def _check_output_dir(output: Path, overwrite: bool) -> None:
-    if output.exists() and not output.is_dir():
-        raise FileExistsError(f"Output {output} exists and is not a folder.")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise FileExistsError(f"Output folder {output} is not empty; choose a new folder or pass overwrite=True (--overwrite_output_dir).")
-
-
-def _remove_stale_weights(output: Path) -> None:
-    """Before overwriting: remove weight files of an earlier export so old shards cannot mix with the new ones."""
-    if not output.is_dir():
-        return
-    for pattern in ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin",
-                    "onnx/*.onnx", "onnx/*.onnx.data", "onnx/parity.json"):  # ONNX files of the old weights too
-        for stale in output.glob(pattern):
-            if stale.is_file():
-                stale.unlink()
-
-
 def _push(output: Path, repo_id: str, *, private: bool, token: str | None, subnet: SubnetConfig, card_args: dict,
           commit_message: str | None) -> None:
     from huggingface_hub import create_repo, get_token, upload_folder
@@ -220,6 +216,7 @@ def _push(output: Path, repo_id: str, *, private: bool, token: str | None, subne
             repo_id=repo_url.repo_id,
             token=token,
             commit_message=commit_message or f"Upload SuperSAM subnet {subnet.name}",
+            ignore_patterns=[MANIFEST_NAME],  # the local record of what this tool wrote, not part of the model
         )
     except Exception as error:  # HTTP errors (401, 403, ...) and connection failures: say so without a traceback
         raise ValueError(

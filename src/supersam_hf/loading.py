@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedConfig, SamModel, SamProcessor
 
+from .checks import check_finite, check_loading_info, check_model_folder, check_state_dict
 from .modeling_supersam import SuperSamModel
 
 logger = logging.getLogger(__name__)
@@ -76,10 +77,11 @@ def load_config_dict(
     if local.is_dir():
         if not (local / subfolder / "config.json").is_file():
             raise FileNotFoundError(
-                f"{name!r} is a folder without config.json: not a model saved by save_pretrained (nor a Hub snapshot)."
+                f"{name!r} is a folder without config.json: not a model saved by save_pretrained (nor a Hub snapshot); "
+                "pass the folder holding config.json and model.safetensors, or a Hub model id."
             )
     elif _looks_like_path(name):
-        raise FileNotFoundError(f"No model folder at {name!r}.")
+        raise FileNotFoundError(f"No model folder at {name!r}; check the path (--model_name_or_path).")
     try:
         config_dict, _ = PreTrainedConfig.get_config_dict(name, **_hub_kwargs(revision, token, subfolder))
     except (OSError, ValueError) as error:
@@ -104,11 +106,25 @@ def _device(device: str | torch.device | None) -> torch.device:
 
 
 def _from_pretrained(cls, name: str, model_type: str, hub_kwargs: dict) -> SamModel:
+    """`cls.from_pretrained`, refusing weights that do not fit (missing, unexpected, wrongly shaped: named) and
+    non-finite weights (named); any other failure (corrupt or truncated files, bad config values) is one line."""
+    local = Path(name).expanduser()
+    if local.is_dir():
+        check_model_folder(local / hub_kwargs.get("subfolder", ""), what=f"{model_type} model")
     try:
-        return cls.from_pretrained(name, **hub_kwargs)
+        model, info = cls.from_pretrained(name, output_loading_info=True, **hub_kwargs)
     except Exception as error:  # noqa: BLE001 - corrupt/truncated weights, bad config values: one clear line
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ValueError(f"Could not load the {model_type} model {name!r}: {type(error).__name__}: {first}") from error
+        if "ignore_mismatched_sizes" in str(error):  # shapes differ from the config: name the tensors
+            _, info = cls.from_pretrained(name, output_loading_info=True, ignore_mismatched_sizes=True, **hub_kwargs)
+            check_loading_info(info, f"{name!r}")
+        first = " ".join(str(error).split())[:300]
+        raise ValueError(
+            f"Could not load the {model_type} model {name!r} ({type(error).__name__}: {first}); re-download or "
+            "re-save it."
+        ) from error
+    check_state_dict(model, info, f"{name!r}")
+    check_finite(model, f"{name!r}")
+    return model
 
 
 def load_model(
@@ -180,6 +196,14 @@ def load_processor(
     else the one of its `base_model` (the SAM checkpoint a supernet records). `FileNotFoundError` says where it
     looked when none has one."""
     candidates: list[tuple[str, dict]] = []
+    if processor_name_or_path and _looks_like_path(os.fspath(processor_name_or_path)) and not Path(
+        processor_name_or_path
+    ).expanduser().is_dir():
+        raise FileNotFoundError(
+            f"--processor_name_or_path {os.fspath(processor_name_or_path)!r}: no such folder; give a folder holding "
+            "a saved SamProcessor (processor_config.json / preprocessor_config.json) or a Hub id, or leave it unset "
+            "to use the processor saved next to the model."
+        )
     if processor_name_or_path:
         candidates.append((os.fspath(processor_name_or_path), {"token": token} if token is not None else {}))
     else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -97,6 +98,7 @@ def write_model_card(
     datasets: list[str] | None = None,
     repo_id: str | None = None,
     onnx_report: dict | None = None,
+    location: str | os.PathLike | None = None,
 ):
     """Render the package's model card template for this subnet into `output/README.md`; returns the `ModelCard`.
 
@@ -157,9 +159,9 @@ def write_model_card(
         subnet_json=json.dumps(subnet.to_dict()),
         metrics_table=_metrics_table(metrics),
         metrics_description=_metrics_description(metrics),
-        repo_id=repo_id or str(output),
+        repo_id=repo_id or str(location or output),  # location: where the folder ends up (written elsewhere)
         training_description=_training_description(model),
-        onnx_section=onnx_card_section(onnx_report, repo_id or str(output)) if onnx_report else "",
+        onnx_section=onnx_card_section(onnx_report, repo_id or str(location or output)) if onnx_report else "",
     )
     card.save(output / "README.md")
     return card

@@ -169,7 +169,7 @@ def find_image_column(dataset, image_column: str | None = None) -> str:
     )
 
 
-def usable_image(value: Any) -> Image.Image | None:
+def usable_image(value: Any, intensity_normalization: str = "percentile") -> Image.Image | None:
     """An RGB PIL image from a dataset cell (via `data.to_rgb_image`; also undecoded {"bytes"/"path"} cells), or
     None if the cell holds no usable image."""
     if value is None:
@@ -182,13 +182,16 @@ def usable_image(value: Any) -> Image.Image | None:
                 value = Image.open(value["path"])
             else:
                 return None
-        image = to_rgb_image(value)
+        elif isinstance(value, str) and os.path.isfile(os.path.expanduser(value)):  # a column of image paths
+            value = Image.open(os.path.expanduser(value))
+        image = to_rgb_image(value, intensity_normalization)
     except (ValueError, TypeError, OSError):
         return None
     return image if image.width > 0 and image.height > 0 else None
 
 
-def _calibration_batches(dataset, column: str, num_images: int, batch_size: int, seed: int, stats: dict) -> Iterator[list[Image.Image]]:
+def _calibration_batches(dataset, column: str, num_images: int, batch_size: int, seed: int, stats: dict,
+                         intensity_normalization: str = "percentile") -> Iterator[list[Image.Image]]:
     """Batches of usable RGB images, taken in a seeded random order until `num_images` are found (unusable cells
     are skipped and counted in `stats`)."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -199,7 +202,7 @@ def _calibration_batches(dataset, column: str, num_images: int, batch_size: int,
             break
         rows = images_only[order[start : start + batch_size]][column]
         for value in rows:
-            image = usable_image(value)
+            image = usable_image(value, intensity_normalization)
             if image is None:
                 stats["skipped"] += 1
                 continue
@@ -601,6 +604,7 @@ def prioritize(
     image_column: str | None = None,
     seed: int = 0,
     show_progress: bool = True,
+    intensity_normalization: str = "percentile",
 ) -> PrioritizationReport:
     """Measure `model`'s image encoder on calibration images and write the search space into `model.config`.
 
@@ -620,6 +624,7 @@ def prioritize(
         image_column: the dataset's image column (default: auto-detected).
         seed: seed of the image selection.
         show_progress: show a tqdm progress bar.
+        intensity_normalization: how non-8-bit images reach 0-255 (`data.to_rgb_image`), as in training/evaluation.
 
     Layer importance = `1 - cos(E, E_-i)` with `E` the image embeddings (neck output, one flattened vector per
     image) of the full model and `E_-i` those with layer i replaced by the identity, averaged over images. Elastic
@@ -680,7 +685,7 @@ def prioritize(
     model.reset_subnet()
     model.eval()
     try:
-        batches = _calibration_batches(dataset, column, target, batch_size, seed, stats)
+        batches = _calibration_batches(dataset, column, target, batch_size, seed, stats, intensity_normalization)
         inputs = (processor(images=images, return_tensors="pt")["pixel_values"].to(device=device, dtype=dtype) for images in batches)
         removal_cost = _calibrate(model, inputs, (recorder, embedding_recorder), measure_layers, target, show_progress)
 

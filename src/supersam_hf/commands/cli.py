@@ -2,22 +2,27 @@
 
 Every stage parses `HfArgumentParser((ModelArguments, DataArguments, OutputArguments, StageArguments, RunArguments))`
 (the shared vocabulary of `supersam_hf.arguments`), so `supersam <stage>` and `examples/<stage>.py` run the same code
-with the same flags. User errors (a mistyped flag, a missing file, a bad value) are answered in one line,
-`supersam <stage>: error: ...`, exit status 2; the traceback only with `--debug` or `SUPERSAM_DEBUG=1`.
+with the same flags; an argument file is typed strictly (unknown keys and values of the wrong type are refused, named).
+Every stage, argument parsing included, runs through `supersam_hf.errors.run_stage`, the one place failures become
+exit codes: a user's error (a mistyped flag, a missing or corrupt file, a bad value, a full disk) is one line
+`supersam <stage>: error: ...`, exit status 2; a bug is one line pointing to the debug switch, exit status 1; the
+traceback only with `--debug` or `SUPERSAM_DEBUG=1`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import importlib
 import logging
-import os
 import sys
-import traceback
 from typing import Any
 
 from transformers import HfArgumentParser
 
 from ..arguments import RunArguments
+from ..checks import read_args_file, strict_dataclass_from_dict
+from ..errors import run_stage
 
 # subcommand -> one-line help
 STAGES = {
@@ -28,11 +33,9 @@ STAGES = {
     "export": "export a subnet as a standard SAM checkpoint",
     "demo": "the whole pipeline end to end, offline",
 }
-# What a user can cause: bad values, missing / unreadable / existing files, malformed JSON (a ValueError).
-USER_ERRORS = (ValueError, OSError)
 
 
-class UsageError(Exception):
+class UsageError(ValueError):
     """A command line that cannot be parsed: unknown flag, missing required flag, bad value, bad argument file."""
 
 
@@ -68,16 +71,36 @@ def _unknown_flag(parser: StageParser, argv: list[str]) -> str | None:
     return None
 
 
+def parse_args_file(parser: StageParser, path: str) -> tuple[Any, ...]:
+    """The stage's dataclasses from one .json / .yaml file, strictly typed: an unknown key, a value of the wrong type
+    (`"max_steps": "ten"`, `"kept_layers": null`) or a missing required argument is one error naming the file."""
+    data = read_args_file(path)
+    fields = {cls: {f.name for f in dataclasses.fields(cls) if f.init} for cls in parser.dataclass_types}
+    known = set().union(*fields.values())
+    unknown = [key for key in data if key not in known]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UsageError(f"{path}: unknown argument {unknown[0]!r}{hint}; remove it or fix its name "
+                         f"(this stage's arguments: {', '.join(sorted(known))}).")
+    parsed = []
+    for cls, names in fields.items():
+        subset = {key: value for key, value in data.items() if key in names}
+        try:
+            parsed.append(strict_dataclass_from_dict(cls, subset, source=path))
+        except TypeError as error:  # a required argument is missing
+            missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in subset
+                       and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+            raise UsageError(f"{path}: missing required argument(s) {', '.join(missing) or error}; add them to the "
+                             "file.") from None
+    return tuple(parsed)
+
+
 def parse_stage_arguments(stage: str, argv: list[str]) -> tuple[Any, ...]:
     """Parse `argv` (flags, or one .json / .yaml file) into the stage's dataclasses, `RunArguments` last."""
     parser = build_parser(stage)
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        try:
-            if argv[0].endswith(".json"):
-                return tuple(parser.parse_json_file(argv[0], allow_extra_keys=False))
-            return tuple(parser.parse_yaml_file(argv[0], allow_extra_keys=False))
-        except (OSError, ValueError, TypeError) as error:  # unreadable file, bad JSON/YAML, unknown or missing keys
-            raise UsageError(f"cannot read the arguments file {argv[0]}: {error}") from None
+        return parse_args_file(parser, argv[0])
     unknown = _unknown_flag(parser, argv)
     if unknown is None:
         *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
@@ -117,7 +140,15 @@ def _usage() -> str:
             "--prompt_type, --log_level (see `supersam <stage> --help`).")
 
 
+def _run(stage: str, argv: list[str]) -> None:
+    """Parse the stage's arguments, set up logging and run the stage (errors are answered by `run_stage`)."""
+    *stage_arguments, run_arguments = parse_stage_arguments(stage, argv)
+    configure_logging(run_arguments.log_level)
+    stage_module(stage).run(*stage_arguments)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """`supersam <stage> ...`; returns the exit status: 0, 2 (a user error, one line), 1 (a bug), 130 (Ctrl-C)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -126,25 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     if stage not in STAGES:
         print(f"supersam: error: unknown stage {stage!r}; stages: {', '.join(STAGES)}", file=sys.stderr)
         return 2
-    debug = os.environ.get("SUPERSAM_DEBUG", "") not in ("", "0") or "--debug" in rest
     try:
-        parsed = parse_stage_arguments(stage, rest)
+        return run_stage(stage, _run, stage, rest, debug=True if "--debug" in rest else None)
     except SystemExit as done:  # --help printed
         return int(done.code or 0)
-    except UsageError as error:
-        print(f"supersam {stage}: error: {error}", file=sys.stderr)
-        return 2
-    *stage_arguments, run_arguments = parsed
-    configure_logging(run_arguments.log_level)
-    try:
-        stage_module(stage).run(*stage_arguments)
-    except USER_ERRORS as error:
-        if debug:
-            traceback.print_exc()
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"supersam {stage}: error: {message}", file=sys.stderr)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,15 +1,30 @@
-"""Helpers every command shares: the output folder check and the device choice."""
+"""What every command shares: its output folder (checked before any work) and the shared data flags."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from ..arguments import DataArguments, OutputArguments
+from ..outputs import prepare_output_dir
 
 
-def check_output_dir(output_dir: str, overwrite: bool, what: str = "output_dir") -> Path:
-    """The output folder: refuses a file, and a non-empty folder unless `overwrite` (nothing is deleted here)."""
-    output = Path(output_dir)
-    if output.exists() and not output.is_dir():
-        raise FileExistsError(f"--{what} {output} exists and is not a folder.")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise FileExistsError(f"--{what} {output} is not empty; choose a new folder or pass --overwrite_output_dir.")
-    return output
+def prepare_output(output_args: OutputArguments, *inputs: str | None, overwrite: bool | None = None) -> Path:
+    """`--output_dir`, checked before any long work: not one of `inputs` (model, dataset, ...; Hub ids are skipped),
+    not inside or around one, writable, and empty unless `--overwrite_output_dir` (or `overwrite`). Returns it
+    resolved; nothing is created or deleted here."""
+    return prepare_output_dir(
+        output_args.output_dir,
+        overwrite=output_args.overwrite_output_dir if overwrite is None else overwrite,
+        inputs=[value for value in inputs if value],
+    )
+
+
+def data_kwargs(data_args: DataArguments) -> dict[str, Any]:
+    """The shared data flags as `SamSegmentationData` keyword arguments (the same in every stage)."""
+    return {
+        "image_column": data_args.image_column,
+        "mask_column": data_args.mask_column,
+        "mask_kind": data_args.mask_kind,
+        "intensity_normalization": data_args.intensity_normalization,
+    }

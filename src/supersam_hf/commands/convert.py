@@ -9,7 +9,9 @@ from ..arguments import DataArguments, ModelArguments, OutputArguments
 from ..data import load_segmentation_dataset
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..prioritization import PrioritizationReport, prioritize
-from .common import check_output_dir
+from ..checks import check_positive
+from ..outputs import atomic_output_dir
+from .common import prepare_output
 
 
 @dataclass(kw_only=True)
@@ -36,7 +38,10 @@ ARGUMENTS = (ModelArguments, DataArguments, OutputArguments, ConvertArguments)
 def run(model_args: ModelArguments, data_args: DataArguments, output_args: OutputArguments,
         args: ConvertArguments) -> PrioritizationReport:
     """Load the SAM checkpoint as a supernet, prioritize it on the dataset, save supernet + processor + report."""
-    output = check_output_dir(output_args.output_dir, output_args.overwrite_output_dir)
+    inputs = (model_args.model_name_or_path, data_args.dataset_name, model_args.processor_name_or_path)
+    output = prepare_output(output_args, *inputs)  # before any work: writable, not an input, empty or --overwrite
+    check_positive("num_calibration_images", args.num_calibration_images)
+    check_positive("calibration_batch_size", args.calibration_batch_size)
     dataset = load_segmentation_dataset(data_args.dataset_name, split=data_args.train_split_name,
                                         config_name=data_args.dataset_config_name)
     if data_args.max_train_images is not None:
@@ -50,11 +55,13 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
         num_images=args.num_calibration_images, batch_size=args.calibration_batch_size,
         num_elastic_layers=args.num_elastic_layers, max_drop_prob=args.max_drop_prob,
         keep_first_layer=args.keep_first_layer, image_column=data_args.image_column, seed=args.seed,
+        intensity_normalization=data_args.intensity_normalization,
     )
-    output.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output)
-    processor.save_pretrained(output)
-    report.save(output)
+    with atomic_output_dir(output, overwrite=output_args.overwrite_output_dir, inputs=[i for i in inputs if i],
+                           tool="supersam convert") as staging:  # complete, or not there at all
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        report.save(staging)
     print(
         f"supersam convert: {model_args.model_name_or_path} -> {output} (calibrated on {report.num_images} images; "
         f"elastic layers {report.elastic_layers}, drop probabilities {[round(p, 3) for p in report.layer_drop_probs]})"

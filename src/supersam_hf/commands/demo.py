@@ -32,6 +32,7 @@ from ..evaluation import evaluate_model
 from ..export import export_subnet
 from ..loading import load_config_dict, load_processor, load_sam_model, load_supernet
 from ..modeling_supersam import SuperSamModel
+from ..outputs import prepare_output_dir, record_tool_outputs, remove_tool_outputs
 from ..prioritization import prioritize
 from ..search import search_subnets
 from ..training import SupernetTrainingArguments, train_supernet
@@ -39,6 +40,8 @@ from ..training import SupernetTrainingArguments, train_supernet
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "demo_state.json"
+DEMO_OUTPUTS = ("data", "base", "base_init", "base_training", "finetuned", "supernet_init", "supernet", "search",
+                "exports", "summary.md", "pareto.png", STATE_FILE)
 SIZE_REDUCTIONS = (0.3, 0.5, 0.7)  # the demo's budgets: at least this fraction fewer parameters than the base
 
 
@@ -115,6 +118,9 @@ class DemoState:
     def record(self, stage: str, result: dict) -> dict:
         self.stages[stage] = result
         self.path.write_text(json.dumps(self.stages, indent=2))
+        folder = self.path.parent.resolve()
+        outputs = [folder / name for name in DEMO_OUTPUTS if (folder / name).exists()]
+        record_tool_outputs(folder, outputs, tool="supersam demo")  # what --overwrite_output_dir removes
         return result
 
 
@@ -127,7 +133,7 @@ def _prepare_output(args: DemoArguments) -> Path:
         if args.resume and is_demo_run:
             return output
         if args.overwrite_output_dir and is_demo_run:
-            shutil.rmtree(output)
+            remove_tool_outputs(output)  # only what an earlier demo wrote; the user's files stay
         elif args.overwrite_output_dir or args.resume:
             raise ValueError(f"{output} is not empty and holds no earlier demo run ({STATE_FILE} missing); "
                              "choose another --output_dir so nothing in it is lost.")
@@ -205,6 +211,7 @@ def run_demo(args: DemoArguments) -> dict:
     if args.dataset_name is not None:
         # Fail before anything is written if the dataset has no usable masks (SamSegmentationData says why).
         SamSegmentationData(load_segmentation_dataset(args.dataset_name), processor)
+    prepare_output_dir(args.output_dir, overwrite=True, inputs=[args.model_name_or_path, args.dataset_name])
     output = _prepare_output(args)
     torch.manual_seed(args.seed)
     started = time.time()
@@ -320,7 +327,8 @@ def _stage_search(run: _DemoRun, supernet: SuperSamModel, reduction: float, base
     _print(f"searching subnets with at least {reduction:.0%} fewer parameters than the base")
     result = search_subnets(supernet, b_search, run.processor, budget=run.sizes["search_budget"],
                             max_params=int(base_params * (1 - reduction)), strategy="opentuner", seed=run.args.seed,
-                            output_dir=run.output / "search" / stage, prompt=run.eval_prompt, show_progress=True)
+                            output_dir=run.output / "search" / stage, prompt=run.eval_prompt, show_progress=True,
+                            resume=True)  # a search killed mid-way continues (nothing to resume: a new search)
     best = result.best
     if best is None:
         raise ValueError(f"The search found no subnet with {reduction:.0%} fewer parameters within its budget; "

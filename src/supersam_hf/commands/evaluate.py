@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
-from ..data import load_segmentation_dataset
+from ..checks import check_positive
+from ..data import SamSegmentationData, load_segmentation_dataset
 from ..evaluation import MASK_SELECTIONS, PROMPTS, evaluate_model, parse_subnet
 from ..loading import load_processor, load_sam_model, recorded_base_model
+from ..outputs import atomic_output_dir
 from ..search.results import select_subnet
+from .common import data_kwargs, prepare_output
 
 RESULTS_FILE = "eval_results.json"
 
@@ -101,11 +104,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
         raise ValueError(f"--mask_selection must be one of {MASK_SELECTIONS}, got {args.mask_selection!r}.")
     if args.prompt_type not in PROMPTS:
         raise ValueError(f"--prompt_type must be one of {PROMPTS}, got {args.prompt_type!r}.")
-    output = Path(output_args.output_dir)
-    if output.exists() and not output.is_dir():
-        raise FileExistsError(f"--output_dir {output} exists and is not a folder.")
-    if (output / RESULTS_FILE).exists() and not output_args.overwrite_output_dir:
-        raise FileExistsError(f"{output / RESULTS_FILE} exists; pass --overwrite_output_dir or choose another --output_dir.")
+    inputs = (model_args.model_name_or_path, data_args.dataset_name, args.search_dir)
+    output = prepare_output(output_args, *inputs)  # before any work: writable, not an input, empty or --overwrite
+    check_positive("batch_size", args.batch_size)
     subnet = _subnet(args)
     if args.onnx or args.onnx_int8:
         model, base_model = _onnx_model(model_args, args, subnet), None
@@ -117,15 +118,17 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
                                base_model, revision=model_args.revision, token=model_args.token)
     split = data_args.eval_split_name
     dataset = load_segmentation_dataset(data_args.dataset_name, split=split, config_name=data_args.dataset_config_name)
+    data = SamSegmentationData(dataset, processor, prompt=args.prompt_type, seed=args.seed, return_full_masks=True,
+                               **data_kwargs(data_args))
     result = evaluate_model(
-        model, dataset, processor, subnet=subnet, prompt=args.prompt_type, mask_selection=args.mask_selection,
+        model, data, processor, subnet=subnet, prompt=args.prompt_type, mask_selection=args.mask_selection,
         batch_size=args.batch_size, max_images=data_args.max_eval_images, seed=args.seed,
-        image_column=data_args.image_column, mask_column=data_args.mask_column, mask_kind=data_args.mask_kind,
     )
     if args.onnx or args.onnx_int8:
         result["runtime"] = f"onnxruntime ({'INT8' if args.onnx_int8 else 'fp32'} encoder)"
-    output.mkdir(parents=True, exist_ok=True)
-    (output / RESULTS_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    with atomic_output_dir(output, overwrite=output_args.overwrite_output_dir, inputs=[i for i in inputs if i],
+                           tool="supersam evaluate") as staging:
+        (staging / RESULTS_FILE).write_text(json.dumps(result, indent=2) + "\n")
     print(f"supersam evaluate: {model_args.model_name_or_path} on {data_args.dataset_name}" + (f" [{split}]" if split else ""))
     print(format_results(result))
     print(f"wrote {output / RESULTS_FILE}")

@@ -15,6 +15,7 @@ from ..onnx_export import INT8_MIOU_DROP_THRESHOLD
 from ..onnx_pipeline import check_onnx_options
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..search.results import select_subnet, subnet_metrics
+from .common import prepare_output
 
 
 @dataclass(kw_only=True)
@@ -110,6 +111,8 @@ def run(model_args: ModelArguments, data_args: ExportDataArguments, output_args:
         args: ExportArguments) -> Path:
     """Pick the subnet from the search output, export it (with its search metrics on the card), maybe push it."""
     check_onnx_options(args.onnx, args.quantize, data_args.dataset_name, True)  # a missing extra: before any work
+    # Before any work: writable, not the supernet folder (nor inside / around it), empty unless --overwrite_output_dir.
+    prepare_output(output_args, model_args.model_name_or_path)
     search_dir = _search_dir(model_args, args)
     subnet = select_subnet(args.subnet, search_dir)
     metrics = subnet_metrics(search_dir, subnet)

@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
-from ..data import load_segmentation_dataset
+from ..checks import check_positive
+from ..data import SamSegmentationData, load_segmentation_dataset
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..search import BEST_FILE, PARETO_FILE, PARETO_PLOT, RESULTS_FILE, SearchResult, search_subnets
 from ..search.driver import ORT_LATENCY_CACHE
+from ..outputs import record_tool_outputs, remove_tool_outputs
 from ..search.results import OPENTUNER_DB
+from .common import data_kwargs, prepare_output
 
 
 @dataclass(kw_only=True)
@@ -70,34 +73,50 @@ def format_search(result: SearchResult) -> str:
     return "\n".join(lines)
 
 
+SEARCH_FILES = (RESULTS_FILE, PARETO_FILE, PARETO_PLOT, BEST_FILE, OPENTUNER_DB, ORT_LATENCY_CACHE)
+
+
 def _remove_previous_search(output: Path) -> None:
-    """--overwrite_output_dir without --resume: remove the files an earlier search wrote (only those)."""
-    for name in (RESULTS_FILE, PARETO_FILE, PARETO_PLOT, BEST_FILE, OPENTUNER_DB, ORT_LATENCY_CACHE):
+    """--overwrite_output_dir without --resume: remove the files an earlier search wrote (its manifest's, and its
+    own result files, which a killed search leaves unrecorded); other files stay."""
+    remove_tool_outputs(output)
+    for name in SEARCH_FILES:
         (output / name).unlink(missing_ok=True)
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, output_args: OutputArguments,
         args: SearchArguments) -> SearchResult:
     """Load supernet, processor and data, search, print a summary."""
+    inputs = (model_args.model_name_or_path, data_args.dataset_name)
+    previous = Path(output_args.output_dir) / RESULTS_FILE
+    if previous.is_file() and not (args.resume or output_args.overwrite_output_dir):
+        raise FileExistsError(f"{previous.parent} already holds a search ({RESULTS_FILE}); pass --resume to continue "
+                              "it, --overwrite_output_dir to start afresh, or choose another --output_dir.")
+    # Before any work: writable, not an input, empty unless --overwrite_output_dir or --resume.
+    output = prepare_output(output_args, *inputs, overwrite=output_args.overwrite_output_dir or args.resume)
+    check_positive("batch_size", args.batch_size)
+    check_positive("budget", args.budget)
     supernet = load_supernet(model_args.model_name_or_path, require_supernet=True, revision=model_args.revision,
                              token=model_args.token, device=args.device)
     processor = load_processor(model_args.model_name_or_path, model_args.processor_name_or_path,
                                recorded_base_model(supernet), revision=model_args.revision, token=model_args.token)
     split = data_args.eval_split_name
     dataset = load_segmentation_dataset(data_args.dataset_name, split=split, config_name=data_args.dataset_config_name)
-    output = Path(output_args.output_dir)
+    data = SamSegmentationData(dataset, processor, prompt=args.prompt_type, seed=args.eval_seed, return_full_masks=True,
+                               **data_kwargs(data_args))
     if output_args.overwrite_output_dir and not args.resume and output.is_dir():
         _remove_previous_search(output)
     result = search_subnets(
-        supernet, dataset, processor,
+        supernet, data, processor,
         budget=args.budget, max_params=args.max_params, max_macs=args.max_macs, max_latency_ms=args.max_latency_ms,
         min_size_reduction=args.min_size_reduction, strategy=args.strategy, seed=args.seed, output_dir=output,
         resume=args.resume, prompt=args.prompt_type, max_images=data_args.max_eval_images,
         latency_repeats=args.latency_repeats, mask_selection=args.mask_selection, batch_size=args.batch_size,
-        eval_seed=args.eval_seed, technique=args.technique, image_column=data_args.image_column,
-        mask_column=data_args.mask_column, mask_kind=data_args.mask_kind, dataset_name=data_args.dataset_name,
-        split=split, latency_backend=args.latency_backend,
+        eval_seed=args.eval_seed, technique=args.technique, dataset_name=data_args.dataset_name, split=split,
+        latency_backend=args.latency_backend,
     )
+    record_tool_outputs(output, [output / name for name in SEARCH_FILES if (output / name).is_file()],
+                        tool="supersam search")
     print(f"supersam search: {model_args.model_name_or_path} on {data_args.dataset_name}" + (f" [{split}]" if split else ""))
     print(format_search(result))
     return result

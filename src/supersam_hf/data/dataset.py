@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from .collator import POINT_PAD_VALUE, PROMPT_TYPES, SamCollator
-from .images import to_rgb_image
+from ..intensity import INTENSITY_MODES
+from .images import DEFAULT_INTENSITY_NORMALIZATION, to_rgb_image
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,22 @@ def _pick_column(columns: Sequence[str], given: str | None, candidates: Sequence
     )
 
 
+def _decode_image_paths(dataset: datasets.Dataset, column: str) -> datasets.Dataset:
+    """A column of image file paths (strings) → cast to `datasets.Image()`, so rows decode to images; strings that
+    are not existing files are refused with the real reason."""
+    feature = dataset.features.get(column)
+    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        return dataset
+    first = next((value for value in dataset[column][:8] if value), None)
+    if first is None or not os.path.isfile(os.path.expanduser(first)):
+        raise ValueError(
+            f"The image column {column!r} holds strings, not images, and {first!r} is not an existing image file "
+            "(relative paths are read from the current folder). Give decoded images, or paths that exist."
+        )
+    logger.info("Image column %r holds file paths: decoding them as images (datasets.Image).", column)
+    return dataset.cast_column(column, datasets.Image())
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Dataset wrapper
 # ----------------------------------------------------------------------------------------------------------------
@@ -179,6 +196,7 @@ class SamSegmentationData(torch.utils.data.Dataset):
         seed: int = 0,
         return_full_masks: bool = False,
         low_res_size: int | None = None,
+        intensity_normalization: str = DEFAULT_INTENSITY_NORMALIZATION,
     ) -> None:
         if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
             raise ValueError(
@@ -190,6 +208,9 @@ class SamSegmentationData(torch.utils.data.Dataset):
             raise ValueError(f"Unknown mask_kind {mask_kind!r}; valid kinds are {MASK_KINDS} (or None to auto-detect).")
         if prompt not in PROMPT_TYPES:
             raise ValueError(f"Unknown prompt {prompt!r}; valid prompts are {PROMPT_TYPES}.")
+        if intensity_normalization not in INTENSITY_MODES:
+            raise ValueError(f"Unknown intensity_normalization {intensity_normalization!r}; choose one of "
+                             f"{INTENSITY_MODES} (--intensity_normalization).")
         if num_positive_points < 1 or num_negative_points < 0:
             raise ValueError(
                 f"Need num_positive_points >= 1 and num_negative_points >= 0, got {num_positive_points} and "
@@ -198,9 +219,11 @@ class SamSegmentationData(torch.utils.data.Dataset):
         if box_jitter < 0 or min_mask_area < 0 or max_instances_per_image < 1 or seed < 0:
             raise ValueError("box_jitter, min_mask_area and seed must be >= 0 and max_instances_per_image >= 1.")
 
-        self.dataset = dataset
         self.processor = processor
         self.image_column = _pick_column(dataset.column_names, image_column, IMAGE_COLUMN_CANDIDATES, "image")
+        dataset = _decode_image_paths(dataset, self.image_column)
+        self.dataset = dataset
+        self.intensity_normalization = intensity_normalization
         self.mask_column = _pick_column(dataset.column_names, mask_column, MASK_COLUMN_CANDIDATES, "mask")
         self.ignore_index = ignore_index
         self.background_ids = tuple(int(b) for b in background_ids)
@@ -236,6 +259,7 @@ class SamSegmentationData(torch.utils.data.Dataset):
         # One pass over the masks: which instances each image keeps (keys = map ids, or indices into the mask list).
         self.row_indices: list[int] = []
         self._keys: list[list[int]] = []
+        self.num_unannotated_images = 0  # rows without any mask (an empty list of masks, an all-background map)
         for row in range(len(dataset)):
             keys = self._select_instances(self._mask_view[row][self.mask_column])
             if keys:
@@ -243,19 +267,33 @@ class SamSegmentationData(torch.utils.data.Dataset):
                 self._keys.append(keys)
         self.num_skipped_images = len(dataset) - len(self.row_indices)
         if not self.row_indices:
-            raise ValueError(
-                f"No image of the {len(dataset)} in the dataset has an instance of at least min_mask_area="
-                f"{self.min_mask_area} pixels (mask_kind={self.mask_kind!r}, column {self.mask_column!r}, "
-                f"background_ids={self.background_ids}, ignore_index={self.ignore_index}). Lower min_mask_area, "
-                "check mask_kind, or pass ignore_index=None if the masks are binary 0/255."
-            )
+            raise ValueError(self._no_instance_message(len(dataset)))
         if self.num_skipped_images:
             logger.warning(
-                "SamSegmentationData skipped %d of %d images with no instance of at least min_mask_area=%d pixels.",
+                "SamSegmentationData skipped %d of %d images with no instance of at least min_mask_area=%d pixels "
+                "(%d of them have no annotation at all); they contribute no instances.",
                 self.num_skipped_images,
                 len(dataset),
                 self.min_mask_area,
+                self.num_unannotated_images,
             )
+
+    def _no_instance_message(self, num_rows: int) -> str:
+        """Why no image has an instance, with the fix: binary 0/255 maps read as id maps are the common case."""
+        values = np.unique(_id_map(self._mask_view[0][self.mask_column])) if self.mask_kind != "masks" else None
+        binary = values is not None and self.ignore_index is not None and set(values.tolist()) == {0, int(self.ignore_index)}
+        if binary:
+            return (
+                f"The masks in column {self.mask_column!r} hold only the values 0 and {self.ignore_index}: binary "
+                f"masks, read here as {self.mask_kind} id maps where {self.ignore_index} means 'ignore'. Pass "
+                "--mask_kind masks (mask_kind='masks') to read each map as one binary mask."
+            )
+        return (
+            f"No image of the {num_rows} in the dataset has an instance of at least min_mask_area="
+            f"{self.min_mask_area} pixels (mask_kind={self.mask_kind!r}, column {self.mask_column!r}, "
+            f"background_ids={self.background_ids}, ignore_index={self.ignore_index}). Check --mask_kind and "
+            "--mask_column, or lower min_mask_area."
+        )
 
     # -- instances ------------------------------------------------------------------------------------------------
 
@@ -268,7 +306,10 @@ class SamSegmentationData(torch.utils.data.Dataset):
     def _select_instances(self, raw: Any) -> list[int]:
         """Keys of the kept instances of one image: area >= min_mask_area, largest first, at most the maximum."""
         if self.mask_kind == "masks":
-            stack = _mask_stack(raw)
+            stack = _mask_stack(raw) if raw is not None and np.size(raw) else np.zeros((0, 0, 0), dtype=bool)
+            if len(stack) == 0:  # an image without annotation: no instances (counted, reported once)
+                self.num_unannotated_images += 1
+                return []
             areas = stack.reshape(len(stack), -1).sum(axis=1)
             candidates = [(int(a), k) for k, a in enumerate(areas)]
         else:
@@ -344,7 +385,7 @@ class SamSegmentationData(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         row = self.row_indices[index]
-        image = to_rgb_image(self._image_view[row][self.image_column])
+        image = to_rgb_image(self._image_view[row][self.image_column], self.intensity_normalization)
         masks = self._full_masks(self._mask_view[row][self.mask_column], self._keys[index])
         if masks.shape[1:] != (image.height, image.width):
             raise ValueError(

@@ -8,49 +8,29 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..intensity import INTENSITY_MODES, normalize_intensity
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    """Scale any numeric image array to uint8 (rules in `to_rgb_image`)."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == bool:
-        return array.astype(np.uint8) * 255
-    if np.issubdtype(array.dtype, np.complexfloating) or not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"Cannot turn an image of dtype {array.dtype} into RGB; give uint8, uint16 or float pixels.")
-    values = array.astype(np.float64)
-    if np.issubdtype(array.dtype, np.integer):
-        if array.dtype.itemsize == 2 or (values.size and values.min() >= 0 and values.max() <= 65535):
-            # 16-bit data (uint16 / int16 / PIL "I;16", or a wider int holding 16-bit values): /257.
-            values = np.clip(values, 0, 65535) * (255.0 / 65535.0)
-        else:
-            values = _min_max(values)
-    else:
-        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-        if values.size and values.min() >= 0.0 and values.max() <= 1.0:
-            values = values * 255.0
-        else:
-            values = _min_max(values)
-    return np.clip(np.round(values), 0, 255).astype(np.uint8)
+DEFAULT_INTENSITY_NORMALIZATION = "percentile"
 
 
-def _min_max(values: np.ndarray) -> np.ndarray:
-    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    if high <= low:
-        return np.zeros_like(values)
-    return (values - low) * (255.0 / (high - low))
-
-
-def to_rgb_image(image: Any) -> Image.Image:
+def to_rgb_image(image: Any, intensity_normalization: str = DEFAULT_INTENSITY_NORMALIZATION) -> Image.Image:
     """Any image (PIL of any mode, numpy array, torch tensor) → a 3-channel uint8 RGB PIL image.
 
     Scaling, so that every source reaches SAM's 0–255 input range the same way:
       * PIL RGB/RGBA/L/LA/P/1/CMYK…: `Image.convert("RGB")` (alpha dropped, grey replicated to 3 channels).
       * uint8: unchanged; bool: ×255.
-      * 16-bit integers (uint16, int16, PIL "I;16"): divided by 257, i.e. scaled by the 16-bit range (65535 → 255).
-      * wider integers (PIL "I", int32/int64): treated as 16-bit when all values lie in [0, 65535], else min–max.
-      * floats (PIL "F"): ×255 when all values lie in [0, 1], else min–max normalised to [0, 255] (NaN/inf → 0).
+      * anything else (16-bit and wider integers, PIL "I;16" / "I" / "F", floats): `normalize_intensity` with
+        `intensity_normalization` (`--intensity_normalization`): "percentile" (default: per image, 1st → 0 and
+        99.8th percentile → 255, as microscopy tools do, so 12-bit or 8-bit-in-16-bit data keeps its contrast),
+        "range" (the dtype range: 16-bit ÷257, [0, 1] floats ×255) or "minmax". A tiny dynamic range warns.
     Arrays may be (H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4}; C=1 is replicated, C=4 loses its alpha.
+    A string is refused: decode paths first (`SamSegmentationData` casts a column of image paths to `datasets.Image`).
     """
+    if isinstance(image, (str, bytes)):
+        raise ValueError(
+            f"Got the string {str(image)[:80]!r} where an image was expected: the image column holds file paths or "
+            "text, not decoded images. Cast it with dataset.cast_column(column, datasets.Image())."
+        )
     if isinstance(image, Image.Image):
         if image.mode == "RGB":
             return image
@@ -71,10 +51,10 @@ def to_rgb_image(image: Any) -> Image.Image:
         )
     channels = array.shape[-1]
     array = array[..., :1] if channels in (1, 2) else array[..., :3]
-    array = _to_uint8(np.ascontiguousarray(array))
+    array = normalize_intensity(np.ascontiguousarray(array), mode=intensity_normalization)
     if array.shape[-1] == 1:
         array = np.repeat(array, 3, axis=-1)
     return Image.fromarray(np.ascontiguousarray(array), "RGB")
 
 
-__all__ = ["to_rgb_image"]
+__all__ = ["DEFAULT_INTENSITY_NORMALIZATION", "INTENSITY_MODES", "to_rgb_image"]

@@ -23,7 +23,6 @@ Semantics (see `search_subnets`):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import statistics
@@ -37,8 +36,10 @@ from tqdm.auto import tqdm
 from transformers import SamProcessor
 
 from ..arguments import DEFAULT_PROMPT_TYPE
+from ..checks import is_finite_metric
 from ..evaluation import MASK_SELECTIONS, PROMPTS, EvaluationData, evaluate_model
 from ..modeling_supersam import SuperSamModel
+from ..outputs import read_json_file
 from ..search_space import SearchSpace, SubnetConfig
 from .opentuner_compat import check_technique, quiet_opentuner
 from .proposals import STRATEGIES, make_proposals
@@ -272,10 +273,9 @@ class SubnetSearch:
         if not self.results_path.exists():
             logger.info("Nothing to resume in %s; starting a new search.", self.output)
             return
-        try:
-            previous = json.loads(self.results_path.read_text())
-        except ValueError as error:
-            raise ValueError(f"Cannot resume: {self.results_path} is not valid JSON ({error}).") from None
+        previous = read_json_file(self.results_path, what="search results", expect=dict,
+                                  remedy="delete it and opentuner.db to search afresh (--overwrite_output_dir without "
+                                  "--resume), or restore the file")
         before = previous.get("settings", {})
         optional = ("dataset", "split", "latency_backend")  # only recorded when known (the CLI records them)
         differing = [
@@ -347,7 +347,8 @@ class SubnetSearch:
                 self.rejected[cfg] = self.entry_for(cfg, cost)
                 self.save()
             return INFEASIBLE_PENALTY + min(sum(violations.values()), 1e3)
-        return 1.0 - self.score(cfg, cost)["miou"]
+        miou = self.score(cfg, cost)["miou"]
+        return 1.0 - miou if is_finite_metric(miou) else INFEASIBLE_PENALTY  # a NaN score is never a good subnet
 
     def save(self) -> None:
         """Write search_results.json (atomically); feasibility is re-judged under *these* constraints."""

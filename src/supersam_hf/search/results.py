@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..checks import is_finite_metric
 from ..evaluation import parse_subnet
 from ..search_space import SubnetConfig
 
@@ -63,8 +64,9 @@ class SearchResult:
 
 
 def pareto_front(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Feasible entries not dominated on (params ↓, mIoU ↑), sorted by params (ties: the higher mIoU kept)."""
-    feasible = sorted((e for e in entries if e["feasible"]), key=lambda e: (e["params"], -e["miou"], e["name"]))
+    """Feasible entries not dominated on (params ↓, mIoU ↑), sorted by params (ties: the higher mIoU kept).
+    An entry whose mIoU is NaN/inf (a broken model or data) is never on the front."""
+    feasible = sorted((e for e in entries if e["feasible"] and is_finite_metric(e.get("miou"))), key=lambda e: (e["params"], -e["miou"], e["name"]))
     front, best_miou = [], -math.inf
     for entry in feasible:
         if entry["miou"] > best_miou:
@@ -74,7 +76,8 @@ def pareto_front(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def best_entry(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
-    feasible = [e for e in entries if e["feasible"]]
+    """The feasible entry with the highest finite mIoU (ties: fewer params); NaN/inf scores are never ranked."""
+    feasible = [e for e in entries if e["feasible"] and is_finite_metric(e.get("miou"))]
     return max(feasible, key=lambda e: (e["miou"], -e["params"]), default=None)
 
 

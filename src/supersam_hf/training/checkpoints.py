@@ -2,22 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
+
+from ..checks import named_load_errors
+from ..outputs import read_json_file, read_manifest, record_tool_outputs, remove_tool_outputs, repair_jsonl
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "training_state.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "training_summary.json"
+TOOL = "supersam train"
+# What the end of a run writes next to checkpoints/ (a foreign file of these names would be replaced: refused early).
+FINAL_FILES = ("config.json", "model.safetensors", "processor_config.json", "preprocessor_config.json", SUMMARY_FILE)
+RESTART_HINT = ("resume from an earlier checkpoint (--resume_from_checkpoint <output_dir>/checkpoints/step_N), or "
+                "start afresh (--overwrite_output_dir)")
+
+
+def read_training_state(checkpoint: Path) -> dict:
+    """A checkpoint's training_state.json; a corrupt one is an error naming it and the way out."""
+    state = read_json_file(checkpoint / STATE_FILE, what="training state", remedy=RESTART_HINT, expect=dict)
+    if not isinstance(state.get("global_step"), int) or isinstance(state.get("global_step"), bool):
+        raise ValueError(f"training state {checkpoint / STATE_FILE} is corrupt (no integer 'global_step'); "
+                         f"{RESTART_HINT}.")
+    return state
 
 
 def _checkpoint_step(path: Path) -> int:
-    return int(json.loads((path / STATE_FILE).read_text())["global_step"])
+    match = re.fullmatch(r"step_(\d+)", path.name)
+    return int(match.group(1)) if match else -1
 
 
 def find_latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
@@ -26,7 +46,11 @@ def find_latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     if not root.is_dir():
         return None
     found = [p for p in root.iterdir() if re.fullmatch(r"step_\d+", p.name) and (p / STATE_FILE).is_file()]
-    return max(found, key=_checkpoint_step) if found else None
+    if not found:
+        return None
+    latest = max(found, key=_checkpoint_step)
+    read_training_state(latest)  # a corrupt state file is named here, with the way out
+    return latest
 
 
 def resolve_checkpoint(args) -> Path | None:
@@ -58,50 +82,127 @@ def previous_run_files(output_dir: Path) -> list[str]:
     return [m for m in markers if (output_dir / m).exists()] if output_dir.is_dir() else []
 
 
+def foreign_files(output_dir: Path) -> list[str]:
+    """Files a run would write over or into but that this tool did not record writing (another tool's
+    `checkpoints/`, a user's config.json): training refuses to start rather than replace or mix with them."""
+    if not output_dir.is_dir():
+        return []
+    ours = set(read_manifest(output_dir))
+    names = [name for name in (*FINAL_FILES, METRICS_FILE) if (output_dir / name).is_file()]
+    root = output_dir / CHECKPOINTS_DIR
+    if root.is_dir():  # step_N.tmp: this tool's interrupted saves, removed on overwrite
+        staged = [p for p in root.iterdir() if re.fullmatch(r"step_\d+\.tmp", p.name)]
+        names += [p.relative_to(output_dir).as_posix() for p in root.rglob("*")
+                  if p.is_file() and not any(folder in p.parents for folder in staged)]
+    return [name for name in names if name not in ours]
+
+
+def adopt_run_files(output_dir: Path) -> None:
+    """On resume in output_dir: record the run's final files, metrics log and checkpoints as this tool's (what the
+    end of the resumed run replaces and an overwrite may remove), for runs written before manifests existed."""
+    names = [name for name in (*FINAL_FILES, METRICS_FILE) if (output_dir / name).is_file()]
+    root = output_dir / CHECKPOINTS_DIR
+    if root.is_dir():  # complete checkpoints of the run (step_N with its training_state.json)
+        names += [p.relative_to(output_dir).as_posix() for p in root.iterdir()
+                  if re.fullmatch(r"step_\d+", p.name) and (p / STATE_FILE).is_file()]
+    recorded = set(read_manifest(output_dir))
+    missing = [name for name in names if name not in recorded]
+    if missing:
+        record_tool_outputs(output_dir, [(output_dir / name).resolve() for name in missing], tool=TOOL)
+
+
+def remove_previous_run(output_dir: Path) -> None:
+    """--overwrite_output_dir: remove what an earlier run of this tool wrote in output_dir (its manifest), only that,
+    and the step_N.tmp folders of its interrupted saves."""
+    remove_tool_outputs(output_dir)
+    root = output_dir / CHECKPOINTS_DIR
+    if root.is_dir():
+        for staged in root.iterdir():
+            if re.fullmatch(r"step_\d+\.tmp", staged.name):
+                shutil.rmtree(staged, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            root.rmdir()  # only when empty
+
+
 class MetricsLog:
     """Appends JSON lines to output_dir/metrics.jsonl (main process) and, in multi-process runs, every process's own
     metrics_rank{r}.jsonl (the subnets and local losses it trained, so ranks can be compared)."""
 
     def __init__(self, accelerator: Accelerator, output_dir: Path) -> None:
         self.accelerator = accelerator
+        self.output_dir = output_dir
         self.main = output_dir / METRICS_FILE if accelerator.is_main_process else None
         self.rank = output_dir / f"metrics_rank{accelerator.process_index}.jsonl" if accelerator.num_processes > 1 else None
 
     def truncate_after(self, step: int) -> None:
-        """On resume: drop records of steps after the checkpoint (a crashed run may have logged past it)."""
+        """On resume: drop records of steps after the checkpoint (a crashed run may have logged past it); a torn last
+        line (a kill or a full disk mid-append) is cut back first."""
         for path in (self.main, self.rank):
             if path is not None and path.is_file():
+                repair_jsonl(path)
                 keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
                 path.write_text("".join(line + "\n" for line in keep))
 
     def write(self, record: dict, rank_record: dict | None = None) -> None:
         for path, rec in ((self.main, record), (self.rank, rank_record)):
             if path is not None and rec is not None:
+                new = not path.exists()
                 with path.open("a") as handle:
                     handle.write(json.dumps(rec) + "\n")
+                if new and self.accelerator.is_main_process:  # ours: an overwrite may remove it (one writer)
+                    record_tool_outputs(self.output_dir, [path.resolve()], tool=TOOL)
 
 
 def save_checkpoint(accelerator: Accelerator, args, output_dir: Path, step: int) -> Path:
-    """accelerate `save_state` (model, optimizer, scheduler, RNG) + training_state.json, which is written last:
-    a folder without it is an interrupted save and is never resumed from."""
+    """accelerate `save_state` (model, optimizer, scheduler, RNG) + training_state.json, written into
+    `checkpoints/step_N.tmp` and renamed to `step_N` when complete: a failed save (a full disk) leaves no partial
+    checkpoint and the previous ones intact. The checkpoint joins output_dir's manifest (what overwrite removes)."""
     path = output_dir / CHECKPOINTS_DIR / f"step_{step}"
-    accelerator.save_state(str(path))
+    staging = path.with_name(path.name + ".tmp")
     if accelerator.is_main_process:
-        state = {"global_step": step, "micro_batches_done": step * args.gradient_accumulation_steps,
-                 "num_processes": accelerator.num_processes,
-                 "args": {k: v for k, v in dataclasses.asdict(args).items() if k != "token"}}  # never write a token
-        (path / STATE_FILE).write_text(json.dumps(state, indent=2))
+        shutil.rmtree(staging, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(staging))
+        accelerator.wait_for_everyone()  # every process's files (RNG states) are in before the rename
+        if accelerator.is_main_process:
+            state = {"global_step": step, "micro_batches_done": step * args.gradient_accumulation_steps,
+                     "num_processes": accelerator.num_processes,
+                     "args": {k: v for k, v in dataclasses.asdict(args).items() if k != "token"}}  # never a token
+            (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(staging, path)
+            rank_logs = sorted(output_dir.glob("metrics_rank*.jsonl"))  # created by other processes
+            record_tool_outputs(output_dir, [path.resolve(), *(log.resolve() for log in rank_logs)], tool=TOOL)
+    except BaseException:
+        if accelerator.is_main_process:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(staging)
+        raise
     accelerator.wait_for_everyone()
     return path
+
+
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> None:
+    """accelerate `load_state`; a corrupt file (optimizer.bin, model.safetensors) or a checkpoint of another model
+    size is one error naming the checkpoint and the way out."""
+    with named_load_errors(checkpoint, "training checkpoint", RESTART_HINT):
+        accelerator.load_state(str(checkpoint))
 
 
 __all__ = [
     "CHECKPOINTS_DIR",
     "METRICS_FILE",
     "MetricsLog",
+    "adopt_run_files",
     "STATE_FILE",
     "SUMMARY_FILE",
     "find_latest_checkpoint",
+    "foreign_files",
+    "load_checkpoint",
+    "read_training_state",
+    "remove_previous_run",
     "previous_run_files",
     "resolve_checkpoint",
     "save_checkpoint",

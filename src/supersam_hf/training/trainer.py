@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,13 +35,17 @@ from ..data import SamSegmentationData, load_segmentation_dataset
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..modeling_supersam import SuperSamModel
 from .arguments import LORA_TARGETS, PART_PREFIXES, SupernetTrainingArguments
+from ..outputs import atomic_update, prepare_output_dir
 from .checkpoints import (
-    CHECKPOINTS_DIR,
-    METRICS_FILE,
-    STATE_FILE,
     SUMMARY_FILE,
+    TOOL,
     MetricsLog,
+    adopt_run_files,
+    foreign_files,
+    load_checkpoint,
     previous_run_files,
+    read_training_state,
+    remove_previous_run,
     resolve_checkpoint,
     save_checkpoint,
 )
@@ -84,6 +87,7 @@ def build_datasets(args: SupernetTrainingArguments, processor: SamProcessor, tra
     train_data = SamSegmentationData(
         raw, processor, image_column=args.image_column, mask_column=args.mask_column, mask_kind=args.mask_kind,
         max_instances_per_image=args.max_instances_per_image, prompt=args.prompt_type, seed=args.seed,
+        intensity_normalization=args.intensity_normalization,
     )
     eval_data = None
     if validation is not None:
@@ -91,6 +95,7 @@ def build_datasets(args: SupernetTrainingArguments, processor: SamProcessor, tra
             validation, processor, image_column=args.image_column, mask_column=args.mask_column,
             mask_kind=train_data.mask_kind, max_instances_per_image=args.max_instances_per_image,
             prompt="point" if args.prompt_type == "point" else "box", seed=args.seed,
+            intensity_normalization=args.intensity_normalization,
         )
     return train_data, eval_data
 
@@ -136,14 +141,25 @@ def _tracker_config(args: SupernetTrainingArguments) -> dict:
 
 
 def _check_output_dir(args: SupernetTrainingArguments) -> tuple[Path, Path | None, list[str]]:
-    """(output_dir, the checkpoint to resume from or None, files of a previous run found there)."""
+    """(output_dir, the checkpoint to resume from or None, files of a previous run found there); checked writable,
+    apart from the inputs and free of another tool's files before any work."""
     output_dir = Path(args.output_dir)
+    prepare_output_dir(output_dir, overwrite=True, inputs=[args.model_name_or_path, args.dataset_name])
     resume_dir = resolve_checkpoint(args)
     previous = previous_run_files(output_dir)
     if previous and resume_dir is None and not args.overwrite_output_dir:
         raise FileExistsError(
             f"output_dir {str(output_dir)!r} holds a previous run ({', '.join(previous)}). Pass "
             "resume_from_checkpoint='latest' to continue it, overwrite_output_dir=True to replace it, or another output_dir."
+        )
+    if resume_dir is not None and output_dir.resolve() in resume_dir.resolve().parents:
+        adopt_run_files(output_dir)  # continuing the run of this folder: its files are this tool's
+    foreign = foreign_files(output_dir) if resume_dir is None else []
+    if foreign:
+        raise FileExistsError(
+            f"output_dir {str(output_dir)!r} holds files this tool did not write ({', '.join(foreign[:3])}"
+            f"{' …' if len(foreign) > 3 else ''}); training would write over or into them. Move them away or choose "
+            "another output_dir."
         )
     return output_dir, resume_dir, previous
 
@@ -158,13 +174,6 @@ def _accelerator(args: SupernetTrainingArguments, output_dir: Path) -> Accelerat
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-
-
-def _remove_previous_run(output_dir: Path) -> None:
-    """overwrite_output_dir: remove the checkpoints and metrics of the previous run in output_dir."""
-    shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
-    for path in [output_dir / METRICS_FILE, output_dir / SUMMARY_FILE, *output_dir.glob("metrics_rank*.jsonl")]:
-        path.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -321,12 +330,12 @@ def _log_step(run: _Run, global_step: int, outcome: dict[str, Any]) -> None:
 def _resume(run: _Run, resume_dir: Path) -> int:
     """Load a checkpoint into the prepared objects; the step it was saved at."""
     args = run.args
-    state = json.loads((resume_dir / STATE_FILE).read_text())
+    state = read_training_state(resume_dir)
     for key in ("seed", "per_device_train_batch_size", "gradient_accumulation_steps", "num_random_subnets", "prompt_type"):
         if state.get("args", {}).get(key, getattr(args, key)) != getattr(args, key):
             logger.warning(f"Resuming with {key}={getattr(args, key)!r} but the checkpoint used "
                            f"{state['args'][key]!r}: the run will not reproduce the original one.", main_process_only=True)
-    run.accelerator.load_state(str(resume_dir))
+    load_checkpoint(run.accelerator, resume_dir)
     start_step = int(state["global_step"])
     run.metrics.truncate_after(start_step)
     logger.info(f"Resumed from {resume_dir} at step {start_step}.", main_process_only=True)
@@ -391,7 +400,7 @@ def train_supernet(
     run = _prepare_run(args, accelerator, model, processor, train_data, eval_data, output_dir)
 
     if args.overwrite_output_dir and resume_dir is None and previous and accelerator.is_main_process:
-        _remove_previous_run(output_dir)
+        remove_previous_run(output_dir)
     accelerator.wait_for_everyone()
     output_dir.mkdir(parents=True, exist_ok=True)
     start_step = _resume(run, resume_dir) if resume_dir is not None else 0
@@ -465,10 +474,11 @@ def _finish(run: _Run, summary: dict[str, Any]) -> SuperSamModel:
     supernet.reset_subnet()
     supernet.eval()
     accelerator.wait_for_everyone()
-    supernet.save_pretrained(run.output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
-    if accelerator.is_main_process:
-        run.processor.save_pretrained(run.output_dir)
-        (run.output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    if accelerator.is_main_process:  # all files at once (a full disk leaves the previous ones), recorded as ours
+        with atomic_update(run.output_dir, tool=TOOL) as staging:
+            supernet.save_pretrained(staging, save_function=accelerator.save)
+            run.processor.save_pretrained(staging)
+            (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     logger.info(f"Training done: {json.dumps(summary)}", main_process_only=True)
     accelerator.wait_for_everyone()
     _finish_trackers(accelerator)

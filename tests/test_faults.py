@@ -1,0 +1,576 @@
+"""Faults and bad inputs a user meets, through the command line (issue 10's table, one test per case).
+
+Every case asserts three things: the exit status (2 for a user's error, one line `supersam <stage>: error: ...`),
+that the message names the problem (which file, flag or tensor, and what to do), and that the user's files are
+untouched. Faults are injected where the platform cannot produce them on demand (a full disk, a kill mid-search).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_processor, tiny_sam
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import SamModel
+
+from supersam_hf import SubnetConfig, SuperSamModel
+from supersam_hf.commands.cli import main
+from supersam_hf.data import SamSegmentationData, make_synthetic_shapes
+from supersam_hf.outputs import MANIFEST_NAME
+
+QUIET = ["--log_level", "error"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    """A tiny SAM, a tiny supernet (both with processors), a 4-image dataset and a 2-step training run."""
+    root = tmp_path_factory.mktemp("faults")
+    sam = tiny_sam(num_layers=4, image_size=64)
+    sam.save_pretrained(root / "sam")
+    tiny_processor(64).save_pretrained(root / "sam")
+    SuperSamModel.from_sam(sam).save_pretrained(root / "supernet")
+    tiny_processor(64).save_pretrained(root / "supernet")
+    make_synthetic_shapes(4, image_size=64, seed=0, max_shapes=3).save_to_disk(str(root / "data"))
+    code = main(["train", *_train_flags(root, root / "trained"), "--save_steps", "1", *QUIET])
+    assert code == 0
+    return root
+
+
+def _train_flags(ws: Path, output: Path, model: Path | None = None) -> list[str]:
+    return ["--model_name_or_path", str(model or ws / "sam"), "--dataset_name", str(ws / "data"), "--output_dir",
+            str(output), "--max_steps", "2", "--per_device_train_batch_size", "2", "--num_random_subnets", "0",
+            "--max_instances_per_image", "2", "--eval_steps", "0", "--save_steps", "0"]
+
+
+def _eval_flags(ws: Path, model: Path | str, output: Path) -> list[str]:
+    return ["--model_name_or_path", str(model), "--dataset_name", str(ws / "data"), "--output_dir", str(output),
+            "--max_eval_images", "2", "--device", "cpu", *QUIET]
+
+
+def _largest(ws: Path) -> str:
+    config = json.loads((ws / "supernet" / "config.json").read_text())
+    layers = config["vision_config"]["num_hidden_layers"]
+    return json.dumps({"kept_layers": list(range(layers)), "mlp_dims": [config["vision_config"]["mlp_dim"]] * layers})
+
+
+def _export_flags(model: Path, output: Path, subnet: str) -> list[str]:
+    return ["--model_name_or_path", str(model), "--subnet", subnet, "--output_dir", str(output), *QUIET]
+
+
+def one_line_error(capsys, argv: list[str], code: int = 2) -> str:
+    """Run `supersam argv` in-process; assert the exit status and a single `supersam <stage>: error:` line."""
+    assert main(argv) == code
+    text = capsys.readouterr().err
+    lines = [line for line in re.split(r"[\r\n]", text) if line.strip() and "%|" not in line]  # minus progress bars
+    assert len(lines) == 1, text
+    err = lines[0].strip()
+    assert "Traceback" not in text
+    prefix = f"supersam {argv[0]}: " + ("error: " if code == 2 else "internal error")
+    assert err.startswith(prefix), err
+    return err
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder` with its bytes (to assert nothing of the user's changed)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def copy_model(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data loss
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_export_overwrite_removes_only_what_export_wrote(ws, tmp_path, capsys):
+    out = tmp_path / "export"
+    assert main(["export", *_export_flags(ws / "supernet", out, _largest(ws))]) == 0
+    (out / "user.safetensors").write_bytes(b"the user's weights")
+    (out / "notes.txt").write_text("mine")
+    err = one_line_error(capsys, ["export", *_export_flags(ws / "supernet", out, _largest(ws))])
+    assert "not empty" in err and "--overwrite_output_dir" in err
+    assert main(["export", *_export_flags(ws / "supernet", out, _largest(ws)), "--overwrite_output_dir"]) == 0
+    assert (out / "user.safetensors").read_bytes() == b"the user's weights" and (out / "notes.txt").read_text() == "mine"
+    assert isinstance(SamModel.from_pretrained(out), SamModel)
+    assert "user.safetensors" not in json.loads((out / MANIFEST_NAME).read_text())["files"]
+
+
+@pytest.mark.parametrize("where", ["equal", "inside"])
+def test_export_into_the_supernet_folder_is_refused(ws, tmp_path, capsys, where):
+    supernet = copy_model(ws / "supernet", tmp_path / "supernet")
+    before = snapshot(supernet)
+    out = supernet if where == "equal" else supernet / "export"
+    err = one_line_error(capsys, ["export", *_export_flags(supernet, out, _largest(ws)), "--overwrite_output_dir"])
+    assert ("is the input" if where == "equal" else "is inside the input folder") in err and str(supernet) in err
+    assert snapshot(supernet) == before
+    assert json.loads((supernet / "config.json").read_text())["model_type"] == "supersam"
+
+
+def test_train_overwrite_never_touches_another_tools_checkpoints(ws, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "checkpoints" / "other_tool").mkdir(parents=True)
+    (out / "checkpoints" / "other_tool" / "state.pt").write_bytes(b"another tool's checkpoint")
+    before = snapshot(out)
+    err = one_line_error(capsys, ["train", *_train_flags(ws, out), "--overwrite_output_dir", *QUIET])
+    assert "did not write" in err and "checkpoints/other_tool/state.pt" in err
+    assert snapshot(out) == before
+
+
+def test_train_overwrite_removes_its_own_run_only(ws, tmp_path):
+    out = copy_model(ws / "trained", tmp_path / "trained")
+    (out / "notes.txt").write_text("mine")
+    assert main(["train", *_train_flags(ws, out), "--max_steps", "1", "--overwrite_output_dir", *QUIET]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_1"]  # step_2 of the old run: removed
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_demo_overwrite_removes_only_demo_files(tmp_path):
+    from supersam_hf.commands.demo import DemoArguments, DemoState, _prepare_output
+
+    out = tmp_path / "demo"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "rows.arrow").write_bytes(b"demo data")
+    DemoState(out).record("data", {"domain_B": str(out / "data")})
+    (out / "my_notes.txt").write_text("mine")
+    (out / "results").mkdir()
+    (out / "results" / "mine.csv").write_text("a,b")
+    assert _prepare_output(DemoArguments(output_dir=str(out), overwrite_output_dir=True)) == out
+    assert sorted(snapshot(out)) == ["my_notes.txt", "results/mine.csv"]
+
+
+def test_unwritable_output_is_found_before_any_work(ws, tmp_path, capsys, monkeypatch):
+    import supersam_hf.commands.convert as convert
+    import supersam_hf.outputs as outputs
+
+    real_open = outputs.os.open
+
+    def read_only(path, *args, **kwargs):
+        if "write-probe" in str(path):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(outputs.os, "open", read_only)
+    monkeypatch.setattr(convert, "load_supernet", never)
+    out = tmp_path / "converted"
+    err = one_line_error(capsys, ["convert", "--model_name_or_path", str(ws / "sam"), "--dataset_name",
+                                  str(ws / "data"), "--output_dir", str(out), *QUIET])
+    assert f"cannot write to {tmp_path}" in err and "Read-only file system" in err and "--output_dir" in err
+    assert not out.exists()
+
+
+def test_disk_full_during_export_leaves_no_partial_output(ws, tmp_path, capsys, monkeypatch):
+    import supersam_hf.export as export
+
+    monkeypatch.setattr(export, "write_model_card", full_disk)  # after the weights are written
+    out = tmp_path / "export"
+    err = one_line_error(capsys, ["export", *_export_flags(ws / "supernet", out, _largest(ws))])
+    assert "No space left on device" in err and "partial output was removed" in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # no half folder, no temporary sibling
+
+
+def test_disk_full_during_a_checkpoint_save_keeps_the_previous_checkpoint(ws, tmp_path, capsys, monkeypatch):
+    from accelerate import Accelerator
+
+    real_save = Accelerator.save_state
+    calls = {"n": 0}
+
+    def fails_second_time(self, output_dir=None, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # a partial write, then the disk is full
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(output_dir) / "model.safetensors").write_bytes(b"partial")
+            full_disk()
+        return real_save(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", fails_second_time)
+    out = tmp_path / "run"
+    err = one_line_error(capsys, ["train", *_train_flags(ws, out), "--save_steps", "1", *QUIET])
+    assert "No space left on device" in err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_1"]
+    assert json.loads((out / "checkpoints" / "step_1" / "training_state.json").read_text())["global_step"] == 1
+    monkeypatch.setattr(Accelerator, "save_state", real_save)  # space again: resume from step 1 works
+    assert main(["train", *_train_flags(ws, out), "--resume_from_checkpoint", "latest", *QUIET]) == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# silent wrong results
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", ["evaluate", "search", "export"])
+def test_non_finite_weights_are_named_on_load(ws, tmp_path, capsys, stage):
+    bad = copy_model(ws / "supernet", tmp_path / "nan")
+    weights = load_file(bad / "model.safetensors")
+    weights["vision_encoder.layers.1.mlp.lin1.weight"][0, 0] = float("nan")
+    save_file(weights, bad / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "out"
+    argv = {
+        "evaluate": ["evaluate", *_eval_flags(ws, bad, out)],
+        "search": ["search", *_eval_flags(ws, bad, out), "--budget", "2", "--strategy", "random"],
+        "export": ["export", *_export_flags(bad, out, _largest(ws))],
+    }[stage]
+    err = one_line_error(capsys, argv)
+    assert "non-finite weights" in err and "vision_encoder.layers.1.mlp.lin1.weight" in err
+    assert not out.exists()
+
+
+def test_nan_metric_is_never_ranked_or_exported(ws, tmp_path, capsys):
+    from supersam_hf.search.results import best_entry, pareto_front
+
+    base = {"feasible": True, "reference": False}
+    entries = [{**base, "name": "a", "params": 10, "miou": math.nan}, {**base, "name": "b", "params": 20, "miou": 0.5},
+               {**base, "name": "c", "params": 5, "miou": math.inf}]
+    assert best_entry(entries)["name"] == "b" and [e["name"] for e in pareto_front(entries)] == ["b"]
+
+    search = tmp_path / "search"
+    search.mkdir()
+    subnet = json.loads(_largest(ws))
+    name = SubnetConfig.from_dict(subnet).name
+    (search / "best_subnet.json").write_text(json.dumps({**subnet, "name": name, "miou": math.nan}))
+    out = tmp_path / "export"
+    err = one_line_error(capsys, ["export", *_export_flags(ws / "supernet", out, "best"), "--search_dir", str(search)])
+    assert "mIoU nan" in err and "never exported" in err
+    assert not out.exists()
+
+
+def test_missing_decoder_weights_are_an_error_naming_them(ws, tmp_path, capsys):
+    partial = copy_model(ws / "supernet", tmp_path / "partial")
+    weights = load_file(partial / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("mask_decoder.")}, partial / "model.safetensors",
+              metadata={"format": "pt"})
+    err = one_line_error(capsys, ["evaluate", *_eval_flags(ws, partial, tmp_path / "out")])
+    assert "weights missing" in err and "mask_decoder." in err and str(partial) in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kept, words", [
+    ("[0, 1.7, 2, 3]", "1.7"),  # silently truncated to 1 before
+    ('["a", 1, 2, 3]', "'a'"),  # "invalid literal for int()" before
+    ("null", "None"),  # a traceback before
+])
+def test_mistyped_kept_layers_are_refused_naming_the_field(ws, tmp_path, capsys, kept, words):
+    config = json.loads((ws / "supernet" / "config.json").read_text())["vision_config"]
+    subnet = f'{{"kept_layers": {kept}, "mlp_dims": {[config["mlp_dim"]] * 4}}}'
+    out = tmp_path / "export"
+    err = one_line_error(capsys, ["export", *_export_flags(ws / "supernet", out, subnet)])
+    assert "kept_layers" in err and words in err
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# crashes → one line
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _truncated(source: Path, target: Path) -> Path:
+    copy_model(source, target)
+    data = (target / "model.safetensors").read_bytes()
+    (target / "model.safetensors").write_bytes(data[: len(data) // 2])
+    return target
+
+
+def _random_bytes(source: Path, target: Path) -> Path:
+    copy_model(source, target)
+    (target / "model.safetensors").write_bytes(np.random.default_rng(0).bytes(4096))
+    return target
+
+
+@pytest.mark.parametrize("corrupt", [_truncated, _random_bytes])
+@pytest.mark.parametrize("stage", ["convert", "train", "evaluate", "search", "export"])
+def test_corrupt_safetensors_in_every_stage(ws, tmp_path, capsys, stage, corrupt):
+    model = corrupt(ws / "supernet", tmp_path / "model")
+    out = tmp_path / "out"
+    argv = {
+        "convert": ["convert", "--model_name_or_path", str(model), "--dataset_name", str(ws / "data"),
+                    "--output_dir", str(out), *QUIET],
+        "train": ["train", *_train_flags(ws, out, model), *QUIET],
+        "evaluate": ["evaluate", *_eval_flags(ws, model, out)],
+        "search": ["search", *_eval_flags(ws, model, out), "--budget", "2", "--strategy", "random"],
+        "export": ["export", *_export_flags(model, out, _largest(ws))],
+    }[stage]
+    err = one_line_error(capsys, argv)
+    assert f"{model / 'model.safetensors'} is not a valid safetensors file" in err and "re-download" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["nonexistent", "no_config", "config_without_weights", "mlp_dim_mismatch"])
+def test_broken_model_folders_are_one_line(ws, tmp_path, capsys, case):
+    model = tmp_path / "model"
+    if case == "no_config":
+        model.mkdir()
+        (model / "model.safetensors").write_bytes((ws / "sam" / "model.safetensors").read_bytes())
+    elif case == "config_without_weights":
+        model.mkdir()
+        (model / "config.json").write_text((ws / "sam" / "config.json").read_text())
+    elif case == "mlp_dim_mismatch":
+        copy_model(ws / "sam", model)
+        config = json.loads((model / "config.json").read_text())
+        config["vision_config"]["mlp_dim"] = 96
+        (model / "config.json").write_text(json.dumps(config))
+    err = one_line_error(capsys, ["evaluate", *_eval_flags(ws, model, tmp_path / "out")])
+    expected = {
+        "nonexistent": "No model folder at",
+        "no_config": "is a folder without config.json",
+        "config_without_weights": "has config.json but no model.safetensors",
+        "mlp_dim_mismatch": "weights of the wrong shape (vision_encoder.layers.0.mlp.lin1",
+    }[case]
+    assert expected in err and str(model) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_optimizer_state_on_resume_names_the_checkpoint(ws, tmp_path, capsys):
+    run = copy_model(ws / "trained", tmp_path / "run")
+    (run / "checkpoints" / "step_2" / "optimizer.bin").write_bytes(np.random.default_rng(1).bytes(2048))
+    before = snapshot(run)
+    err = one_line_error(capsys, ["train", *_train_flags(ws, run), "--max_steps", "3", "--resume_from_checkpoint",
+                                  "latest", *QUIET])
+    assert f"training checkpoint {run / 'checkpoints' / 'step_2'} is corrupt" in err
+    assert "resume from an earlier checkpoint" in err and "--overwrite_output_dir" in err
+    assert snapshot(run) == before
+
+
+def test_resuming_a_larger_model_from_a_smaller_checkpoint_is_one_line(ws, tmp_path, capsys):
+    sam6 = tmp_path / "sam6"
+    tiny_sam(num_layers=6, image_size=64).save_pretrained(sam6)
+    tiny_processor(64).save_pretrained(sam6)
+    run = copy_model(ws / "trained", tmp_path / "run")
+    before = snapshot(run)
+    err = one_line_error(capsys, ["train", *_train_flags(ws, run, sam6), "--max_steps", "3",
+                                  "--resume_from_checkpoint", "latest", *QUIET])
+    assert "does not fit this model" in err and str(run / "checkpoints" / "step_2") in err
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"bogus_flag": 1}, "unknown argument 'bogus_flag'"),
+    ({"max_steps": "ten"}, "argument 'max_steps' must be an integer, got 'ten'"),
+    ({"max_stepz": 3}, "did you mean 'max_steps'"),
+])
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_argument_files_are_strictly_typed(ws, tmp_path, capsys, extra, words, suffix):
+    import yaml
+
+    values = {"model_name_or_path": str(ws / "sam"), "dataset_name": str(ws / "data"),
+              "output_dir": str(tmp_path / "out"), **extra}
+    path = tmp_path / f"args{suffix}"
+    path.write_text(json.dumps(values) if suffix == ".json" else yaml.safe_dump(values))
+    err = one_line_error(capsys, ["train", str(path)])
+    assert words in err and str(path) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_batch_size_zero_is_refused_before_loading(ws, tmp_path, capsys, monkeypatch):
+    import supersam_hf.commands.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "load_sam_model", lambda *a, **k: pytest.fail("loaded before checking flags"))
+    err = one_line_error(capsys, ["evaluate", *_eval_flags(ws, ws / "sam", tmp_path / "out"), "--batch_size", "0"])
+    assert err.endswith("--batch_size must be a positive integer, got 0.")
+
+
+def test_model_folder_without_processor_says_where_it_looked(ws, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(ws / "supernet" / name, bare / name)
+    err = one_line_error(capsys, ["evaluate", *_eval_flags(ws, bare, tmp_path / "out")])
+    assert "No SamProcessor found" in err and f"Looked in '{bare}'" in err and "--processor_name_or_path" in err
+
+
+def test_demo_resume_continues_a_search_killed_midway(ws, tmp_path, monkeypatch):
+    from supersam_hf.commands.demo import DemoArguments, DemoState, _DemoRun, _stage_search
+    from supersam_hf.data import load_segmentation_dataset
+    from supersam_hf.search.driver import SubnetSearch
+
+    supernet = SuperSamModel.from_pretrained(ws / "supernet")
+    data = load_segmentation_dataset(ws / "data").select(range(2))
+    out = tmp_path / "demo"
+    out.mkdir()
+    run = _DemoRun(DemoArguments(output_dir=str(out), resume=True), {"search_budget": 3}, tiny_processor(64), out,
+                   DemoState(out), eval_prompt="box")
+    base_params = supernet.count_parameters()
+    real_score, calls = SubnetSearch.score, {"n": 0}
+
+    def killed_on_second_subnet(self, cfg, cost):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # the user's Ctrl-C / a kill after one subnet was scored and saved
+        return real_score(self, cfg, cost)
+
+    monkeypatch.setattr(SubnetSearch, "score", killed_on_second_subnet)
+    with pytest.raises(KeyboardInterrupt):
+        _stage_search(run, supernet, 0.0, ws / "supernet", base_params, data, data)
+    assert (out / "search" / "search_0" / "search_results.json").is_file() and not run.state.done("search_0")
+    monkeypatch.setattr(SubnetSearch, "score", real_score)
+    _stage_search(run, supernet, 0.0, ws / "supernet", base_params, data, data)  # --resume: continues
+    assert run.state.done("search_0") and SamModel.from_pretrained(run.state.stages["search_0"]["folder"])
+
+
+def test_masks_rows_without_annotation_contribute_no_instances(ws, tmp_path, capsys, caplog):
+    import datasets
+
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[8:40, 8:40] = 1
+    images = [Image.fromarray(np.full((64, 64, 3), 60 * k, dtype=np.uint8)) for k in range(3)]
+    rows = datasets.Dataset.from_dict({"image": images, "masks": [[mask], [], [mask, 1 - mask]]})
+    with caplog.at_level("WARNING", logger="supersam_hf"):
+        wrapped = SamSegmentationData(rows, tiny_processor(64), mask_kind="masks")
+    assert wrapped.row_indices == [0, 2] and wrapped.num_unannotated_images == 1
+    assert "1 of them have no annotation" in caplog.text
+    rows.save_to_disk(str(tmp_path / "rows"))
+    argv = ["evaluate", "--model_name_or_path", str(ws / "sam"), "--dataset_name", str(tmp_path / "rows"),
+            "--output_dir", str(tmp_path / "out"), "--mask_kind", "masks", "--device", "cpu", *QUIET]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "out" / "eval_results.json").read_text())["num_images"] == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# poor messages
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_image_path_strings_are_decoded_or_refused_with_the_reason(ws, tmp_path, capsys):
+    import datasets
+
+    source = make_synthetic_shapes(2, image_size=64, seed=5)
+    paths = []
+    for k, image in enumerate(source["image"]):
+        paths.append(str(tmp_path / f"image{k}.png"))
+        image.save(paths[-1])
+    as_paths = datasets.Dataset.from_dict({"image": paths, "label": source["label"]})
+    wrapped = SamSegmentationData(as_paths, tiny_processor(64))
+    reference = SamSegmentationData(source, tiny_processor(64))
+    torch.testing.assert_close(wrapped[0]["pixel_values"], reference[0]["pixel_values"])
+    missing = datasets.Dataset.from_dict({"image": ["nowhere/a.png", "nowhere/b.png"], "label": source["label"]})
+    missing.save_to_disk(str(tmp_path / "missing"))
+    err = one_line_error(capsys, ["evaluate", *_eval_flags(ws, ws / "sam", tmp_path / "out")[:2], "--dataset_name",
+                                  str(tmp_path / "missing"), "--output_dir", str(tmp_path / "out"), *QUIET])
+    assert "holds strings, not images" in err and "'nowhere/a.png' is not an existing image file" in err
+
+
+def test_binary_0_255_maps_point_to_mask_kind_masks(tmp_path):
+    import datasets
+
+    source = make_synthetic_shapes(2, image_size=64, seed=5)
+    binary = [(np.asarray(label) > 0).astype(np.uint8) * 255 for label in source["label"]]
+    rows = datasets.Dataset.from_dict({"image": source["image"], "label": binary})
+    with pytest.raises(ValueError, match="only the values 0 and 255.*--mask_kind masks"):
+        SamSegmentationData(rows, tiny_processor(64))
+    assert len(SamSegmentationData(rows, tiny_processor(64), mask_kind="masks")) == 2  # what the message says works
+
+
+def test_resuming_a_run_written_before_manifests_existed(ws, tmp_path):
+    run = copy_model(ws / "trained", tmp_path / "run")
+    (run / MANIFEST_NAME).unlink()  # as an older version left it
+    assert main(["train", *_train_flags(ws, run), "--max_steps", "3", "--resume_from_checkpoint", "latest",
+                 *QUIET]) == 0
+    recorded = set(json.loads((run / MANIFEST_NAME).read_text())["files"])
+    assert {"config.json", "model.safetensors", "metrics.jsonl", "checkpoints/step_1/training_state.json",
+            "checkpoints/step_3/training_state.json"} <= recorded
+
+
+def test_garbage_training_state_names_the_file_and_the_way_out(ws, tmp_path, capsys):
+    run = copy_model(ws / "trained", tmp_path / "run")
+    (run / "checkpoints" / "step_2" / "training_state.json").write_text("\x00\x13garbage")
+    err = one_line_error(capsys, ["train", *_train_flags(ws, run), "--max_steps", "3", "--resume_from_checkpoint",
+                                  "latest", *QUIET])
+    assert f"training state {run / 'checkpoints' / 'step_2' / 'training_state.json'} is corrupt" in err
+    assert "--resume_from_checkpoint" in err and "step_N" in err
+
+
+def test_torn_last_metrics_line_is_repaired_on_resume(ws, tmp_path):
+    run = copy_model(ws / "trained", tmp_path / "run")
+    with (run / "metrics.jsonl").open("a") as handle:
+        handle.write('{"type": "train", "step": 3, "lo')  # a kill mid-append
+    assert main(["train", *_train_flags(ws, run), "--max_steps", "3", "--resume_from_checkpoint", "latest",
+                 *QUIET]) == 0
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 3]  # logged: the last step of each run; the torn record is gone
+
+
+def test_corrupt_search_results_name_the_file_and_the_way_out(ws, tmp_path, capsys):
+    search = tmp_path / "search"
+    search.mkdir()
+    (search / "search_results.json").write_text('{"settings": {"prompt": "bo')
+    before = snapshot(search)
+    err = one_line_error(capsys, ["search", *_eval_flags(ws, ws / "supernet", search), "--budget", "2", "--strategy",
+                                  "random", "--resume"])
+    assert f"search results {search / 'search_results.json'} is corrupt" in err and "delete it" in err
+    assert snapshot(search) == before
+
+
+def test_nonexistent_processor_path_is_one_clear_line(ws, tmp_path, capsys):
+    err = one_line_error(capsys, ["evaluate", *_eval_flags(ws, ws / "sam", tmp_path / "out"),
+                                  "--processor_name_or_path", "/nonexistent"])
+    assert "--processor_name_or_path '/nonexistent': no such folder" in err and "Repo id" not in err
+
+
+def test_evaluate_into_a_non_empty_folder_is_one_clear_line(ws, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    err = one_line_error(capsys, ["evaluate", *_eval_flags(ws, ws / "sam", out)])
+    assert "is not empty; pass --overwrite_output_dir" in err and "[Errno" not in err
+    assert snapshot(out) == {"notes.txt": b"mine"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 16-bit microscopy, one-line errors
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", ["convert", "train", "search", "evaluate"])
+def test_every_data_stage_has_the_intensity_flag(stage, capsys):
+    assert main([stage, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--intensity_normalization" in text and "percentile" in text
+
+
+def test_8bit_data_stored_as_16bit_keeps_its_contrast(tmp_path):
+    import datasets
+
+    source = make_synthetic_shapes(1, image_size=64, seed=5)
+    grey = np.asarray(source[0]["image"].convert("L")).astype(np.uint16) * 235 // 255  # 0..235 in uint16
+    rows = datasets.Dataset.from_dict({"image": [grey], "label": source["label"]})
+    processor = tiny_processor(64)
+    for mode, low_contrast in (("percentile", False), ("range", True)):
+        red = SamSegmentationData(rows, processor, intensity_normalization=mode)[0]["pixel_values"][0]
+        assert (float(red.max() - red.min()) < 0.1) == low_contrast  # ÷257: a black image (1 of 255 levels)
+
+
+def test_a_bug_is_one_line_pointing_to_the_debug_switch(ws, tmp_path, capsys, monkeypatch):
+    import supersam_hf.commands.evaluate as evaluate
+
+    def bug(*args):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(evaluate, "run", bug)
+    err = one_line_error(capsys, ["evaluate", *_eval_flags(ws, ws / "sam", tmp_path / "out")], code=1)
+    assert "internal error (KeyError" in err and "SUPERSAM_DEBUG=1" in err

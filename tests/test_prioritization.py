@@ -147,8 +147,9 @@ def test_drop_probabilities_follow_importance_and_survive_save_load(calibration,
     importance = report.layer_importance
     assert len(importance) == 6 and all(i > 0 for i in importance)
 
-    # Default: half the layers, layer 0 fixed, the least important among 1..5.
-    assert report.elastic_layers == sorted(report.elastic_layers) and len(report.elastic_layers) == 3
+    # Default: all but two layers (at least half; default_num_elastic_layers), layer 0 fixed, the least important
+    # among 1..5.
+    assert report.elastic_layers == sorted(report.elastic_layers) and len(report.elastic_layers) == 4
     assert 0 not in report.elastic_layers
     fixed_candidates = [i for i in range(1, 6) if i not in report.elastic_layers]
     assert max(importance[i] for i in report.elastic_layers) <= min(importance[i] for i in fixed_candidates)

@@ -8,6 +8,8 @@ stage runs as its own `python -m supersam_hf.cli` process, in a fresh measuring 
 (`resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`) is its own.
 
     OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/vit_b_pipeline.py [--workdir DIR] [--keep]
+
+With `--workdir`, measured stages are recorded there (progress.json) and a rerun continues after the last one.
 """
 
 from __future__ import annotations
@@ -95,13 +97,16 @@ def stages(data: str) -> list[tuple[str, str, list[str]]]:
     return [
         ("convert", "1 calibration image", ["convert", "--model_name_or_path", HUB_ID, *common, "--output_dir", "converted",
                                             "--num_calibration_images", "1", "--calibration_batch_size", "1"]),
-        ("train", "1 step, defaults: batch 1 x accumulation 2, 4 subnets", [
+        # One micro-batch of 1 image (the default batch) through the largest and the smallest subnet: the peak
+        # memory of any step (each subnet's graph is freed by its own backward), at a quarter of a default step's time.
+        ("train", "1 step: batch 1, 1 micro-batch, largest + smallest subnet", [
             "train", "--model_name_or_path", "converted", *common, "--output_dir", "trained", "--max_steps", "1",
-            "--max_instances_per_image", "4", "--eval_steps", "0"]),
-        ("train --gradient_checkpointing", "1 step, batch 1 x accumulation 1, 4 subnets", [
-            "train", "--model_name_or_path", "converted", *common, "--output_dir", "trained_gc", "--max_steps", "1",
-            "--gradient_accumulation_steps", "1", "--gradient_checkpointing", "--max_instances_per_image", "4",
+            "--gradient_accumulation_steps", "1", "--num_random_subnets", "0", "--max_instances_per_image", "4",
             "--eval_steps", "0"]),
+        ("train --gradient_checkpointing", "the same step with gradient checkpointing", [
+            "train", "--model_name_or_path", "converted", *common, "--output_dir", "trained_gc", "--max_steps", "1",
+            "--gradient_accumulation_steps", "1", "--num_random_subnets", "0", "--gradient_checkpointing",
+            "--max_instances_per_image", "4", "--eval_steps", "0"]),
         ("search", "budget 2 on 1 image (box prompts)", [
             "search", "--model_name_or_path", "trained", *common, "--output_dir", "search", "--budget", "2",
             "--max_eval_images", "1", "--strategy", "random", "--min_size_reduction", "0.3", "--device", "cpu"]),
@@ -143,18 +148,27 @@ def main() -> None:
     for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_ENDPOINT"):
         env.pop(name, None)
 
-    started = time.perf_counter()
-    params = lay_out_model(workdir / "hf_home", args.preset)
-    lay_out_data(workdir / "data")
-    setup_s = time.perf_counter() - started
+    progress = workdir / "progress.json"  # measured stages so far: a rerun on the same --workdir continues
+    done = json.loads(progress.read_text()) if progress.is_file() else {}
+    if "setup" not in done:
+        started = time.perf_counter()
+        params = lay_out_model(workdir / "hf_home", args.preset)
+        lay_out_data(workdir / "data")
+        done["setup"] = {"params": params, "setup_s": time.perf_counter() - started}
+        progress.write_text(json.dumps(done, indent=1))
     rows = []
     for name, what, argv in stages(str(workdir / "data")):
-        print(f"[vit_b_pipeline] {name}: {what} ...", flush=True)
-        result = run_stage(workdir, env, name, argv)
-        output = workdir / argv[argv.index("--output_dir") + 1]
-        rows.append({"stage": name, "what": what, "wall_s": result["wall_s"], "peak_rss_gib": result["maxrss_kib"] / 2**20,
-                     "output_gib": folder_size(output) / 2**30})
-        print(f"[vit_b_pipeline]   {result['wall_s']:.0f} s, peak RSS {rows[-1]['peak_rss_gib']:.2f} GiB", flush=True)
+        if name not in done:
+            print(f"[vit_b_pipeline] {name}: {what} ...", flush=True)
+            result = run_stage(workdir, env, name, argv)
+            output = workdir / argv[argv.index("--output_dir") + 1]
+            done[name] = {"stage": name, "what": what, "wall_s": result["wall_s"],
+                          "peak_rss_gib": result["maxrss_kib"] / 2**20, "output_gib": folder_size(output) / 2**30}
+            progress.write_text(json.dumps(done, indent=1))
+        rows.append(done[name])
+        print(f"[vit_b_pipeline]   {name}: {rows[-1]['wall_s']:.0f} s, peak RSS {rows[-1]['peak_rss_gib']:.2f} GiB",
+              flush=True)
+    params, setup_s = done["setup"]["params"], done["setup"]["setup_s"]
     if args.preset == "vit-b":
         write_report(rows, params, setup_s, workdir)
     else:
@@ -190,6 +204,8 @@ affected).
   {evaluation.get('box_reference_miou', float('nan')):.3f} (random weights: the model number says nothing about quality).
 - A checkpoint of the trained supernet (accelerate `save_state`: weights + AdamW state) is the bulk of the `train`
   output; `--save_total_limit` (default 2) bounds how many are kept.
+- A default training step (batch 1 x accumulation 2, 4 subnets) does 8 of these forward + backward passes: about
+  4x the `train` row's compute, at the same peak memory.
 """
     print(text)
     print(f"written to {write_result('vit_b_pipeline.md', text)}")

@@ -74,8 +74,9 @@ class DemoArguments:
     )
     quick: bool = field(
         default=False,
-        metadata={"help": "Smaller presets: the synthetic demo takes ~5 minutes on 2 CPU cores instead of ~10; with "
-                  "--model_name_or_path the default time budget is 10 minutes instead of 30."},
+        metadata={"help": "Smaller presets for the synthetic demo (about half the steps and images); with "
+                  "--model_name_or_path a time budget of 10 minutes instead of 30. The run says at its start how long "
+                  "it should take here."},
     )
     time_budget_minutes: float | None = field(
         default=None,

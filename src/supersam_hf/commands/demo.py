@@ -184,9 +184,10 @@ def _make_plan(args: DemoArguments, processor) -> DemoPlan:
     image = _shapes(1, 256 if args.model_name_or_path else sizes["image_size"], args.seed, "B")[0]["image"]
     if args.model_name_or_path is None:
         torch.manual_seed(args.seed)
-        forward = time_forward(SamModel(_stand_in_config(args, sizes)), processor, image)
+        forward = time_forward(SamModel(_stand_in_config(args, sizes)), processor, image, sizes["batch_size"])
     else:
-        forward = time_forward(load_sam_model(args.model_name_or_path, device="cpu"), processor, image)
+        model = load_sam_model(args.model_name_or_path, device="cpu")
+        forward = time_forward(model, processor, image, sizes["batch_size"])
         minutes = args.time_budget_minutes or DEFAULT_TIME_BUDGET_MINUTES["quick" if args.quick else "default"]
         sizes = size_to_budget(sizes, forward, minutes * 60.0, explicit, args.gradient_checkpointing,
                                len(args.size_reductions))

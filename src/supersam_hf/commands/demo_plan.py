@@ -58,29 +58,31 @@ class DemoPlan:
 
 
 @torch.no_grad()
-def time_forward(model, processor, image) -> float:
-    """Seconds of one forward of `model` on one image with one box prompt (median of 3 when it is fast)."""
+def time_forward(model, processor, image, batch_size: int = 1) -> float:
+    """Seconds of one forward of `model` on a micro-batch of `batch_size` copies of `image`, one box prompt each
+    (a big model: one timed forward; a small one: the median of 3 after a warm-up, since overhead dominates it)."""
     width, height = image.size
-    inputs = processor(images=image, input_boxes=[[[width * 0.25, height * 0.25, width * 0.75, height * 0.75]]],
-                       return_tensors="pt")
+    box = [width * 0.25, height * 0.25, width * 0.75, height * 0.75]
+    inputs = processor(images=[image] * batch_size, input_boxes=[[box]] * batch_size, return_tensors="pt")
     param = next(model.parameters())
     inputs = {k: v.to(param.device, param.dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()
               if k in ("pixel_values", "input_boxes")}
     model.eval()
     times = []
-    for _ in range(3):
+    for _ in range(4):
         started = time.perf_counter()
         model(**inputs, multimask_output=True)
         times.append(time.perf_counter() - started)
         if times[0] > 1.0:  # a big model: one timed forward is enough (and the first one is not much slower)
-            break
-    return sorted(times)[len(times) // 2]
+            return times[0]
+    return sorted(times[1:])[1]
 
 
 def estimate_seconds(sizes: dict[str, Any], forward: float, stand_in: bool, gradient_checkpointing: bool,
                      num_searches: int) -> dict[str, float]:
-    """Rough seconds per stage of a demo run with `sizes`, from the forward time of one image."""
-    micro = forward * sizes["batch_size"]  # one micro-batch forward
+    """Rough seconds per stage of a demo run with `sizes`, from the forward time of one micro-batch (`forward`;
+    evaluation and search are counted per image, as that time over the batch size)."""
+    micro, forward = forward, forward / sizes["batch_size"]
     full_step = TRAIN_PASSES * micro * sizes["gradient_accumulation_steps"]
     full_step *= CHECKPOINTING_OVERHEAD if gradient_checkpointing else 1.0
     n_eval = sizes["num_eval_images"]
@@ -99,12 +101,14 @@ def estimate_seconds(sizes: dict[str, Any], forward: float, stand_in: bool, grad
 def size_to_budget(sizes: dict[str, Any], forward: float, budget_seconds: float, explicit: set[str],
                    gradient_checkpointing: bool, num_searches: int) -> dict[str, Any]:
     """Sizes for a given checkpoint: ~10 % of the budget to calibration, ~60 % to training (the fine-tuning
-    baseline and the sandwich), ~30 % to search + evaluation; never above the presets; explicit sizes are kept."""
+    baseline and the sandwich), ~30 % to search + evaluation; never above the presets; explicit sizes are kept.
+    `forward` is the time of one micro-batch forward at `sizes["batch_size"]`."""
     sized = dict(sizes)
+    micro, forward = forward, forward / sizes["batch_size"]
     if "num_calibration_images" not in explicit:
         affordable = int(0.1 * budget_seconds / (CALIBRATION_PASSES * forward))
         sized["num_calibration_images"] = max(1, min(sizes["num_calibration_images"], affordable))
-    step = TRAIN_PASSES * forward * sized["batch_size"] * sized["gradient_accumulation_steps"] * (1.0 + SANDWICH_PASSES)
+    step = TRAIN_PASSES * micro * sized["gradient_accumulation_steps"] * (1.0 + SANDWICH_PASSES)
     step *= CHECKPOINTING_OVERHEAD if gradient_checkpointing else 1.0
     if "train_steps" not in explicit:
         sized["train_steps"] = max(1, min(sizes["train_steps"], int(0.6 * budget_seconds / step)))
@@ -127,7 +131,7 @@ def describe(plan: DemoPlan, model_name: str | None, num_searches: int, gradient
     batch = (f"{s['batch_size']} image{'s' if s['batch_size'] > 1 else ''} x {s['gradient_accumulation_steps']} "
              "accumulated" if s["gradient_accumulation_steps"] > 1 else f"{s['batch_size']} images")
     base = (f"train a stand-in base on domain A ({s['base_steps']} steps); " if model_name is None
-            else f"base {model_name} (one forward of one image: {plan.forward_seconds:.2f} s here); ")
+            else f"base {model_name} (one forward of a micro-batch: {plan.forward_seconds:.2f} s here); ")
     parts = "; ".join(f"{name} ~{seconds / 60:.1f}" for name, seconds in plan.estimate_seconds.items())
     return (
         f"plan: {base}convert on {s['num_calibration_images']} calibration images; {s['train_steps']} training steps "

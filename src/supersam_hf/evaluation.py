@@ -401,32 +401,10 @@ def evaluate_model(
 
     Runs under `torch.no_grad` in eval mode; the model's train/eval mode and active subnet are restored afterwards.
     """
-    if mask_selection not in MASK_SELECTIONS:
-        raise ValueError(f"Unknown mask_selection {mask_selection!r}; choose one of {MASK_SELECTIONS}.")
-    if prompt not in PROMPTS:
-        raise ValueError(f"Unknown prompt {prompt!r}; evaluation prompts are {PROMPTS}.")
-    if not isinstance(model, SamModel):
-        raise ValueError(
-            f"evaluate_model needs a SamModel or a SuperSamModel, got {type(model).__name__}; load a checkpoint with "
-            "supersam_hf.loading.load_sam_model(name_or_path)."
-        )
-    if box_reference and prompt != "box":
-        raise ValueError("box_reference compares with box prompts: pass prompt='box' (a point gives no such shortcut).")
+    _check_arguments(model, processor, prompt, mask_selection, box_reference)
     if device is not None:
         model = model.to(device)
-    if processor is None:
-        raise ValueError("Pass the model's SamProcessor (processor=...; supersam_hf.loading.load_processor).")
-
-    if subnet is not None:
-        if not isinstance(model, SuperSamModel):
-            raise ValueError("A subnet can only be evaluated on a SuperSamModel (a supernet); this is a plain SamModel.")
-        subnet = parse_subnet(subnet)
-    active = subnet if subnet is not None else getattr(model, "active_subnet", None)
-    if isinstance(model, SuperSamModel):
-        params = model.count_parameters(active)
-    else:
-        params = sum(p.numel() for p in model.parameters())
-
+    active, params = _active_subnet_and_params(model, subnet)
     batches, data_seed = _batches(dataset, processor, prompt, batch_size, max_images, seed, image_column, mask_column,
                                   mask_kind)
     names = ["model", "box_reference"] if box_reference else ["model"]
@@ -462,6 +440,34 @@ def evaluate_model(
         "params": int(params),
         **extra,
     }
+
+
+def _check_arguments(model, processor, prompt: str, mask_selection: str, box_reference: bool) -> None:
+    if mask_selection not in MASK_SELECTIONS:
+        raise ValueError(f"Unknown mask_selection {mask_selection!r}; choose one of {MASK_SELECTIONS}.")
+    if prompt not in PROMPTS:
+        raise ValueError(f"Unknown prompt {prompt!r}; evaluation prompts are {PROMPTS}.")
+    if not isinstance(model, SamModel):
+        raise ValueError(
+            f"evaluate_model needs a SamModel or a SuperSamModel, got {type(model).__name__}; load a checkpoint with "
+            "supersam_hf.loading.load_sam_model(name_or_path)."
+        )
+    if box_reference and prompt != "box":
+        raise ValueError("box_reference compares with box prompts: pass prompt='box' (a point gives no such shortcut).")
+    if processor is None:
+        raise ValueError("Pass the model's SamProcessor (processor=...; supersam_hf.loading.load_processor).")
+
+
+def _active_subnet_and_params(model, subnet) -> tuple[SubnetConfig | None, int]:
+    """The subnet that will run (the given one, else the model's active one) and its exported parameter count."""
+    if subnet is not None:
+        if not isinstance(model, SuperSamModel):
+            raise ValueError("A subnet can only be evaluated on a SuperSamModel (a supernet); this is a plain SamModel.")
+        subnet = parse_subnet(subnet)
+    active = subnet if subnet is not None else getattr(model, "active_subnet", None)
+    if isinstance(model, SuperSamModel):
+        return active, model.count_parameters(active)
+    return active, sum(p.numel() for p in model.parameters())
 
 
 def _batches(dataset, processor, prompt, batch_size, max_images, seed, image_column, mask_column, mask_kind):

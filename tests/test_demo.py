@@ -124,12 +124,12 @@ def test_demo_with_a_given_model_and_dataset_sized_to_a_time_budget(tmp_path, ca
     data = _splits_dataset(tmp_path / "data")
     output = tmp_path / "run"
     argv = ["demo", "--output_dir", str(output), "--model_name_or_path", str(tmp_path / "sam"), "--dataset_name", data,
-            "--time_budget_minutes", "0.02", "--size_reductions", "0.3", "--search_budget", "3"]
+            "--time_budget_minutes", "0.0001", "--size_reductions", "0.3", "--search_budget", "3"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     state = json.loads((output / "demo_state.json").read_text())
     sizes = state["plan"]["sizes"]
-    # ~1 s of budget: everything at its minimum, the explicit search budget kept, batch 1 x 2 for a given model
+    # ~6 ms of budget: everything at its minimum, the explicit search budget kept, batch 1 x 2 for a given model
     assert (sizes["train_steps"], sizes["num_calibration_images"], sizes["num_eval_images"]) == (1, 1, 1)
     assert (sizes["search_budget"], sizes["batch_size"], sizes["gradient_accumulation_steps"]) == (3, 1, 2)
     assert "plan:" in printed and "estimated ~" in printed and "training steps of 1 image x 2 accumulated" in printed
@@ -167,3 +167,21 @@ def test_resume_continues_a_run_killed_in_the_search(tmp_path, monkeypatch):
     assert sum(1 for e in scored["evaluations"] if e.get("miou") is not None) >= 2
     assert (output / "supernet" / "model.safetensors").stat().st_mtime_ns == trained
     assert len(json.loads((output / "demo_state.json").read_text())["summary"]["rows"]) == 5
+
+
+def test_size_to_budget_grows_with_the_budget_and_keeps_presets_and_explicit_sizes():
+    from supersam_hf.commands.demo_plan import MODEL_BATCH, PRESETS, estimate_seconds, size_to_budget
+
+    preset = {**PRESETS["default"], **MODEL_BATCH}
+    forward = 15.0  # seconds per ViT-B image on a laptop CPU
+    small = size_to_budget(preset, forward, 30 * 60, set(), False, 3)
+    large = size_to_budget(preset, forward, 600 * 60, set(), False, 3)
+    huge = size_to_budget(preset, 0.01, 30 * 60, set(), False, 3)  # a GPU: the presets themselves
+    for key in ("train_steps", "num_calibration_images", "num_eval_images"):
+        assert 1 <= small[key] <= large[key] <= huge[key] == preset[key], key
+    assert small["train_steps"] < preset["train_steps"] and small["search_budget"] >= 4
+    kept = size_to_budget(preset, forward, 30 * 60, {"train_steps"}, False, 3)
+    assert kept["train_steps"] == preset["train_steps"]
+    # the estimate of the sized run stays near the budget it was sized to (rough, by construction)
+    total = sum(estimate_seconds(large, forward, False, False, 3).values())
+    assert 0.3 * 600 * 60 <= total <= 1.2 * 600 * 60

@@ -1,12 +1,17 @@
 """`supersam demo` end to end at a tiny size: every artifact exists, each export loads with vanilla SamModel and
-its reported mIoU is reproduced by `supersam evaluate`; bad input is refused with a clear message."""
+its reported mIoU is reproduced by `supersam evaluate`; box and point rows and the box reference; a dataset's own
+splits; a given model sized to a time budget; resume after a kill; bad input is refused with a clear message."""
 
 import json
 
+import datasets
 import pytest
+from helpers import tiny_processor, tiny_sam
 from transformers import SamModel, ViTConfig, ViTModel
 
 from supersam_hf.cli import main
+from supersam_hf.commands import demo as demo_module
+from supersam_hf.commands.demo import dataset_splits
 from supersam_hf.data import make_synthetic_shapes
 
 TINY = ["--image_size", "64", "--hidden_size", "64", "--num_layers", "6", "--decoder_channels", "16",
@@ -28,11 +33,22 @@ def test_demo_writes_every_artifact(demo_run):
     state = json.loads((demo_run / "demo_state.json").read_text())
     summary = (demo_run / "summary.md").read_text()
     assert "zero-shot" in summary and "fine-tuned" in summary
-    assert len(state["summary"]["rows"]) == 5
+    rows = state["summary"]["rows"]
+    assert len(rows) == 6 and rows[-1]["model"] == "the box itself as the mask (reference)"
+    assert "mIoU on B, box prompt" in summary and "mIoU on B, point prompt" in summary  # every column says its prompt
+    reference = state["zero_shot"]["by_prompt"]["box"]["box_reference_miou"]
+    assert rows[-1]["miou_box"] == reference and 0.3 < reference < 1.0 and rows[-1]["miou_point"] is None
+    assert f"| the box itself as the mask (reference) | — | — | {reference:.3f} |" in summary
+    assert "the box itself as the mask" in summary.split("Measured:")[0].split("|")[-1]  # the one-line verdict
     for reduction in (30, 50, 60):
         stage = state[f"search_{reduction}"]
         assert stage["params"] <= state["summary"]["base_params"] * (1 - reduction / 100)
-        assert f"{stage['test']['miou']:.3f}" in summary
+        for prompt in ("box", "point"):
+            assert f"{stage['test']['by_prompt'][prompt]['miou']:.3f}" in summary
+        card = (demo_run / "exports" / f"supersam-{reduction}pct-smaller" / "README.md").read_text()
+        assert "| point (one per object, single mask) |" in card and "| box (one per object, single mask) |" in card
+    assert state["convert"]["elastic_layers"] and len(state["convert"]["elastic_layers"]) == 4  # convert's default: all but two
+    assert state["plan"]["sizes"]["train_steps"] == 2 and state["plan"]["estimate_seconds"]
 
 
 def test_exports_load_with_vanilla_sam_and_evaluate_reproduces_the_miou(demo_run, tmp_path):
@@ -47,7 +63,9 @@ def test_exports_load_with_vanilla_sam_and_evaluate_reproduces_the_miou(demo_run
                      "--eval_split_name", "test", "--prompt_type", "box", "--output_dir", str(result_dir)])
         assert code == 0
         result_file = result_dir / "eval_results.json"
-        assert json.loads(result_file.read_text())["miou"] == pytest.approx(stage["test"]["miou"], abs=1e-9)
+        evaluated = json.loads(result_file.read_text())
+        assert evaluated["miou"] == pytest.approx(stage["test"]["by_prompt"]["box"]["miou"], abs=1e-9)
+        assert evaluated["box_reference_miou"] == pytest.approx(stage["test"]["by_prompt"]["box"]["box_reference_miou"])
 
 
 def test_demo_refuses_an_earlier_run_and_resumes_it(demo_run, capsys):
@@ -71,3 +89,98 @@ def test_demo_refuses_a_dataset_without_usable_masks(tmp_path, capsys):
     assert main(["demo", "--output_dir", str(tmp_path / "out"), "--dataset_name", str(tmp_path / "empty"), *TINY]) == 2
     assert "min_mask_area" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def _splits_dataset(folder, names=("train", "validation", "test"), sizes=(6, 3, 3), unlabelled=()):
+    parts = {}
+    for k, (name, size) in enumerate(zip(names, sizes)):
+        part = make_synthetic_shapes(size, 64, seed=10 + k, min_shapes=2, max_shapes=3)
+        if name in unlabelled:
+            part = part.map(lambda row: {"label": [[0] * 64] * 64})
+        parts[name] = part
+    datasets.DatasetDict(parts).save_to_disk(folder)
+    return str(folder)
+
+
+def test_dataset_splits_use_the_datasets_own_and_carve_only_what_is_missing(tmp_path):
+    processor = tiny_processor(64)
+    splits, notes = dataset_splits(_splits_dataset(tmp_path / "all"), processor, n_eval=2, seed=0)
+    assert [len(splits[r]) for r in ("train", "search", "test")] == [6, 2, 2]
+    assert "its 'validation' split" in notes[1] and "its 'test' split" in notes[2]
+    first_test = splits["test"][0]["label"]
+    assert any((first_test == row["label"]) for row in datasets.load_from_disk(str(tmp_path / "all"))["test"])
+
+    splits, notes = dataset_splits(_splits_dataset(tmp_path / "no_val", ("train", "test"), (6, 3)), processor, 2, 0)
+    assert [len(splits[r]) for r in ("train", "search", "test")] == [5, 1, 2]  # search carved: 1 (6 // 5) image
+    assert "carved from train" in notes[1] and "no 'validation'" in notes[1] and "its 'test' split" in notes[2]
+
+    splits, notes = dataset_splits(_splits_dataset(tmp_path / "unlabelled", unlabelled=("test",)), processor, 2, 0)
+    assert "its 'validation' split" in notes[1] and "carved from train" in notes[2] and "no usable masks" in notes[2]
+
+
+def test_demo_with_a_given_model_and_dataset_sized_to_a_time_budget(tmp_path, capsys):
+    tiny_sam(num_layers=6, image_size=64).save_pretrained(tmp_path / "sam")
+    tiny_processor(64).save_pretrained(tmp_path / "sam")
+    data = _splits_dataset(tmp_path / "data")
+    output = tmp_path / "run"
+    argv = ["demo", "--output_dir", str(output), "--model_name_or_path", str(tmp_path / "sam"), "--dataset_name", data,
+            "--time_budget_minutes", "0.0001", "--size_reductions", "0.3", "--search_budget", "3"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    state = json.loads((output / "demo_state.json").read_text())
+    sizes = state["plan"]["sizes"]
+    # ~6 ms of budget: everything at its minimum, the explicit search budget kept, batch 1 x 2 for a given model
+    assert (sizes["train_steps"], sizes["num_calibration_images"], sizes["num_eval_images"]) == (1, 1, 1)
+    assert (sizes["search_budget"], sizes["batch_size"], sizes["gradient_accumulation_steps"]) == (3, 1, 2)
+    assert "plan:" in printed and "estimated ~" in printed and "training steps of 1 image x 2 accumulated" in printed
+    assert "its 'validation' split" in printed and "its 'test' split" in printed
+    assert "base" not in state  # no stand-in: the given model is the base
+    assert state["search_30"]["test"]["by_prompt"]["point"]["num_images"] == 1
+    summary = (output / "summary.md").read_text()
+    assert "the box itself as the mask (reference)" in summary and "its 'validation' split" in summary
+
+
+def test_resume_continues_a_run_killed_in_the_search(tmp_path, monkeypatch):
+    """A kill inside the second search: --resume reuses the first search's result, continues the second one from
+    its scored subnets (the demo passes resume to the search) and finishes; nothing is trained again."""
+    output = tmp_path / "run"
+    tiny = [*TINY[:TINY.index("--size_reductions")], "--size_reductions", "0.3", "0.5"]
+    calls = []
+    real_search = demo_module.search_subnets
+
+    def killed_in_second_search(*args, **kwargs):
+        calls.append(kwargs["resume"])
+        if len(calls) == 2:
+            result = real_search(*args, **{**kwargs, "budget": 2})  # part of the budget scored, then the kill
+            raise KeyboardInterrupt
+        return real_search(*args, **kwargs)
+
+    monkeypatch.setattr(demo_module, "search_subnets", killed_in_second_search)
+    assert main(["demo", "--output_dir", str(output), *tiny]) == 130  # the CLI's exit code for an interrupt
+    state = json.loads((output / "demo_state.json").read_text())
+    assert "search_30" in state and "search_50" not in state
+    trained = (output / "supernet" / "model.safetensors").stat().st_mtime_ns
+    assert main(["demo", "--output_dir", str(output), "--resume", *tiny]) == 0
+    assert calls == [False, False, True]  # the interrupted search was resumed, the finished one not re-run
+    scored = json.loads((output / "search" / "search_50" / "search_results.json").read_text())
+    assert sum(1 for e in scored["evaluations"] if e.get("miou") is not None) >= 2
+    assert (output / "supernet" / "model.safetensors").stat().st_mtime_ns == trained
+    assert len(json.loads((output / "demo_state.json").read_text())["summary"]["rows"]) == 5
+
+
+def test_size_to_budget_grows_with_the_budget_and_keeps_presets_and_explicit_sizes():
+    from supersam_hf.commands.demo_plan import MODEL_BATCH, PRESETS, estimate_seconds, size_to_budget
+
+    preset = {**PRESETS["default"], **MODEL_BATCH}
+    forward = 15.0  # seconds per ViT-B image on a laptop CPU
+    small = size_to_budget(preset, forward, 30 * 60, set(), False, 3)
+    large = size_to_budget(preset, forward, 600 * 60, set(), False, 3)
+    huge = size_to_budget(preset, 0.01, 30 * 60, set(), False, 3)  # a GPU: the presets themselves
+    for key in ("train_steps", "num_calibration_images", "num_eval_images"):
+        assert 1 <= small[key] <= large[key] <= huge[key] == preset[key], key
+    assert small["train_steps"] < preset["train_steps"] and small["search_budget"] >= 4
+    kept = size_to_budget(preset, forward, 30 * 60, {"train_steps"}, False, 3)
+    assert kept["train_steps"] == preset["train_steps"]
+    # the estimate of the sized run stays near the budget it was sized to (rough, by construction)
+    total = sum(estimate_seconds(large, forward, False, False, 3).values())
+    assert 0.3 * 600 * 60 <= total <= 1.2 * 600 * 60

@@ -180,7 +180,8 @@ def test_cli_evaluate_writes_the_result_json(supernet, processor, dataset, subne
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert "mIoU" in printed and subnet.name in printed
-    expected = evaluate_model(supernet, dataset, processor, subnet=subnet, mask_selection="oracle", show_progress=False)
+    expected = evaluate_model(supernet, dataset, processor, subnet=subnet, mask_selection="oracle", show_progress=False,
+                              box_reference=True)  # box prompts: the box-as-mask reference comes with the result
     assert json.loads((out / "eval_results.json").read_text()) == expected
     assert cli_main(argv) == 2 and "--overwrite_output_dir" in capsys.readouterr().err  # the result is not replaced
     assert cli_main([*argv, "--overwrite_output_dir"]) == 0

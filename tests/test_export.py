@@ -17,7 +17,7 @@ from supersam_hf import SubnetConfig, SuperSamModel
 from supersam_hf.cli import main as cli_main
 from supersam_hf.export import export_subnet
 from supersam_hf.loading import load_processor, load_supernet
-from supersam_hf.model_card import model_card_template
+from supersam_hf.model_card import format_macs, model_card_template
 
 # huggingface_hub's own LFS upload passes a file object as `data=`, which httpx deprecates: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
@@ -124,7 +124,7 @@ def test_model_card_metadata_and_body(supernet, exported):
     body = card.text
     assert "{{" not in body and "}}" not in body  # every placeholder was filled
     assert f"{supernet.count_parameters(SUBNET):,}" in body and f"{supernet.count_parameters():,}" in body
-    assert f"{supernet.count_macs(SUBNET):,}" in body
+    assert format_macs(supernet.count_macs(SUBNET)) in body and "MMACs" in body  # e.g. "4.27 MMACs", not raw digits
     assert "mIoU" in body and "0.6125" in body
     assert "`prompt`: point" in body and "`mask_selection`: single" in body and "`num_images`: 8" in body
     assert SUBNET.name in body and "[0, 1, 3, 5]" in body and "[128, 64, 32, 96]" in body
@@ -154,7 +154,42 @@ def test_local_base_model_is_named_but_not_in_metadata(supernet, tmp_path):
     assert card.data.base_model is None  # the Hub accepts only repo ids there
     assert "**my-local-sam**" in card.text and str(tmp_path) not in card.text.split("## How to use")[0]
     assert card.data.datasets == ["user/shapes"]
-    assert json.loads((out / "subnet.json").read_text())["base_model"] == "my-local-sam"
+    assert json.loads((out / "subnet.json").read_text())["base_model"] == str(base)  # the recorded string
+
+
+def test_local_base_recorded_in_the_supernet_is_not_lost(tmp_path):
+    """No base_model argument: the supernet's recorded local base is named in the card and written to subnet.json."""
+    supernet = tiny_supernet(num_layers=6, image_size=64)
+    supernet.config.base_model = str(tmp_path / "runs" / "base")
+    out = export_subnet(supernet, SUBNET, tmp_path / "out")
+    assert ModelCard.load(out / "README.md").data.base_model is None
+    assert "**base**" in (out / "README.md").read_text()
+    assert json.loads((out / "subnet.json").read_text())["base_model"] == str(tmp_path / "runs" / "base")
+
+
+def test_card_has_point_and_box_rows_with_the_box_reference(supernet, tmp_path):
+    box = {**METRICS, "prompt": "box", "miou": 0.8125, "box_reference_miou": 0.7031, "dataset": "user/shapes",
+           "split": "test"}
+    point = {**METRICS, "miou": 0.5625, "dataset": "user/shapes", "split": "test"}
+    out = export_subnet(supernet, SUBNET, tmp_path / "both", metrics={"point": point, "box": box},
+                        base_model="facebook/sam-vit-base")
+    card = ModelCard.load(out / "README.md")
+    rows = {line.split("|")[1].strip().split(" ")[0]: line for line in card.text.splitlines()
+            if line.startswith("| point") or line.startswith("| box")}
+    assert "0.5625" in rows["point"] and "0.8125" in rows["box"] and "0.7031" in rows["box"]
+    assert "single mask" in rows["point"] and "the box itself as the mask" in card.text
+    assert "How the point-prompt row was measured" in card.text and "How the box-prompt row was measured" in card.text
+    assert sorted(r.metric_name for r in card.data.eval_results) == ["mIoU (box prompt)", "mIoU (point prompt)"]
+    # one measured prompt: the other row says how to measure it
+    only_box = export_subnet(supernet, SUBNET, tmp_path / "box", metrics=box)
+    text = (only_box / "README.md").read_text()
+    assert "| point | not measured: `supersam evaluate --prompt_type point ...`" in text and "0.8125" in text
+
+
+@pytest.mark.parametrize("macs, text", [(487.8e9, "487.8 GMACs"), (96.31e6, "96.3 MMACs"), (4.274e9, "4.27 GMACs"),
+                                        (812e3, "812.0 kMACs"), (950, "950 MACs")])
+def test_macs_are_printed_with_a_prefix_and_sensible_digits(macs, text):
+    assert format_macs(macs) == text
 
 
 def test_output_folder_is_not_touched_without_overwrite(supernet, supernet_dir, tmp_path):

@@ -147,8 +147,9 @@ def test_drop_probabilities_follow_importance_and_survive_save_load(calibration,
     importance = report.layer_importance
     assert len(importance) == 6 and all(i > 0 for i in importance)
 
-    # Default: half the layers, layer 0 fixed, the least important among 1..5.
-    assert report.elastic_layers == sorted(report.elastic_layers) and len(report.elastic_layers) == 3
+    # Default: all but two layers (at least half; default_num_elastic_layers), layer 0 fixed, the least important
+    # among 1..5.
+    assert report.elastic_layers == sorted(report.elastic_layers) and len(report.elastic_layers) == 4
     assert 0 not in report.elastic_layers
     fixed_candidates = [i for i in range(1, 6) if i not in report.elastic_layers]
     assert max(importance[i] for i in report.elastic_layers) <= min(importance[i] for i in fixed_candidates)
@@ -166,7 +167,7 @@ def test_drop_probabilities_follow_importance_and_survive_save_load(calibration,
 
     assert model.config.prioritized is True
     assert model.config.elastic_layers == report.elastic_layers
-    assert model.config.min_layers == 3
+    assert model.config.min_layers == 2
     space = model.search_space
     assert space.smallest().kept_layers == tuple(i for i in range(6) if i not in report.elastic_layers)
 
@@ -175,7 +176,7 @@ def test_drop_probabilities_follow_importance_and_survive_save_load(calibration,
     assert loaded.config.prioritized is True
     assert loaded.config.elastic_layers == report.elastic_layers
     assert loaded.config.layer_drop_probs == pytest.approx(report.layer_drop_probs)
-    assert loaded.config.min_layers == 3
+    assert loaded.config.min_layers == 2
     assert torch.equal(loaded.vision_encoder.layers[2].mlp.lin1.weight, model.vision_encoder.layers[2].mlp.lin1.weight)
 
 
@@ -312,7 +313,7 @@ def add_square_sum(store: list, index: int, module, args) -> None:
 def naive_prioritize(model, dataset, processor, num_images, batch_size, max_drop_prob=0.5):
     """The pre-prefix-reuse calibration, kept as the reference: the full encoder once per batch (recording the MLP
     norms), then the full encoder again with each layer in turn replaced by the identity. Returns importance,
-    elastic layers (half the layers, layer 0 kept), drop probabilities and the neuron orders (the model is
+    elastic layers (all but two, at least half; layer 0 kept), drop probabilities and the neuron orders (the model is
     reordered in place like `prioritize` does)."""
     layers = list(model.vision_encoder.layers)
     num_layers = len(layers)
@@ -343,7 +344,7 @@ def naive_prioritize(model, dataset, processor, num_images, batch_size, max_drop
     # Embedding channels and heads: their own measurement pass (prioritize records them in its full pass).
     prioritization.reorder_embedding(model, calibration_pixels)
     importance = (removal_cost / stats["used"]).tolist()
-    elastic = sorted(sorted(range(1, num_layers), key=lambda i: (importance[i], i))[: num_layers // 2])
+    elastic = sorted(sorted(range(1, num_layers), key=lambda i: (importance[i], i))[: max(num_layers // 2, num_layers - 2)])
     return importance, elastic, drop_probabilities(importance, elastic, max_drop_prob), orders
 
 

@@ -65,6 +65,7 @@ def make_args(assets: Path, output_dir: Path, **overrides) -> SupernetTrainingAr
         output_dir=str(output_dir),
         max_steps=2,
         per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
         learning_rate=1e-3,
         num_random_subnets=0,
         max_instances_per_image=3,

@@ -15,11 +15,12 @@ Which of SAM's three multimask outputs is scored (`mask_selection`):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,15 +79,68 @@ def parse_subnet(spec: str | os.PathLike | dict | SubnetConfig) -> SubnetConfig:
     return SubnetConfig.from_dict(data)
 
 
-@dataclass
-class EvaluationData:
-    """Collated evaluation batches, built once and reusable (the search scores many subnets on the same images).
+class PreparedBatches(Sequence):
+    """The collated batches of an `EvaluationData`, built on demand: batch i is collated from its rows when asked for.
 
-    Every batch is a `SamCollator` batch (with `full_masks`) plus `image_ids`: the dataset row of each image.
-    Holds pixel values and full-resolution masks of all images in memory.
+    The first batches are kept after their first use while their tensors fit in `cache_bytes`; the rest are
+    collated again on every pass (decode + resize + normalise per batch), so memory stays bounded at 1024 px
+    (~15 MB per image) however many images are scored. Prompts are seeded per row, so every pass is identical.
     """
 
-    batches: list[dict[str, Any]]
+    def __init__(self, data: SamSegmentationData, prompt: str, batch_size: int, count: int, cache_bytes: int) -> None:
+        self.data, self.prompt, self.batch_size, self.count = data, prompt, int(batch_size), int(count)
+        self.cache_bytes = int(cache_bytes)
+        self._cache: dict[int, dict[str, Any]] = {}
+        self._cached_bytes = 0
+        self._cache_full = False
+
+    def __len__(self) -> int:
+        return -(-self.count // self.batch_size)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"batch {index} out of range ({len(self)} batches)")
+        index %= len(self)
+        if index in self._cache:
+            return self._cache[index]
+        indices = range(index * self.batch_size, min((index + 1) * self.batch_size, self.count))
+        batch = SamCollator(prompt=self.prompt, seed=self.data.seed)([self.data[i] for i in indices])
+        batch["image_ids"] = [str(self.data.row_indices[i]) for i in indices]
+        size = _batch_bytes(batch)
+        if not self._cache_full and self._cached_bytes + size <= self.cache_bytes:
+            self._cache[index] = batch
+            self._cached_bytes += size
+        else:
+            self._cache_full = True  # keep a prefix only: later batches stream on every pass
+        return batch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def cached_batches(self) -> int:
+        return len(self._cache)
+
+
+def _batch_bytes(batch: dict[str, Any]) -> int:
+    tensors = [v for v in batch.values() if isinstance(v, torch.Tensor)] + list(batch.get("full_masks", []))
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+# Collated evaluation batches kept in memory between passes (the search scores many subnets on the same images).
+DEFAULT_CACHE_MB = 256
+
+
+@dataclass
+class EvaluationData:
+    """Evaluation batches prepared once and reusable (the search scores many subnets on the same images).
+
+    `batches` is a `PreparedBatches`: a sequence of `SamCollator` batches (with `full_masks` and `image_ids`, the
+    dataset row of each image) collated on demand from the rows; only the first batches, up to `cache_mb` of
+    tensors, stay in memory, so a search over many 1024-px images streams them instead of holding them all.
+    """
+
+    batches: PreparedBatches
     prompt: str
     seed: int
     num_images: int
@@ -104,18 +158,17 @@ class EvaluationData:
         image_column: str | None = None,
         mask_column: str | None = None,
         mask_kind: str | None = None,
+        cache_mb: float = DEFAULT_CACHE_MB,
     ) -> "EvaluationData":
         if isinstance(dataset, EvaluationData):
             return dataset
         data = as_evaluation_dataset(dataset, processor, prompt, seed, image_column, mask_column, mask_kind)
-        batches = list(_iter_batches(data, prompt, batch_size, max_images))
-        return cls(
-            batches=batches,
-            prompt=prompt,
-            seed=data.seed,
-            num_images=sum(len(b["image_ids"]) for b in batches),
-            num_skipped_images=data.num_skipped_images,
-        )
+        count = _image_count(data, batch_size, max_images)
+        if cache_mb < 0:
+            raise ValueError(f"cache_mb must be >= 0, got {cache_mb}.")
+        batches = PreparedBatches(data, prompt, batch_size, count, int(cache_mb * 2**20))
+        return cls(batches=batches, prompt=prompt, seed=data.seed, num_images=count,
+                   num_skipped_images=data.num_skipped_images)
 
 
 def as_evaluation_dataset(
@@ -154,18 +207,17 @@ def as_evaluation_dataset(
     )
 
 
-def _iter_batches(data: SamSegmentationData, prompt: str, batch_size: int, max_images: int | None) -> Iterator[dict]:
+def _image_count(data: SamSegmentationData, batch_size: int, max_images: int | None) -> int:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if max_images is not None and max_images < 1:
         raise ValueError(f"max_images must be >= 1 (or None for all images), got {max_images}.")
-    count = len(data) if max_images is None else min(len(data), int(max_images))
-    collator = SamCollator(prompt=prompt, seed=data.seed)
-    for start in range(0, count, batch_size):
-        indices = range(start, min(start + batch_size, count))
-        batch = collator([data[i] for i in indices])
-        batch["image_ids"] = [str(data.row_indices[i]) for i in indices]
-        yield batch
+    return len(data) if max_images is None else min(len(data), int(max_images))
+
+
+def _iter_batches(data: SamSegmentationData, prompt: str, batch_size: int, max_images: int | None) -> PreparedBatches:
+    """The batches of one pass, collated one at a time (nothing is kept: `cache_bytes=0`)."""
+    return PreparedBatches(data, prompt, batch_size, _image_count(data, batch_size, max_images), cache_bytes=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -202,39 +254,77 @@ def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
 
 
 @torch.no_grad()
-def _score_batches(model, batches, processor, mask_selection: str, metric, show_progress: bool, total=None) -> None:
-    """Run the model on every batch (one forward per batch: one encoder pass per image) and add its masks to `metric`."""
+def _model_masks(model, batch, processor, mask_selection: str) -> list[torch.Tensor]:
+    """One forward of `model` on a batch (one encoder pass per image): per image, bool (P_i, H, W) masks at the
+    original size, one per object (the model's own choice, or the oracle's best of three)."""
+    device, dtype = _model_device_dtype(model)
+    inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
+    for key in ("pixel_values", "input_boxes", "input_points"):
+        if key in inputs:
+            inputs[key] = inputs[key].to(dtype)
+    outputs = model(**inputs, multimask_output=True)
+    low_res = outputs.pred_masks.float()  # (B, P, 3, L, L) logits
+    if mask_selection == "single":
+        best = outputs.iou_scores.float().argmax(dim=-1)  # (B, P): the model's own choice
+        index = best[..., None, None, None].expand(-1, -1, 1, *low_res.shape[-2:])
+        low_res = torch.gather(low_res, 2, index)  # (B, P, 1, L, L)
+    counts = [int(truth.shape[0]) for truth in batch["full_masks"]]  # drop the collator's padding slots
+    masks = processor.post_process_masks(
+        [low_res[b, :n] for b, n in enumerate(counts)], batch["original_sizes"], batch["reshaped_input_sizes"],
+        mask_threshold=0.0, binarize=True,
+    )
+    chosen = []
+    for image_masks, truth in zip(masks, batch["full_masks"]):
+        truth = truth.to(image_masks.device)
+        picks = [0 if mask_selection == "single" else int(_pairwise_iou(image_masks[k], truth[k]).argmax())
+                 for k in range(truth.shape[0])]
+        chosen.append(torch.stack([image_masks[k, pick] for k, pick in enumerate(picks)]) if picks
+                      else torch.zeros(0, *truth.shape[1:], dtype=torch.bool))
+    return chosen
+
+
+def box_masks(batch: dict[str, Any]) -> list[torch.Tensor]:
+    """The box prompts of a collated batch, filled, as masks: per image bool (P_i, H, W) at the original size.
+
+    Boxes are mapped back from the processor's resized coordinates (scaled by original / resized size) and filled
+    inclusively (x0..x1, y0..y1 in pixel indices, the convention of `SamSegmentationData`'s boxes), so a mask that
+    fills its box is reproduced exactly."""
+    filled = []
+    for b, truth in enumerate(batch["full_masks"]):
+        count, height, width = truth.shape
+        scale = batch["original_sizes"][b].double() / batch["reshaped_input_sizes"][b].double()  # (h, w)
+        boxes = batch["input_boxes"][b, :count].double() * scale[[1, 0, 1, 0]]
+        x0, y0, x1, y1 = boxes.round().long().unbind(-1)
+        cols, rows = torch.arange(width), torch.arange(height)
+        inside_x = (cols[None] >= x0[:, None].clamp(0, width - 1)) & (cols[None] <= x1[:, None].clamp(0, width - 1))
+        inside_y = (rows[None] >= y0[:, None].clamp(0, height - 1)) & (rows[None] <= y1[:, None].clamp(0, height - 1))
+        filled.append(inside_y[:, :, None] & inside_x[:, None, :])
+    return filled
+
+
+def _add_to_metric(metric, chosen: list[torch.Tensor], batch: dict[str, Any]) -> None:
+    """Add one batch's predicted masks (per image, (P_i, H, W) bool, aligned with `full_masks`) to the metric."""
+    predictions, references, image_ids = [], [], []
+    for image_masks, truth, image_id in zip(chosen, batch["full_masks"], batch["image_ids"]):
+        truth = truth.to(image_masks.device)
+        for k in range(truth.shape[0]):
+            prediction, reference = _crop_pair(image_masks[k], truth[k])
+            predictions.append(prediction)
+            references.append(reference)
+            image_ids.append(image_id)
+    metric.add_batch(predictions=predictions, references=references, image_ids=image_ids)
+
+
+def _score_batches(model, batches, processor, mask_selection: str, metrics: dict, show_progress: bool) -> None:
+    """Score every batch: `metrics["model"]` gets the model's masks (skipped when `model` is None) and, if present,
+    `metrics["box_reference"]` the filled box prompts; both go through the same crop-and-metric path."""
     from tqdm.auto import tqdm
 
-    device, dtype = _model_device_dtype(model)
-    for batch in tqdm(batches, total=total, desc="evaluate", unit="batch", disable=not show_progress, leave=False):
-        inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
-        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-        if "input_boxes" in inputs:
-            inputs["input_boxes"] = inputs["input_boxes"].to(dtype)
-        if "input_points" in inputs:
-            inputs["input_points"] = inputs["input_points"].to(dtype)
-        outputs = model(**inputs, multimask_output=True)
-        low_res = outputs.pred_masks.float()  # (B, P, 3, L, L) logits
-        if mask_selection == "single":
-            best = outputs.iou_scores.float().argmax(dim=-1)  # (B, P): the model's own choice
-            index = best[..., None, None, None].expand(-1, -1, 1, *low_res.shape[-2:])
-            low_res = torch.gather(low_res, 2, index)  # (B, P, 1, L, L)
-        counts = [int(truth.shape[0]) for truth in batch["full_masks"]]  # drop the collator's padding slots
-        masks = processor.post_process_masks(
-            [low_res[b, :n] for b, n in enumerate(counts)], batch["original_sizes"], batch["reshaped_input_sizes"], mask_threshold=0.0, binarize=True
-        )
-        predictions, references, image_ids = [], [], []
-        for image_masks, truth, image_id in zip(masks, batch["full_masks"], batch["image_ids"]):
-            truth = truth.to(image_masks.device)
-            for k in range(truth.shape[0]):
-                candidates = image_masks[k]
-                choice = 0 if mask_selection == "single" else int(_pairwise_iou(candidates, truth[k]).argmax())
-                prediction, reference = _crop_pair(candidates[choice], truth[k])
-                predictions.append(prediction)
-                references.append(reference)
-                image_ids.append(image_id)
-        metric.add_batch(predictions=predictions, references=references, image_ids=image_ids)
+    for batch in tqdm(batches, total=len(batches), desc="evaluate", unit="batch", disable=not show_progress, leave=False):
+        if model is not None:
+            _add_to_metric(metrics["model"], _model_masks(model, batch, processor, mask_selection), batch)
+        if "box_reference" in metrics:
+            _add_to_metric(metrics["box_reference"], box_masks(batch), batch)
 
 
 def _is_runtime_model(model) -> bool:
@@ -244,15 +334,24 @@ def _is_runtime_model(model) -> bool:
                                                                   "parameters"))
 
 
-_METRIC = None
+_METRICS: dict[str, Any] = {}
 
 
-def _metric():
-    """The `sam_miou` metric, loaded once per process (in memory: nothing is written to the cache folder)."""
-    global _METRIC
-    if _METRIC is None:
-        _METRIC = load_sam_miou(keep_in_memory=True)
-    return _METRIC
+def _metric(name: str = "model"):
+    """A `sam_miou` metric, loaded once per process and role (in memory: nothing is written to the cache folder)."""
+    if name not in _METRICS:
+        _METRICS[name] = load_sam_miou(keep_in_memory=True, experiment_id=f"supersam-{name}")
+    return _METRICS[name]
+
+
+def _compute(names: list[str]) -> dict[str, dict]:
+    """Compute the named metrics; on any error drop them all (they may hold a partial evaluation)."""
+    try:
+        return {name: _metric(name).compute() for name in names}
+    except BaseException:
+        for name in names:
+            _METRICS.pop(name, None)
+        raise
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -275,6 +374,7 @@ def evaluate_model(
     mask_kind: str | None = None,
     show_progress: bool = True,
     device: str | torch.device | None = None,
+    box_reference: bool = False,
 ) -> dict[str, Any]:
     """Mean IoU of a SAM model (or of one subnet of a supernet) on a segmentation dataset.
 
@@ -297,68 +397,43 @@ def evaluate_model(
         image_column / mask_column / mask_kind: passed to `SamSegmentationData` (default: auto-detected).
         show_progress: tqdm bar over batches.
         device: move the model there first (it stays there); default: where the model already is.
+        box_reference: with box prompts, also score "the box itself as the mask" in the same pass, through the same
+            metric (see `box_reference_miou`): the result gains `box_reference_miou` and
+            `box_reference_per_image_miou`, the score a model gets by copying its prompt.
 
     Returns:
         The metric's `miou`, `per_image_miou`, `mean_dice`, `num_objects`, `num_images`, and how they were
         measured: `prompt`, `mask_selection`, `resolution` ("original": masks compared at the image's own size),
         `seed`, `subnet` (its name, or None for a whole model), `subnet_config`, `params` (parameters of the
-        standard checkpoint that was, or would be, exported).
+        standard checkpoint that was, or would be, exported); with `box_reference` also `box_reference_miou` /
+        `box_reference_per_image_miou`.
 
     Runs under `torch.no_grad` in eval mode; the model's train/eval mode and active subnet are restored afterwards.
     """
-    if mask_selection not in MASK_SELECTIONS:
-        raise ValueError(f"Unknown mask_selection {mask_selection!r}; choose one of {MASK_SELECTIONS}.")
-    if prompt not in PROMPTS:
-        raise ValueError(f"Unknown prompt {prompt!r}; evaluation prompts are {PROMPTS}.")
-    if not isinstance(model, SamModel) and not _is_runtime_model(model):
-        raise ValueError(
-            f"evaluate_model needs a SamModel, a SuperSamModel or a runtime model called like one (e.g. "
-            f"onnx_export.OnnxSamModel), got {type(model).__name__}; load a checkpoint with "
-            "supersam_hf.loading.load_sam_model(name_or_path)."
-        )
+    _check_arguments(model, processor, prompt, mask_selection, box_reference)
     if device is not None:
         model = model.to(device)
-    if processor is None:
-        raise ValueError("Pass the model's SamProcessor (processor=...; supersam_hf.loading.load_processor).")
-
-    if subnet is not None:
-        if not isinstance(model, SuperSamModel):
-            raise ValueError("A subnet can only be evaluated on a SuperSamModel (a supernet); this is a plain SamModel.")
-        subnet = parse_subnet(subnet)
-    active = subnet if subnet is not None else getattr(model, "active_subnet", None)
-    if isinstance(model, SuperSamModel):
-        params = model.count_parameters(active)
-    elif isinstance(model, SamModel):
-        params = sum(p.numel() for p in model.parameters())
-    else:  # a runtime model (ONNX Runtime): its weights are not torch parameters
-        params = None
-
-    if isinstance(dataset, EvaluationData):
-        if dataset.prompt != prompt:
-            raise ValueError(f"The EvaluationData was prepared with prompt={dataset.prompt!r}, not {prompt!r}.")
-        batches, total, data_seed = dataset.batches, len(dataset.batches), dataset.seed
-    else:
-        data = as_evaluation_dataset(dataset, processor, prompt, seed, image_column, mask_column, mask_kind)
-        batches, data_seed = _iter_batches(data, prompt, batch_size, max_images), data.seed
-        count = len(data) if max_images is None else min(len(data), max_images)
-        total = -(-count // batch_size)
-
-    metric = _metric()
+    active, params = _active_subnet_and_params(model, subnet)
+    batches, data_seed = _batches(dataset, processor, prompt, batch_size, max_images, seed, image_column, mask_column,
+                                  mask_kind)
+    names = ["model", "box_reference"] if box_reference else ["model"]
     was_training = model.training
     model.eval()
     try:
-        if isinstance(model, SuperSamModel):
-            with model.subnet(active):
-                _score_batches(model, batches, processor, mask_selection, metric, show_progress, total)
-        else:
-            _score_batches(model, batches, processor, mask_selection, metric, show_progress, total)
-        scores = metric.compute()
+        with model.subnet(active) if isinstance(model, SuperSamModel) else contextlib.nullcontext():
+            _score_batches(model, batches, processor, mask_selection, {n: _metric(n) for n in names}, show_progress)
     except BaseException:
-        global _METRIC
-        _METRIC = None  # it may hold a partial evaluation: the next call starts from a fresh one
+        for name in names:
+            _METRICS.pop(name, None)  # they may hold a partial evaluation: the next call starts from fresh ones
         raise
     finally:
         model.train(was_training)
+    computed = _compute(names)
+    scores = computed["model"]
+    extra = {}
+    if box_reference:
+        extra = {"box_reference_miou": float(computed["box_reference"]["miou"]),
+                 "box_reference_per_image_miou": float(computed["box_reference"]["per_image_miou"])}
     return {
         "miou": float(scores["miou"]),
         "per_image_miou": float(scores["per_image_miou"]),
@@ -372,7 +447,106 @@ def evaluate_model(
         "subnet": active.name if active is not None else None,
         "subnet_config": active.to_dict() if active is not None else None,
         "params": int(params) if params is not None else None,
+        **extra,
     }
 
 
-__all__ = ["EvaluationData", "MASK_SELECTIONS", "PROMPTS", "as_evaluation_dataset", "evaluate_model", "parse_subnet"]
+def _check_arguments(model, processor, prompt: str, mask_selection: str, box_reference: bool) -> None:
+    if mask_selection not in MASK_SELECTIONS:
+        raise ValueError(f"Unknown mask_selection {mask_selection!r}; choose one of {MASK_SELECTIONS}.")
+    if prompt not in PROMPTS:
+        raise ValueError(f"Unknown prompt {prompt!r}; evaluation prompts are {PROMPTS}.")
+    if not isinstance(model, SamModel) and not _is_runtime_model(model):
+        raise ValueError(
+            f"evaluate_model needs a SamModel, a SuperSamModel or a runtime model called like one (e.g. "
+            f"onnx_export.OnnxSamModel), got {type(model).__name__}; load a checkpoint with "
+            "supersam_hf.loading.load_sam_model(name_or_path)."
+        )
+    if box_reference and prompt != "box":
+        raise ValueError("box_reference compares with box prompts: pass prompt='box' (a point gives no such shortcut).")
+    if processor is None:
+        raise ValueError("Pass the model's SamProcessor (processor=...; supersam_hf.loading.load_processor).")
+
+
+def _active_subnet_and_params(model, subnet) -> tuple[SubnetConfig | None, int | None]:
+    """The subnet that will run (the given one, else the model's active one) and its exported parameter count
+    (None for a runtime model such as ONNX Runtime, whose weights are not torch parameters)."""
+    if subnet is not None:
+        if not isinstance(model, SuperSamModel):
+            raise ValueError("A subnet can only be evaluated on a SuperSamModel (a supernet); this is a plain SamModel.")
+        subnet = parse_subnet(subnet)
+    active = subnet if subnet is not None else getattr(model, "active_subnet", None)
+    if isinstance(model, SuperSamModel):
+        return active, model.count_parameters(active)
+    if isinstance(model, SamModel):
+        return active, sum(p.numel() for p in model.parameters())
+    return active, None
+
+
+def _batches(dataset, processor, prompt, batch_size, max_images, seed, image_column, mask_column, mask_kind):
+    """The batches to score (an `EvaluationData`'s, or one streamed pass over a dataset) and their prompt seed."""
+    if isinstance(dataset, EvaluationData):
+        if dataset.prompt != prompt:
+            raise ValueError(f"The EvaluationData was prepared with prompt={dataset.prompt!r}, not {prompt!r}.")
+        return dataset.batches, dataset.seed
+    data = as_evaluation_dataset(dataset, processor, prompt, seed, image_column, mask_column, mask_kind)
+    return _iter_batches(data, prompt, batch_size, max_images), data.seed
+
+
+def box_reference_miou(
+    dataset,
+    processor: SamProcessor | None = None,
+    batch_size: int = 4,
+    max_images: int | None = None,
+    seed: int = 0,
+    image_column: str | None = None,
+    mask_column: str | None = None,
+    mask_kind: str | None = None,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """mIoU of "the box itself as the mask": each object's box prompt, filled, scored as its predicted mask.
+
+    The reference every box-prompt figure should be read against (a model that copies its prompt scores this).
+    It scores exactly the objects and boxes `evaluate_model(..., prompt="box")` scores on the same arguments
+    (same instance selection, seed, images), through the same metric path at the original image size. Returns the
+    metric's fields plus how they were measured: `prompt` "box", `reference` "box", `seed`, `mask_selection`
+    None. `processor` defaults to a 64-px one: the reference never looks at pixels and boxes are mapped back to
+    the original size, so the result does not depend on it (up to box rounding).
+    """
+    if processor is None and not isinstance(dataset, EvaluationData):
+        from .data import build_sam_processor
+
+        processor = build_sam_processor(64)
+    batches, data_seed = _batches(dataset, processor, "box", batch_size, max_images, seed, image_column, mask_column,
+                                  mask_kind)
+    try:
+        _score_batches(None, batches, processor, "single", {"box_reference": _metric("box_reference")}, show_progress)
+    except BaseException:
+        _METRICS.pop("box_reference", None)
+        raise
+    scores = _compute(["box_reference"])["box_reference"]
+    return {
+        "miou": float(scores["miou"]),
+        "per_image_miou": float(scores["per_image_miou"]),
+        "mean_dice": float(scores["mean_dice"]),
+        "num_objects": int(scores["num_objects"]),
+        "num_images": int(scores["num_images"]),
+        "prompt": "box",
+        "reference": "box",
+        "mask_selection": None,
+        "resolution": "original",
+        "seed": int(data_seed),
+    }
+
+
+__all__ = [
+    "EvaluationData",
+    "MASK_SELECTIONS",
+    "PROMPTS",
+    "PreparedBatches",
+    "as_evaluation_dataset",
+    "box_masks",
+    "box_reference_miou",
+    "evaluate_model",
+    "parse_subnet",
+]

@@ -58,11 +58,12 @@ def export_subnet(
         output_dir: the folder to write. If it exists and is not empty, `FileExistsError` unless `overwrite`.
         processor: the `SamProcessor` to save alongside (`supersam_hf.loading.load_processor`); without one the
             folder has no processor files (a warning says so).
-        metrics: evaluation of this subnet for the card, e.g. the dict `evaluate_model` returns ("miou" and how it
-            was measured: "prompt", "mask_selection", "num_images", ...).
-        base_model: Hub id of the SAM checkpoint the supernet came from; default: the one recorded in the supernet
-            config (or the Hub id the supernet was loaded from). A local path is only named in the card's text (the
-            Hub accepts only repo ids as `base_model` metadata).
+        metrics: evaluation of this subnet for the card: the dict `evaluate_model` returns ("miou" and how it
+            was measured: "prompt", "mask_selection", "num_images", ...), or {"point": result, "box": result}; the
+            card has a row per prompt type (an unmeasured one says how to measure it).
+        base_model: the SAM checkpoint the supernet came from; default: the one recorded in the supernet config
+            (or the Hub id the supernet was loaded from). Written to subnet.json as given; a Hub id also goes into
+            the card's `base_model` metadata, a local path is only named (by its folder) in the card's text.
         license: the card's license; default: the license of the supernet's or the base model's card, if known.
         datasets: Hub ids of the datasets the supernet was trained on, for the card's metadata.
         overwrite: replace an earlier export in a non-empty `output_dir`: only the files this tool wrote there
@@ -107,9 +108,11 @@ def export_subnet(
         "base_params": model.count_parameters(largest),
         "base_macs": model.count_macs(largest),
     }
-    # The card's `base_model` must be a Hub id (the Hub rejects anything else); a local base only gets named.
-    base_name = Path(str(base_model).rstrip("/\\")).name if base_model and not hub_id(base_model) else None
-    base_model = hub_id(base_model) or recorded_hub_base_model(model, source)
+    # The base as recorded (given, else the supernet's config): written to subnet.json as is. The card's
+    # `base_model` metadata must be a Hub id (the Hub rejects anything else); a local base is named by its folder.
+    recorded = base_model or getattr(model.config, "base_model", None) or None
+    base_name = Path(str(recorded).rstrip("/\\")).name if recorded and not hub_id(recorded) else None
+    base_model = hub_id(recorded) or recorded_hub_base_model(model, source)
     base_name = base_model or base_name
     license = license or find_license(source, base_model)
     datasets = [datasets] if isinstance(datasets, str) else (list(datasets) if datasets else None)
@@ -124,7 +127,7 @@ def export_subnet(
         "name": subnet.name,
         **sizes,
         "macs_per": f"one image at {model.config.vision_config.image_size} px with one point prompt",
-        "base_model": base_name,
+        "base_model": recorded or base_model,
         "metrics": metrics,
     }
     card_args = dict(model=model, subnet=subnet, sizes=sizes, metrics=metrics, base_model=base_model,

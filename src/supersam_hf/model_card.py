@@ -11,6 +11,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
+from .arguments import DEFAULT_PROMPT_TYPE
 from .modeling_supersam import SuperSamModel
 from .onnx_pipeline import onnx_card_section
 from .search_space import SubnetConfig
@@ -18,16 +19,45 @@ from .search_space import SubnetConfig
 logger = logging.getLogger(__name__)
 
 CARD_TAGS = ["supersam", "sam", "segment-anything", "pruning", "nas"]
-# Float metrics of `evaluate_model` results worth a row in the card's table, with their display names.
+# The card always has one row per prompt type (a measured result, or a line saying how to measure it).
+CARD_PROMPTS = ("point", "box")
+# Float metrics of `evaluate_model` results, with their display names: the table's columns come first.
 METRIC_NAMES = {
     "miou": "mIoU",
     "per_image_miou": "per-image mIoU",
     "mean_dice": "mean Dice",
+    "box_reference_miou": "the box itself as the mask",
+    "box_reference_per_image_miou": "the box itself as the mask, per-image mIoU",
     "largest_subnet_miou": "mIoU of the largest subnet (the whole supernet), same measurement",
     "latency_ms": "latency, ms (on the search machine)",
 }
+TABLE_METRICS = ("miou", "per_image_miou", "mean_dice", "box_reference_miou")
 # Entries of a metrics dict the card shows elsewhere (subnet table, subnet.json) rather than under "how measured".
 METRIC_SKIP = {"subnet", "subnet_config", "params", "macs", "description", "per_image"}
+
+
+def metrics_by_prompt(metrics: dict | None) -> dict[str, dict]:
+    """`metrics` as {prompt: result}: one `evaluate_model` result (keyed by its "prompt"; "box" if it names none)
+    or a dict of results keyed by prompt type ("point" / "box")."""
+    if not metrics:
+        return {}
+    if any(key in CARD_PROMPTS and isinstance(value, dict) for key, value in metrics.items()):
+        return {key: value for key, value in metrics.items() if key in CARD_PROMPTS and isinstance(value, dict)}
+    return {str(metrics.get("prompt") or DEFAULT_PROMPT_TYPE): metrics}
+
+
+def format_count(n: float, unit: str = "") -> str:
+    """A count with a G / M / k prefix and sensible digits: 487.8 G, 96.3 M, 4.27 M, 812 k (unit appended)."""
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.2f} {prefix}{unit}" if value < 10 else f"{value:.1f} {prefix}{unit}"
+    return f"{n:,.0f} {unit}".rstrip()
+
+
+def format_macs(macs: float) -> str:
+    """MACs as the card and the demo print them: "487.8 GMACs", "96.3 MMACs"."""
+    return format_count(macs, "MACs")
 
 
 def hub_id(value: str | None) -> str | None:
@@ -104,26 +134,10 @@ def write_model_card(
 
     `base_model` (a Hub id or None) goes into the metadata; `base_name` names the base in the text (default:
     `base_model`). `onnx_report` (`onnx_pipeline.export_checked_onnx`) adds the ONNX Runtime section."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    from huggingface_hub import ModelCard, ModelCardData
 
     model_name = repo_id.split("/")[-1] if repo_id else f"SuperSAM subnet {subnet.name}"
-    eval_results = None
-    miou = (metrics or {}).get("miou")
-    # Structured results (model-index) need the evaluation dataset: the one recorded with the metrics, else the
-    # (first) training dataset, whose images the search scores subnets on.
-    dataset = (metrics or {}).get("dataset") or (datasets or [None])[0]
-    if isinstance(miou, (int, float)) and dataset:
-        eval_results = [
-            EvalResult(
-                task_type="mask-generation",
-                dataset_type=str(dataset),
-                dataset_name=str(dataset),
-                dataset_split=metrics.get("split"),
-                metric_type="mean_iou",
-                metric_name="mIoU",
-                metric_value=float(miou),
-            )
-        ]
+    eval_results = _eval_results(metrics, datasets) or None
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="mask-generation",
@@ -145,8 +159,8 @@ def write_model_card(
         base_num_layers=vision.num_hidden_layers,
         params=_count(params),
         base_params=_count(base_params),
-        macs=_count(macs),
-        base_macs=_count(base_macs),
+        macs=format_macs(macs),
+        base_macs=format_macs(base_macs),
         image_size=vision.image_size,
         size_reduction=(
             f"This model has {params / base_params:.1%} of the base's parameters ({1 - params / base_params:.1%} "
@@ -168,32 +182,60 @@ def write_model_card(
 
 
 def _count(n: int) -> str:
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if n >= scale:
-            return f"{n / scale:.2f} {suffix} ({n:,})"
-    return f"{n:,}"
+    return f"{format_count(n)} ({n:,})" if n >= 1e3 else f"{n:,}"
+
+
+def _eval_results(metrics: dict | None, datasets: list[str] | None) -> list:
+    """model-index entries, one per measured prompt type. They need the evaluation dataset: the one recorded with
+    the metrics, else the (first) training dataset, whose images the search scores subnets on."""
+    from huggingface_hub import EvalResult
+
+    results = []
+    for prompt, result in metrics_by_prompt(metrics).items():
+        miou, dataset = result.get("miou"), result.get("dataset") or (datasets or [None])[0]
+        if isinstance(miou, (int, float)) and dataset:
+            results.append(EvalResult(
+                task_type="mask-generation", dataset_type=str(dataset), dataset_name=str(dataset),
+                dataset_split=result.get("split"), metric_type="mean_iou", metric_name=f"mIoU ({prompt} prompt)",
+                metric_value=float(miou),
+            ))
+    return results
 
 
 def _metrics_table(metrics: dict | None) -> str:
-    if not metrics:
-        return (
-            "Not evaluated at export time. Measure it with `supersam evaluate` (mIoU of point or box prompts on a "
-            "segmentation dataset)."
-        )
-    rows = [(METRIC_NAMES.get(k, k), v) for k, v in metrics.items() if isinstance(v, float)]
-    if not rows:
-        return "No numeric metrics were recorded."
-    return "\n".join(["| metric | value |", "|---|---|", *(f"| {name} | {value:.4f} |" for name, value in rows)])
+    """One row per prompt type: mIoU of the model's own (single) mask choice, and for box prompts the score of the
+    box itself as the mask, the reference a box-prompt figure should be read against."""
+    by_prompt = metrics_by_prompt(metrics)
+    header = ["prompt", *(METRIC_NAMES[k] for k in TABLE_METRICS), "images / objects"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for prompt in CARD_PROMPTS:
+        result = by_prompt.get(prompt)
+        if result is None:
+            lines.append(f"| {prompt} | not measured: `supersam evaluate --prompt_type {prompt} ...` |"
+                         + " |" * (len(header) - 2))
+            continue
+        cells = [f"{result[k]:.4f}" if isinstance(result.get(k), (int, float)) else "—" for k in TABLE_METRICS]
+        counts = f"{result.get('num_images', '?')} / {result.get('num_objects', '?')}"
+        lines.append(f"| {prompt} (one per object, {result.get('mask_selection') or 'single'} mask) | "
+                     + " | ".join(cells) + f" | {counts} |")
+    if not by_prompt:
+        lines.append("\nNot evaluated at export time. Measure it with `supersam evaluate` (mIoU of point or box "
+                     "prompts on a segmentation dataset).")
+    return "\n".join(lines)
 
 
 def _metrics_description(metrics: dict | None) -> str:
-    """How the metrics were measured: every non-float entry of the metrics dict (prompt, images, dataset, ...)."""
-    if not metrics:
-        return ""
-    described = [(k, v) for k, v in metrics.items() if not isinstance(v, float) and v is not None and k not in METRIC_SKIP]
-    text = str(metrics.get("description", "")).strip()
-    details = "\n".join(f"- `{k}`: {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in described)
-    parts = [p for p in (text, "How it was measured:\n\n" + details if details else "") if p]
+    """How each prompt's metrics were measured: every other entry of its result (images, dataset, seed, ...)."""
+    parts = []
+    for prompt, result in metrics_by_prompt(metrics).items():
+        described = [(k, v) for k, v in result.items()
+                     if k not in TABLE_METRICS and k not in METRIC_SKIP and v is not None and k != "num_objects"]
+        details = "\n".join(
+            f"- {METRIC_NAMES[k]}: {v:.4f}" if k in METRIC_NAMES and isinstance(v, float)
+            else f"- `{k}`: {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in described
+        )
+        text = str(result.get("description", "")).strip()
+        parts.append(f"How the {prompt}-prompt row was measured" + (f" ({text})" if text else "") + ":\n\n" + details)
     return "\n\n".join(parts)
 
 
@@ -216,4 +258,16 @@ def _training_description(model: SuperSamModel) -> str:
     )
 
 
-__all__ = ["CARD_TAGS", "METRIC_NAMES", "find_license", "hub_id", "model_card_template", "recorded_hub_base_model", "write_model_card"]
+__all__ = [
+    "CARD_PROMPTS",
+    "CARD_TAGS",
+    "METRIC_NAMES",
+    "find_license",
+    "format_count",
+    "format_macs",
+    "hub_id",
+    "metrics_by_prompt",
+    "model_card_template",
+    "recorded_hub_base_model",
+    "write_model_card",
+]

@@ -590,6 +590,19 @@ def embedding_order_from(model: SuperSamModel, recorder: _EmbeddingRecorder, app
 # ---------------------------------------------------------------------------------------------------------------
 # the stage
 # ---------------------------------------------------------------------------------------------------------------
+# How many encoder layers become elastic by default, in `supersam convert`, `prioritize` and the demo: all but
+# DEFAULT_KEPT_LAYERS (at least half of them), so that subnets 70 % smaller than the base exist (ViT-B: 10 of 12).
+# Drop probabilities scale with measured importance, so important layers still rarely drop during training.
+DEFAULT_KEPT_LAYERS = 2
+
+
+def default_num_elastic_layers(num_layers: int, keep_first_layer: bool = True) -> int:
+    """How many layers `prioritize` makes elastic by default: all but `DEFAULT_KEPT_LAYERS`, at least half of
+    them (rounded down), at most the candidates (every layer but the first with `keep_first_layer`)."""
+    wanted = max(num_layers // 2, num_layers - DEFAULT_KEPT_LAYERS)
+    return max(0, min(wanted, num_layers - (1 if keep_first_layer else 0)))
+
+
 def prioritize(
     model: SuperSamModel,
     dataset,
@@ -617,8 +630,8 @@ def prioritize(
         reorder: permute each encoder MLP's hidden neurons most important first (see `neuron_scores`).
         measure_layers: measure layer importance and set `elastic_layers` / `layer_drop_probs` / `min_layers`;
             if False the config's depth settings are left as they are.
-        num_elastic_layers: how many of the least important layers become elastic (default: half the layers,
-            rounded down, at most the number of candidates).
+        num_elastic_layers: how many of the least important layers become elastic (default: all but two, at least
+            half the layers, at most the number of candidates; `default_num_elastic_layers`).
         max_drop_prob: drop probability of the cheapest layer to remove; in [0, 1) (see `drop_probabilities`).
         keep_first_layer: never make layer 0 elastic (it turns patch embeddings into features).
         image_column: the dataset's image column (default: auto-detected).
@@ -654,7 +667,7 @@ def prioritize(
     num_layers = len(layers)
     candidates = list(range(1 if keep_first_layer else 0, num_layers))
     if num_elastic_layers is None:
-        num_elastic_layers = min(num_layers // 2, len(candidates))
+        num_elastic_layers = default_num_elastic_layers(num_layers, keep_first_layer)
     if not 0 <= num_elastic_layers <= len(candidates):
         raise ValueError(
             f"num_elastic_layers={num_elastic_layers} must be between 0 and {len(candidates)} (the layers that may be "

@@ -21,7 +21,7 @@ class ConvertArguments:
     num_calibration_images: int = field(default=32, metadata={"help": "Calibration images (from the train split)."})
     calibration_batch_size: int = field(default=4, metadata={"help": "Images per encoder forward during calibration."})
     num_elastic_layers: Optional[int] = field(
-        default=None, metadata={"help": "Layers that subnets may drop (the least important; default: half the layers)."}
+        default=None, metadata={"help": "Layers that subnets may drop (the least important; default: all but two, at least half; the demo uses the same)."}
     )
     max_drop_prob: float = field(
         default=0.5,

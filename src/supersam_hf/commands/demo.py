@@ -1,21 +1,27 @@
-"""`supersam demo`: the whole SuperSAM pipeline end to end, offline, on two synthetic domains.
+"""`supersam demo`: the whole SuperSAM pipeline end to end, offline, on two synthetic domains (or your model / data).
 
-1. Data: synthetic shapes of domain A and of a visually different domain B (train / search / test splits).
+1. Data: synthetic shapes of domain A and of a visually different domain B (train / search / test splits); with
+   `--dataset_name` the dataset is domain B and its own splits are used (train; validation for the search; test),
+   carved from train only where one is missing.
 2. Base model: no pretrained SAM can be downloaded offline, so a small SAM is first trained on domain A as the
-   stand-in "pretrained" checkpoint (skipped with `--model_name_or_path`, e.g. facebook/sam-vit-base).
+   stand-in "pretrained" checkpoint (skipped with `--model_name_or_path`, e.g. facebook/sam-vit-base, for which the
+   run is sized to the machine first: see `demo_plan`).
 3. Baselines on B's test split: the base zero-shot, and the base fine-tuned on B for as many steps as the supernet.
-4. convert + prioritize on B, sandwich-train the supernet on B, search under three size budgets (30 / 50 / 70 %
-   fewer parameters than the base), export each winner as a standard SAM checkpoint, reload it with vanilla
-   `SamModel` and evaluate it on B's test split.
-5. Report: a table (printed and in `summary.md`), `pareto.png`, the exported folders.
+4. convert + prioritize on B (convert's default elastic layers), sandwich-train the supernet on B, search under
+   three size budgets (30 / 50 / 70 % fewer parameters than the base), export each winner as a standard SAM
+   checkpoint (its card with box and point mIoU), reload it with vanilla `SamModel`.
+5. Report: a table (printed and in `summary.md`) with box- and point-prompt mIoU of every model and the "box itself
+   as the mask" reference, `pareto.png`, the exported folders.
 
-Each stage records its result in `<output_dir>/demo_state.json`; `--resume` skips finished stages.
+Each stage records its result in `<output_dir>/demo_state.json`; `--resume` skips finished stages and continues an
+interrupted one (training from its last checkpoint, a search from its scored subnets).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -31,11 +37,15 @@ from ..data import SamSegmentationData, build_sam_processor, load_segmentation_d
 from ..evaluation import evaluate_model
 from ..export import export_subnet
 from ..loading import load_config_dict, load_processor, load_sam_model, load_supernet
+from ..model_card import format_macs
 from ..modeling_supersam import SuperSamModel
 from ..outputs import prepare_output_dir, record_tool_outputs, remove_tool_outputs
-from ..prioritization import prioritize
-from ..search import search_subnets
+from ..prioritization import default_num_elastic_layers, prioritize
+from ..search import RESULTS_FILE, search_subnets
 from ..training import SupernetTrainingArguments, train_supernet
+from ..training.checkpoints import find_latest_checkpoint
+from .demo_plan import DEFAULT_TIME_BUDGET_MINUTES, MODEL_BATCH, PRESETS, DemoPlan, describe, estimate_seconds
+from .demo_plan import size_to_budget, time_forward
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +53,11 @@ STATE_FILE = "demo_state.json"
 DEMO_OUTPUTS = ("data", "base", "base_init", "base_training", "finetuned", "supernet_init", "supernet", "search",
                 "exports", "summary.md", "pareto.png", STATE_FILE)
 SIZE_REDUCTIONS = (0.3, 0.5, 0.7)  # the demo's budgets: at least this fraction fewer parameters than the base
+EVAL_PROMPTS = ("box", "point")  # every model is reported with both (a point gives no box-filling shortcut)
+VALIDATION_SPLITS = ("validation", "valid", "val", "dev")
+SIZE_FIELDS = ("image_size", "hidden_size", "num_layers", "num_train_images", "num_eval_images",
+               "num_calibration_images", "base_steps", "train_steps", "search_budget", "batch_size",
+               "gradient_accumulation_steps")
 
 
 @dataclass(kw_only=True)
@@ -50,59 +65,68 @@ class DemoArguments:
     output_dir: str = field(default="runs/demo", metadata={"help": "Folder for every artifact of the run."})
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "A SAM checkpoint: Hub id (e.g. facebook/sam-vit-base), cached Hub snapshot or folder. "
-                  "Default: train a small stand-in base on domain A."},
+        metadata={"help": "A SAM checkpoint: Hub id (e.g. facebook/sam-vit-base), cached Hub snapshot or folder. The "
+                  "run is then sized to --time_budget_minutes on this machine (said before it starts). Default: "
+                  "train a small stand-in base on synthetic domain A."},
     )
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "An HF segmentation dataset (save_to_disk folder, local files or Hub name) used as domain B. "
-                  "Default: synthetic domain B."},
+        metadata={"help": "An HF segmentation dataset (save_to_disk folder, local files or Hub name) used as domain B: "
+                  "its train split trains, its validation split (else a part carved from train) is searched on, its "
+                  "test split (else a carved part) is the test set. Default: synthetic domain B."},
     )
-    quick: bool = field(default=False, metadata={"help": "Smaller everything: finishes within ~5 minutes on 2 CPU cores."})
+    quick: bool = field(
+        default=False,
+        metadata={"help": "Smaller presets for the synthetic demo (about half the steps and images); with "
+                  "--model_name_or_path a time budget of 10 minutes instead of 30. The run says at its start how long "
+                  "it should take here."},
+    )
+    time_budget_minutes: float | None = field(
+        default=None,
+        metadata={"help": "With --model_name_or_path: size steps, calibration, search and evaluation images to about "
+                  "this many minutes here (default 30, 10 with --quick); explicit size flags are kept."},
+    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Delete an earlier demo run in --output_dir and start afresh."}
     )
-    resume: bool = field(default=False, metadata={"help": "Continue an earlier run in --output_dir, skipping finished stages."})
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Continue an earlier run in --output_dir: finished stages are skipped, an interrupted training "
+                  "resumes from its last checkpoint and an interrupted search from its scored subnets."},
+    )
     seed: int = field(default=0, metadata={"help": "Seed of data, training and search."})
-    prompt_type: str = prompt_type_field("point, box or mixed (training; evaluation uses box for mixed)")
-    # Sizes. Defaults depend on --quick (None = preset); tests set tiny values.
+    prompt_type: str = prompt_type_field("point, box or mixed (training; the search uses box for mixed; every model is "
+                                         "reported with box and point prompts)")
+    # Sizes. None = the preset (stand-in) or sized to the machine (given model); tests set tiny values.
     image_size: int | None = field(default=None, metadata={"help": "Image size of the stand-in base."})
     hidden_size: int | None = field(default=None, metadata={"help": "Encoder width of the stand-in base."})
     num_layers: int | None = field(default=None, metadata={"help": "Encoder layers of the stand-in base."})
-    num_train_images: int | None = field(default=None, metadata={"help": "Training images per domain."})
+    num_train_images: int | None = field(default=None, metadata={"help": "Synthetic training images per domain."})
     num_eval_images: int | None = field(default=None, metadata={"help": "Images of B's search and test splits (each)."})
+    num_calibration_images: int | None = field(default=None, metadata={"help": "Calibration images of convert."})
     base_steps: int | None = field(default=None, metadata={"help": "Steps of stand-in base training on A."})
     train_steps: int | None = field(default=None, metadata={"help": "Steps of supernet training (and of the fine-tuning baseline) on B."})
     search_budget: int | None = field(default=None, metadata={"help": "Subnets evaluated per search."})
     decoder_channels: int = field(default=64, metadata={"help": "Image-embedding / mask-decoder width of the stand-in base."})
-    batch_size: int = field(default=4, metadata={"help": "Images per training step."})
+    batch_size: int | None = field(
+        default=None, metadata={"help": "Images per micro-batch (default 4 for the stand-in, 1 for a given model)."}
+    )
+    gradient_accumulation_steps: int | None = field(
+        default=None, metadata={"help": "Micro-batches per training step (default 1 for the stand-in, 2 for a given model)."}
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute encoder activations in the backward pass (less memory, ~1/3 slower)."}
+    )
     size_reductions: list[float] = field(
         default_factory=lambda: list(SIZE_REDUCTIONS),
         metadata={"help": "Search budgets: at least this fraction fewer parameters than the base (one search each)."},
     )
 
 
-PRESETS = {
-    "default": dict(image_size=128, hidden_size=128, num_layers=8, num_train_images=600, num_eval_images=32,
-                    base_steps=1500, train_steps=400, search_budget=24),
-    "quick": dict(image_size=128, hidden_size=128, num_layers=8, num_train_images=300, num_eval_images=16,
-                  base_steps=1000, train_steps=200, search_budget=12),
-}
-
-
 def _shapes(num_images: int, image_size: int, seed: int, domain: str):
     # 3-7 objects per image: with fewer, predicting every object regardless of the prompt is a good-enough local
     # optimum and a from-scratch SAM never learns to follow prompts.
     return make_synthetic_shapes(num_images, image_size, seed=seed, domain=domain, min_shapes=3, max_shapes=7)
-
-
-def _resolve_sizes(args: DemoArguments) -> dict:
-    sizes = dict(PRESETS["quick" if args.quick else "default"])
-    for key in sizes:
-        value = getattr(args, key)
-        if value is not None:
-            sizes[key] = value
-    return sizes
 
 
 class DemoState:
@@ -116,8 +140,11 @@ class DemoState:
         return stage in self.stages
 
     def record(self, stage: str, result: dict) -> dict:
+        """Store a stage's result; written to a temporary file and renamed, so a kill never leaves torn JSON."""
         self.stages[stage] = result
-        self.path.write_text(json.dumps(self.stages, indent=2))
+        temporary = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        temporary.write_text(json.dumps(self.stages, indent=2))
+        os.replace(temporary, self.path)
         folder = self.path.parent.resolve()
         outputs = [folder / name for name in DEMO_OUTPUTS if (folder / name).exists()]
         record_tool_outputs(folder, outputs, tool="supersam demo")  # what --overwrite_output_dir removes
@@ -148,16 +175,62 @@ def _print(message: str) -> None:
     print(f"[supersam demo] {message}", flush=True)
 
 
-def _train(output_dir: Path, model_path: Path | str, data_dir: Path, steps: int, args: DemoArguments,
+# ----------------------------------------------------------------------------------------------------------------
+# The plan: sizes, and what the run costs here
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _make_plan(args: DemoArguments, processor) -> DemoPlan:
+    """Sizes of this run (presets, explicit flags, and for a given model the machine's speed) and its estimate."""
+    preset = dict(PRESETS["quick" if args.quick else "default"])
+    if args.model_name_or_path is not None:
+        preset.update(MODEL_BATCH)
+    explicit = {key for key in SIZE_FIELDS if getattr(args, key) is not None}
+    sizes = {**preset, **{key: getattr(args, key) for key in explicit}}
+    image = _shapes(1, 256 if args.model_name_or_path else sizes["image_size"], args.seed, "B")[0]["image"]
+    if args.model_name_or_path is None:
+        torch.manual_seed(args.seed)
+        forward = time_forward(SamModel(_stand_in_config(args, sizes)), processor, image, sizes["batch_size"])
+    else:
+        model = load_sam_model(args.model_name_or_path, device="cpu")
+        forward = time_forward(model, processor, image, sizes["batch_size"])
+        minutes = args.time_budget_minutes or DEFAULT_TIME_BUDGET_MINUTES["quick" if args.quick else "default"]
+        sizes = size_to_budget(sizes, forward, minutes * 60.0, explicit, args.gradient_checkpointing,
+                               len(args.size_reductions))
+    estimate = estimate_seconds(sizes, forward, args.model_name_or_path is None, args.gradient_checkpointing,
+                                len(args.size_reductions))
+    return DemoPlan(sizes, round(forward, 4), estimate)
+
+
+def _stand_in_config(args: DemoArguments, sizes: dict):
+    return build_sam_config(image_size=sizes["image_size"], hidden_size=sizes["hidden_size"],
+                            num_hidden_layers=sizes["num_layers"], num_attention_heads=4, window_size=4,
+                            output_channels=args.decoder_channels)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared pieces of the stages
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _train(output_dir: Path, model_path: Path | str, data_dir: Path, steps: int, run: "_DemoRun",
            largest_only: bool, learning_rate: float) -> None:
+    """One training run; an interrupted one (a checkpoint in output_dir) continues from its last checkpoint."""
+    args, sizes = run.args, run.plan.sizes
+    resume = "latest" if find_latest_checkpoint(output_dir) is not None else None
+    if resume:
+        _print(f"  continuing {output_dir.name} from {find_latest_checkpoint(output_dir).name}")
     training_args = SupernetTrainingArguments(
         model_name_or_path=str(model_path),
         dataset_name=str(data_dir),
         train_split_name="train",
         output_dir=str(output_dir),
-        overwrite_output_dir=True,
+        overwrite_output_dir=resume is None,
+        resume_from_checkpoint=resume,
         max_steps=steps,
-        per_device_train_batch_size=args.batch_size,
+        per_device_train_batch_size=sizes["batch_size"],
+        gradient_accumulation_steps=sizes["gradient_accumulation_steps"],
+        gradient_checkpointing=args.gradient_checkpointing,
         learning_rate=learning_rate,
         warmup_steps=max(1, steps // 20),
         num_random_subnets=0 if largest_only else 2,
@@ -165,16 +238,12 @@ def _train(output_dir: Path, model_path: Path | str, data_dir: Path, steps: int,
         prompt_type=args.prompt_type,
         # dice + BCE: the stand-in base learns from scratch, where SAM's 20:1 focal weighting stalls at empty masks.
         loss_type="dice_bce",
-        save_steps=steps,
+        save_steps=max(1, steps // 4),  # a kill loses at most a quarter of the stage
+        save_total_limit=1,
         eval_steps=0,
         seed=args.seed,
     )
     train_supernet(training_args)
-
-
-def _evaluate(model, data, processor, prompt: str, seed: int) -> dict:
-    """mIoU as the summary reports it: one prompt per object, the model's own mask choice."""
-    return evaluate_model(model, data, processor, prompt=prompt, mask_selection="single", seed=seed, show_progress=False)
 
 
 @dataclass
@@ -182,11 +251,11 @@ class _DemoRun:
     """What every stage of one demo run shares."""
 
     args: DemoArguments
-    sizes: dict
+    plan: DemoPlan
     processor: object
     output: Path
     state: DemoState
-    eval_prompt: str
+    search_prompt: str
 
     @property
     def data_a(self) -> Path:
@@ -197,7 +266,16 @@ class _DemoRun:
         return self.output / "data" / "domain_B"
 
     def evaluate(self, model, data) -> dict:
-        return _evaluate(model, data, self.processor, self.eval_prompt, self.args.seed)
+        """mIoU as the summary reports it: one prompt per object, the model's own mask choice, box and point.
+
+        The search's prompt type is the primary result (its keys at the top level, as before); `by_prompt` holds
+        both, and the box result carries `box_reference_miou` (the box itself as the mask, same pass)."""
+        by_prompt = {
+            prompt: evaluate_model(model, data, self.processor, prompt=prompt, mask_selection="single",
+                                   seed=self.args.seed, show_progress=False, box_reference=prompt == "box")
+            for prompt in EVAL_PROMPTS
+        }
+        return {**by_prompt[self.search_prompt], "by_prompt": by_prompt}
 
 
 def run_demo(args: DemoArguments) -> dict:
@@ -206,17 +284,21 @@ def run_demo(args: DemoArguments) -> dict:
         raise ValueError(f"--prompt_type must be point, box or mixed, got {args.prompt_type!r}.")
     if args.model_name_or_path is not None:
         load_config_dict(args.model_name_or_path)  # refuse anything but a SAM checkpoint before anything runs
-    sizes = _resolve_sizes(args)
-    processor = load_processor(args.model_name_or_path) if args.model_name_or_path else build_sam_processor(sizes["image_size"])
+    image_size = args.image_size or PRESETS["default"]["image_size"]
+    processor = load_processor(args.model_name_or_path) if args.model_name_or_path else build_sam_processor(image_size)
     if args.dataset_name is not None:
         # Fail before anything is written if the dataset has no usable masks (SamSegmentationData says why).
         SamSegmentationData(load_segmentation_dataset(args.dataset_name), processor)
     prepare_output_dir(args.output_dir, overwrite=True, inputs=[args.model_name_or_path, args.dataset_name])
     output = _prepare_output(args)
-    torch.manual_seed(args.seed)
     started = time.time()
-    run = _DemoRun(args, sizes, processor, output, DemoState(output),
-                   eval_prompt="box" if args.prompt_type == "mixed" else args.prompt_type)
+    state = DemoState(output)
+    if not state.done("plan"):
+        state.record("plan", _make_plan(args, processor).to_dict())
+    plan = DemoPlan.from_dict(state.stages["plan"])
+    _print(describe(plan, args.model_name_or_path, len(args.size_reductions), args.gradient_checkpointing))
+    torch.manual_seed(args.seed)
+    run = _DemoRun(args, plan, processor, output, state, search_prompt="box" if args.prompt_type == "mixed" else args.prompt_type)
     _stage_data(run)
     b_search, b_test = (load_segmentation_dataset(run.data_b, split=s) for s in ("search", "test"))
     base_dir = _stage_base(run)
@@ -225,13 +307,20 @@ def run_demo(args: DemoArguments) -> dict:
     supernet = _stage_supernet(run, base_dir)
     for reduction in args.size_reductions:
         _stage_search(run, supernet, reduction, base_dir, base_params, b_search, b_test)
-    return _write_summary(output, run.state, supernet, base_params, args.size_reductions, run.eval_prompt, started)
+    return _write_summary(run, supernet, base_params, started)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stages
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def _stage_data(run: _DemoRun) -> None:
-    """1. Domain B (train / search / test; synthetic, or carved from --dataset_name) and, for the stand-in, A."""
-    args, sizes, state = run.args, run.sizes, run.state
+    """1. Domain B (train / search / test: synthetic, or the dataset's own splits) and, for the stand-in, A."""
+    args, sizes, state = run.args, run.plan.sizes, run.state
     if state.done("data"):
+        for line in state.stages["data"].get("splits", []):
+            _print(line)
         return
     _print("building the datasets")
     n_eval = sizes["num_eval_images"]
@@ -241,136 +330,245 @@ def _stage_data(run: _DemoRun) -> None:
             "search": _shapes(n_eval, sizes["image_size"], args.seed + 2, "B"),
             "test": _shapes(n_eval, sizes["image_size"], args.seed + 3, "B"),
         }
+        notes = [f"domain B: synthetic shapes (train {sizes['num_train_images']}, search {n_eval}, test {n_eval} images)"]
     else:
-        full = load_segmentation_dataset(args.dataset_name).shuffle(seed=args.seed)
-        if len(full) < 3:
-            raise ValueError(f"--dataset_name {args.dataset_name!r} has {len(full)} rows; the demo needs at least 3.")
-        n_eval = min(n_eval, max(1, len(full) // 5))
-        split_b = {"search": full.select(range(n_eval)), "test": full.select(range(n_eval, 2 * n_eval)),
-                   "train": full.select(range(2 * n_eval, len(full)))}
+        split_b, notes = dataset_splits(args.dataset_name, run.processor, n_eval, args.seed)
+    for line in notes:
+        _print(line)
     datasets.DatasetDict(split_b).save_to_disk(run.data_b)
     if args.model_name_or_path is None:
         datasets.DatasetDict({
             "train": _shapes(sizes["num_train_images"], sizes["image_size"], args.seed + 4, "A"),
             "test": _shapes(n_eval, sizes["image_size"], args.seed + 5, "A"),
         }).save_to_disk(run.data_a)
-    state.record("data", {"domain_B": str(run.data_b),
+    state.record("data", {"domain_B": str(run.data_b), "splits": notes,
                           "domain_A": str(run.data_a) if args.model_name_or_path is None else None})
+
+
+def _usable_split(name: str, split: str, processor) -> tuple[datasets.Dataset | None, str | None]:
+    """The split, or None with the reason it cannot serve (missing, or no usable masks, e.g. an unlabelled test)."""
+    try:
+        data = load_segmentation_dataset(name, split=split)
+    except ValueError:
+        return None, None  # the dataset has no such split
+    try:
+        SamSegmentationData(data, processor)
+    except ValueError as error:
+        return None, f"its {split!r} split has no usable masks ({str(error).split(';')[0]})"
+    return data, None
+
+
+def dataset_splits(name: str, processor, n_eval: int, seed: int) -> tuple[dict, list[str]]:
+    """Domain B from `name`: its train split; its validation split for the search and its test split for the test
+    (at most `n_eval` images each, a seeded sample); a missing (or unlabelled) one is carved from train. Returns
+    the splits and one line per role saying where it came from."""
+    train = load_segmentation_dataset(name)  # "train", or the only split
+    found, notes, missing = {}, [], {}
+    for role, candidates in (("search", VALIDATION_SPLITS), ("test", ("test",))):
+        for split in candidates:
+            data, problem = _usable_split(name, split, processor)
+            if data is not None:
+                found[role] = (split, data)
+                break
+            if problem:
+                missing[role] = problem
+        missing.setdefault(role, f"it has no {' / '.join(repr(c) for c in candidates)} split")
+    carve = [role for role in ("search", "test") if role not in found]
+    if carve:
+        if len(train) < len(carve) + 1:
+            raise ValueError(f"--dataset_name {name!r} has {len(train)} training rows and no {' or '.join(carve)} split; "
+                             "the demo needs at least one image per split it carves.")
+        train = train.shuffle(seed=seed)
+        take = min(n_eval, max(1, len(train) // 5))
+        for k, role in enumerate(carve):
+            found[role] = (None, train.select(range(k * take, (k + 1) * take)))
+        train = train.select(range(len(carve) * take, len(train)))
+    splits = {"train": train}
+    notes = [f"domain B = {name}: train <- its train split ({len(train)} images"
+             + (", after carving)" if carve else ")")]
+    for role in ("search", "test"):
+        split, data = found[role]
+        if split is not None:
+            data = data.shuffle(seed=seed).select(range(min(n_eval, len(data))))
+            notes.append(f"domain B {role} <- its {split!r} split ({len(data)} images)")
+        else:
+            notes.append(f"domain B {role} <- {len(data)} images carved from train ({missing[role]})")
+        splits[role] = data
+    return splits, notes
 
 
 def _stage_base(run: _DemoRun) -> str | Path:
     """2. The base SAM: --model_name_or_path, or a small stand-in trained here on domain A."""
-    args, sizes, state, output = run.args, run.sizes, run.state, run.output
+    args, sizes, state, output = run.args, run.plan.sizes, run.state, run.output
     if args.model_name_or_path is not None:
         return args.model_name_or_path
     base_dir = output / "base"
     if not state.done("base"):
         _print(f"no pretrained SAM offline: training a small stand-in base on domain A ({sizes['base_steps']} steps)")
         init_dir = output / "base_init"
-        config = build_sam_config(image_size=sizes["image_size"], hidden_size=sizes["hidden_size"],
-                                  num_hidden_layers=sizes["num_layers"], num_attention_heads=4, window_size=4,
-                                  output_channels=args.decoder_channels)
-        SamModel(config).save_pretrained(init_dir)
-        run.processor.save_pretrained(init_dir)
-        _train(output / "base_training", init_dir, run.data_a, sizes["base_steps"], args, largest_only=True, learning_rate=5e-4)
+        if not (init_dir / "config.json").is_file():
+            torch.manual_seed(args.seed)
+            SamModel(_stand_in_config(args, sizes)).save_pretrained(init_dir)
+            run.processor.save_pretrained(init_dir)
+        _train(output / "base_training", init_dir, run.data_a, sizes["base_steps"], run, largest_only=True,
+               learning_rate=5e-4)
         trained = load_supernet(output / "base_training", device="cpu")
         trained.extract_subnet().save_pretrained(base_dir)
         run.processor.save_pretrained(base_dir)
         shutil.rmtree(init_dir)
-        miou_a = run.evaluate(load_sam_model(base_dir), load_segmentation_dataset(run.data_a, split="test"))["miou"]
-        state.record("base", {"path": str(base_dir), "miou_domain_A": miou_a})
-    _print(f"stand-in base reaches mIoU {state.stages['base']['miou_domain_A']:.3f} on domain A ({run.eval_prompt} prompts)")
+        result = run.evaluate(load_sam_model(base_dir), load_segmentation_dataset(run.data_a, split="test"))
+        state.record("base", {"path": str(base_dir), "miou_domain_A": result["miou"], "domain_A": result["by_prompt"]})
+    on_a = state.stages["base"].get("domain_A", {})
+    figures = ", ".join(f"{p} {r['miou']:.3f}" for p, r in on_a.items()) or f"{state.stages['base']['miou_domain_A']:.3f}"
+    reference = on_a.get("box", {}).get("box_reference_miou")
+    _print(f"stand-in base mIoU on domain A: {figures}"
+           + (f" (the box itself as the mask: {reference:.3f})" if reference is not None else ""))
     return base_dir
 
 
 def _stage_baselines(run: _DemoRun, base_dir: str | Path, b_test) -> None:
     """3. The base zero-shot on B, and the base fine-tuned on B for as many steps as the supernet."""
     if not run.state.done("zero_shot"):
-        _print("evaluating the base zero-shot on domain B")
+        _print("evaluating the base zero-shot on domain B (box and point prompts)")
         run.state.record("zero_shot", run.evaluate(load_sam_model(base_dir), b_test))
     if not run.state.done("finetuned"):
-        steps = run.sizes["train_steps"]
+        steps = run.plan.sizes["train_steps"]
         _print(f"fine-tuning the base on domain B ({steps} steps, full model only)")
-        _train(run.output / "finetuned", base_dir, run.data_b, steps, run.args, largest_only=True, learning_rate=2e-4)
+        _train(run.output / "finetuned", base_dir, run.data_b, steps, run, largest_only=True, learning_rate=2e-4)
         ft = load_supernet(run.output / "finetuned", device="cpu")
         run.state.record("finetuned", run.evaluate(ft.extract_subnet(), b_test))
 
 
 def _stage_supernet(run: _DemoRun, base_dir: str | Path) -> SuperSamModel:
-    """4. Convert + prioritize the base on B, then sandwich-train the supernet on B."""
+    """4. Convert + prioritize the base on B (convert's default elastic layers), then sandwich-train it on B."""
     supernet_init, supernet_dir = run.output / "supernet_init", run.output / "supernet"
     if not run.state.done("convert"):
-        _print("converting the base into a supernet and prioritizing it on domain B")
+        images = run.plan.sizes["num_calibration_images"]
         supernet = load_supernet(base_dir, device="cpu")
+        layers = supernet.config.vision_config.num_hidden_layers
+        _print(f"converting the base into a supernet and prioritizing it on domain B ({images} calibration images; "
+               f"{default_num_elastic_layers(layers)} of {layers} layers elastic, `supersam convert`'s default)")
         report = prioritize(supernet, load_segmentation_dataset(run.data_b, split="train"), run.processor,
-                            num_images=min(32, run.sizes["num_train_images"]), seed=run.args.seed,
-                            # All but two layers elastic, so a 70 %-smaller subnet exists.
-                            num_elastic_layers=max(1, supernet.config.vision_config.num_hidden_layers - 2))
+                            num_images=images, seed=run.args.seed)
         supernet.save_pretrained(supernet_init)
         run.processor.save_pretrained(supernet_init)
         report.save(supernet_init)
-        run.state.record("convert", {"elastic_layers": report.elastic_layers, "layer_drop_probs": report.layer_drop_probs})
+        run.state.record("convert", {"elastic_layers": report.elastic_layers, "layer_drop_probs": report.layer_drop_probs,
+                                     "num_images": report.num_images})
     if not run.state.done("train"):
-        steps = run.sizes["train_steps"]
+        steps = run.plan.sizes["train_steps"]
         _print(f"sandwich-rule training of the supernet on domain B ({steps} steps)")
-        _train(supernet_dir, supernet_init, run.data_b, steps, run.args, largest_only=False, learning_rate=2e-4)
+        _train(supernet_dir, supernet_init, run.data_b, steps, run, largest_only=False, learning_rate=2e-4)
         run.state.record("train", {"path": str(supernet_dir)})
     return load_supernet(supernet_dir, device="cpu")
 
 
 def _stage_search(run: _DemoRun, supernet: SuperSamModel, reduction: float, base_dir: str | Path, base_params: int,
                   b_search, b_test) -> None:
-    """5. Search under one size budget, export the winner, reload it with vanilla SamModel and evaluate it."""
+    """5. Search under one size budget, export the winner with its test mIoU (box and point) on the card, and check
+    that vanilla `SamModel` loads exactly the evaluated weights."""
     stage = f"search_{int(reduction * 100)}"
     if run.state.done(stage):
         return
-    _print(f"searching subnets with at least {reduction:.0%} fewer parameters than the base")
-    result = search_subnets(supernet, b_search, run.processor, budget=run.sizes["search_budget"],
+    search_dir = run.output / "search" / stage
+    resume = (search_dir / RESULTS_FILE).is_file()  # an interrupted search continues from its scored subnets
+    _print(f"searching subnets with at least {reduction:.0%} fewer parameters than the base ({run.search_prompt} prompts)"
+           + (" (continuing)" if resume else ""))
+    result = search_subnets(supernet, b_search, run.processor, budget=run.plan.sizes["search_budget"],
                             max_params=int(base_params * (1 - reduction)), strategy="opentuner", seed=run.args.seed,
-                            output_dir=run.output / "search" / stage, prompt=run.eval_prompt, show_progress=True,
-                            resume=True)  # a search killed mid-way continues (nothing to resume: a new search)
+                            output_dir=search_dir, resume=resume, prompt=run.search_prompt, show_progress=True)
     best = result.best
     if best is None:
         raise ValueError(f"The search found no subnet with {reduction:.0%} fewer parameters within its budget; "
                          "raise --search_budget or drop this entry of --size_reductions.")
+    extracted = supernet.extract_subnet(best.subnet)  # exactly what export writes
+    test = run.evaluate(extracted, b_test)
+    card_metrics = {p: {**r, "dataset": "domain B", "split": "test"} for p, r in test["by_prompt"].items()}
     folder = run.output / "exports" / f"supersam-{int(reduction * 100)}pct-smaller"
-    export_subnet(supernet, best.subnet, folder, processor=run.processor, metrics=best.metrics, overwrite=True,
+    export_subnet(supernet, best.subnet, folder, processor=run.processor, metrics=card_metrics, overwrite=True,
                   base_model=str(base_dir))
     reloaded = SamModel.from_pretrained(folder)  # vanilla transformers, as a user would load it
+    for name, tensor in extracted.state_dict().items():
+        if not torch.equal(reloaded.state_dict()[name], tensor):
+            raise RuntimeError(f"The export in {folder} does not reload to the evaluated weights ({name}).")
     run.state.record(stage, {"folder": str(folder), "subnet": best.subnet.to_dict(),
                              "params": supernet.count_parameters(best.subnet), "macs": supernet.count_macs(best.subnet),
-                             "search_miou": best.metrics["miou"], "test": run.evaluate(reloaded, b_test)})
+                             "search_miou": best.metrics["miou"], "test": test})
 
 
-def _write_summary(output: Path, state: DemoState, supernet: SuperSamModel, base_params: int,
-                   size_reductions: list[float], prompt: str, started: float) -> dict:
-    base_macs = supernet.count_macs()
+# ----------------------------------------------------------------------------------------------------------------
+# Summary
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _summary_rows(run: _DemoRun, supernet: SuperSamModel, base_params: int) -> list[dict]:
+    stages, base_macs = run.state.stages, supernet.count_macs()
     rows = [
-        ("base, zero-shot on B", base_params, base_macs, state.stages["zero_shot"]["miou"]),
-        ("base fine-tuned on B (same steps)", base_params, base_macs, state.stages["finetuned"]["miou"]),
+        {"model": "base, zero-shot on B", "params": base_params, "macs": base_macs, **_mious(stages["zero_shot"])},
+        {"model": f"base fine-tuned on B ({run.plan.sizes['train_steps']} steps, as the supernet)", "params": base_params,
+         "macs": base_macs, **_mious(stages["finetuned"])},
     ]
-    for reduction in size_reductions:
-        s = state.stages[f"search_{int(reduction * 100)}"]
-        rows.append((f"SuperSAM, ≥{reduction:.0%} smaller ({Path(s['folder']).name})", s["params"], s["macs"], s["test"]["miou"]))
-    measured = (f"mIoU over objects of domain B's held-out test split, one {prompt} prompt per object, the model's own "
-                "mask choice (highest predicted IoU), masks compared at the original image size")
-    lines = ["| model | params | MACs | mIoU on B |", "|---|---|---|---|"]
-    for name, params, macs, miou in rows:
-        lines.append(f"| {name} | {params:,} ({params / base_params:.0%}) | {macs / 1e6:,.1f} M | {miou:.3f} |")
-    table = "\n".join(lines)
+    for reduction in run.args.size_reductions:
+        s = stages[f"search_{int(reduction * 100)}"]
+        rows.append({"model": f"SuperSAM, ≥{reduction:.0%} smaller ({Path(s['folder']).name})", "params": s["params"],
+                     "macs": s["macs"], **_mious(s["test"])})
+    reference = stages["zero_shot"]["by_prompt"]["box"]["box_reference_miou"]
+    rows.append({"model": "the box itself as the mask (reference)", "params": None, "macs": None,
+                 "miou_box": reference, "miou_point": None})
+    return rows
+
+
+def _mious(result: dict) -> dict:
+    return {f"miou_{prompt}": result["by_prompt"][prompt]["miou"] for prompt in EVAL_PROMPTS}
+
+
+def _table(rows: list[dict], base_params: int) -> str:
+    lines = ["| model | params | MACs | mIoU on B, box prompt | mIoU on B, point prompt |", "|---|---|---|---|---|"]
+    for row in rows:
+        params = f"{row['params']:,} ({row['params'] / base_params:.0%})" if row["params"] is not None else "—"
+        macs = format_macs(row["macs"]) if row["macs"] is not None else "—"
+        point = f"{row['miou_point']:.3f}" if row["miou_point"] is not None else "— (no shortcut)"
+        lines.append(f"| {row['model']} | {params} | {macs} | {row['miou_box']:.3f} | {point} |")
+    return "\n".join(lines)
+
+
+def _verdict(rows: list[dict]) -> str:
+    """One line on the box reference: are the models above what copying the prompt scores?"""
+    reference = rows[-1]["miou_box"]
+    above = [row["model"] for row in rows[:-1] if row["miou_box"] > reference]
+    if not above:
+        return (f"Every model here scores below the box itself as the mask ({reference:.3f}) with box prompts: at this "
+                "budget the run shows the pipeline's mechanics, not segmentation quality.")
+    return f"{len(above)} of {len(rows) - 1} models score above the box itself as the mask ({reference:.3f}) with box prompts."
+
+
+def _write_summary(run: _DemoRun, supernet: SuperSamModel, base_params: int, started: float) -> dict:
+    output, state = run.output, run.state
+    rows = _summary_rows(run, supernet, base_params)
+    table = _table(rows, base_params)
+    measured = ("mIoU over objects of domain B's held-out test split, one prompt per object (its bounding box, or "
+                "one point inside it), the model's own mask choice (highest predicted IoU), masks compared at the "
+                f"original image size; the subnets were searched with {run.search_prompt} prompts. The reference row "
+                "fills each box prompt as the mask (a point gives no such shortcut)")
     base_note = ""
     if "base" in state.stages:
-        base_note = (f"The base is a small SAM trained here on synthetic domain A (mIoU {state.stages['base']['miou_domain_A']:.3f} "
-                     "on A), a stand-in for a pretrained checkpoint, which cannot be downloaded offline.\n\n")
-    summary = f"# SuperSAM demo\n\n{base_note}{table}\n\nMeasured: {measured}.\n\nExported checkpoints: `{output / 'exports'}`.\n"
+        on_a = state.stages["base"].get("domain_A", {})
+        figures = ", ".join(f"{p} {r['miou']:.3f}" for p, r in on_a.items())
+        base_note = (f"The base is a small SAM trained here on synthetic domain A (mIoU on A: {figures}), a stand-in "
+                     "for a pretrained checkpoint, which cannot be downloaded offline.\n\n")
+    splits = "".join(f"- {line}\n" for line in state.stages["data"].get("splits", []))
+    verdict = _verdict(rows)
+    summary = (f"# SuperSAM demo\n\n{base_note}{splits}\n{table}\n\n{verdict}\n\nMeasured: {measured}.\n\n"
+               f"Exported checkpoints: `{output / 'exports'}`.\n")
     (output / "summary.md").write_text(summary)
-    search_plot = output / "search" / f"search_{int(min(size_reductions) * 100)}" / "pareto.png"
+    search_plot = output / "search" / f"search_{int(min(run.args.size_reductions) * 100)}" / "pareto.png"
     if search_plot.exists():
         shutil.copy(search_plot, output / "pareto.png")
-    print("\n" + table + f"\n\nMeasured: {measured}.\nWritten: {output / 'summary.md'}, {output / 'pareto.png'}, "
-          f"{output / 'exports'}/ (total {time.time() - started:.0f} s)")
-    return state.record("summary", {"base_params": base_params, "base_macs": base_macs, "measured": measured,
-                                    "rows": [dict(zip(("model", "params", "macs", "miou"), row)) for row in rows]})
+    print("\n" + table + f"\n\n{verdict}\nMeasured: {measured}.\nWritten: {output / 'summary.md'}, "
+          f"{output / 'pareto.png'}, {output / 'exports'}/ (this session {time.time() - started:.0f} s; "
+          f"estimated {run.plan.total_minutes:.0f} min for a whole run)")
+    return state.record("summary", {"base_params": base_params, "base_macs": supernet.count_macs(), "measured": measured,
+                                    "verdict": verdict, "rows": rows})
 
 
 ARGUMENTS = (DemoArguments,)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -191,6 +194,93 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> None:
         accelerator.load_state(str(checkpoint))
 
 
+# What accelerate's save_state (model, optimizer, scheduler, sampler, RNG, scaler, custom objects) and
+# save_checkpoint write into a checkpoint folder: rotation deletes these and nothing else.
+_CHECKPOINT_FILES = re.compile(
+    r"(?:model|pytorch_model)(?:_\d+)?(?:-\d+-of-\d+)?\.(?:safetensors|bin)(?:\.index\.json)?"
+    r"|(?:optimizer|scheduler|sampler|dl_state_dict)(?:_\d+)?\.bin|random_states_\d+\.pkl|scaler\.pt"
+    r"|custom_checkpoint_\d+\.pkl|" + re.escape(STATE_FILE)
+)
+_CHECKPOINT_DIRS = re.compile(r"(?:pytorch_model_fsdp|optimizer)_\d+")  # FSDP sharded state dicts
+
+
+def rotate_checkpoints(output_dir: str | os.PathLike, limit: int, keep: Iterable[Path] = ()) -> list[Path]:
+    """Keep the `limit` newest checkpoints under output_dir/checkpoints (HF Trainer's `save_total_limit`).
+
+    Only complete checkpoints this tool wrote are candidates (`step_N` folders whose training_state.json records
+    step N); of an older one, only the files accelerate / `save_checkpoint` write are deleted (training_state.json
+    first, so a half-deleted folder is never resumed from), and the folder only if that empties it. Folders in
+    `keep` stay. Returns the checkpoint folders that were removed.
+    """
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    if limit < 1 or not root.is_dir():
+        return []
+    ours = []
+    for path in root.iterdir():
+        match = re.fullmatch(r"step_(\d+)", path.name)
+        if match and path.is_dir() and (path / STATE_FILE).is_file():
+            try:
+                if _checkpoint_step(path) == int(match.group(1)):
+                    ours.append(path)
+            except (ValueError, KeyError, TypeError):  # not a state file this tool wrote
+                continue
+    keep_resolved = {Path(k).resolve() for k in keep}
+    ours.sort(key=_checkpoint_step, reverse=True)
+    removed = []
+    for path in ours[limit:]:
+        if path.resolve() in keep_resolved:
+            continue
+        (path / STATE_FILE).unlink()
+        for entry in path.iterdir():
+            if entry.is_file() and _CHECKPOINT_FILES.fullmatch(entry.name):
+                entry.unlink()
+            elif entry.is_dir() and _CHECKPOINT_DIRS.fullmatch(entry.name):
+                shutil.rmtree(entry)
+        try:
+            path.rmdir()
+            removed.append(path)
+        except OSError:
+            logging.getLogger(__name__).warning(
+                "Kept %s: it holds files this tool did not write (%s).", path, sorted(p.name for p in path.iterdir()))
+    return removed
+
+
+class _TiedWeightsFilter(logging.Filter):
+    """Drops accelerate's "Removed shared tensor {...} while saving" when every named tensor is a tied weight."""
+
+    def __init__(self, tied_names: set[str]) -> None:
+        super().__init__()
+        self.tied_names = tied_names
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        match = re.search(r"Removed shared tensor (\{.*?\}) while saving", record.getMessage())
+        if not match:
+            return True
+        try:
+            names = ast.literal_eval(match.group(1))
+        except (ValueError, SyntaxError):
+            return True
+        return not all(any(name == t or name.endswith("." + t) for t in self.tied_names) for name in names)
+
+
+@contextlib.contextmanager
+def tied_weights_saved_once(model) -> Iterator[None]:
+    """Silence accelerate's per-save warning about the model's declared tied weights (only those).
+
+    SAM ties `prompt_encoder.shared_embedding.positional_embedding` to `shared_image_embedding.positional_embedding`
+    (`SamModel._tied_weights_keys`); safetensors cannot store one storage twice, so accelerate's `save_state` drops
+    the alias and warns on every save, and loading re-ties it. Any other shared tensor still warns."""
+    tied = getattr(model, "_tied_weights_keys", None) or {}
+    names = set(tied) | set(tied.values()) if isinstance(tied, dict) else set(tied)
+    target = logging.getLogger("accelerate.utils.other")
+    log_filter = _TiedWeightsFilter(names)
+    target.addFilter(log_filter)
+    try:
+        yield
+    finally:
+        target.removeFilter(log_filter)
+
+
 __all__ = [
     "CHECKPOINTS_DIR",
     "METRICS_FILE",
@@ -205,5 +295,7 @@ __all__ = [
     "remove_previous_run",
     "previous_run_files",
     "resolve_checkpoint",
+    "rotate_checkpoints",
     "save_checkpoint",
+    "tied_weights_saved_once",
 ]

@@ -47,7 +47,9 @@ from .checkpoints import (
     read_training_state,
     remove_previous_run,
     resolve_checkpoint,
+    rotate_checkpoints,
     save_checkpoint,
+    tied_weights_saved_once,
 )
 from .sandwich import (
     NonFiniteLossError,
@@ -174,6 +176,19 @@ def _accelerator(args: SupernetTrainingArguments, output_dir: Path) -> Accelerat
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+
+
+def set_activation_checkpointing(model: SuperSamModel, enable: bool) -> None:
+    """Turn gradient (activation) checkpointing of the encoder layers on or off, non-reentrant
+    (`activation_checkpointing_enable` in recent transformers, `gradient_checkpointing_enable` before)."""
+    if enable:
+        method = getattr(model, "activation_checkpointing_enable", None)
+        if method is not None:
+            method(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -309,6 +324,18 @@ def _sandwich_step(run: _Run, step: int, stream) -> dict[str, Any]:
     return {"slots": slots, "values": values, "local": local, "distills": distills, "grad_norm": grad_norm, "epoch": epoch}
 
 
+def _save(run: _Run, step: int) -> Path:
+    """A resumable checkpoint of `step`, then only the `save_total_limit` newest ones are kept (main process)."""
+    with tied_weights_saved_once(unwrap_supernet(run.accelerator.unwrap_model(run.model))):
+        path = save_checkpoint(run.accelerator, run.args, run.output_dir, step)
+    if run.accelerator.is_main_process and run.args.save_total_limit is not None:
+        for removed in rotate_checkpoints(run.output_dir, run.args.save_total_limit, keep=(path,)):
+            logger.info(f"Removed old checkpoint {removed} (save_total_limit={run.args.save_total_limit}).",
+                        main_process_only=True)
+    run.accelerator.wait_for_everyone()
+    return path
+
+
 def _log_step(run: _Run, global_step: int, outcome: dict[str, Any]) -> None:
     args, accelerator = run.args, run.accelerator
     slots, values = outcome["slots"], outcome["values"]
@@ -396,6 +423,10 @@ def train_supernet(
         processor = load_processor(args.model_name_or_path, args.processor_name_or_path, recorded_base_model(model),
                                    revision=args.revision, token=args.token)
     train_data, eval_data = build_datasets(args, processor, train_dataset, eval_dataset)
+    if args.gradient_checkpointing:
+        # Non-reentrant: exact for every subnet (a layer is recomputed under the subnet that ran it: each slot's
+        # backward runs before the next slot is activated), and it works with frozen inputs, LoRA and DDP.
+        set_activation_checkpointing(model, True)
     model.train()
     run = _prepare_run(args, accelerator, model, processor, train_data, eval_data, output_dir)
 
@@ -440,7 +471,7 @@ def _train_loop(run: _Run, start_step: int) -> dict[str, Any]:
             if run.eval_data is not None and args.eval_steps and global_step % args.eval_steps == 0 and before_end:
                 last_eval = run.evaluate_and_log(global_step)
             if args.save_steps and global_step % args.save_steps == 0 and before_end:
-                run.last_checkpoint = save_checkpoint(accelerator, args, run.output_dir, global_step)
+                run.last_checkpoint = _save(run, global_step)
     finally:
         progress.close()
     runtime = time.perf_counter() - started
@@ -448,7 +479,7 @@ def _train_loop(run: _Run, start_step: int) -> dict[str, Any]:
     if run.eval_data is not None and final_step > start_step:
         last_eval = run.evaluate_and_log(final_step)
     if final_step > start_step or run.last_checkpoint is None:
-        run.last_checkpoint = save_checkpoint(accelerator, args, run.output_dir, final_step)
+        run.last_checkpoint = _save(run, final_step)
     return {
         "global_step": final_step,
         "start_step": start_step,
@@ -473,6 +504,8 @@ def _finish(run: _Run, summary: dict[str, Any]) -> SuperSamModel:
     supernet = unwrap_supernet(trained)
     supernet.reset_subnet()
     supernet.eval()
+    if run.args.gradient_checkpointing:
+        set_activation_checkpointing(supernet, False)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:  # all files at once (a full disk leaves the previous ones), recorded as ours
         with atomic_update(run.output_dir, tool=TOOL) as staging:
@@ -495,4 +528,4 @@ def _short(name: str) -> str:
     return {"largest": "L", "smallest": "S"}.get(name, name.replace("random_", "R"))
 
 
-__all__ = ["build_datasets", "configure_trainable", "train_supernet"]
+__all__ = ["build_datasets", "configure_trainable", "set_activation_checkpointing", "train_supernet"]

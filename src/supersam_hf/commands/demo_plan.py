@@ -1,0 +1,147 @@
+"""What `supersam demo` will run, sized to the machine, and roughly how long it takes (said before it starts).
+
+The stand-in run (no `--model_name_or_path`) uses fixed presets. With a real checkpoint (e.g. SAM ViT-B, 1024 px)
+the presets would take days on a CPU, so the demo times one forward of the base on one image here and sizes the
+training steps, calibration images, search budget and evaluation images to a time budget
+(`--time_budget_minutes`); sizes given explicitly are kept. The estimate is rough: it counts forward-equivalents
+per stage (backward ≈ 2 forwards, a sandwich step ≈ 2.6 full-model passes, calibration ≈ 6.5 encoder passes per
+image) and multiplies them by the measured forward time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+PRESETS = {
+    "default": dict(image_size=128, hidden_size=128, num_layers=8, num_train_images=600, num_eval_images=32,
+                    num_calibration_images=32, base_steps=1500, train_steps=400, search_budget=24, batch_size=4,
+                    gradient_accumulation_steps=1),
+    "quick": dict(image_size=128, hidden_size=128, num_layers=8, num_train_images=300, num_eval_images=16,
+                  num_calibration_images=16, base_steps=1000, train_steps=200, search_budget=12, batch_size=4,
+                  gradient_accumulation_steps=1),
+}
+# With a given checkpoint: the training defaults sized for SAM ViT-B (batch 1, accumulation to 2 images).
+MODEL_BATCH = dict(batch_size=1, gradient_accumulation_steps=2)
+DEFAULT_TIME_BUDGET_MINUTES = {"default": 30.0, "quick": 10.0}
+MIN_SEARCH_BUDGET = 4
+
+# Forward-equivalents (of the full model on one image) per unit of work.
+TRAIN_PASSES = 3.0  # forward + backward of the full model
+SANDWICH_PASSES = 2.6  # largest (1) + smallest (~0.3) + two random subnets (~0.65 each), in full-model units
+CHECKPOINTING_OVERHEAD = 4.0 / 3.0  # one more forward per backward
+CALIBRATION_PASSES = 6.5  # convert: 78 encoder-layer calls per image at 12 layers
+SUBNET_FORWARD = 0.6  # an average searched subnet's share of the full model's forward
+
+
+@dataclass
+class DemoPlan:
+    """The sizes one demo run uses (stored in demo_state.json, so --resume continues with the same ones)."""
+
+    sizes: dict[str, Any]
+    forward_seconds: float
+    estimate_seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sizes": self.sizes, "forward_seconds": self.forward_seconds, "estimate_seconds": self.estimate_seconds}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DemoPlan":
+        return cls(dict(data["sizes"]), float(data["forward_seconds"]), dict(data.get("estimate_seconds", {})))
+
+    @property
+    def total_minutes(self) -> float:
+        return sum(self.estimate_seconds.values()) / 60.0
+
+
+@torch.no_grad()
+def time_forward(model, processor, image, batch_size: int = 1) -> float:
+    """Seconds of one forward of `model` on a micro-batch of `batch_size` copies of `image`, one box prompt each
+    (a big model: one timed forward; a small one: the median of 3 after a warm-up, since overhead dominates it)."""
+    width, height = image.size
+    box = [width * 0.25, height * 0.25, width * 0.75, height * 0.75]
+    inputs = processor(images=[image] * batch_size, input_boxes=[[box]] * batch_size, return_tensors="pt")
+    param = next(model.parameters())
+    inputs = {k: v.to(param.device, param.dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()
+              if k in ("pixel_values", "input_boxes")}
+    model.eval()
+    times = []
+    for _ in range(4):
+        started = time.perf_counter()
+        model(**inputs, multimask_output=True)
+        times.append(time.perf_counter() - started)
+        if times[0] > 1.0:  # a big model: one timed forward is enough (and the first one is not much slower)
+            return times[0]
+    return sorted(times[1:])[1]
+
+
+def estimate_seconds(sizes: dict[str, Any], forward: float, stand_in: bool, gradient_checkpointing: bool,
+                     num_searches: int) -> dict[str, float]:
+    """Rough seconds per stage of a demo run with `sizes`, from the forward time of one micro-batch (`forward`;
+    evaluation and search are counted per image, as that time over the batch size)."""
+    micro, forward = forward, forward / sizes["batch_size"]
+    full_step = TRAIN_PASSES * micro * sizes["gradient_accumulation_steps"]
+    full_step *= CHECKPOINTING_OVERHEAD if gradient_checkpointing else 1.0
+    n_eval = sizes["num_eval_images"]
+    evaluations = (4 + 2 * num_searches) * n_eval * forward  # 2 prompts x (zero-shot, fine-tuned, each export)
+    estimate = {
+        "calibration": sizes["num_calibration_images"] * CALIBRATION_PASSES * forward,
+        "training": sizes["train_steps"] * full_step * (1.0 + SANDWICH_PASSES),  # fine-tuning baseline + sandwich
+        "search": num_searches * sizes["search_budget"] * n_eval * SUBNET_FORWARD * forward,
+        "evaluation": evaluations,
+    }
+    if stand_in:
+        estimate["stand-in base"] = sizes["base_steps"] * full_step + 2 * n_eval * forward
+    return {k: round(v, 1) for k, v in estimate.items()}
+
+
+def size_to_budget(sizes: dict[str, Any], forward: float, budget_seconds: float, explicit: set[str],
+                   gradient_checkpointing: bool, num_searches: int) -> dict[str, Any]:
+    """Sizes for a given checkpoint: ~10 % of the budget to calibration, ~60 % to training (the fine-tuning
+    baseline and the sandwich), ~30 % to search + evaluation; never above the presets; explicit sizes are kept.
+    `forward` is the time of one micro-batch forward at `sizes["batch_size"]`."""
+    sized = dict(sizes)
+    micro, forward = forward, forward / sizes["batch_size"]
+    if "num_calibration_images" not in explicit:
+        affordable = int(0.1 * budget_seconds / (CALIBRATION_PASSES * forward))
+        sized["num_calibration_images"] = max(1, min(sizes["num_calibration_images"], affordable))
+    step = TRAIN_PASSES * micro * sized["gradient_accumulation_steps"] * (1.0 + SANDWICH_PASSES)
+    step *= CHECKPOINTING_OVERHEAD if gradient_checkpointing else 1.0
+    if "train_steps" not in explicit:
+        sized["train_steps"] = max(1, min(sizes["train_steps"], int(0.6 * budget_seconds / step)))
+    search_share = 0.3 * budget_seconds / forward  # forward-equivalents for search + evaluation
+    if "search_budget" not in explicit:  # keep the search meaningful first, then give the rest to more images
+        per_image = 4 + 2 * num_searches + num_searches * SUBNET_FORWARD * sizes["search_budget"]
+        if search_share < per_image:
+            spare = search_share - (4 + 2 * num_searches)
+            sized["search_budget"] = max(MIN_SEARCH_BUDGET, min(sizes["search_budget"],
+                                                                int(spare / (num_searches * SUBNET_FORWARD))))
+    if "num_eval_images" not in explicit:
+        per_image = 4 + 2 * num_searches + num_searches * SUBNET_FORWARD * sized["search_budget"]
+        sized["num_eval_images"] = max(1, min(sizes["num_eval_images"], int(search_share / per_image)))
+    return sized
+
+
+def describe(plan: DemoPlan, model_name: str | None, num_searches: int, gradient_checkpointing: bool) -> str:
+    """What the run will do and roughly how long, in a few lines (printed before anything long starts)."""
+    s = plan.sizes
+    batch = (f"{s['batch_size']} image{'s' if s['batch_size'] > 1 else ''} x {s['gradient_accumulation_steps']} "
+             "accumulated" if s["gradient_accumulation_steps"] > 1 else f"{s['batch_size']} images")
+    base = (f"train a stand-in base on domain A ({s['base_steps']} steps); " if model_name is None
+            else f"base {model_name} (one forward of a micro-batch: {plan.forward_seconds:.2f} s here); ")
+    parts = "; ".join(f"{name} ~{seconds / 60:.1f}" for name, seconds in plan.estimate_seconds.items())
+    return (
+        f"plan: {base}convert on {s['num_calibration_images']} calibration images; {s['train_steps']} training steps "
+        f"of {batch} for the supernet and for the fine-tuned baseline"
+        f"{' (gradient checkpointing)' if gradient_checkpointing else ''}; {num_searches} searches x "
+        f"{s['search_budget']} subnets on {s['num_eval_images']} search images; every model evaluated with box and "
+        f"point prompts on {s['num_eval_images']} test images.\n"
+        f"[supersam demo] estimated ~{plan.total_minutes:.0f} min on this machine (rough; minutes: {parts})"
+    )
+
+
+__all__ = ["DEFAULT_TIME_BUDGET_MINUTES", "DemoPlan", "MODEL_BATCH", "PRESETS", "describe", "estimate_seconds",
+           "size_to_budget", "time_forward"]

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 from transformers import SamModel, SamProcessor
 
 from .arguments import DEFAULT_PROMPT_TYPE
-from .data import SamCollator, SamSegmentationData, model_inputs
+from .data import SamCollator, SamSegmentationData, build_sam_processor, model_inputs
 from .metrics import load_sam_miou
 from .modeling_supersam import SuperSamModel
 from .search_space import SubnetConfig
@@ -363,4 +364,56 @@ def evaluate_model(
     }
 
 
-__all__ = ["EvaluationData", "MASK_SELECTIONS", "PROMPTS", "as_evaluation_dataset", "evaluate_model", "parse_subnet"]
+# ----------------------------------------------------------------------------------------------------------------
+# The "box itself as the mask" reference
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def filled_box(mask: np.ndarray) -> np.ndarray:
+    """The mask's tight bounding box (the box prompt SAM is given, inclusive pixel bounds), filled; empty stays empty."""
+    box = np.zeros_like(mask, dtype=bool)
+    ys, xs = np.nonzero(mask)
+    if len(ys):
+        box[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = True
+    return box
+
+
+def box_reference_miou(
+    dataset: Any,
+    processor: Any = None,
+    max_images: int | None = None,
+    seed: int = 0,
+    image_column: str | None = None,
+    mask_column: str | None = None,
+    mask_kind: str | None = None,
+) -> dict[str, Any]:
+    """mIoU of the trivial "model" that returns each object's box prompt, filled, as its mask.
+
+    Scores exactly the objects `evaluate_model(..., prompt="box")` scores (instances selected by
+    `SamSegmentationData`: area >= its `min_mask_area`, at most `max_instances_per_image`, the same first
+    `max_images` images), through the same `sam_miou` metric at the original image size. Its box prompt is the
+    mask's tight box (no jitter), so this is what a model scores by copying its prompt: box-prompt figures below
+    it say nothing about segmentation. Returns the metric's fields plus `prompt`="box" and `reference`="box".
+
+    `dataset` is a `datasets.Dataset` or a ready `SamSegmentationData`; `processor` is optional (the reference
+    never looks at pixels, and ground-truth masks stay at the original size whatever the processor resizes to).
+    """
+    if processor is None:  # only instance selection needs one; masks stay at the original size whatever it resizes to
+        processor = build_sam_processor(64)
+    data = as_evaluation_dataset(dataset, processor, "box", seed, image_column, mask_column, mask_kind)
+    count = len(data) if max_images is None else min(len(data), int(max_images))
+    predictions, references, image_ids = [], [], []
+    for i in range(count):
+        for truth in data[i]["full_masks"].numpy():
+            # Cropped to the box, as evaluation crops each pair to its union: same IoU, far fewer pixels to store.
+            ys, xs = np.nonzero(truth)
+            crop = truth[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+            predictions.append(filled_box(crop))
+            references.append(crop)
+            image_ids.append(str(data.row_indices[i]))
+    scores = load_sam_miou(keep_in_memory=True).compute(predictions=predictions, references=references, image_ids=image_ids)
+    return {**scores, "prompt": "box", "reference": "box"}
+
+
+__all__ = ["EvaluationData", "MASK_SELECTIONS", "PROMPTS", "as_evaluation_dataset", "box_reference_miou", "evaluate_model",
+           "filled_box", "parse_subnet"]

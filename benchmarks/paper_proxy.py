@@ -11,7 +11,8 @@ the same table with one point prompt per object (no box shortcut there).
 
 Seeds run one after the other; the results file is rewritten after each seed, so a run cut short still reports the
 seeds it finished. `--resume` continues runs in --output (finished demo stages are skipped).
-Writes benchmarks/results/paper_proxy.md and paper_proxy.png.
+Writes benchmarks/results/paper_proxy.md and paper_proxy.png (`--preset demo_default`: the default demo's sizes, one
+file of its own, paper_proxy_demo_default.md).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from _common import RESULTS, write_result
-from supersam_hf.commands.demo import DemoArguments, run_demo
+from supersam_hf.commands.demo import PRESETS, DemoArguments, run_demo
 from supersam_hf.data import load_segmentation_dataset
 from supersam_hf.evaluation import box_reference_miou, evaluate_model
 from supersam_hf.loading import load_processor, load_sam_model, load_supernet
@@ -46,12 +47,12 @@ def _scores(model, data, processor, seed: int) -> dict:
                                    show_progress=False)["miou"] for prompt in ("box", "point")}
 
 
-def measure_seed(out: Path, seed: int, resume: bool) -> dict:
+def measure_seed(out: Path, seed: int, resume: bool, sizes: dict) -> dict:
     """Run the demo pipeline for one seed, then score every model with box and point prompts next to the box reference."""
     started = time.time()
     run_demo(DemoArguments(output_dir=str(out), seed=seed, resume=resume, overwrite_output_dir=not resume and out.exists(),
                            prompt_type="mixed", budget="macs", size_reductions=list(REDUCTIONS),
-                           **PROXY_SIZES))
+                           **sizes))
     state = json.loads((out / "demo_state.json").read_text())
     processor = load_processor(out / "base")
     a_test = load_segmentation_dataset(out / "data" / "domain_A", split="test")
@@ -103,7 +104,7 @@ def _verdict(result: dict) -> str:
             f"{yes(gap_box >= -2)}, point {yes(gap_point >= -2)}); {result['seconds'] / 60:.0f} min")
 
 
-def write_report(results: list[dict], previous: str) -> Path:
+def write_report(results: list[dict], previous: str, sizes: dict, name: str) -> Path:
     lines = ["| seed | model | MACs | params | box mIoU on B | box − reference | point mIoU on B |",
              "|---|---|---|---|---|---|---|"]
     figure = Figure(figsize=(6, 4))
@@ -122,20 +123,19 @@ def write_report(results: list[dict], previous: str) -> Path:
     axes.legend(fontsize=6)
     figure.tight_layout()
     RESULTS.mkdir(exist_ok=True)
-    figure.savefig(RESULTS / "paper_proxy.png", dpi=120)
+    figure.savefig(RESULTS / name.replace(".md", ".png"), dpi=120)
     objects = ", ".join(f"seed {r['seed']}: {r['num_objects_B']}" for r in results)
     text = f"""# Paper proxy on the hard domains ({datetime.date.today()}, CPU, 2 cores shared with other jobs, 1 thread)
 
-Pipeline of `supersam demo` (`prompt_type="mixed"`, `budget="macs"`) with {PROXY_SIZES}: a small SAM trained from
+Pipeline of `supersam demo` (`prompt_type="mixed"`, `budget="macs"`) with {sizes}: a small SAM trained from
 scratch on `make_hard_shapes` domain A as the stand-in base (no pretrained SAM offline), then convert + prioritize,
 sandwich training, OpenTuner search under {" / ".join(f"{r:.0%}" for r in REDUCTIONS)} fewer MACs and export on domain B
 (70 % is not run: this branch's search proposes depth x MLP width only, whose fewest MACs are 45 % of the base's). mIoU: B's held-out test split ({objects} objects), one prompt per object, the model's own mask choice,
 at the original image size; "box itself as the mask" is `evaluation.box_reference_miou` on the same objects.
-These are reduced sizes (base {PROXY_SIZES['base_steps']} steps instead of the demo's 2400) so that 3 seeds fit the machine's time: the
-base is weaker than the recipe's (benchmarks/results/base_recipe.md: 0.679 box / 0.570 point on A at 2400 steps).
+Base recipe at 2400 steps (benchmarks/results/base_recipe.md): 0.679 box / 0.570 point on A; this run: {sizes['base_steps']} steps.
 
-""" + "\n".join(lines) + "\n\n" + "\n".join(_verdict(r) for r in results) + "\n\n![proxy](paper_proxy.png)\n"
-    return write_result("paper_proxy.md", text + previous)
+""" + "\n".join(lines) + "\n\n" + "\n".join(_verdict(r) for r in results) + f"\n\n![proxy]({name.replace('.md', '.png')})\n"
+    return write_result(name, text + previous)
 
 
 PREVIOUS = """
@@ -153,13 +153,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--output", default="runs/paper_proxy")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--preset", choices=("proxy", "demo_default"), default="proxy",
+                        help="proxy: PROXY_SIZES (3 seeds fit ~70 min); demo_default: the default demo's sizes "
+                        "(results in paper_proxy_demo_default.md)")
     args = parser.parse_args()
+    sizes = PROXY_SIZES if args.preset == "proxy" else PRESETS["default"]
+    name = "paper_proxy.md" if args.preset == "proxy" else "paper_proxy_demo_default.md"
     results = []
     for seed in args.seeds:
         out = Path(args.output) / f"seed{seed}"
-        results.append(measure_seed(out, seed, resume=args.resume and (out / "demo_state.json").exists()))
+        results.append(measure_seed(out, seed, args.resume and (out / "demo_state.json").exists(), sizes))
         (Path(args.output) / "proxy_results.json").write_text(json.dumps(results, indent=2))
-        print(f"written to {write_report(results, PREVIOUS)}", flush=True)
+        print(f"written to {write_report(results, PREVIOUS if args.preset == 'proxy' else '', sizes, name)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def measure_seed(out: Path, seed: int, resume: bool, sizes: dict) -> dict:
     """Run the demo pipeline for one seed, then score every model with box and point prompts next to the box reference."""
     started = time.time()
     run_demo(DemoArguments(output_dir=str(out), seed=seed, resume=resume, overwrite_output_dir=not resume and out.exists(),
-                           prompt_type="mixed", budget="macs", size_reductions=list(REDUCTIONS),
+                           prompt_type="mixed", size_metric="macs", size_reductions=list(REDUCTIONS),
                            **sizes))
     state = json.loads((out / "demo_state.json").read_text())
     processor = load_processor(out / "base")
@@ -127,7 +127,7 @@ def write_report(results: list[dict], previous: str, sizes: dict, name: str) -> 
     objects = ", ".join(f"seed {r['seed']}: {r['num_objects_B']}" for r in results)
     text = f"""# Paper proxy on the hard domains ({datetime.date.today()}, CPU, 2 cores shared with other jobs, 1 thread)
 
-Pipeline of `supersam demo` (`prompt_type="mixed"`, `budget="macs"`) with {sizes}: a small SAM trained from
+Pipeline of `supersam demo` (`prompt_type="mixed"`, `size_metric="macs"`) with {sizes}: a small SAM trained from
 scratch on `make_hard_shapes` domain A as the stand-in base (no pretrained SAM offline), then convert + prioritize,
 sandwich training, OpenTuner search under {" / ".join(f"{r:.0%}" for r in REDUCTIONS)} fewer MACs and export on domain B
 (70 % is not run: this branch's search proposes depth x MLP width only, whose fewest MACs are 45 % of the base's). mIoU: B's held-out test split ({objects} objects), one prompt per object, the model's own mask choice,

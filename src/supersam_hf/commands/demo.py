@@ -78,9 +78,9 @@ class DemoArguments:
     batch_size: int = field(default=4, metadata={"help": "Images per training step."})
     size_reductions: list[float] = field(
         default_factory=lambda: list(SIZE_REDUCTIONS),
-        metadata={"help": "Search budgets: at least this fraction fewer parameters (or MACs, see --budget) than the base."},
+        metadata={"help": "Search budgets: at least this fraction fewer parameters (or MACs, see --size_metric) than the base."},
     )
-    budget: str = field(default="params", metadata={"help": "What --size_reductions reduce: params or macs."})
+    size_metric: str = field(default="params", metadata={"help": "What --size_reductions reduce: params or macs."})
 
 
 # The stand-in base's recipe (benchmarks/results/base_recipe.md): patch 8 (a 16x16 token grid and 64x64 masks at
@@ -207,8 +207,8 @@ def run_demo(args: DemoArguments) -> dict:
     """Run (or resume) the demo; returns the summary rows."""
     if args.prompt_type not in ("point", "box", "mixed"):
         raise ValueError(f"--prompt_type must be point, box or mixed, got {args.prompt_type!r}.")
-    if args.budget not in ("params", "macs"):
-        raise ValueError(f"--budget must be params or macs, got {args.budget!r}.")
+    if args.size_metric not in ("params", "macs"):
+        raise ValueError(f"--size_metric must be params or macs, got {args.size_metric!r}.")
     if args.model_name_or_path is not None:
         load_config_dict(args.model_name_or_path)  # refuse anything but a SAM checkpoint before anything runs
     sizes = _resolve_sizes(args)
@@ -356,9 +356,9 @@ def _stage_search(run: _DemoRun, supernet: SuperSamModel, reduction: float, base
     stage = f"search_{int(reduction * 100)}"
     if run.state.done(stage):
         return
-    unit, base_cost = ("parameters", base_params) if run.args.budget == "params" else ("MACs", supernet.count_macs())
+    unit, base_cost = ("parameters", base_params) if run.args.size_metric == "params" else ("MACs", supernet.count_macs())
     _print(f"searching subnets with at least {reduction:.0%} fewer {unit} than the base")
-    limit = {"max_params" if run.args.budget == "params" else "max_macs": int(base_cost * (1 - reduction))}
+    limit = {"max_params" if run.args.size_metric == "params" else "max_macs": int(base_cost * (1 - reduction))}
     result = search_subnets(supernet, b_search, run.processor, budget=run.sizes["search_budget"],
                             **limit, strategy="opentuner", seed=run.args.seed,
                             output_dir=run.output / "search" / stage, prompt=run.eval_prompt, show_progress=True)

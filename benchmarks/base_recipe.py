@@ -2,7 +2,7 @@
 
 The demo has no pretrained SAM offline, so it trains a small SAM on synthetic domain A and uses it as the
 "pretrained" base. A base that scores below the "box itself as the mask" reference (see
-`supersam_hf.hard_shapes.box_reference_miou`) only copies its prompt, and every comparison built on it says little
+`supersam_hf.evaluation.box_reference_miou`) only copies its prompt, and every comparison built on it says little
 about segmentation. This script trains one base per recipe with the project's own APIs (`build_sam_config`,
 `build_sam_processor`, `train_supernet` with `largest_only=True`, exactly what the demo calls), evaluates it with
 `evaluate_model` for box and point prompts on held-out domain-A images, and prints the box reference alongside.
@@ -31,9 +31,8 @@ import torch
 from transformers import SamModel
 
 from supersam_hf.configuration_supersam import build_sam_config
-from supersam_hf.data import build_sam_processor
-from supersam_hf.evaluation import evaluate_model
-from supersam_hf.hard_shapes import box_reference_miou, make_hard_shapes
+from supersam_hf.data import build_sam_processor, make_hard_shapes
+from supersam_hf.evaluation import box_reference_miou, evaluate_model
 from supersam_hf.modeling_supersam import SuperSamModel
 from supersam_hf.training import SupernetTrainingArguments, train_supernet
 

@@ -1,5 +1,5 @@
 """The "box itself as the mask" reference (evaluation.box_reference_miou): exact on hand-made shapes, the same
-numbers inside `evaluate_model` and from the standalone `hard_shapes` version; and evaluation batches that stream."""
+numbers inside `evaluate_model`; and evaluation batches that stream."""
 
 import math
 
@@ -11,7 +11,6 @@ from PIL import Image
 
 from supersam_hf.data import make_synthetic_shapes
 from supersam_hf.evaluation import EvaluationData, box_reference_miou, evaluate_model
-from supersam_hf.hard_shapes import box_reference_miou as standalone_box_reference
 
 
 def _one_object_dataset(label: np.ndarray) -> datasets.Dataset:
@@ -40,7 +39,7 @@ def test_a_disc_fills_pi_over_4_of_its_box():
     assert result["miou"] == pytest.approx(math.pi / 4, abs=0.025)  # π/4 up to pixelisation (~2/r)
 
 
-def test_same_pass_as_the_model_and_same_as_the_standalone_version():
+def test_same_pass_as_the_model():
     dataset = make_synthetic_shapes(6, image_size=64, seed=5, min_shapes=2, max_shapes=5)
     processor = tiny_processor(64)
     reference = box_reference_miou(dataset, processor, batch_size=4)
@@ -49,9 +48,6 @@ def test_same_pass_as_the_model_and_same_as_the_standalone_version():
     assert model["box_reference_miou"] == reference["miou"]
     assert model["box_reference_per_image_miou"] == reference["per_image_miou"]
     assert model["num_objects"] == reference["num_objects"] and 0.3 < reference["miou"] < 1.0
-    standalone = standalone_box_reference(dataset, processor)
-    assert standalone["miou"] == pytest.approx(reference["miou"], abs=1e-12)
-    assert standalone["num_objects"] == reference["num_objects"]
     with pytest.raises(ValueError, match="box prompts"):
         evaluate_model(tiny_supernet(num_layers=2), dataset, processor, prompt="point", box_reference=True)
 

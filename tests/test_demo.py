@@ -51,6 +51,31 @@ def test_demo_writes_every_artifact(demo_run):
     assert state["plan"]["sizes"]["train_steps"] == 2 and state["plan"]["estimate_seconds"]
 
 
+def test_stand_in_base_is_scored_against_the_box_reference_on_hard_shapes(demo_run):
+    base = json.loads((demo_run / "demo_state.json").read_text())["base"]
+    # make_hard_shapes: the box prompt, filled, is far from the answer (the easy shapes' box scores ~0.62).
+    assert 0.0 < base["box_reference_domain_A"] <= 0.5
+    assert 0.0 <= base["point_miou_domain_A"] <= 1.0 and 0.0 <= base["miou_domain_A"] <= 1.0
+    assert "Quick mode" not in (demo_run / "summary.md").read_text()  # only --quick adds that line
+
+
+def test_quick_demo_says_in_one_line_when_its_models_miss_the_bars(tmp_path, capsys):
+    output = tmp_path / "quick"
+    assert main(["demo", "--quick", "--output_dir", str(output), *TINY[:-4], "--size_reductions", "0.3",
+                 "--size_metric", "macs"]) == 0
+    state = json.loads((output / "demo_state.json").read_text())
+    base = state["base"]
+    assert state["search_30"]["macs"] <= 0.7 * state["summary"]["base_macs"]  # --size_metric macs: MACs, not parameters
+    notes = [line for line in (output / "summary.md").read_text().splitlines() if line.startswith("Quick mode")]
+    assert len(notes) == 1 and notes[0] in capsys.readouterr().out
+    # A 3-step base is nowhere near the bars: the line names where it stands, with the measured numbers.
+    assert "shows the mechanics" in notes[0] and ("below the box reference" in notes[0] or "near" in notes[0])
+    assert f"{base['miou_domain_A']:.3f}" in notes[0] and f"{base['box_reference_domain_A']:.3f}" in notes[0]
+    assert f"point {base['point_miou_domain_A']:.3f}" in notes[0]
+    assert main(["demo", "--quick", "--output_dir", str(tmp_path / "bad"), *TINY, "--size_metric", "flops"]) == 2
+    assert "--size_metric must be params or macs" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
 def test_exports_load_with_vanilla_sam_and_evaluate_reproduces_the_miou(demo_run, tmp_path):
     state = json.loads((demo_run / "demo_state.json").read_text())
     for reduction in (30, 50, 60):

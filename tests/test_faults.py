@@ -406,6 +406,7 @@ def test_model_folder_without_processor_says_where_it_looked(ws, tmp_path, capsy
 
 def test_demo_resume_continues_a_search_killed_midway(ws, tmp_path, monkeypatch):
     from supersam_hf.commands.demo import DemoArguments, DemoState, _DemoRun, _stage_search
+    from supersam_hf.commands.demo_plan import DemoPlan
     from supersam_hf.data import load_segmentation_dataset
     from supersam_hf.search.driver import SubnetSearch
 
@@ -413,8 +414,8 @@ def test_demo_resume_continues_a_search_killed_midway(ws, tmp_path, monkeypatch)
     data = load_segmentation_dataset(ws / "data").select(range(2))
     out = tmp_path / "demo"
     out.mkdir()
-    run = _DemoRun(DemoArguments(output_dir=str(out), resume=True), {"search_budget": 3}, tiny_processor(64), out,
-                   DemoState(out), eval_prompt="box")
+    run = _DemoRun(DemoArguments(output_dir=str(out), resume=True), DemoPlan({"search_budget": 3}, 0.0),
+                   tiny_processor(64), out, DemoState(out), search_prompt="box")
     base_params = supernet.count_parameters()
     real_score, calls = SubnetSearch.score, {"n": 0}
 
@@ -490,7 +491,7 @@ def test_resuming_a_run_written_before_manifests_existed(ws, tmp_path):
     run = copy_model(ws / "trained", tmp_path / "run")
     (run / MANIFEST_NAME).unlink()  # as an older version left it
     assert main(["train", *_train_flags(ws, run), "--max_steps", "3", "--resume_from_checkpoint", "latest",
-                 *QUIET]) == 0
+                 "--save_total_limit", "10", *QUIET]) == 0  # keep every checkpoint (no rotation)
     recorded = set(json.loads((run / MANIFEST_NAME).read_text())["files"])
     assert {"config.json", "model.safetensors", "metrics.jsonl", "checkpoints/step_1/training_state.json",
             "checkpoints/step_3/training_state.json"} <= recorded

@@ -1,4 +1,5 @@
-"""hard_shapes.py: the shapes where the box is not the answer, and the "box itself as the mask" reference."""
+"""data.synthetic.make_hard_shapes and evaluation.box_reference_miou: shapes where the box is not the answer, and
+the "box itself as the mask" reference."""
 
 from __future__ import annotations
 
@@ -9,10 +10,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from supersam_hf.data import make_synthetic_shapes
-from supersam_hf.evaluation import evaluate_model
-from supersam_hf.hard_shapes import box_reference_miou, filled_box, make_hard_shapes
+from supersam_hf.data import make_hard_shapes, make_synthetic_shapes
+from supersam_hf.evaluation import box_reference_miou, evaluate_model
 from helpers import tiny_processor, tiny_sam
+
+
+def filled_box(mask: np.ndarray) -> np.ndarray:
+    """The mask's tight bounding box, filled (inclusive pixel bounds); empty stays empty."""
+    box = np.zeros_like(mask, dtype=bool)
+    ys, xs = np.nonzero(mask)
+    if len(ys):
+        box[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = True
+    return box
 
 
 def dataset_of(labels: list[np.ndarray]) -> datasets.Dataset:

@@ -10,9 +10,10 @@ from .dataset import (
     load_segmentation_dataset,
 )
 from .images import to_rgb_image
-from .synthetic import SYNTHETIC_DOMAINS, make_synthetic_shapes
+from .synthetic import HARD_SHAPE_KINDS, SYNTHETIC_DOMAINS, make_hard_shapes, make_synthetic_shapes
 
 __all__ = [
+    "HARD_SHAPE_KINDS",
     "IMAGE_COLUMN_CANDIDATES",
     "MASK_COLUMN_CANDIDATES",
     "MASK_KINDS",
@@ -24,6 +25,7 @@ __all__ = [
     "SamSegmentationData",
     "build_sam_processor",
     "load_segmentation_dataset",
+    "make_hard_shapes",
     "make_synthetic_shapes",
     "model_inputs",
     "to_rgb_image",

@@ -220,9 +220,9 @@ def rotate_checkpoints(output_dir: str | os.PathLike, limit: int, keep: Iterable
         match = re.fullmatch(r"step_(\d+)", path.name)
         if match and path.is_dir() and (path / STATE_FILE).is_file():
             try:
-                if _checkpoint_step(path) == int(match.group(1)):
+                if json.loads((path / STATE_FILE).read_text())["global_step"] == int(match.group(1)):
                     ours.append(path)
-            except (ValueError, KeyError, TypeError):  # not a state file this tool wrote
+            except (ValueError, KeyError, TypeError, OSError):  # not a state file this tool wrote
                 continue
     keep_resolved = {Path(k).resolve() for k in keep}
     ours.sort(key=_checkpoint_step, reverse=True)

@@ -47,15 +47,20 @@ def _shape_mask(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndar
     return np.asarray(canvas, dtype=bool)
 
 
+def _gradient(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray, high: float, noise: float) -> np.ndarray:
+    """Float (size, size, 3): a bright two-colour linear gradient in a random direction, plus Gaussian noise."""
+    c0, c1 = rng.uniform(170, high, size=(2, 3))
+    theta = rng.uniform(0, 2 * np.pi)
+    t = (np.cos(theta) * xx + np.sin(theta) * yy) / size
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+    image = c0 * (1 - t[..., None]) + c1 * t[..., None]
+    return image + rng.normal(0, noise, size=image.shape)
+
+
 def _background(rng: np.random.Generator, domain: str, size: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     """Float (size, size, 3) background: A = bright smooth two-colour gradient; B = dark stripes plus noise."""
     if domain == "A":
-        c0, c1 = rng.uniform(170, 255, size=(2, 3))
-        theta = rng.uniform(0, 2 * np.pi)
-        t = (np.cos(theta) * xx + np.sin(theta) * yy) / size
-        t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
-        image = c0 * (1 - t[..., None]) + c1 * t[..., None]
-        return image + rng.normal(0, 2.0, size=image.shape)
+        return _gradient(rng, size, yy, xx, high=255, noise=2.0)
     base = rng.uniform(10, 50, size=3)
     phi = rng.uniform(0, np.pi)
     freq = rng.uniform(6, 14)
@@ -280,11 +285,7 @@ def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, period_ra
 def _hard_background(rng: np.random.Generator, domain: str, size: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     """Float (S, S, 3): A = bright smooth two-colour gradient; B = dark textured noise."""
     if domain == "A":
-        c0, c1 = rng.uniform(170, 250, size=(2, 3))
-        theta = rng.uniform(0, 2 * np.pi)
-        t = (np.cos(theta) * xx + np.sin(theta) * yy) / size
-        t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
-        return c0 * (1 - t[..., None]) + c1 * t[..., None] + rng.normal(0, 3.0, size=(size, size, 3))
+        return _gradient(rng, size, yy, xx, high=250, noise=3.0)
     base = rng.uniform(15, 55, size=3)
     pattern = _texture(rng, yy, xx, (5, 12))
     return base + 40.0 * pattern[..., None] + rng.normal(0, 12.0, size=(size, size, 3))

@@ -123,7 +123,11 @@ class DemoArguments:
         default_factory=lambda: list(SIZE_REDUCTIONS),
         metadata={"help": "Search budgets: at least this fraction fewer parameters (or MACs, see --size_metric) than the base."},
     )
-    size_metric: str = field(default="params", metadata={"help": "What --size_reductions reduce: params or macs."})
+    size_metric: str = field(
+        default="macs",
+        metadata={"help": "What --size_reductions reduce: macs (default: what makes a subnet faster, and the stand-in's "
+                  "smallest subnet reaches 19 % of its MACs but only 30 % of its parameters) or params."},
+    )
 
 
 # The stand-in base's recipe (benchmarks/results/base_recipe.md): patch 8 (a 16x16 token grid and 64x64 masks at

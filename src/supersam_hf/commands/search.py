@@ -78,8 +78,11 @@ SEARCH_FILES = (RESULTS_FILE, PARETO_FILE, PARETO_PLOT, BEST_FILE, OPENTUNER_DB,
 
 def _remove_previous_search(output: Path) -> None:
     """--overwrite_output_dir without --resume: remove the files an earlier search wrote (its manifest's, and its
-    own result files, which a killed search leaves unrecorded); other files stay."""
+    own result files, which a killed search leaves unrecorded); other files stay. The unrecorded ones are removed
+    only where an earlier search's `search_results.json` shows that a search wrote them."""
     remove_tool_outputs(output)
+    if not (output / RESULTS_FILE).is_file():
+        return
     for name in SEARCH_FILES:
         (output / name).unlink(missing_ok=True)
 

@@ -126,7 +126,7 @@ class DemoArguments:
     size_metric: str = field(
         default="macs",
         metadata={"help": "What --size_reductions reduce: macs (default: what makes a subnet faster, and the stand-in's "
-                  "smallest subnet reaches 19 % of its MACs but only 30 % of its parameters) or params."},
+                  "smallest subnet reaches 19 %% of its MACs but only 30 %% of its parameters) or params."},
     )
 
 

@@ -87,57 +87,18 @@ def export_subnet(
         The output folder.
     """
     output = Path(output_dir)
-    source = getattr(getattr(supernet, "config", None), "_name_or_path", None) or None
-    inputs = [source] if source and Path(source).expanduser().is_dir() else []
+    source, inputs = _source_and_inputs(supernet)
     prepare_output_dir(output, overwrite=overwrite, inputs=inputs)  # before any work
-    model = _merged(supernet)
-    if not isinstance(model, SuperSamModel):
-        raise ValueError(
-            f"export_subnet needs a SuperSamModel, got {type(supernet).__name__}; convert a SAM model with "
-            "SuperSamModel.from_sam(model), or load a checkpoint with supersam_hf.loading.load_supernet(path)."
-        )
-    if isinstance(subnet, dict):
-        subnet = SubnetConfig.from_dict(subnet)
-    model.search_space.validate(subnet)  # before anything is written
-    check_onnx_options(onnx, quantize, eval_data, processor)
-
-    largest = model.search_space.largest()
-    sizes = {
-        "params": model.count_parameters(subnet),
-        "macs": model.count_macs(subnet),
-        "base_params": model.count_parameters(largest),
-        "base_macs": model.count_macs(largest),
-    }
-    # The base as recorded (given, else the supernet's config): written to subnet.json as is. The card's
-    # `base_model` metadata must be a Hub id (the Hub rejects anything else); a local base is named by its folder.
-    recorded = base_model or getattr(model.config, "base_model", None) or None
-    base_name = Path(str(recorded).rstrip("/\\")).name if recorded and not hub_id(recorded) else None
-    base_model = hub_id(recorded) or recorded_hub_base_model(model, source)
-    base_name = base_model or base_name
-    license = license or find_license(source, base_model)
-    datasets = [datasets] if isinstance(datasets, str) else (list(datasets) if datasets else None)
-
-    sam = model.extract_subnet(subnet)
-    check_finite(sam, f"subnet {subnet.name} of the supernet {source or ''}".strip())  # never export a NaN checkpoint
-    if metrics and "miou" in metrics and not is_finite_metric(metrics["miou"]):
-        raise ValueError(f"The metrics of subnet {subnet.name} hold mIoU {metrics['miou']!r}, not a finite number; a "
-                         "NaN/inf result is never exported. Re-evaluate the subnet (check the supernet's weights).")
-    subnet_record = {
-        **subnet.to_dict(),  # top-level kept_layers / mlp_dims: SubnetConfig.from_json(subnet.json) reads it back
-        "name": subnet.name,
-        **sizes,
-        "macs_per": f"one image at {model.config.vision_config.image_size} px with one point prompt",
-        "base_model": recorded or base_model,
-        "metrics": metrics,
-    }
-    card_args = dict(model=model, subnet=subnet, sizes=sizes, metrics=metrics, base_model=base_model,
-                     base_name=base_name, license=license, datasets=datasets, output=output)
+    model, subnet = _checked_export_inputs(supernet, subnet, onnx, quantize, eval_data, processor)
+    sizes = _subnet_sizes(model, subnet)
+    recorded, provenance = _provenance(model, source, base_model, license, datasets)
+    sam = _extract_checked(model, subnet, source, metrics)
+    subnet_record = _subnet_record(model, subnet, sizes, recorded or provenance["base_model"], metrics)
+    card_args = dict(model=model, subnet=subnet, sizes=sizes, metrics=metrics, **provenance, output=output)
     card_repo_id = repo_id or (output.resolve().name if push_to_hub else None)
     with atomic_output_dir(output, overwrite=overwrite, inputs=inputs, tool="supersam export") as staging:
-        onnx_report = None
-        if onnx:  # into the staging folder with the weights, so the atomic move covers these files too
-            onnx_report = export_checked_onnx(sam, staging, quantize=quantize, eval_data=eval_data, processor=processor,
-                                              int8_threshold=int8_threshold or INT8_MIOU_DROP_THRESHOLD)
+        onnx_report = _onnx_files(sam, staging, onnx, quantize, eval_data, processor, int8_threshold)
+        if onnx_report is not None:
             subnet_record["onnx"] = onnx_summary(onnx_report)
         card_args["onnx_report"] = onnx_report
         _write_export(staging, sam, processor, subnet_record,
@@ -148,6 +109,97 @@ def export_subnet(
         _push(output, card_repo_id, private=private, token=token, subnet=subnet, card_args=card_args,
               commit_message=commit_message)
     return output
+
+
+# -- the steps of an export -------------------------------------------------------------------------------------
+
+
+def _source_and_inputs(supernet) -> tuple[str | None, list[str]]:
+    """Where the supernet was loaded from (its config's `_name_or_path`, or None) and, if that is a local folder,
+    it as the one input folder the output must not equal, contain or sit inside."""
+    source = getattr(getattr(supernet, "config", None), "_name_or_path", None) or None
+    inputs = [source] if source and Path(source).expanduser().is_dir() else []
+    return source, inputs
+
+
+def _checked_export_inputs(supernet, subnet: SubnetConfig | dict, onnx: bool, quantize: str | None, eval_data,
+                           processor) -> tuple[SuperSamModel, SubnetConfig]:
+    """The supernet with any LoRA adapters merged (on a copy) and the subnet as a `SubnetConfig`, both checked
+    (a SuperSamModel, a subnet of its search space, consistent ONNX options) before anything is written."""
+    model = _merged(supernet)
+    if not isinstance(model, SuperSamModel):
+        raise ValueError(
+            f"export_subnet needs a SuperSamModel, got {type(supernet).__name__}; convert a SAM model with "
+            "SuperSamModel.from_sam(model), or load a checkpoint with supersam_hf.loading.load_supernet(path)."
+        )
+    if isinstance(subnet, dict):
+        subnet = SubnetConfig.from_dict(subnet)
+    model.search_space.validate(subnet)  # before anything is written
+    check_onnx_options(onnx, quantize, eval_data, processor)
+    return model, subnet
+
+
+def _subnet_sizes(model: SuperSamModel, subnet: SubnetConfig) -> dict[str, int]:
+    """Parameters and MACs of the subnet and of the largest subnet (the base), for subnet.json and the card."""
+    largest = model.search_space.largest()
+    return {
+        "params": model.count_parameters(subnet),
+        "macs": model.count_macs(subnet),
+        "base_params": model.count_parameters(largest),
+        "base_macs": model.count_macs(largest),
+    }
+
+
+def _provenance(model: SuperSamModel, source: str | None, base_model: str | None, license: str | None,
+                datasets: list[str] | str | None) -> tuple[str | None, dict[str, Any]]:
+    """The base model as recorded (given, else the supernet's config; written to subnet.json as is) and the card's
+    `base_model` (a Hub id or None), `base_name`, `license` and `datasets`.
+
+    The card's `base_model` metadata must be a Hub id (the Hub rejects anything else); a local base is only named
+    by its folder (`base_name`).
+    """
+    recorded = base_model or getattr(model.config, "base_model", None) or None
+    base_name = Path(str(recorded).rstrip("/\\")).name if recorded and not hub_id(recorded) else None
+    base_model = hub_id(recorded) or recorded_hub_base_model(model, source)
+    base_name = base_model or base_name
+    license = license or find_license(source, base_model)
+    datasets = [datasets] if isinstance(datasets, str) else (list(datasets) if datasets else None)
+    return recorded, {"base_model": base_model, "base_name": base_name, "license": license, "datasets": datasets}
+
+
+def _extract_checked(model: SuperSamModel, subnet: SubnetConfig, source: str | None, metrics: dict | None):
+    """The subnet as a standard `SamModel`, refused if its weights or the given mIoU are not finite (a NaN/inf
+    checkpoint or result is never exported)."""
+    sam = model.extract_subnet(subnet)
+    check_finite(sam, f"subnet {subnet.name} of the supernet {source or ''}".strip())  # never export a NaN checkpoint
+    if metrics and "miou" in metrics and not is_finite_metric(metrics["miou"]):
+        raise ValueError(f"The metrics of subnet {subnet.name} hold mIoU {metrics['miou']!r}, not a finite number; a "
+                         "NaN/inf result is never exported. Re-evaluate the subnet (check the supernet's weights).")
+    return sam
+
+
+def _subnet_record(model: SuperSamModel, subnet: SubnetConfig, sizes: dict[str, int], base_model: str | None,
+                   metrics: dict | None) -> dict[str, Any]:
+    """The content of subnet.json: the subnet (top-level `kept_layers` / `mlp_dims`, so that
+    `SubnetConfig.from_json` reads it back), its name, sizes and cost, the base model and the metrics."""
+    return {
+        **subnet.to_dict(),
+        "name": subnet.name,
+        **sizes,
+        "macs_per": f"one image at {model.config.vision_config.image_size} px with one point prompt",
+        "base_model": base_model,
+        "metrics": metrics,
+    }
+
+
+def _onnx_files(sam, staging: Path, onnx: bool, quantize: str | None, eval_data, processor,
+                int8_threshold: float | None) -> dict | None:
+    """With `onnx`, the checked ONNX files of the subnet written into the staging folder (with the weights, so the
+    atomic move covers them too) and their report; None without."""
+    if not onnx:
+        return None
+    return export_checked_onnx(sam, staging, quantize=quantize, eval_data=eval_data, processor=processor,
+                               int8_threshold=int8_threshold or INT8_MIOU_DROP_THRESHOLD)
 
 
 def _write_export(folder: Path, sam, processor, subnet_record: dict, card_args: dict, repo_id: str | None) -> None:

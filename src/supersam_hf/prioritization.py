@@ -648,100 +648,39 @@ def prioritize(
     Everything runs at the full model under `torch.no_grad` on the model's device and dtype, in eval mode; the
     previous subnet and train/eval mode are restored afterwards. Statistics live only inside this call.
     """
-    if not isinstance(model, SuperSamModel):
-        raise ValueError(
-            f"prioritize needs a SuperSamModel, got {type(model).__name__}; convert with SuperSamModel.from_sam(model) "
-            "or load with SuperSamModel.from_pretrained(path)."
-        )
-    if not 0.0 <= max_drop_prob < 1.0:
-        raise ValueError(f"max_drop_prob={max_drop_prob} must be in [0, 1).")
-    if num_images < 1:
-        raise ValueError(f"num_images={num_images} must be at least 1.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be at least 1.")
-    if isinstance(dataset, dict) or not hasattr(dataset, "column_names"):
-        splits = f" of splits {list(dataset.keys())}; pick one" if hasattr(dataset, "keys") else ""
-        raise ValueError(f"Expected a datasets.Dataset with an image column, got a {type(dataset).__name__}{splits}.")
-
+    _check_prioritize_arguments(model, dataset, num_images, batch_size, max_drop_prob)
     layers = list(model.vision_encoder.layers)
     num_layers = len(layers)
-    candidates = list(range(1 if keep_first_layer else 0, num_layers))
-    if num_elastic_layers is None:
-        num_elastic_layers = default_num_elastic_layers(num_layers, keep_first_layer)
-    if not 0 <= num_elastic_layers <= len(candidates):
-        raise ValueError(
-            f"num_elastic_layers={num_elastic_layers} must be between 0 and {len(candidates)} (the layers that may be "
-            f"made elastic{' with keep_first_layer=True' if keep_first_layer else ''})."
-        )
+    candidates, num_elastic_layers = _elastic_candidates(num_layers, num_elastic_layers, keep_first_layer)
+    column = _calibration_column(model, dataset, image_column, num_images)
 
-    column = find_image_column(dataset, image_column)
-    if len(dataset) == 0:
-        raise ValueError("The calibration dataset is empty; prioritize needs at least one image.")
-    if num_images > len(dataset):
-        logger.warning(
-            "num_images=%d but the dataset has only %d rows: calibrating on all of them.", num_images, len(dataset)
-        )
-    if model.config.prioritized:
-        logger.warning(
-            "This model was already prioritized; measuring again on these images and re-ordering (exact: the full "
-            "model's outputs do not change) and replacing the search space's depth settings."
-        )
-
-    param = next(model.parameters())
-    device, dtype = param.device, param.dtype
     previous_subnet, was_training = model.active_subnet, model.training
-    recorder = _MlpNormRecorder(layers)
-    embedding_recorder = _EmbeddingRecorder(layers)
-    stats = {"used": 0, "skipped": 0}
-    target = min(num_images, len(dataset))
-
+    recorder, embedding_recorder = _MlpNormRecorder(layers), _EmbeddingRecorder(layers)
     model.reset_subnet()
     model.eval()
     try:
-        batches = _calibration_batches(dataset, column, target, batch_size, seed, stats, intensity_normalization)
-        inputs = (processor(images=images, return_tensors="pt")["pixel_values"].to(device=device, dtype=dtype) for images in batches)
-        removal_cost = _calibrate(model, inputs, (recorder, embedding_recorder), measure_layers, target, show_progress)
-
-        used = stats["used"]
-        if used == 0:
-            raise ValueError(
-                f"No usable image in column {column!r}: {stats['skipped']} row(s) examined, none held a decodable "
-                "image (PIL image, image bytes/path, or an (H, W) / (H, W, C) / (C, H, W) array)."
-            )
-        if stats["skipped"]:
-            logger.warning("Skipped %d row(s) of column %r without a usable image.", stats["skipped"], column)
-        if used < num_images:
-            logger.warning("Calibrated on %d image(s) instead of the requested num_images=%d.", used, num_images)
-
-        # -- MLP neurons: score, order, permute ----------------------------------------------------------------
-        summaries, permutations = [], []
-        for i, layer in enumerate(layers):
-            input_norm, hidden_norm = recorder.norms(i)
-            scores = neuron_scores(layer.mlp, input_norm, hidden_norm).cpu()
-            order = torch.sort(scores, descending=True, stable=True).indices
-            if reorder:
-                permute_mlp_neurons(layer.mlp, order)
-            summaries.append(_score_summary(scores, order))
-            permutations.append(order.tolist())
+        removal_cost, used = _measure(model, dataset, processor, column, (recorder, embedding_recorder), num_images,
+                                      batch_size, seed, measure_layers, show_progress, intensity_normalization)
+        summaries, permutations = _order_mlp_neurons(layers, recorder, reorder)
         embedding_order = embedding_order_from(model, embedding_recorder, apply=reorder)
-
-        # -- layers: importance -> elastic depth ---------------------------------------------------------------
         importance = None
-        config = model.config
         if measure_layers:
-            importance = (removal_cost / used).tolist()
-            by_importance = sorted(candidates, key=lambda i: (importance[i], i))
-            elastic = sorted(by_importance[:num_elastic_layers])
-            probs = drop_probabilities(importance, elastic, max_drop_prob)
-            min_layers = max(1, num_layers - num_elastic_layers)
-            check_search_space(num_layers, config.vision_config.mlp_dim, elastic, probs, config.mlp_dim_choices, min_layers)
-            config.elastic_layers, config.layer_drop_probs, config.min_layers = elastic, probs, min_layers
+            importance = _set_elastic_depth(model.config, (removal_cost / used).tolist(), candidates,
+                                            num_elastic_layers, max_drop_prob)
         if reorder and measure_layers:
-            config.prioritized = True
+            model.config.prioritized = True
     finally:
         model.train(was_training)
         _restore_subnet(model, previous_subnet)
 
+    return _logged_report(model.config, used, num_layers, importance, max_drop_prob, reorder, summaries,
+                          permutations, embedding_order)
+
+
+def _logged_report(config, used: int, num_layers: int, importance: list[float] | None, max_drop_prob: float,
+                   reorder: bool, summaries: list[dict[str, float]], permutations: list[list[int]],
+                   embedding_order: EmbeddingOrder) -> PrioritizationReport:
+    """The `PrioritizationReport` of a finished `prioritize` (depth settings as now in `config`), logged."""
     report = PrioritizationReport(
         num_images=used,
         num_layers=num_layers,
@@ -761,6 +700,115 @@ def prioritize(
         used, report.elastic_layers, [round(p, 3) for p in report.layer_drop_probs],
     )
     return report
+
+
+def _check_prioritize_arguments(model, dataset, num_images: int, batch_size: int, max_drop_prob: float) -> None:
+    """Refuse what `prioritize` cannot work with before anything runs: not a supernet, a drop probability outside
+    [0, 1), no images or batch, a DatasetDict or anything without columns."""
+    if not isinstance(model, SuperSamModel):
+        raise ValueError(
+            f"prioritize needs a SuperSamModel, got {type(model).__name__}; convert with SuperSamModel.from_sam(model) "
+            "or load with SuperSamModel.from_pretrained(path)."
+        )
+    if not 0.0 <= max_drop_prob < 1.0:
+        raise ValueError(f"max_drop_prob={max_drop_prob} must be in [0, 1).")
+    if num_images < 1:
+        raise ValueError(f"num_images={num_images} must be at least 1.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be at least 1.")
+    if isinstance(dataset, dict) or not hasattr(dataset, "column_names"):
+        splits = f" of splits {list(dataset.keys())}; pick one" if hasattr(dataset, "keys") else ""
+        raise ValueError(f"Expected a datasets.Dataset with an image column, got a {type(dataset).__name__}{splits}.")
+
+
+def _elastic_candidates(num_layers: int, num_elastic_layers: int | None, keep_first_layer: bool) -> tuple[list[int], int]:
+    """The layers that may become elastic and how many will (default: `default_num_elastic_layers`); a count
+    outside [0, candidates] is refused."""
+    candidates = list(range(1 if keep_first_layer else 0, num_layers))
+    if num_elastic_layers is None:
+        num_elastic_layers = default_num_elastic_layers(num_layers, keep_first_layer)
+    if not 0 <= num_elastic_layers <= len(candidates):
+        raise ValueError(
+            f"num_elastic_layers={num_elastic_layers} must be between 0 and {len(candidates)} (the layers that may be "
+            f"made elastic{' with keep_first_layer=True' if keep_first_layer else ''})."
+        )
+    return candidates, num_elastic_layers
+
+
+def _calibration_column(model: SuperSamModel, dataset, image_column: str | None, num_images: int) -> str:
+    """The dataset's image column; an empty dataset is refused, and a warning says when there are fewer rows than
+    `num_images` or the model was already prioritized (measured again, its depth settings replaced)."""
+    column = find_image_column(dataset, image_column)
+    if len(dataset) == 0:
+        raise ValueError("The calibration dataset is empty; prioritize needs at least one image.")
+    if num_images > len(dataset):
+        logger.warning(
+            "num_images=%d but the dataset has only %d rows: calibrating on all of them.", num_images, len(dataset)
+        )
+    if model.config.prioritized:
+        logger.warning(
+            "This model was already prioritized; measuring again on these images and re-ordering (exact: the full "
+            "model's outputs do not change) and replacing the search space's depth settings."
+        )
+    return column
+
+
+def _measure(model: SuperSamModel, dataset, processor, column: str, recorders: tuple, num_images: int,
+             batch_size: int, seed: int, measure_layers: bool, show_progress: bool,
+             intensity_normalization: str) -> tuple[torch.Tensor, int]:
+    """One calibration pass of the full model (in eval mode, set by the caller) over up to `num_images` usable
+    images of `column`, on the model's device and dtype: fills `recorders` and returns the per-layer removal costs
+    (summed over images) and how many images were used. No usable image is an error; skipped rows and fewer
+    images than asked for are warnings."""
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    stats = {"used": 0, "skipped": 0}
+    target = min(num_images, len(dataset))
+    batches = _calibration_batches(dataset, column, target, batch_size, seed, stats, intensity_normalization)
+    inputs = (processor(images=images, return_tensors="pt")["pixel_values"].to(device=device, dtype=dtype) for images in batches)
+    removal_cost = _calibrate(model, inputs, recorders, measure_layers, target, show_progress)
+
+    used = stats["used"]
+    if used == 0:
+        raise ValueError(
+            f"No usable image in column {column!r}: {stats['skipped']} row(s) examined, none held a decodable "
+            "image (PIL image, image bytes/path, or an (H, W) / (H, W, C) / (C, H, W) array)."
+        )
+    if stats["skipped"]:
+        logger.warning("Skipped %d row(s) of column %r without a usable image.", stats["skipped"], column)
+    if used < num_images:
+        logger.warning("Calibrated on %d image(s) instead of the requested num_images=%d.", used, num_images)
+    return removal_cost, used
+
+
+def _order_mlp_neurons(layers: list, recorder: _MlpNormRecorder, reorder: bool) -> tuple[list[dict[str, float]], list[list[int]]]:
+    """Score every encoder MLP's hidden neurons from the recorded norms (`neuron_scores`), order them most
+    important first and, if `reorder`, permute them in place. Returns per layer the score summary and the order."""
+    summaries, permutations = [], []
+    for i, layer in enumerate(layers):
+        input_norm, hidden_norm = recorder.norms(i)
+        scores = neuron_scores(layer.mlp, input_norm, hidden_norm).cpu()
+        order = torch.sort(scores, descending=True, stable=True).indices
+        if reorder:
+            permute_mlp_neurons(layer.mlp, order)
+        summaries.append(_score_summary(scores, order))
+        permutations.append(order.tolist())
+    return summaries, permutations
+
+
+def _set_elastic_depth(config, importance: list[float], candidates: list[int], num_elastic_layers: int,
+                       max_drop_prob: float) -> list[float]:
+    """Write the depth search space into `config`: the `num_elastic_layers` least important candidates become
+    elastic (ties: lower index first) with `drop_probabilities`, `min_layers` = the rest (at least 1), checked
+    first. Returns `importance` (per layer, mean removal cost)."""
+    num_layers = len(importance)
+    by_importance = sorted(candidates, key=lambda i: (importance[i], i))
+    elastic = sorted(by_importance[:num_elastic_layers])
+    probs = drop_probabilities(importance, elastic, max_drop_prob)
+    min_layers = max(1, num_layers - num_elastic_layers)
+    check_search_space(num_layers, config.vision_config.mlp_dim, elastic, probs, config.mlp_dim_choices, min_layers)
+    config.elastic_layers, config.layer_drop_probs, config.min_layers = elastic, probs, min_layers
+    return importance
 
 
 def _restore_subnet(model: SuperSamModel, subnet) -> None:

@@ -140,6 +140,61 @@ def _decode_image_paths(dataset: datasets.Dataset, column: str) -> datasets.Data
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _check_data_arguments(
+    dataset: Any,
+    mask_kind: str | None,
+    prompt: str,
+    intensity_normalization: str,
+    num_positive_points: int,
+    num_negative_points: int,
+    box_jitter: int,
+    min_mask_area: int,
+    max_instances_per_image: int,
+    seed: int,
+) -> None:
+    """Refuse what `SamSegmentationData` cannot read before any work: a DatasetDict or a streaming dataset, an
+    unknown mask kind, prompt or intensity mode, and out-of-range counts."""
+    if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        raise ValueError(
+            f"Got a DatasetDict with splits {list(dataset.keys())}; pass one split, e.g. dataset['train']."
+        )
+    if isinstance(dataset, datasets.IterableDataset):
+        raise ValueError("SamSegmentationData needs random access; pass a map-style datasets.Dataset, not streaming.")
+    if mask_kind is not None and mask_kind not in MASK_KINDS:
+        raise ValueError(f"Unknown mask_kind {mask_kind!r}; valid kinds are {MASK_KINDS} (or None to auto-detect).")
+    if prompt not in PROMPT_TYPES:
+        raise ValueError(f"Unknown prompt {prompt!r}; valid prompts are {PROMPT_TYPES}.")
+    if intensity_normalization not in INTENSITY_MODES:
+        raise ValueError(f"Unknown intensity_normalization {intensity_normalization!r}; choose one of "
+                         f"{INTENSITY_MODES} (--intensity_normalization).")
+    if num_positive_points < 1 or num_negative_points < 0:
+        raise ValueError(
+            f"Need num_positive_points >= 1 and num_negative_points >= 0, got {num_positive_points} and "
+            f"{num_negative_points}."
+        )
+    if box_jitter < 0 or min_mask_area < 0 or max_instances_per_image < 1 or seed < 0:
+        raise ValueError("box_jitter, min_mask_area and seed must be >= 0 and max_instances_per_image >= 1.")
+
+
+def _pad_and_low_res_sizes(processor: Any, low_res_size: int | None) -> tuple[tuple[int, int], int]:
+    """The processor's square pad size (height, width) and the side of the decoder's low-resolution masks (given,
+    else the processor's `mask_pad_size`, else pad height // 4); the processor must pad, and the pad size must be
+    a multiple of the low-resolution side (the targets are area-averaged over whole cells)."""
+    image_processor = getattr(processor, "image_processor", processor)
+    pad_size = getattr(image_processor, "pad_size", None)
+    if not getattr(image_processor, "do_pad", False) or pad_size is None:
+        raise ValueError("The SAM processor must pad images to a square (do_pad=True, pad_size={'height','width'}).")
+    pad_size = (int(pad_size["height"]), int(pad_size["width"]))
+    if low_res_size is None:
+        # The processor's mask_pad_size is the decoder's output size (SAM: 256 for 1024 px, patch 16).
+        mask_pad = getattr(processor.image_processor, "mask_pad_size", None) or {"height": pad_size[0] // 4}
+        low_res_size = mask_pad["height"]
+    low_res_size = int(low_res_size)
+    if any(side % low_res_size for side in pad_size):
+        raise ValueError(f"pad_size {pad_size} must be a multiple of low_res_size {low_res_size}.")
+    return pad_size, low_res_size
+
+
 class SamSegmentationData(torch.utils.data.Dataset):
     r"""Any `datasets.Dataset` with an image and a mask column → one SAM example per image (all its instances).
 
@@ -198,27 +253,8 @@ class SamSegmentationData(torch.utils.data.Dataset):
         low_res_size: int | None = None,
         intensity_normalization: str = DEFAULT_INTENSITY_NORMALIZATION,
     ) -> None:
-        if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
-            raise ValueError(
-                f"Got a DatasetDict with splits {list(dataset.keys())}; pass one split, e.g. dataset['train']."
-            )
-        if isinstance(dataset, datasets.IterableDataset):
-            raise ValueError("SamSegmentationData needs random access; pass a map-style datasets.Dataset, not streaming.")
-        if mask_kind is not None and mask_kind not in MASK_KINDS:
-            raise ValueError(f"Unknown mask_kind {mask_kind!r}; valid kinds are {MASK_KINDS} (or None to auto-detect).")
-        if prompt not in PROMPT_TYPES:
-            raise ValueError(f"Unknown prompt {prompt!r}; valid prompts are {PROMPT_TYPES}.")
-        if intensity_normalization not in INTENSITY_MODES:
-            raise ValueError(f"Unknown intensity_normalization {intensity_normalization!r}; choose one of "
-                             f"{INTENSITY_MODES} (--intensity_normalization).")
-        if num_positive_points < 1 or num_negative_points < 0:
-            raise ValueError(
-                f"Need num_positive_points >= 1 and num_negative_points >= 0, got {num_positive_points} and "
-                f"{num_negative_points}."
-            )
-        if box_jitter < 0 or min_mask_area < 0 or max_instances_per_image < 1 or seed < 0:
-            raise ValueError("box_jitter, min_mask_area and seed must be >= 0 and max_instances_per_image >= 1.")
-
+        _check_data_arguments(dataset, mask_kind, prompt, intensity_normalization, num_positive_points,
+                              num_negative_points, box_jitter, min_mask_area, max_instances_per_image, seed)
         self.processor = processor
         self.image_column = _pick_column(dataset.column_names, image_column, IMAGE_COLUMN_CANDIDATES, "image")
         dataset = _decode_image_paths(dataset, self.image_column)
@@ -236,44 +272,36 @@ class SamSegmentationData(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.return_full_masks = return_full_masks
         self.epoch = 0
-
-        image_processor = getattr(processor, "image_processor", processor)
-        pad_size = getattr(image_processor, "pad_size", None)
-        if not getattr(image_processor, "do_pad", False) or pad_size is None:
-            raise ValueError("The SAM processor must pad images to a square (do_pad=True, pad_size={'height','width'}).")
-        self.pad_size = (int(pad_size["height"]), int(pad_size["width"]))
-        if low_res_size is None:
-            # The processor's mask_pad_size is the decoder's output size (SAM: 256 for 1024 px, patch 16).
-            mask_pad = getattr(processor.image_processor, "mask_pad_size", None) or {"height": self.pad_size[0] // 4}
-            low_res_size = mask_pad["height"]
-        self.low_res_size = int(low_res_size)
-        if any(side % self.low_res_size for side in self.pad_size):
-            raise ValueError(f"pad_size {self.pad_size} must be a multiple of low_res_size {self.low_res_size}.")
+        self.pad_size, self.low_res_size = _pad_and_low_res_sizes(processor, low_res_size)
 
         self._image_view = dataset.select_columns([self.image_column])
         self._mask_view = dataset.select_columns([self.mask_column]).with_format("numpy")
         if len(dataset) == 0:
             raise ValueError("The dataset is empty.")
         self.mask_kind = mask_kind or _detect_mask_kind(dataset.select_columns([self.mask_column])[0][self.mask_column])
+        self._index_instances()
 
-        # One pass over the masks: which instances each image keeps (keys = map ids, or indices into the mask list).
+    def _index_instances(self) -> None:
+        """One pass over the masks: which rows have an instance (`row_indices`) and which instances each keeps
+        (`_keys`: map ids, or indices into the mask list). Rows without one are skipped, counted and reported
+        once here; no row with one is an error that says why."""
         self.row_indices: list[int] = []
         self._keys: list[list[int]] = []
         self.num_unannotated_images = 0  # rows without any mask (an empty list of masks, an all-background map)
-        for row in range(len(dataset)):
+        for row in range(len(self.dataset)):
             keys = self._select_instances(self._mask_view[row][self.mask_column])
             if keys:
                 self.row_indices.append(row)
                 self._keys.append(keys)
-        self.num_skipped_images = len(dataset) - len(self.row_indices)
+        self.num_skipped_images = len(self.dataset) - len(self.row_indices)
         if not self.row_indices:
-            raise ValueError(self._no_instance_message(len(dataset)))
+            raise ValueError(self._no_instance_message(len(self.dataset)))
         if self.num_skipped_images:
             logger.warning(
                 "SamSegmentationData skipped %d of %d images with no instance of at least min_mask_area=%d pixels "
                 "(%d of them have no annotation at all); they contribute no instances.",
                 self.num_skipped_images,
-                len(dataset),
+                len(self.dataset),
                 self.min_mask_area,
                 self.num_unannotated_images,
             )

@@ -428,10 +428,16 @@ def evaluate_model(
         raise
     finally:
         model.train(was_training)
-    computed = _compute(names)
+    return _result(_compute(names), prompt, mask_selection, data_seed, active, params)
+
+
+def _result(computed: dict[str, dict], prompt: str, mask_selection: str, seed: int, active: SubnetConfig | None,
+            params: int | None) -> dict[str, Any]:
+    """`evaluate_model`'s result from the computed metrics (the model's, and "box_reference" if it was scored) and
+    how they were measured, as plain Python numbers."""
     scores = computed["model"]
     extra = {}
-    if box_reference:
+    if "box_reference" in computed:
         extra = {"box_reference_miou": float(computed["box_reference"]["miou"]),
                  "box_reference_per_image_miou": float(computed["box_reference"]["per_image_miou"])}
     return {
@@ -443,7 +449,7 @@ def evaluate_model(
         "prompt": prompt,
         "mask_selection": mask_selection,
         "resolution": "original",
-        "seed": int(data_seed),
+        "seed": int(seed),
         "subnet": active.name if active is not None else None,
         "subnet_config": active.to_dict() if active is not None else None,
         "params": int(params) if params is not None else None,

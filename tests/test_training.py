@@ -292,6 +292,8 @@ def test_bad_arguments(assets, tmp_path):
         train_supernet(make_args(assets, tmp_path / "b", mask_kind="polygons"))
     with pytest.raises(ValueError, match="trainable"):
         train_supernet(make_args(assets, tmp_path / "c", trainable="encoder,neck"))
+    with pytest.raises(ValueError, match="point_fraction must be between 0 and 1"):
+        train_supernet(make_args(assets, tmp_path / "c2", prompt_type="mixed", point_fraction=1.5))
     with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
         train_supernet(make_args(assets, tmp_path / "d", resume_from_checkpoint="latest"))
     (tmp_path / "e").mkdir()
@@ -410,3 +412,18 @@ def test_largest_only_is_plain_fine_tuning(assets, tmp_path):
     assert json.loads((out / "training_summary.json").read_text())["subnets_per_step"] == 1
     trained = model.state_dict()
     assert not torch.equal(trained["vision_encoder.layers.0.mlp.lin1.weight"], start["vision_encoder.layers.0.mlp.lin1.weight"])
+
+
+def test_mixed_prompts_follow_point_fraction():
+    from supersam_hf.training.sandwich import prompt_kind
+
+    def kinds(fraction):
+        return [prompt_kind("mixed", 0, step, micro, fraction) for step in range(400) for micro in range(2)]
+
+    assert set(kinds(0.0)) == {"box"} and set(kinds(1.0)) == {"point"}
+    assert kinds(0.75) == kinds(0.75)  # seeded: every process draws the same kinds
+    assert 0.70 < kinds(0.75).count("point") / 800 < 0.80
+    assert 0.45 < kinds(0.5).count("point") / 800 < 0.55
+    # a larger fraction only turns boxes into points (one uniform draw per micro-batch)
+    assert all(b == "point" for a, b in zip(kinds(0.5), kinds(0.75)) if a == "point")
+    assert prompt_kind("box", 0, 3, 0, 1.0) == "box"  # the fraction applies to "mixed" only

@@ -82,6 +82,10 @@ class SupernetTrainingArguments(OutputArguments, DataArguments, ModelArguments):
         default="focal_dice", metadata={"help": "Mask loss (SAM's focal+dice by default) plus the IoU-head MSE."}
     )
     prompt_type: Literal["point", "box", "mixed"] = prompt_type_field("point, box, or mixed (point or box per micro-batch, seeded)")
+    point_fraction: float = field(
+        default=0.5,
+        metadata={"help": "With prompt_type=mixed: the share of micro-batches prompted by one point (the rest by a box)."},
+    )
     max_eval_images: Optional[int] = field(default=64, metadata={"help": "Validation images per evaluation (None: all)."})
     trainable: str = field(
         default="encoder,decoder",
@@ -130,6 +134,8 @@ class SupernetTrainingArguments(OutputArguments, DataArguments, ModelArguments):
         need(self.distill_weight >= 0, f"distill_weight must be >= 0, got {self.distill_weight}.")
         need(self.loss_type in LOSS_TYPES, f"Unknown loss_type {self.loss_type!r}; valid types are {LOSS_TYPES}.")
         need(self.prompt_type in PROMPT_TYPES, f"Unknown prompt_type {self.prompt_type!r}; valid types are {PROMPT_TYPES}.")
+        need(0.0 <= self.point_fraction <= 1.0,
+             f"point_fraction must be between 0 and 1 (the share of point-prompted micro-batches), got {self.point_fraction}.")
         need(self.mask_kind is None or self.mask_kind in MASK_KINDS,
              f"Unknown mask_kind {self.mask_kind!r}; valid kinds are {MASK_KINDS} (or None to auto-detect).")
         need(self.lr_scheduler_type in SCHEDULERS, f"Unknown lr_scheduler_type {self.lr_scheduler_type!r}; choose one of {SCHEDULERS}.")

@@ -85,11 +85,12 @@ class SandwichCollator:
         return batch
 
 
-def prompt_kind(prompt_type: str, seed: int, step: int, micro: int) -> str:
-    """The prompt kind of one micro-batch: fixed, or for "mixed" a seeded coin flip (same on every process)."""
+def prompt_kind(prompt_type: str, seed: int, step: int, micro: int, point_fraction: float = 0.5) -> str:
+    """The prompt kind of one micro-batch: fixed, or for "mixed" a seeded draw (same on every process) that is
+    "point" with probability `point_fraction`."""
     if prompt_type != "mixed":
         return prompt_type
-    return "point" if np.random.default_rng((seed, step, micro)).random() < 0.5 else "box"
+    return "point" if np.random.default_rng((seed, step, micro)).random() < point_fraction else "box"
 
 
 def batch_model_inputs(batch: dict, kind: str) -> dict[str, torch.Tensor]:

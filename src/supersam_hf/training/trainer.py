@@ -289,7 +289,7 @@ def _sandwich_step(run: _Run, step: int, stream) -> dict[str, Any]:
     epoch = 0
     for micro in range(ga):
         epoch, batch = next(stream)
-        inputs = batch_model_inputs(batch, prompt_kind(args.prompt_type, args.seed, step, micro))
+        inputs = batch_model_inputs(batch, prompt_kind(args.prompt_type, args.seed, step, micro, args.point_fraction))
         results = sandwich_backward(
             accelerator, run.model, inputs, batch["labels"], batch["instance_mask"], slots,
             loss_type=args.loss_type, distill_weight=args.distill_weight, sync=micro == ga - 1,
@@ -358,7 +358,8 @@ def _resume(run: _Run, resume_dir: Path) -> int:
     """Load a checkpoint into the prepared objects; the step it was saved at."""
     args = run.args
     state = read_training_state(resume_dir)
-    for key in ("seed", "per_device_train_batch_size", "gradient_accumulation_steps", "num_random_subnets", "prompt_type"):
+    for key in ("seed", "per_device_train_batch_size", "gradient_accumulation_steps", "num_random_subnets", "prompt_type",
+                "point_fraction"):
         if state.get("args", {}).get(key, getattr(args, key)) != getattr(args, key):
             logger.warning(f"Resuming with {key}={getattr(args, key)!r} but the checkpoint used "
                            f"{state['args'][key]!r}: the run will not reproduce the original one.", main_process_only=True)

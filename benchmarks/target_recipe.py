@@ -1,0 +1,101 @@
+"""The target-domain (B) stage's recipe, by measurement: learning rate x steps of fine-tuning the stand-in base on B
+(issue 13; not a test).
+
+The demo fine-tunes the base on B as its baseline and sandwich-trains the supernet with the same learning rate and
+steps. Both start from a base that scores ~0 zero-shot on B, so B's stage is close to learning from scratch and its
+learning rate matters. This script takes a finished `supersam demo` run (its `base/` and `data/`), fine-tunes the
+base on B's training split with the demo's batch and loss for each (learning rate, steps), and scores it on B's test
+split with box and point prompts next to the box reference.
+
+    python benchmarks/target_recipe.py --run runs/paper_proxy/seed0 --seed 0 --learning_rates 2e-4 5e-4 1e-3 --steps 400
+
+Appends to benchmarks/results/target_recipe.jsonl and rewrites target_recipe.md from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from _common import RESULTS, describe_machine, write_result
+from supersam_hf.data import load_segmentation_dataset
+from supersam_hf.evaluation import evaluate_model
+from supersam_hf.loading import load_processor, load_supernet
+from supersam_hf.training import SupernetTrainingArguments, train_supernet
+
+LOG = RESULTS / "target_recipe.jsonl"
+
+
+def fine_tune(run: Path, out: Path, learning_rate: float, steps: int, seed: int) -> float:
+    """The demo's fine-tuning baseline (commands/demo.py, _train with largest_only=True) at another learning rate."""
+    sizes = json.loads((run / "demo_state.json").read_text())["plan"]["sizes"]
+    started = time.time()
+    train_supernet(SupernetTrainingArguments(
+        model_name_or_path=str(run / "base"), dataset_name=str(run / "data" / "domain_B"), train_split_name="train",
+        output_dir=str(out), overwrite_output_dir=True, max_steps=steps, per_device_train_batch_size=sizes["batch_size"],
+        gradient_accumulation_steps=sizes["gradient_accumulation_steps"], learning_rate=learning_rate,
+        warmup_steps=max(1, steps // 20), num_random_subnets=0, largest_only=True, prompt_type="mixed",
+        loss_type="dice_bce", save_steps=steps, save_total_limit=1, eval_steps=0, seed=seed))
+    return time.time() - started
+
+
+def measure(run: Path, learning_rate: float, steps: int, seed: int, scratch: Path) -> dict:
+    out = scratch / f"lr{learning_rate:g}_steps{steps}"
+    seconds = fine_tune(run, out, learning_rate, steps, seed)
+    processor = load_processor(run / "base")
+    test = load_segmentation_dataset(run / "data" / "domain_B", split="test")
+    model = load_supernet(out, device="cpu").extract_subnet()
+    box = evaluate_model(model, test, processor, prompt="box", mask_selection="single", seed=seed,
+                         show_progress=False, box_reference=True)
+    point = evaluate_model(model, test, processor, prompt="point", mask_selection="single", seed=seed,
+                           show_progress=False)
+    return {"run": str(run), "seed": seed, "learning_rate": learning_rate, "steps": steps, "train_s": round(seconds),
+            "threads": torch.get_num_threads(), "box": box["miou"], "box_reference": box["box_reference_miou"],
+            "point": point["miou"], "num_objects": box["num_objects"], "date": str(datetime.date.today())}
+
+
+def write_table() -> Path:
+    rows = [json.loads(line) for line in LOG.read_text().splitlines() if line.strip()]
+    lines = ["| run | seed | learning rate | steps | train s | box mIoU | box ref | box − ref | point mIoU |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {Path(r['run']).name} | {r['seed']} | {r['learning_rate']:g} | {r['steps']} | {r['train_s']} | "
+                     f"{r['box']:.3f} | {r['box_reference']:.3f} | {r['box'] - r['box_reference']:+.3f} | {r['point']:.3f} |")
+    text = f"""# Target-domain stage recipe: fine-tuning the stand-in base on domain B
+
+`benchmarks/target_recipe.py` on finished `supersam demo` runs: the demo's base (trained on hard-shapes domain A)
+fine-tuned on B's training split with the demo's batch, dice + BCE loss and mixed prompts, at several learning
+rates and steps; mIoU on B's held-out test split (one prompt per object, the model's own mask choice), next to the
+box itself as the mask. {describe_machine(torch.device("cpu"))}.
+
+""" + "\n".join(lines) + "\n"
+    return write_result("target_recipe.md", text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="A finished `supersam demo` output folder.")
+    parser.add_argument("--seed", type=int, default=0, help="The run's --seed.")
+    parser.add_argument("--learning_rates", type=float, nargs="+", default=[2e-4, 5e-4, 1e-3])
+    parser.add_argument("--steps", type=int, nargs="+", default=[400])
+    parser.add_argument("--scratch", default="runs/target_recipe", help="Where the fine-tuned models go.")
+    parser.add_argument("--table", action="store_true", help="Only rewrite target_recipe.md from the log.")
+    args = parser.parse_args()
+    if not args.table:
+        for steps in args.steps:
+            for learning_rate in args.learning_rates:
+                result = measure(Path(args.run), learning_rate, steps, args.seed, Path(args.scratch))
+                RESULTS.mkdir(exist_ok=True)
+                with LOG.open("a") as handle:
+                    handle.write(json.dumps(result) + "\n")
+                print(json.dumps(result), flush=True)
+    print(f"written to {write_table()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -85,10 +85,10 @@ def train_base(root: Path, data_dir: Path, model_kwargs: dict, train_kwargs: dic
     steps = train_kwargs["max_steps"]
     warmup = max(1, round(steps * train_kwargs.pop("warmup_fraction")))
     args = SupernetTrainingArguments(
-        model_name_or_path=str(init_dir), dataset_name=str(data_dir), train_split="train",
+        model_name_or_path=str(init_dir), dataset_name=str(data_dir), train_split_name="train",
         output_dir=str(root / "base_training"), overwrite_output_dir=True, warmup_steps=warmup, largest_only=True,
-        num_random_subnets=0, save_steps=steps, eval_steps=eval_every, validation_split="validation",
-        eval_max_images=None, logging_steps=50, seed=seed, **train_kwargs,
+        num_random_subnets=0, save_steps=steps, eval_steps=eval_every, eval_split_name="validation",
+        max_eval_images=None, logging_steps=50, seed=seed, **train_kwargs,
     )
     started = time.perf_counter()
     train_supernet(args)

@@ -157,15 +157,23 @@ def main() -> None:
     parser.add_argument("--preset", choices=("proxy", "demo_default"), default="proxy",
                         help="proxy: PROXY_SIZES (3 seeds fit ~70 min); demo_default: the default demo's sizes "
                         "(results in paper_proxy_demo_default.md)")
+    parser.add_argument("--from_json", nargs="+", default=None, metavar="FILE",
+                        help="Only write the report from the proxy_results.json of earlier runs (e.g. seeds run in "
+                        "parallel into separate --output folders).")
     args = parser.parse_args()
     sizes = PROXY_SIZES if args.preset == "proxy" else PRESETS["default"]
     name = "paper_proxy.md" if args.preset == "proxy" else "paper_proxy_demo_default.md"
+    previous = PREVIOUS if args.preset == "proxy" else ""
+    if args.from_json:
+        results = sorted((r for f in args.from_json for r in json.loads(Path(f).read_text())), key=lambda r: r["seed"])
+        print(f"written to {write_report(results, previous, sizes, name)}", flush=True)
+        return
     results = []
     for seed in args.seeds:
         out = Path(args.output) / f"seed{seed}"
         results.append(measure_seed(out, seed, args.resume and (out / "demo_state.json").exists(), sizes))
         (Path(args.output) / "proxy_results.json").write_text(json.dumps(results, indent=2))
-        print(f"written to {write_report(results, PREVIOUS if args.preset == 'proxy' else '', sizes, name)}", flush=True)
+        print(f"written to {write_report(results, previous, sizes, name)}", flush=True)
 
 
 if __name__ == "__main__":

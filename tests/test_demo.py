@@ -11,7 +11,7 @@ from transformers import SamModel, ViTConfig, ViTModel
 
 from supersam_hf.cli import main
 from supersam_hf.commands import demo as demo_module
-from supersam_hf.commands.demo import dataset_splits
+from supersam_hf.commands.demo import DemoArguments, dataset_splits
 from supersam_hf.data import make_synthetic_shapes
 
 TINY = ["--image_size", "64", "--hidden_size", "64", "--num_layers", "6", "--decoder_channels", "16",
@@ -74,6 +74,8 @@ def test_quick_demo_says_in_one_line_when_its_models_miss_the_bars(tmp_path, cap
     assert f"point {base['point_miou_domain_A']:.3f}" in notes[0]
     assert main(["demo", "--quick", "--output_dir", str(tmp_path / "bad"), *TINY, "--size_metric", "flops"]) == 2
     assert "--size_metric must be params or macs" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(["demo", "--quick", "--output_dir", str(tmp_path / "bad"), *TINY, "--learning_rate", "0"]) == 2
+    assert "--learning_rate must be > 0" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_exports_load_with_vanilla_sam_and_evaluate_reproduces_the_miou(demo_run, tmp_path):
@@ -209,3 +211,11 @@ def test_size_to_budget_grows_with_the_budget_and_keeps_presets_and_explicit_siz
     # the estimate of the sized run stays near the budget it was sized to (rough, by construction)
     total = sum(estimate_seconds(large, forward, False, False, 3).values())
     assert 0.3 * 600 * 60 <= total <= 1.2 * 600 * 60
+
+
+def test_domain_b_learning_rate_depends_on_the_base_unless_given():
+    from supersam_hf.commands.demo import TARGET_LEARNING_RATE, _target_learning_rate
+
+    assert _target_learning_rate(DemoArguments()) == TARGET_LEARNING_RATE["stand-in"] == 1e-3
+    assert _target_learning_rate(DemoArguments(model_name_or_path="facebook/sam-vit-base")) == 2e-4
+    assert _target_learning_rate(DemoArguments(model_name_or_path="x", learning_rate=5e-5)) == 5e-5

@@ -181,8 +181,10 @@ def write_table() -> Path:
             f"{row['box_miou'] - row['box_reference']:+.3f} | {row['point_miou']:.3f} | {curve or '—'} |"
         )
     path = RESULTS / "base_recipe.md"
-    header = (path.read_text().split("<!-- table -->")[0] if path.exists() else "# Stand-in base recipe\n\n")
-    path.write_text(header + "<!-- table -->\n" + "\n".join(lines) + "\n")
+    text = path.read_text() if path.exists() else "# Stand-in base recipe\n\n"
+    header = text.split("<!-- table -->")[0]
+    reading = text[text.index("\n## "):] if "\n## " in text else ""  # the hand-written readings below the table stay
+    path.write_text(header + "<!-- table -->\n" + "\n".join(lines) + "\n" + reading)
     return path
 
 

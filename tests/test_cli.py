@@ -108,6 +108,19 @@ def test_every_stage_with_the_hub_id_and_one_vocabulary(workspace):
     assert done.returncode == 0, done.stderr
 
 
+def test_demo_with_the_hub_id_from_the_cache(workspace):
+    done = supersam(workspace, "demo", "--model_name_or_path", HUB_ID, "--dataset_name", str(workspace / "data"),
+                    "--output_dir", "demo", "--time_budget_minutes", "0.0001", "--size_reductions", "0.3",
+                    "--search_budget", "2")
+    assert done.returncode == 0, done.stderr
+    assert f"base {HUB_ID}" in done.stdout  # the plan names the Hub id it resolved, not a stand-in
+    state = json.loads((workspace / "demo" / "demo_state.json").read_text())
+    assert "base" not in state and state["zero_shot"]["by_prompt"]["box"]["num_images"] >= 1
+    exported = workspace / state["search_30"]["folder"]  # relative to the run's working directory
+    assert isinstance(SamModel.from_pretrained(exported), SamModel)
+    assert HUB_ID in (exported / "README.md").read_text()  # the card names the base it came from
+
+
 def test_hub_id_missing_from_the_cache_offline_is_one_line(workspace):
     done = supersam(workspace, "evaluate", "--model_name_or_path", "facebook/sam-vit-huge", "--dataset_name",
                     str(workspace / "data"), "--output_dir", "nowhere")

@@ -126,10 +126,18 @@ Fewest MACs each space can reach (share of the base's): {floors}.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", nargs="+", required=True, help="Finished `supersam demo` output folders.")
-    parser.add_argument("--seeds", type=int, nargs="+", required=True, help="The --seed of each run, in order.")
-    parser.add_argument("--learning_rate", type=float, default=2e-4, help="The demo's supernet learning rate.")
+    parser.add_argument("--run", nargs="+", default=[], help="Finished `supersam demo` output folders.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[], help="The --seed of each run, in order.")
+    parser.add_argument("--learning_rate", type=float, default=1e-3, help="The demo's supernet learning rate.")
+    parser.add_argument("--from_json", nargs="+", default=None, metavar="FILE",
+                        help="Only write the report from the space_2d_vs_3d.json of earlier runs.")
     args = parser.parse_args()
+    if args.from_json:
+        results = sorted((r for f in args.from_json for r in json.loads(Path(f).read_text())), key=lambda r: r["seed"])
+        print(f"written to {write_report(results)}", flush=True)
+        return
+    if not args.run:
+        parser.error("give --run (finished demo folders) or --from_json")
     if len(args.seeds) != len(args.run):
         parser.error("give one --seeds entry per --run folder")
     results = []

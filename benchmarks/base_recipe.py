@@ -174,6 +174,8 @@ def write_table() -> Path:
         diff.update({k: v for k, v in row["train"].items() if DEMO_TRAIN.get(k) != v and k != "max_steps"})
         if row["num_train_images"] != 600:
             diff["num_train_images"] = row["num_train_images"]
+        if row.get("seed", 0) != 0:  # other data (seed + 4 / + 5) and another initialisation
+            diff["seed"] = row["seed"]
         curve = ", ".join(f"{step}: {miou:.2f}" for step, miou in row.get("curve", []))
         lines.append(
             f"| {row['recipe']} | {', '.join(f'{k}={v}' for k, v in diff.items()) or '—'} | {row['train']['max_steps']} | "

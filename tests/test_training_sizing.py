@@ -16,7 +16,7 @@ from supersam_hf import SubnetConfig
 from supersam_hf.data import SamCollator, SamSegmentationData, make_synthetic_shapes, model_inputs
 from supersam_hf.losses import sam_loss
 from supersam_hf.training import SupernetTrainingArguments, train_supernet
-from supersam_hf.training.checkpoints import _TiedWeightsFilter, rotate_checkpoints
+from supersam_hf.training.checkpoints import _TiedWeightsFilter, remove_previous_run, rotate_checkpoints
 from supersam_hf.training.trainer import set_activation_checkpointing
 
 
@@ -152,6 +152,20 @@ def test_rotation_keeps_a_users_file_inside_an_old_checkpoint(tmp_path):
     assert sorted(p.name for p in (root / "step_1").iterdir()) == ["my_eval.csv"]  # ours gone, the user's kept
     assert (root / "step_3" / "model.safetensors").is_file()
     assert rotate_checkpoints(tmp_path, 1) == []  # step_1 is no longer a checkpoint, only the user's folder
+
+
+def test_overwrite_clears_an_interrupted_save_but_keeps_a_users_file_in_it(tmp_path):
+    root = tmp_path / "checkpoints"
+    for name, extra in (("step_4.tmp", None), ("step_6.tmp", "my_notes.txt")):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for file in ("model.safetensors", "optimizer.bin", "random_states_0.pkl"):
+            (folder / file).write_bytes(b"x")
+        if extra:
+            (folder / extra).write_text("mine")
+    remove_previous_run(tmp_path)
+    assert not (root / "step_4.tmp").exists()  # only this tool's files: the folder goes
+    assert sorted(p.name for p in (root / "step_6.tmp").iterdir()) == ["my_notes.txt"]  # the user's file stays
 
 
 def test_tied_weight_filter_only_silences_declared_ties():

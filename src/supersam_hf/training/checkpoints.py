@@ -122,7 +122,7 @@ def remove_previous_run(output_dir: Path) -> None:
     if root.is_dir():
         for staged in root.iterdir():
             if re.fullmatch(r"step_\d+\.tmp", staged.name):
-                shutil.rmtree(staged, ignore_errors=True)
+                clear_checkpoint_folder(staged)
         with contextlib.suppress(OSError):
             root.rmdir()  # only when empty
 
@@ -162,8 +162,8 @@ def save_checkpoint(accelerator: Accelerator, args, output_dir: Path, step: int)
     checkpoint and the previous ones intact. The checkpoint joins output_dir's manifest (what overwrite removes)."""
     path = output_dir / CHECKPOINTS_DIR / f"step_{step}"
     staging = path.with_name(path.name + ".tmp")
-    if accelerator.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
+    if accelerator.is_main_process and not clear_checkpoint_folder(staging):  # an interrupted save of this step
+        raise FileExistsError(f"{staging} holds files this tool did not write; move them away and rerun.")
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(staging))
@@ -173,15 +173,15 @@ def save_checkpoint(accelerator: Accelerator, args, output_dir: Path, step: int)
                      "num_processes": accelerator.num_processes,
                      "args": {k: v for k, v in dataclasses.asdict(args).items() if k != "token"}}  # never a token
             (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
-            if path.exists():
-                shutil.rmtree(path)
+            if not clear_checkpoint_folder(path):  # the same step saved again (a resumed run)
+                raise FileExistsError(f"{path} holds files this tool did not write; move them away and rerun.")
             os.replace(staging, path)
             rank_logs = sorted(output_dir.glob("metrics_rank*.jsonl"))  # created by other processes
             record_tool_outputs(output_dir, [path.resolve(), *(log.resolve() for log in rank_logs)], tool=TOOL)
     except BaseException:
         if accelerator.is_main_process:
             with contextlib.suppress(OSError):
-                shutil.rmtree(staging)
+                clear_checkpoint_folder(staging)
         raise
     accelerator.wait_for_everyone()
     return path
@@ -230,19 +230,31 @@ def rotate_checkpoints(output_dir: str | os.PathLike, limit: int, keep: Iterable
     for path in ours[limit:]:
         if path.resolve() in keep_resolved:
             continue
-        (path / STATE_FILE).unlink()
-        for entry in path.iterdir():
-            if entry.is_file() and _CHECKPOINT_FILES.fullmatch(entry.name):
-                entry.unlink()
-            elif entry.is_dir() and _CHECKPOINT_DIRS.fullmatch(entry.name):
-                shutil.rmtree(entry)
-        try:
-            path.rmdir()
+        if clear_checkpoint_folder(path):
             removed.append(path)
-        except OSError:
-            logging.getLogger(__name__).warning(
-                "Kept %s: it holds files this tool did not write (%s).", path, sorted(p.name for p in path.iterdir()))
     return removed
+
+
+def clear_checkpoint_folder(path: Path) -> bool:
+    """Delete what accelerate's save_state and `save_checkpoint` write in a checkpoint folder (training_state.json
+    first, so a half-deleted folder is never resumed from), and the folder if that empties it; anything else stays
+    (with a warning). True when the folder is gone."""
+    if not path.is_dir():
+        return True
+    with contextlib.suppress(FileNotFoundError):
+        (path / STATE_FILE).unlink()
+    for entry in path.iterdir():
+        if entry.is_file() and _CHECKPOINT_FILES.fullmatch(entry.name):
+            entry.unlink()
+        elif entry.is_dir() and _CHECKPOINT_DIRS.fullmatch(entry.name):
+            shutil.rmtree(entry)
+    try:
+        path.rmdir()
+        return True
+    except OSError:
+        logging.getLogger(__name__).warning(
+            "Kept %s: it holds files this tool did not write (%s).", path, sorted(p.name for p in path.iterdir()))
+        return False
 
 
 class _TiedWeightsFilter(logging.Filter):

@@ -88,6 +88,15 @@ def _paint_shape(
     image[region] = colour * texture[:, None] + rng.normal(0, 10.0, size=(int(region.sum()), 3))
 
 
+def _as_dataset(images: list[np.ndarray], labels: list[np.ndarray], image_size: int) -> datasets.Dataset:
+    """Float RGB canvases (rounded, clipped to 0-255) and int32 instance maps as an HF dataset (image, label)."""
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.Array2D(shape=(image_size, image_size), dtype="int32")}
+    )
+    pictures = [Image.fromarray(np.clip(np.round(image), 0, 255).astype(np.uint8), "RGB") for image in images]
+    return datasets.Dataset.from_dict({"image": pictures, "label": labels}, features=features)
+
+
 def make_synthetic_shapes(
     num_images: int,
     image_size: int = 128,
@@ -130,12 +139,9 @@ def make_synthetic_shapes(
         image = _background(rng, domain, image_size, yy, xx)
         for k in range(1, len(kept) + 1):
             _paint_shape(rng, domain, image, label == k, yy, xx)
-        images.append(Image.fromarray(np.clip(np.round(image), 0, 255).astype(np.uint8), "RGB"))
+        images.append(image)
         labels.append(label)
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.Array2D(shape=(image_size, image_size), dtype="int32")}
-    )
-    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+    return _as_dataset(images, labels, image_size)
 
 
 # ================================================================================================================
@@ -362,12 +368,9 @@ def make_hard_shapes(
         image = _hard_background(rng, domain, image_size, yy, xx)
         for k in range(1, int(label.max()) + 1):
             _hard_paint(rng, domain, image, label == k, yy, xx)
-        images.append(Image.fromarray(np.clip(np.round(image), 0, 255).astype(np.uint8), "RGB"))
+        images.append(image)
         labels.append(label)
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.Array2D(shape=(image_size, image_size), dtype="int32")}
-    )
-    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+    return _as_dataset(images, labels, image_size)
 
 
 __all__ = ["HARD_SHAPE_KINDS", "SYNTHETIC_DOMAINS", "make_hard_shapes", "make_synthetic_shapes"]

@@ -28,7 +28,8 @@ from supersam_hf.data import load_segmentation_dataset
 from supersam_hf.evaluation import evaluate_model
 from supersam_hf.loading import load_processor, load_supernet
 from supersam_hf.search import search_subnets
-from supersam_hf.training import SupernetTrainingArguments, train_supernet
+from supersam_hf.commands.demo import stage_training_arguments
+from supersam_hf.training import train_supernet
 
 
 def _scores(model, data, processor, seed: int) -> dict:
@@ -46,15 +47,10 @@ def train_two_dimensional(run: Path, state: dict, seed: int, learning_rate: floa
     supernet.save_pretrained(init_2d)
     load_processor(run / "supernet_init").save_pretrained(init_2d)
     sizes = state["plan"]["sizes"]
-    steps = sizes["train_steps"]
-    # The same arguments as the demo's sandwich stage (commands/demo.py, _train with largest_only=False).
-    train_supernet(SupernetTrainingArguments(
-        model_name_or_path=str(init_2d), dataset_name=str(run / "data" / "domain_B"), train_split_name="train",
-        output_dir=str(trained_2d), overwrite_output_dir=True, max_steps=steps,
-        per_device_train_batch_size=sizes["batch_size"], gradient_accumulation_steps=sizes["gradient_accumulation_steps"],
-        learning_rate=learning_rate, warmup_steps=max(1, steps // 20),
-        num_random_subnets=2, largest_only=False, prompt_type="mixed", loss_type="dice_bce",
-        save_steps=max(1, steps // 4), save_total_limit=1, eval_steps=0, seed=seed))
+    # Exactly the demo's sandwich stage (mixed prompts, as the paper proxy runs it).
+    train_supernet(stage_training_arguments(trained_2d, init_2d, run / "data" / "domain_B", sizes["train_steps"], sizes,
+                                            largest_only=False, learning_rate=learning_rate, prompt_type="mixed",
+                                            seed=seed))
     return trained_2d
 
 

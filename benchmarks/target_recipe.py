@@ -26,7 +26,8 @@ from _common import RESULTS, describe_machine, write_result
 from supersam_hf.data import load_segmentation_dataset
 from supersam_hf.evaluation import evaluate_model
 from supersam_hf.loading import load_processor, load_supernet
-from supersam_hf.training import SupernetTrainingArguments, train_supernet
+from supersam_hf.commands.demo import stage_training_arguments
+from supersam_hf.training import train_supernet
 
 LOG = RESULTS / "target_recipe.jsonl"
 
@@ -35,12 +36,8 @@ def fine_tune(run: Path, out: Path, learning_rate: float, steps: int, seed: int)
     """The demo's fine-tuning baseline (commands/demo.py, _train with largest_only=True) at another learning rate."""
     sizes = json.loads((run / "demo_state.json").read_text())["plan"]["sizes"]
     started = time.time()
-    train_supernet(SupernetTrainingArguments(
-        model_name_or_path=str(run / "base"), dataset_name=str(run / "data" / "domain_B"), train_split_name="train",
-        output_dir=str(out), overwrite_output_dir=True, max_steps=steps, per_device_train_batch_size=sizes["batch_size"],
-        gradient_accumulation_steps=sizes["gradient_accumulation_steps"], learning_rate=learning_rate,
-        warmup_steps=max(1, steps // 20), num_random_subnets=0, largest_only=True, prompt_type="mixed",
-        loss_type="dice_bce", save_steps=steps, save_total_limit=1, eval_steps=0, seed=seed))
+    train_supernet(stage_training_arguments(out, run / "base", run / "data" / "domain_B", steps, sizes, largest_only=True,
+                                            learning_rate=learning_rate, prompt_type="mixed", seed=seed))
     return time.time() - started
 
 

@@ -238,14 +238,13 @@ def _stand_in_config(args: DemoArguments, sizes: dict):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _train(output_dir: Path, model_path: Path | str, data_dir: Path, steps: int, run: "_DemoRun",
-           largest_only: bool, learning_rate: float, prompt_type: str | None = None, point_fraction: float = 0.5) -> None:
-    """One training run; an interrupted one (a checkpoint in output_dir) continues from its last checkpoint."""
-    args, sizes = run.args, run.plan.sizes
-    resume = "latest" if find_latest_checkpoint(output_dir) is not None else None
-    if resume:
-        _print(f"  continuing {output_dir.name} from {find_latest_checkpoint(output_dir).name}")
-    training_args = SupernetTrainingArguments(
+def stage_training_arguments(output_dir: Path, model_path: Path | str, data_dir: Path, steps: int, sizes: dict,
+                             largest_only: bool, learning_rate: float, prompt_type: str, seed: int,
+                             point_fraction: float = 0.5, gradient_checkpointing: bool = False,
+                             resume: str | None = None) -> SupernetTrainingArguments:
+    """The arguments of one demo training stage (the base, the fine-tuned baseline, the supernet), also used by the
+    benchmarks that retrain a stage of a finished demo run under other settings."""
+    return SupernetTrainingArguments(
         model_name_or_path=str(model_path),
         dataset_name=str(data_dir),
         train_split_name="train",
@@ -255,21 +254,31 @@ def _train(output_dir: Path, model_path: Path | str, data_dir: Path, steps: int,
         max_steps=steps,
         per_device_train_batch_size=sizes["batch_size"],
         gradient_accumulation_steps=sizes["gradient_accumulation_steps"],
-        gradient_checkpointing=args.gradient_checkpointing,
+        gradient_checkpointing=gradient_checkpointing,
         learning_rate=learning_rate,
         warmup_steps=max(1, steps // 20),
         num_random_subnets=0 if largest_only else 2,
         largest_only=largest_only,
-        prompt_type=prompt_type or args.prompt_type,
+        prompt_type=prompt_type,
         point_fraction=point_fraction,
         # dice + BCE: the stand-in base learns from scratch, where SAM's 20:1 focal weighting stalls at empty masks.
         loss_type="dice_bce",
         save_steps=max(1, steps // 4),  # a kill loses at most a quarter of the stage
         save_total_limit=1,
         eval_steps=0,
-        seed=args.seed,
+        seed=seed,
     )
-    train_supernet(training_args)
+
+
+def _train(output_dir: Path, model_path: Path | str, data_dir: Path, steps: int, run: "_DemoRun",
+           largest_only: bool, learning_rate: float, prompt_type: str | None = None, point_fraction: float = 0.5) -> None:
+    """One training run; an interrupted one (a checkpoint in output_dir) continues from its last checkpoint."""
+    resume = "latest" if find_latest_checkpoint(output_dir) is not None else None
+    if resume:
+        _print(f"  continuing {output_dir.name} from {find_latest_checkpoint(output_dir).name}")
+    train_supernet(stage_training_arguments(
+        output_dir, model_path, data_dir, steps, run.plan.sizes, largest_only, learning_rate,
+        prompt_type or run.args.prompt_type, run.args.seed, point_fraction, run.args.gradient_checkpointing, resume))
 
 
 @dataclass

@@ -9,6 +9,18 @@ from hub_server import LoopbackHub
 LOCAL_HUB_TOKEN = "test-token"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models are op-overhead bound; on a shared 2-core machine intra-op threads only spin (10-20x slower).
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def local_hub(tmp_path, monkeypatch):
     """A fresh in-memory Hugging Face Hub on 127.0.0.1 for this test (see `tests/hub_server.py`).

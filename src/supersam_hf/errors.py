@@ -21,6 +21,29 @@ EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
 EXIT_INTERRUPTED = 130
 
+class SupersamError(ValueError):
+    """A problem the user can fix; the message names the file or flag and says what to do.
+
+    Subclasses say which kind. (A `ValueError` subclass, so callers that catch `ValueError` keep working.)
+    """
+
+
+class DataError(SupersamError):
+    """The dataset, its columns, images or annotations cannot be used as given."""
+
+
+class OutputFolderError(SupersamError):
+    """The output folder cannot be written safely (foreign files, a symlink, an interrupted swap, no space)."""
+
+
+class ModelFileError(SupersamError):
+    """A model, checkpoint, config or ONNX file is missing, corrupt or of the wrong kind."""
+
+
+class UnsupportedSetupError(SupersamError):
+    """A launcher / engine / hardware setup this tool refuses (with what to use instead)."""
+
+
 # Exceptions whose message is written for the user (the library raises these with what to do).
 USER_ERROR_TYPES: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError)
 
@@ -93,6 +116,11 @@ def run_stage(
 
 __all__ = [
     "DEBUG_ENV",
+    "DataError",
+    "ModelFileError",
+    "OutputFolderError",
+    "SupersamError",
+    "UnsupportedSetupError",
     "debug_enabled",
     "format_error_line",
     "is_user_error",

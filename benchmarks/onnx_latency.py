@@ -10,7 +10,7 @@ The subnet shapes are standard `SamConfig`s, what `extract_subnet` writes for an
 subnet with every layer kept (uniform widths export compactly):
 
     python benchmarks/onnx_latency.py                   # 1024 px, 2 threads -> results/onnx_latency.md
-    python benchmarks/onnx_latency.py --image_size 256 --repeats 1 --output /tmp/smoke.md   # smoke run
+    python benchmarks/onnx_latency.py --smoke          # tiny shapes at 64 px, 1 repeat -> a temporary folder
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import datetime
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +28,10 @@ from pathlib import Path
 import torch
 from transformers import SamConfig, SamModel
 
-from supersam_hf.macs import encoder_macs
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import SMOKE_HELP, smoke_folder  # noqa: E402
+
+from supersam_hf.costs import encoder_macs  # noqa: E402
 from supersam_hf.onnx_export import ENCODER_FILE, export_vision_encoder, ort_session, quantize_int8
 
 RESULTS = Path(__file__).parent / "results"
@@ -39,6 +43,7 @@ SHAPES = {
     "~50 %: width 576, MLP 1536": (576, 9, 12, 1536),
     "~30 %: width 384, MLP 1536": (384, 6, 12, 1536),
 }
+SMOKE_SHAPES = {"full (tiny)": (64, 4, 2, 256), "width 32, MLP 128": (32, 2, 2, 128)}
 
 
 def shape_config(hidden: int, heads: int, layers: int, mlp: int, image_size: int) -> SamConfig:
@@ -109,18 +114,23 @@ def table(models: dict, fp32: dict, int8: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--image_size", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path, default=RESULTS / "onnx_latency.md")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    args = parser.parse_args(argv)
+    shapes = SHAPES
+    if args.smoke:
+        shapes, args.image_size, args.warmup, args.repeats = SMOKE_SHAPES, 64, 0, 1
+        args.output = smoke_folder("onnx_latency") / "onnx_latency.md"
     import onnxruntime
 
     with tempfile.TemporaryDirectory() as tmp:
-        models = export_all(SHAPES, args.image_size, Path(tmp))
+        models = export_all(shapes, args.image_size, Path(tmp))
         # One precision at a time: fewer sessions (and global-attention buffers) resident at once.
         fp32 = interleaved_ms({n: m["fp32"] for n, m in models.items()}, args.image_size, args.threads, args.warmup, args.repeats)
         print("fp32 ms:", fp32, flush=True)

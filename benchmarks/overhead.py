@@ -7,6 +7,7 @@
 
     python benchmarks/overhead.py --preset small            # CPU
     python benchmarks/overhead.py --preset vit-b --device cuda --dtype bfloat16
+    python benchmarks/overhead.py --smoke                   # seconds, tiny model, report in a temporary folder
 Appends a section to benchmarks/results/overhead.md.
 """
 
@@ -19,7 +20,7 @@ import itertools
 import torch
 from transformers import SamModel
 
-from _common import describe_machine, interleaved_medians, preset_config, write_result
+from _common import SMOKE_HELP, describe_machine, interleaved_medians, preset_config, smoke_folder, write_result
 from supersam_hf import SubnetConfig, SuperSamModel
 from supersam_hf.costs import encoder_macs
 
@@ -40,14 +41,17 @@ def subnets_near(supernet: SuperSamModel, targets: list[float]) -> dict[float, S
     return {t: min(candidates, key=lambda c: abs(c[0] - t)) for t in targets}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="small", choices=["tiny", "small", "vit-b"])
+    parser.add_argument("--preset", default="small", choices=["tiny", "small", "vit-b", "smoke"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.preset, args.batch, args.repeats = "smoke", 1, 1
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
 
     torch.manual_seed(0)
@@ -105,7 +109,7 @@ Model: {vision.num_hidden_layers} layers, hidden {vision.hidden_size}, mlp {visi
 |---|---|---|---|---|---|
 """ + "\n".join(rows) + "\n"
     print(text)
-    path = write_result("overhead.md", text, append=True)
+    path = write_result("overhead.md", text, append=True, **({"folder": smoke_folder("overhead")} if args.smoke else {}))
     print(f"appended to {path}")
 
 

@@ -8,6 +8,7 @@ Goal: batched ≥ 8× faster. The masks of both must agree (SAM decodes every pr
 
     python benchmarks/prompt_batching.py                     # CPU
     python benchmarks/prompt_batching.py --device cuda --preset small
+    python benchmarks/prompt_batching.py --smoke            # seconds, tiny model, report in a temporary folder
 Writes benchmarks/results/prompt_batching.md (appends a section per run).
 """
 
@@ -19,7 +20,7 @@ import os
 
 import torch
 
-from _common import PRESETS, describe_machine, interleaved_medians, write_result
+from _common import PRESETS, SMOKE_HELP, describe_machine, interleaved_medians, smoke_folder, write_result
 from supersam_hf import SuperSamModel, build_sam_config
 
 CONFIGS = {"bench": dict(image_size=128, hidden_size=128, num_hidden_layers=8, num_attention_heads=4, window_size=4),
@@ -28,7 +29,7 @@ CONFIGS = {"bench": dict(image_size=128, hidden_size=128, num_hidden_layers=8, n
 START_LOAD = os.getloadavg()[0]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", default="bench", choices=sorted(CONFIGS))
@@ -36,7 +37,10 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=16, help="instances (prompts) per image")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads on CPU (0: torch's default)")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.preset, args.batch, args.instances, args.repeats = "smoke", 1, 2, 1
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -82,7 +86,8 @@ Median of {args.repeats} interleaved repeats.{load_note}
 Largest |difference| between the two modes' mask logits: {max_diff:.2e}.
 """
     print(text)
-    print(f"appended to {write_result('prompt_batching.md', text, append=True)}")
+    folder = {"folder": smoke_folder("prompt_batching")} if args.smoke else {}
+    print(f"appended to {write_result('prompt_batching.md', text, append=True, **folder)}")
 
 
 if __name__ == "__main__":

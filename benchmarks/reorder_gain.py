@@ -13,6 +13,7 @@ No pretrained SAM can be downloaded offline, so the weights are random. Two init
 * "plain": i.i.d. random weights, where neurons differ only by chance (a hard case for any ordering).
 
     python benchmarks/reorder_gain.py            # writes benchmarks/results/reorder_gain.md
+    python benchmarks/reorder_gain.py --smoke    # seconds: tiny model, 4 images, 1 seed; report in a temporary folder
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import time
 import torch
 from transformers import SamImageProcessor, SamModel, SamProcessor
 
-from _common import describe_machine, write_result
+from _common import PRESETS, SMOKE_HELP, describe_machine, smoke_folder, write_result
 from supersam_hf import SuperSamModel, build_sam_config
 from supersam_hf.data import make_synthetic_shapes
 from supersam_hf import prioritization
@@ -35,13 +36,14 @@ from supersam_hf.prioritization import permute_mlp_neurons, prioritize
 
 WIDTHS = (0.25, 0.5, 0.75)
 CONFIG = dict(image_size=128, hidden_size=128, num_hidden_layers=8, num_attention_heads=4, window_size=4)
+SMOKE_CONFIG = PRESETS["smoke"]
 
 
-def random_sam(seed: int, sigma: float) -> SuperSamModel:
+def random_sam(seed: int, sigma: float, config: dict = CONFIG) -> SuperSamModel:
     """A random small SAM at useful weight scales (SAM's own init gives the encoder std 1e-10, and zero position
     tables), converted to a supernet; `sigma` > 0 plants log-normal per-neuron importance in every encoder MLP."""
     torch.manual_seed(seed)
-    sam = SamModel(build_sam_config(**CONFIG)).eval()
+    sam = SamModel(build_sam_config(**config)).eval()
     with torch.no_grad():
         for name, param in sam.named_parameters():
             if "rel_pos" in name or "pos_embed" in name:
@@ -89,19 +91,19 @@ def score_side(input_weight: float):
         prioritization.neuron_scores = original
 
 
-def run(sigma: float, seeds: int, calibration, held_out: torch.Tensor, processor) -> tuple[dict, dict]:
+def run(sigma: float, seeds: int, calibration, held_out: torch.Tensor, processor, config: dict = CONFIG) -> tuple[dict, dict]:
     results = {"random order (no reordering)": [], "weight magnitude (no data)": [], "prioritize (Wanda, data)": []}
     extra = {"importance": None, "elastic": None, "probs": None}
     for seed in range(seeds):
-        model = random_sam(seed, sigma)
+        model = random_sam(seed, sigma, config)
         results["random order (no reordering)"].append(relative_errors(model, held_out))
-        by_magnitude = random_sam(seed, sigma)
+        by_magnitude = random_sam(seed, sigma, config)
         magnitude_reorder(by_magnitude)
         results["weight magnitude (no data)"].append(relative_errors(by_magnitude, held_out))
         report = prioritize(model, calibration, processor, num_images=16, batch_size=4, show_progress=False)
         results["prioritize (Wanda, data)"].append(relative_errors(model, held_out))
         for name, side in (("ablation: input side only", 1.0), ("ablation: output side only", 0.0)):
-            ablated = random_sam(seed, sigma)
+            ablated = random_sam(seed, sigma, config)
             with score_side(side):
                 prioritize(ablated, calibration, processor, num_images=16, measure_layers=False, show_progress=False)
             results.setdefault(name, []).append(relative_errors(ablated, held_out))
@@ -127,27 +129,31 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    args = parser.parse_args(argv)
     started = time.perf_counter()
+    config, num_images = (SMOKE_CONFIG, 4) if args.smoke else (CONFIG, 16)
+    if args.smoke:
+        args.seeds = 1
 
-    size = CONFIG["image_size"]
+    size = config["image_size"]
     processor = SamProcessor(image_processor=SamImageProcessor(
         size={"longest_edge": size}, pad_size={"height": size, "width": size},
         mask_size={"longest_edge": size // 4}, mask_pad_size={"height": size // 4, "width": size // 4},
     ))
-    calibration = make_synthetic_shapes(16, image_size=size, seed=0)
-    held_out_images = make_synthetic_shapes(16, image_size=size, seed=1)
+    calibration = make_synthetic_shapes(num_images, image_size=size, seed=0)
+    held_out_images = make_synthetic_shapes(num_images, image_size=size, seed=1)
     held_out = processor(images=list(held_out_images["image"]), return_tensors="pt")["pixel_values"]
 
     sections = {}
     for label, sigma in (("heterogeneous neuron scales (sigma = 1)", 1.0), ("plain random init (sigma = 0)", 0.0)):
-        sections[label] = run(sigma, args.seeds, calibration, held_out, processor)
+        sections[label] = run(sigma, args.seeds, calibration, held_out, processor, config)
         print(f"{label}\n{table(sections[label][0])}\n")
 
-    model = random_sam(0, 1.0)
+    model = random_sam(0, 1.0, config)
     vision = model.config.vision_config
     head_extra = sections["heterogeneous neuron scales (sigma = 1)"][1]
     text = [
@@ -188,7 +194,7 @@ def main() -> None:
         "(replace `random_sam`) for that.",
         "",
     ]
-    path = write_result("reorder_gain.md", "\n".join(text))
+    path = write_result("reorder_gain.md", "\n".join(text), **({"folder": smoke_folder("reorder_gain")} if args.smoke else {}))
     print(f"wrote {path}")
 
 

@@ -12,6 +12,7 @@ step (model and inputs already built) — the memory the step itself needs: grad
 
     python benchmarks/sandwich_step.py                       # CPU
     python benchmarks/sandwich_step.py --device cuda --preset small --batch 4
+    python benchmarks/sandwich_step.py --smoke               # seconds, tiny model, report in a temporary folder
 Writes benchmarks/results/sandwich_step.md (appends a section per run).
 """
 
@@ -29,7 +30,7 @@ import sys
 import torch
 from accelerate import Accelerator
 
-from _common import PRESETS, describe_machine, interleaved_medians, write_result
+from _common import PRESETS, SMOKE_HELP, describe_machine, interleaved_medians, smoke_folder, write_result
 from supersam_hf import SuperSamModel, build_sam_config
 from supersam_hf.losses import sam_loss
 from supersam_hf.training import sandwich_backward, sandwich_subnets
@@ -101,21 +102,22 @@ def measure_memory_here(args, mode: str) -> dict:
 
 
 def measure_memory(args, mode: str) -> float:
-    """Fresh subprocess per mode on CPU (RSS high-water marks never go down); in-process on CUDA."""
-    if args.device != "cpu":
+    """Fresh subprocess per mode on CPU (RSS high-water marks never go down); in-process on CUDA and in --smoke
+    (one Python start less per mode; a smoke run's memory figures mean nothing)."""
+    if args.device != "cpu" or args.smoke:
         return measure_memory_here(args, mode)["peak_mib"]
     command = [sys.executable, __file__, "--_memory_mode", mode, "--device", args.device, "--preset", args.preset,
                "--batch", str(args.batch), "--prompts", str(args.prompts), "--threads", str(args.threads)]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     data = json.loads(result.stdout.strip().splitlines()[-1])
-    if data.get("setup_peak_above_before_mib", 0) > data["peak_mib"]:
+    if data.get("setup_peak_above_before_mib", 0) >= data["peak_mib"]:  # equal: the step never raised the peak
         raise RuntimeError(f"Setup peaked above the step in {mode}; the RSS measurement is not meaningful: {data}")
     return data["peak_mib"]
 
 START_LOAD = os.getloadavg()[0]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", default="bench", choices=sorted(CONFIGS))
@@ -124,7 +126,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads on CPU (0: torch's default)")
     parser.add_argument("--_memory_mode", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.preset, args.batch, args.prompts, args.repeats = "smoke", 1, 2, 1
     if args.threads:
         torch.set_num_threads(args.threads)
     if args._memory_mode:
@@ -168,7 +173,8 @@ sandwich / largest alone = {time_vs_largest:.2f}.
 → ratio **{mem_ratio:.3f}** (goal ≤ 1.15: {'met' if mem_ratio <= 1.15 else 'not met'}).
 """
     print(text)
-    print(f"appended to {write_result('sandwich_step.md', text, append=True)}")
+    folder = {"folder": smoke_folder("sandwich_step")} if args.smoke else {}
+    print(f"appended to {write_result('sandwich_step.md', text, append=True, **folder)}")
 
 
 if __name__ == "__main__":

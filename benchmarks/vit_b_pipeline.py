@@ -10,6 +10,7 @@ stage runs as its own `python -m supersam_hf.cli` process, in a fresh measuring 
     OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/vit_b_pipeline.py [--workdir DIR] [--keep]
 
 With `--workdir`, measured stages are recorded there (progress.json) and a rerun continues after the last one.
+`--smoke`: the tiny preset, every stage in one child process (no per-stage memory), the report in a temporary folder.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import write_result  # noqa: E402
+from _common import SMOKE_HELP, smoke_folder, write_result  # noqa: E402
 
 HUB_ID = "facebook/sam-vit-base"
 REVISION = "0123456789abcdef" * 2 + "01234567"
@@ -44,6 +45,18 @@ started = time.perf_counter()
 done = subprocess.run(argv, stdout=open(sys.argv[2], "w"), stderr=subprocess.STDOUT)
 print(json.dumps({"returncode": done.returncode, "wall_s": time.perf_counter() - started,
                   "maxrss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+"""
+# --smoke: every stage (JSON list of CLI argv) in this one child, one Python start; RSS is the process's peak so far.
+ALL_IN_ONE = """
+import contextlib, json, resource, sys, time
+from supersam_hf.cli import main
+results = []
+with open(sys.argv[2], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    for argv in json.loads(sys.argv[1]):
+        started = time.perf_counter()
+        results.append({"returncode": main(argv), "wall_s": time.perf_counter() - started,
+                        "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss})
+print(json.dumps(results))
 """
 
 
@@ -134,13 +147,30 @@ def run_stage(workdir: Path, env: dict, name: str, argv: list[str]) -> dict:
     return result
 
 
-def main() -> None:
+def run_all_stages(workdir: Path, env: dict, stage_list: list) -> dict[str, dict]:
+    """--smoke: every stage in one child process (see ALL_IN_ONE); name -> result as `run_stage` returns it."""
+    log = workdir / "all_stages.log"
+    done = subprocess.run([sys.executable, "-c", ALL_IN_ONE, json.dumps([argv for _, _, argv in stage_list]), str(log)],
+                          cwd=workdir, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the stages' process failed ({done.returncode}); see {log}:\n{done.stderr[-3000:]}")
+    results = dict(zip((name for name, _, _ in stage_list), json.loads(done.stdout.strip().splitlines()[-1])))
+    for name, result in results.items():
+        if result["returncode"] != 0:
+            raise RuntimeError(f"stage {name} failed ({result['returncode']}); see {log}:\n{log.read_text()[-3000:]}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=None, help="Working folder (default: a temporary one, removed after).")
     parser.add_argument("--keep", action="store_true", help="Keep the working folder.")
     parser.add_argument("--preset", choices=("vit-b", "tiny"), default="vit-b",
                         help="tiny: a 128-px model, to check the script in a minute (writes no result file).")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.preset, args.workdir = "tiny", str(smoke_folder("vit_b_pipeline") / "work")
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="vit_b_pipeline_"))
     workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HOME": str(workdir / "hf_home"), "HF_HUB_OFFLINE": "1",
@@ -157,10 +187,12 @@ def main() -> None:
         done["setup"] = {"params": params, "setup_s": time.perf_counter() - started}
         progress.write_text(json.dumps(done, indent=1))
     rows = []
-    for name, what, argv in stages(str(workdir / "data")):
+    stage_list = stages(str(workdir / "data"))
+    smoke = run_all_stages(workdir, env, stage_list) if args.smoke else {}
+    for name, what, argv in stage_list:
         if name not in done:
             print(f"[vit_b_pipeline] {name}: {what} ...", flush=True)
-            result = run_stage(workdir, env, name, argv)
+            result = smoke[name] if args.smoke else run_stage(workdir, env, name, argv)
             output = workdir / argv[argv.index("--output_dir") + 1]
             done[name] = {"stage": name, "what": what, "wall_s": result["wall_s"],
                           "peak_rss_gib": result["maxrss_kib"] / 2**20, "output_gib": folder_size(output) / 2**30}
@@ -169,15 +201,15 @@ def main() -> None:
         print(f"[vit_b_pipeline]   {name}: {rows[-1]['wall_s']:.0f} s, peak RSS {rows[-1]['peak_rss_gib']:.2f} GiB",
               flush=True)
     params, setup_s = done["setup"]["params"], done["setup"]["setup_s"]
-    if args.preset == "vit-b":
-        write_report(rows, params, setup_s, workdir)
+    if args.preset == "vit-b" or args.smoke:
+        write_report(rows, params, setup_s, workdir, workdir.parent if args.smoke else None)
     else:
         print(json.dumps(rows, indent=1))
     if not args.keep and args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def write_report(rows: list[dict], params: int, setup_s: float, workdir: Path) -> None:
+def write_report(rows: list[dict], params: int, setup_s: float, workdir: Path, folder: Path | None = None) -> None:
     evaluation = json.loads((workdir / "eval" / "eval_results.json").read_text())
     table = ["| stage | what | wall time | peak RSS | output folder |", "|---|---|---|---|---|"]
     for row in rows:
@@ -211,7 +243,7 @@ affected).
 - Every wall time includes starting Python and loading the model (~15-20 s here).
 """
     print(text)
-    print(f"written to {write_result('vit_b_pipeline.md', text)}")
+    print(f"written to {write_result('vit_b_pipeline.md', text, **({'folder': folder} if folder else {}))}")
 
 
 if __name__ == "__main__":

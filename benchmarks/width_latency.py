@@ -10,6 +10,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/width_latency.py                      # CPU, hidden 256, 8 layers, 512 px
     python benchmarks/width_latency.py --preset vit-b --device cuda --dtype bfloat16
+    python benchmarks/width_latency.py --smoke                # seconds, tiny model, report in a temporary folder
 Writes benchmarks/results/width_latency.md (one section per run, appended).
 """
 
@@ -24,7 +25,7 @@ import time
 import torch
 from transformers import SamConfig, SamModel
 
-from _common import PRESETS, describe_machine, interleaved_medians, write_result
+from _common import PRESETS, SMOKE_HELP, describe_machine, interleaved_medians, smoke_folder, write_result
 from supersam_hf import SubnetConfig, SuperSamConfig, SuperSamModel, build_sam_config
 from supersam_hf.costs import count_sam_macs, encoder_macs
 from supersam_hf.modeling_supersam import export_sam_config
@@ -94,7 +95,7 @@ def macs_floor() -> list[str]:
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
     parser.add_argument("--image_size", type=int, default=512, help="Overrides the preset's image size (CPU default 512).")
@@ -105,7 +106,10 @@ def main() -> None:
     parser.add_argument("--clock", default=None, choices=["cpu", "wall"],
                         help="cpu: CPU time of the process (default on CPU; robust on a shared machine); wall: "
                         "wall-clock time (what a user waits for; use it on an idle machine).")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.preset, args.image_size, args.batch, args.repeats = "smoke", PRESETS["smoke"]["image_size"], 1, 1
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
 
     torch.manual_seed(0)
@@ -158,7 +162,7 @@ point prompt; analytic):
 |---|---|---|---|---|
 """ + "\n".join(macs_floor()) + "\n"
     print(text)
-    path = write_result("width_latency.md", text, append=True)
+    path = write_result("width_latency.md", text, append=True, **({"folder": smoke_folder("width_latency")} if args.smoke else {}))
     print(f"appended to {path}")
 
 

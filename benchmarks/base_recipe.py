@@ -9,6 +9,7 @@ about segmentation. This script trains one base per recipe with the project's ow
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/base_recipe.py --recipe demo_default
     PYTHONPATH=src python benchmarks/base_recipe.py --recipe patch8 --steps 1500 --threads 2
+    PYTHONPATH=src python benchmarks/base_recipe.py --smoke   # seconds: tiny model, 2 steps; temporary folder
 
 Each run appends one JSON line to benchmarks/results/base_recipe.jsonl (the ablation log); base_recipe.md is the
 table written from it (`--table`).
@@ -30,11 +31,14 @@ import datasets
 import torch
 from transformers import SamModel
 
-from supersam_hf.configuration_supersam import build_sam_config
-from supersam_hf.data import build_sam_processor, make_hard_shapes
-from supersam_hf.evaluation import box_reference_miou, evaluate_model
-from supersam_hf.modeling_supersam import SuperSamModel
-from supersam_hf.training import SupernetTrainingArguments, train_supernet
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import SMOKE_HELP, smoke_folder  # noqa: E402
+
+from supersam_hf.configuration_supersam import build_sam_config  # noqa: E402
+from supersam_hf.data import build_sam_processor, make_hard_shapes  # noqa: E402
+from supersam_hf.evaluation import box_reference_miou, evaluate_model  # noqa: E402
+from supersam_hf.modeling_supersam import SuperSamModel  # noqa: E402
+from supersam_hf.training import SupernetTrainingArguments, train_supernet  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 LOG = RESULTS / "base_recipe.jsonl"
@@ -45,6 +49,11 @@ DEMO_MODEL = dict(image_size=128, patch_size=16, hidden_size=128, num_hidden_lay
                   window_size=4, output_channels=64)
 DEMO_TRAIN = dict(max_steps=1500, per_device_train_batch_size=4, learning_rate=5e-4, lr_scheduler_type="cosine",
                   warmup_fraction=0.05, prompt_type="box", loss_type="dice_bce", max_instances_per_image=16)
+
+# --smoke: every recipe's code path on a tiny model for 2 steps of batch 2.
+SMOKE_OVERRIDES = dict(model=dict(image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  window_size=2, output_channels=16),
+                       train=dict(max_steps=2, per_device_train_batch_size=2, max_instances_per_image=4))
 
 RECIPES: dict[str, dict] = {
     "demo_default": dict(model={}, train={}),
@@ -123,7 +132,7 @@ def run(recipe: str, overrides: dict, num_train: int, num_eval: int, seed: int, 
     }
 
 
-def time_steps(recipes: list[str], steps: int, threads: int, seed: int = 0) -> dict[str, float]:
+def time_steps(recipes: list[str], steps: int, threads: int, seed: int = 0, overrides: dict | None = None) -> dict[str, float]:
     """Median seconds of one training step (forward + backward + AdamW) of each recipe's model, interleaved.
 
     Interleaving (A, B, A, B, ...) lets machine noise hit every recipe alike, so the ratios hold on a shared machine
@@ -137,8 +146,8 @@ def time_steps(recipes: list[str], steps: int, threads: int, seed: int = 0) -> d
     data = make_hard_shapes(8, 128, seed=seed + 4, domain="A")
     setups = {}
     for name in recipes:
-        model_kwargs = {**DEMO_MODEL, **RECIPES[name]["model"]}
-        train_kwargs = {**DEMO_TRAIN, **RECIPES[name]["train"]}
+        model_kwargs = {**DEMO_MODEL, **RECIPES[name]["model"], **(overrides or {}).get("model", {})}
+        train_kwargs = {**DEMO_TRAIN, **RECIPES[name]["train"], **(overrides or {}).get("train", {})}
         processor = build_sam_processor(model_kwargs["image_size"], model_kwargs["patch_size"])
         examples = SamSegmentationData(data, processor, prompt="box", seed=seed)
         batch = SamCollator(prompt="box")([examples[i] for i in range(train_kwargs["per_device_train_batch_size"])])
@@ -164,9 +173,9 @@ def time_steps(recipes: list[str], steps: int, threads: int, seed: int = 0) -> d
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def write_table() -> Path:
+def write_table(log: Path = LOG, path: Path = RESULTS / "base_recipe.md") -> Path:
     """benchmarks/results/base_recipe.md from the JSON lines of every run so far."""
-    rows = [json.loads(line) for line in LOG.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     lines = ["| recipe | what differs from the demo's base | steps | train s (threads) | box mIoU | box ref | "
              "box − ref | point mIoU | curve (step: mIoU) |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -182,7 +191,6 @@ def write_table() -> Path:
             f"{row['train_seconds']:.0f} ({row['threads']}) | {row['box_miou']:.3f} | {row['box_reference']:.3f} | "
             f"{row['box_miou'] - row['box_reference']:+.3f} | {row['point_miou']:.3f} | {curve or '—'} |"
         )
-    path = RESULTS / "base_recipe.md"
     text = path.read_text() if path.exists() else "# Stand-in base recipe\n\n"
     header = text.split("<!-- table -->")[0]
     reading = text[text.index("\n## "):] if "\n## " in text else ""  # the hand-written readings below the table stay
@@ -203,7 +211,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table", action="store_true", help="Only rewrite base_recipe.md from the log.")
     parser.add_argument("--time", nargs="*", default=None, metavar="RECIPE",
                         help="Only time one training step of these recipes' models (interleaved medians).")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args(argv)
+    if args.smoke:
+        return smoke(args)
     if args.table:
         print(write_table().read_text())
         return
@@ -223,6 +234,17 @@ def main(argv: list[str] | None = None) -> None:
         handle.write(json.dumps(row) + "\n")
     print(json.dumps(row), flush=True)
     write_table()
+
+
+def smoke(args) -> None:
+    """The training + evaluation path, the log and its table (in a temporary folder), and the step timing, tiny."""
+    torch.set_num_threads(args.threads)
+    folder = smoke_folder("base_recipe")
+    row = run(args.recipe, SMOKE_OVERRIDES, num_train=4, num_eval=2, seed=args.seed, eval_every=1)
+    (folder / "base_recipe.jsonl").write_text(json.dumps(row) + "\n")
+    print(write_table(folder / "base_recipe.jsonl", folder / "base_recipe.md").read_text())
+    medians = time_steps(["demo_default", "mixed"], steps=1, threads=args.threads, seed=args.seed, overrides=SMOKE_OVERRIDES)
+    print({name: f"{seconds * 1000:.0f} ms/step" for name, seconds in medians.items()})
 
 
 if __name__ == "__main__":

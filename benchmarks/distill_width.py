@@ -13,6 +13,7 @@ and MLP), the sandwich's smallest subnet, and the largest.
     OMP_NUM_THREADS=1 python benchmarks/distill_width.py train --distill_weight 0 &
     OMP_NUM_THREADS=1 python benchmarks/distill_width.py train --distill_weight 1 &
     wait; python benchmarks/distill_width.py report
+    python benchmarks/distill_width.py --smoke     # seconds: every phase, tiny model, 2 steps; temporary folder
 
 Writes benchmarks/results/distill_width.md; the trained supernets stay in --output (reused by search_vs_random.py).
 """
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, describe_machine  # noqa: E402
+from _common import PRESETS, RESULTS, SMOKE_HELP, describe_machine, smoke_folder  # noqa: E402
 
 from supersam_hf import SuperSamModel, build_sam_config  # noqa: E402
 from supersam_hf.data import build_sam_processor, make_synthetic_shapes  # noqa: E402
@@ -40,7 +41,7 @@ SIZES = dict(image_size=128, hidden_size=128, num_hidden_layers=6, num_attention
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("phase", choices=["base", "train", "report"])
+    parser.add_argument("phase", choices=["base", "train", "report"], nargs="?", help="Required unless --smoke.")
     parser.add_argument("--distill_weight", type=float, default=0.0, help="train: the run's distillation weight.")
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0], help="report: the runs to compare.")
     parser.add_argument("--base_steps", type=int, default=1000, help="Steps of the stand-in base (full model only).")
@@ -51,19 +52,28 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="/work/runs/distill_width")
     parser.add_argument("--results", default=str(RESULTS / "distill_width.md"))
-    return parser.parse_args(argv)
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP + " Runs every phase.")
+    args = parser.parse_args(argv)
+    args.sizes = SIZES
+    if args.smoke:
+        folder = smoke_folder("distill_width")
+        args.sizes, args.base_steps, args.steps, args.train_images, args.eval_images = PRESETS["smoke"], 2, 2, 4, 2
+        args.output, args.results = str(folder / "runs"), str(folder / "distill_width.md")
+    elif args.phase is None:
+        parser.error("give the phase: base, train or report (or --smoke)")
+    return args
 
 
 def run_dir(args, weight: float) -> Path:
     return Path(args.output) / f"distill_{weight:g}"
 
 
-def initial_supernet(seed: int) -> SuperSamModel:
+def initial_supernet(seed: int, sizes: dict = SIZES) -> SuperSamModel:
     """The same random-init supernet for every run (seeded), default search space incl. embedding widths."""
     from transformers import SamModel
 
     torch.manual_seed(seed)
-    return SuperSamModel.from_sam(SamModel(build_sam_config(**SIZES)))
+    return SuperSamModel.from_sam(SamModel(build_sam_config(**sizes)))
 
 
 def base_dir(args) -> Path:
@@ -82,22 +92,22 @@ def training_arguments(args, out: Path, **overrides) -> SupernetTrainingArgument
 
 
 def train_data(args):
-    return make_synthetic_shapes(args.train_images, image_size=SIZES["image_size"], seed=100 + args.seed, domain=args.domain)
+    return make_synthetic_shapes(args.train_images, image_size=args.sizes["image_size"], seed=100 + args.seed, domain=args.domain)
 
 
 def train_base(args) -> None:
     """The stand-in base (full model only, from random init), then converted + prioritized: base/prioritized."""
     from supersam_hf.prioritization import prioritize
 
-    out, processor, data = base_dir(args), build_sam_processor(SIZES["image_size"]), train_data(args)
+    out, processor, data = base_dir(args), build_sam_processor(args.sizes["image_size"]), train_data(args)
     started = time.time()
     supernet = train_supernet(
         training_arguments(args, out / "training", max_steps=args.base_steps, largest_only=True, learning_rate=5e-4,
                            warmup_steps=max(1, args.base_steps // 20), save_steps=args.base_steps),
-        model=initial_supernet(args.seed), processor=processor, train_dataset=data,
+        model=initial_supernet(args.seed, args.sizes), processor=processor, train_dataset=data,
     )
     prioritize(supernet, data, processor, num_images=32, seed=args.seed, show_progress=False,
-               num_elastic_layers=SIZES["num_hidden_layers"] - 2)  # all but two layers elastic, as the demo
+               num_elastic_layers=args.sizes["num_hidden_layers"] - 2)  # all but two layers elastic, as the demo
     supernet.save_pretrained(out / "prioritized")
     processor.save_pretrained(out / "prioritized")
     (out / "bench_base.json").write_text(json.dumps({"seconds": time.time() - started, "steps": args.base_steps}))
@@ -109,7 +119,7 @@ def train(args) -> None:
     from supersam_hf.loading import load_supernet
 
     out = run_dir(args, args.distill_weight)
-    processor = build_sam_processor(SIZES["image_size"])
+    processor = build_sam_processor(args.sizes["image_size"])
     started = time.time()
     train_supernet(
         training_arguments(args, out, max_steps=args.steps, learning_rate=2e-4, warmup_steps=max(1, args.steps // 20),
@@ -147,8 +157,8 @@ def score(supernet: SuperSamModel, data: dict, processor) -> dict[str, dict[str,
 def report(args) -> None:
     from supersam_hf.loading import load_supernet
 
-    processor = build_sam_processor(SIZES["image_size"])
-    test = make_synthetic_shapes(args.eval_images, image_size=SIZES["image_size"], seed=900 + args.seed, domain=args.domain)
+    processor = build_sam_processor(args.sizes["image_size"])
+    test = make_synthetic_shapes(args.eval_images, image_size=args.sizes["image_size"], seed=900 + args.seed, domain=args.domain)
     data = {p: EvaluationData.prepare(test, processor, prompt=p) for p in ("box", "point")}
     columns = {"before sandwich (prioritized base)": score(load_supernet(base_dir(args) / "prioritized", device="cpu").eval(),
                                                          data, processor)}
@@ -165,7 +175,7 @@ def write_report(args, columns: dict[str, dict[str, dict[str, float]]], seconds:
     lines = [
         "# In-place distillation on vs off, narrow embedding widths",
         "",
-        f"A small SAM ({SIZES}) trained from random init for {args.base_steps} steps (full model only, the stand-in "
+        f"A small SAM ({args.sizes}) trained from random init for {args.base_steps} steps (full model only, the stand-in "
         f"base: no pretrained SAM offline), converted to a supernet (embedding widths {{50, 75, 100}} % of the heads, "
         "MLP widths 25–100 %) and prioritized (neurons, channels, heads reordered; 4 of 6 layers elastic), then "
         f"sandwich-trained for {args.steps} steps (largest + smallest + 2 sampled subnets per step, batch 2, lr 2e-4, "
@@ -194,6 +204,13 @@ def write_report(args, columns: dict[str, dict[str, dict[str, float]]], seconds:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.smoke:
+        train_base(args)
+        for weight in args.weights:
+            args.distill_weight = weight
+            train(args)
+        report(args)
+        return
     {"base": train_base, "train": train, "report": report}[args.phase](args)
 
 

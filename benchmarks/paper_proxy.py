@@ -8,6 +8,7 @@ MLP width, embedding width) beats the base zero-shot AND "the box itself as the 
 the same table with one point prompt per object (no box shortcut there).
 
     python benchmarks/paper_proxy.py [--seeds 0 1 2] [--output runs/paper_proxy] [--resume]
+    python benchmarks/paper_proxy.py --smoke      # seconds: one tiny demo run, 1 seed; report in a temporary folder
 
 Seeds run one after the other; the results file is rewritten after each seed, so a run cut short still reports the
 seeds it finished. `--resume` continues runs in --output (finished demo stages are skipped).
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from _common import RESULTS, describe_machine, write_result
+from _common import RESULTS, SMOKE_DEMO_SIZES, SMOKE_HELP, describe_machine, smoke_folder, write_result
 from supersam_hf.commands.demo import PRESETS, DemoArguments, run_demo
 from supersam_hf.data import load_segmentation_dataset
 from supersam_hf.evaluation import box_reference_miou, evaluate_model
@@ -105,7 +106,7 @@ def _verdict(result: dict) -> str:
             f"{yes(gap_box >= -2)}, point {yes(gap_point >= -2)}); {result['seconds'] / 60:.0f} min")
 
 
-def write_report(results: list[dict], previous: str, sizes: dict, name: str) -> Path:
+def write_report(results: list[dict], previous: str, sizes: dict, name: str, folder: Path = RESULTS) -> Path:
     lines = ["| seed | model | MACs | params | box mIoU on B | box − reference | point mIoU on B |",
              "|---|---|---|---|---|---|---|"]
     figure = Figure(figsize=(6, 4))
@@ -123,8 +124,8 @@ def write_report(results: list[dict], previous: str, sizes: dict, name: str) -> 
     axes.set_title("red: box reference, gray: base zero-shot, black: base fine-tuned (box)", fontsize=8)
     axes.legend(fontsize=6)
     figure.tight_layout()
-    RESULTS.mkdir(exist_ok=True)
-    figure.savefig(RESULTS / name.replace(".md", ".png"), dpi=120)
+    folder.mkdir(exist_ok=True)
+    figure.savefig(folder / name.replace(".md", ".png"), dpi=120)
     objects = ", ".join(f"seed {r['seed']}: {r['num_objects_B']}" for r in results)
     text = f"""# Paper proxy on the hard domains ({datetime.date.today()}, {describe_machine(torch.device("cpu"))}, load average {os.getloadavg()[0]:.1f} at the end)
 
@@ -136,7 +137,7 @@ at the original image size; "box itself as the mask" is `evaluation.box_referenc
 Base recipe at 2400 steps (benchmarks/results/base_recipe.md): 0.679 box / 0.570 point on A; this run: {sizes['base_steps']} steps.
 
 """ + "\n".join(lines) + "\n\n" + "\n".join(_verdict(r) for r in results) + f"\n\n![proxy]({name.replace('.md', '.png')})\n"
-    return write_result(name, text + previous)
+    return write_result(name, text + previous, folder=folder)
 
 
 PREVIOUS = """
@@ -149,7 +150,7 @@ barely above the trivial reference: the reason for the hard domains above.
 """
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--output", default="runs/paper_proxy")
@@ -160,20 +161,25 @@ def main() -> None:
     parser.add_argument("--from_json", nargs="+", default=None, metavar="FILE",
                         help="Only write the report from the proxy_results.json of earlier runs (e.g. seeds run in "
                         "parallel into separate --output folders).")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    args = parser.parse_args(argv)
     sizes = PROXY_SIZES if args.preset == "proxy" else PRESETS["default"]
     name = "paper_proxy.md" if args.preset == "proxy" else "paper_proxy_demo_default.md"
     previous = PREVIOUS if args.preset == "proxy" else ""
+    folder = RESULTS
+    if args.smoke:
+        folder, sizes, args.seeds, previous = smoke_folder("paper_proxy"), SMOKE_DEMO_SIZES, [0], ""
+        args.output = str(folder / "runs")
     if args.from_json:
         results = sorted((r for f in args.from_json for r in json.loads(Path(f).read_text())), key=lambda r: r["seed"])
-        print(f"written to {write_report(results, previous, sizes, name)}", flush=True)
+        print(f"written to {write_report(results, previous, sizes, name, folder)}", flush=True)
         return
     results = []
     for seed in args.seeds:
         out = Path(args.output) / f"seed{seed}"
         results.append(measure_seed(out, seed, args.resume and (out / "demo_state.json").exists(), sizes))
         (Path(args.output) / "proxy_results.json").write_text(json.dumps(results, indent=2))
-        print(f"written to {write_report(results, previous, sizes, name)}", flush=True)
+        print(f"written to {write_report(results, previous, sizes, name, folder)}", flush=True)
 
 
 if __name__ == "__main__":

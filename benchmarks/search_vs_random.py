@@ -9,6 +9,7 @@ budget B is exactly what a run of budget k finds, so one run per (strategy, seed
         --split search --test_split test --constraints params:0.5 macs:0.3
     python benchmarks/search_vs_random.py --supernet /work/runs/distill_width/distill_0   # synthetic B search/test images
     python benchmarks/search_vs_random.py            # no trained supernet: an untrained stand-in (see the results file)
+    python benchmarks/search_vs_random.py --smoke    # seconds: tiny stand-in, budget 3, 1 seed; temporary folder
 
 The search space is the supernet's: elastic depth, per-layer MLP width and (supernets with `hidden_size_choices`)
 the uniform embedding width. `--previous FILE` keeps an earlier results file below the new tables, labelled.
@@ -28,13 +29,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, describe_machine  # noqa: E402
+from _common import PRESETS, RESULTS, SMOKE_HELP, describe_machine, smoke_folder  # noqa: E402
 
 from supersam_hf import SuperSamModel, build_sam_config  # noqa: E402
 from supersam_hf.data import load_segmentation_dataset, make_synthetic_shapes  # noqa: E402
 from supersam_hf.evaluation import EvaluationData, evaluate_model  # noqa: E402
 from supersam_hf.loading import load_supernet  # noqa: E402
 from supersam_hf.search import search_subnets  # noqa: E402
+
+# The untrained stand-in supernet's SAM (without --supernet).
+STANDIN = dict(image_size=96, hidden_size=64, num_hidden_layers=6, num_attention_heads=4, window_size=4, output_channels=64)
 
 
 def parse_args(argv=None):
@@ -57,18 +61,24 @@ def parse_args(argv=None):
     parser.add_argument("--previous", default=None, help="An earlier results file, kept (labelled) below the new tables.")
     parser.add_argument("--previous_label", default="Previous run", help="Heading of the --previous section.")
     parser.add_argument("--output", default=str(RESULTS / "search_vs_random.md"))
-    return parser.parse_args(argv)
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    args = parser.parse_args(argv)
+    args.standin = STANDIN
+    if args.smoke:
+        args.standin, args.budget, args.checkpoints, args.seeds = PRESETS["smoke"], 3, "2,3", [0]
+        args.max_images, args.test_images, args.constraints = 2, 2, ["params:0.5", "macs:0.5"]
+        args.output = str(smoke_folder("search_vs_random") / "search_vs_random.md")
+    return args
 
 
-def standin_supernet(dataset, processor) -> SuperSamModel:
+def standin_supernet(dataset, processor, sizes: dict = STANDIN) -> SuperSamModel:
     """A small SAM (random weights) converted and prioritized on the search data: no supernet training."""
     from supersam_hf.prioritization import prioritize
 
     torch.manual_seed(0)
     from transformers import SamModel
 
-    sam = SamModel(build_sam_config(image_size=96, hidden_size=64, num_hidden_layers=6, num_attention_heads=4,
-                                    window_size=4, output_channels=64))
+    sam = SamModel(build_sam_config(**sizes))
     supernet = SuperSamModel.from_sam(sam).eval()
     prioritize(supernet, dataset, processor, num_images=16, show_progress=False)
     return supernet
@@ -101,7 +111,7 @@ def load_inputs(args):
         notes["trained"] = not args.untrained
         notes["supernet"] = (f"`{args.supernet}` ({'trained' if notes['trained'] else 'not trained'}, prioritized: "
                              f"{supernet.config.prioritized}){': ' + args.note if args.note else ''}")
-    image_size = supernet.config.vision_config.image_size if supernet is not None else 96
+    image_size = supernet.config.vision_config.image_size if supernet is not None else args.standin["image_size"]
     test = None
     if args.dataset:
         dataset = load_segmentation_dataset(args.dataset, split=args.split)
@@ -115,10 +125,11 @@ def load_inputs(args):
             test = make_synthetic_shapes(args.test_images, image_size=image_size, seed=3, domain="B")
             notes["data"] += f"; held-out test: {args.test_images} synthetic domain-B images (seed 3)"
     if supernet is None:
-        processor = build_sam_processor(96)
-        supernet = standin_supernet(dataset, processor)
+        processor = build_sam_processor(image_size)
+        supernet = standin_supernet(dataset, processor, args.standin)
         notes["trained"] = False
-        notes["supernet"] = ("an **untrained** stand-in: a random-weight small SAM (96 px, hidden 64, 6 layers) converted "
+        notes["supernet"] = (f"an **untrained** stand-in: a random-weight small SAM ({image_size} px, hidden "
+                             f"{args.standin['hidden_size']}, {args.standin['num_hidden_layers']} layers) converted "
                              "and prioritized on the search images, never sandwich-trained")
     return supernet, processor, dataset, test, notes
 

@@ -8,6 +8,7 @@ sandwich-trains it with exactly the demo's training arguments and steps, searche
 the same search budget and seed, and scores every winner on B's test split with box and point prompts.
 
     python benchmarks/space_2d_vs_3d.py --run runs/paper_proxy/seed0 [...] --seeds 0 [...]
+    python benchmarks/space_2d_vs_3d.py --smoke    # seconds: on a tiny demo run of its own; temporary folder
 
 Writes benchmarks/results/space_2d_vs_3d.md.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from _common import describe_machine, write_result
+from _common import SMOKE_HELP, describe_machine, smoke_demo_run, smoke_folder, write_result
 from supersam_hf.data import load_segmentation_dataset
 from supersam_hf.evaluation import evaluate_model
 from supersam_hf.loading import load_processor, load_supernet
@@ -95,7 +96,7 @@ def _cell(entry: dict | None, key: str) -> str:
     return "— (below the space's fewest MACs)" if entry is None else f"{entry[key]:.3f}"
 
 
-def write_report(results: list[dict]) -> Path:
+def write_report(results: list[dict], **folder) -> Path:
     lines = ["| seed | MACs budget | 3-D winner MACs | 2-D winner MACs | box 3-D | box 2-D | box 3-D − 2-D | "
              "point 3-D | point 2-D | point 3-D − 2-D |", "|---|---|---|---|---|---|---|---|---|---|"]
     for result in results:
@@ -117,17 +118,23 @@ subnets) and seed. mIoU on B's held-out test split, one prompt per object, the m
 Fewest MACs each space can reach (share of the base's): {floors}.
 
 """ + "\n".join(lines) + "\n"
-    return write_result("space_2d_vs_3d.md", text)
+    return write_result("space_2d_vs_3d.md", text, **folder)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", nargs="+", default=[], help="Finished `supersam demo` output folders.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[], help="The --seed of each run, in order.")
     parser.add_argument("--learning_rate", type=float, default=1e-3, help="The demo's supernet learning rate.")
     parser.add_argument("--from_json", nargs="+", default=None, metavar="FILE",
                         help="Only write the report from the space_2d_vs_3d.json of earlier runs.")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        folder = smoke_folder("space_2d_vs_3d")
+        results = [measure_run(smoke_demo_run(folder / "run", seed=0, reductions=(0.5,)), 0, args.learning_rate)]
+        print(f"written to {write_report(results, folder=folder)}", flush=True)
+        return
     if args.from_json:
         results = sorted((r for f in args.from_json for r in json.loads(Path(f).read_text())), key=lambda r: r["seed"])
         print(f"written to {write_report(results)}", flush=True)

@@ -8,6 +8,7 @@ base on B's training split with the demo's batch and loss for each (learning rat
 split with box and point prompts next to the box reference.
 
     python benchmarks/target_recipe.py --run runs/paper_proxy/seed0 --seed 0 --learning_rates 2e-4 5e-4 1e-3 --steps 400
+    python benchmarks/target_recipe.py --smoke    # seconds: on a tiny demo run of its own, 2 steps; temporary folder
 
 Appends to benchmarks/results/target_recipe.jsonl and rewrites target_recipe.md from it.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from _common import RESULTS, describe_machine, write_result
+from _common import RESULTS, SMOKE_HELP, describe_machine, smoke_demo_run, smoke_folder, write_result
 from supersam_hf.data import load_segmentation_dataset
 from supersam_hf.evaluation import evaluate_model
 from supersam_hf.loading import load_processor, load_supernet
@@ -69,8 +70,8 @@ READING = """
 """
 
 
-def write_table() -> Path:
-    rows = [json.loads(line) for line in LOG.read_text().splitlines() if line.strip()]
+def write_table(log: Path = LOG, folder: Path = RESULTS) -> Path:
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     lines = ["| run | seed | learning rate | steps | train s | box mIoU | box ref | box − ref | point mIoU |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -84,18 +85,27 @@ rates and steps; mIoU on B's held-out test split (one prompt per object, the mod
 box itself as the mask. {describe_machine(torch.device("cpu"))}.
 
 """ + "\n".join(lines) + "\n" + READING
-    return write_result("target_recipe.md", text)
+    return write_result("target_recipe.md", text, folder=folder)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, help="A finished `supersam demo` output folder.")
+    parser.add_argument("--run", help="A finished `supersam demo` output folder (required unless --smoke).")
     parser.add_argument("--seed", type=int, default=0, help="The run's --seed.")
     parser.add_argument("--learning_rates", type=float, nargs="+", default=[2e-4, 5e-4, 1e-3])
     parser.add_argument("--steps", type=int, nargs="+", default=[400])
     parser.add_argument("--scratch", default="runs/target_recipe", help="Where the fine-tuned models go.")
     parser.add_argument("--table", action="store_true", help="Only rewrite target_recipe.md from the log.")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        folder = smoke_folder("target_recipe")
+        result = measure(smoke_demo_run(folder / "run", seed=0, reductions=(0.5,)), 1e-3, 2, 0, folder / "scratch")
+        (folder / "target_recipe.jsonl").write_text(json.dumps(result) + "\n")
+        print(f"written to {write_table(folder / 'target_recipe.jsonl', folder)}", flush=True)
+        return
+    if args.run is None and not args.table:
+        parser.error("give --run (a finished demo folder), --table or --smoke")
     if not args.table:
         for steps in args.steps:
             for learning_rate in args.learning_rates:

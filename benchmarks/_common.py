@@ -32,7 +32,7 @@ SMOKE_HELP = ("Run the real code path at the tiniest sizes in seconds (a check, 
 # A tiny `supersam demo` run (stand-in base, mixed prompts, MACs budgets as the paper proxy): what the scripts that
 # measure finished demo runs are smoke-tested on.
 SMOKE_DEMO_SIZES = dict(image_size=64, patch_size=16, window_size=2, hidden_size=64, num_layers=4, decoder_channels=16,
-                        num_train_images=4, num_eval_images=2, num_calibration_images=2, base_steps=1, train_steps=1,
+                        num_train_images=4, num_eval_images=2, num_calibration_images=2, base_steps=2, train_steps=2,
                         search_budget=2, batch_size=2, gradient_accumulation_steps=1)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from _common import SMOKE_HELP, describe_machine, smoke_demo_run, smoke_folder, write_result
+from _common import RESULTS, SMOKE_HELP, describe_machine, smoke_demo_run, smoke_folder, write_result
 from supersam_hf.data import load_segmentation_dataset
 from supersam_hf.evaluation import evaluate_model
 from supersam_hf.loading import load_processor, load_supernet
@@ -96,7 +96,7 @@ def _cell(entry: dict | None, key: str) -> str:
     return "— (below the space's fewest MACs)" if entry is None else f"{entry[key]:.3f}"
 
 
-def write_report(results: list[dict], **folder) -> Path:
+def write_report(results: list[dict], folder: Path = RESULTS) -> Path:
     lines = ["| seed | MACs budget | 3-D winner MACs | 2-D winner MACs | box 3-D | box 2-D | box 3-D − 2-D | "
              "point 3-D | point 2-D | point 3-D − 2-D |", "|---|---|---|---|---|---|---|---|---|---|"]
     for result in results:
@@ -118,7 +118,7 @@ subnets) and seed. mIoU on B's held-out test split, one prompt per object, the m
 Fewest MACs each space can reach (share of the base's): {floors}.
 
 """ + "\n".join(lines) + "\n"
-    return write_result("space_2d_vs_3d.md", text, **folder)
+    return write_result("space_2d_vs_3d.md", text, folder=folder)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         folder = smoke_folder("space_2d_vs_3d")
         results = [measure_run(smoke_demo_run(folder / "run", seed=0, reductions=(0.5,)), 0, args.learning_rate)]
-        print(f"written to {write_report(results, folder=folder)}", flush=True)
+        print(f"written to {write_report(results, folder)}", flush=True)
         return
     if args.from_json:
         results = sorted((r for f in args.from_json for r in json.loads(Path(f).read_text())), key=lambda r: r["seed"])

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import SMOKE_HELP, smoke_folder, write_result  # noqa: E402
+from _common import RESULTS, SMOKE_HELP, smoke_folder, write_result  # noqa: E402
 
 HUB_ID = "facebook/sam-vit-base"
 REVISION = "0123456789abcdef" * 2 + "01234567"
@@ -202,14 +202,14 @@ def main(argv: list[str] | None = None) -> None:
               flush=True)
     params, setup_s = done["setup"]["params"], done["setup"]["setup_s"]
     if args.preset == "vit-b" or args.smoke:
-        write_report(rows, params, setup_s, workdir, workdir.parent if args.smoke else None)
+        write_report(rows, params, setup_s, workdir, workdir.parent if args.smoke else RESULTS)
     else:
         print(json.dumps(rows, indent=1))
     if not args.keep and args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def write_report(rows: list[dict], params: int, setup_s: float, workdir: Path, folder: Path | None = None) -> None:
+def write_report(rows: list[dict], params: int, setup_s: float, workdir: Path, folder: Path = RESULTS) -> None:
     evaluation = json.loads((workdir / "eval" / "eval_results.json").read_text())
     table = ["| stage | what | wall time | peak RSS | output folder |", "|---|---|---|---|---|"]
     for row in rows:
@@ -243,7 +243,7 @@ affected).
 - Every wall time includes starting Python and loading the model (~15-20 s here).
 """
     print(text)
-    print(f"written to {write_result('vit_b_pipeline.md', text, **({'folder': folder} if folder else {}))}")
+    print(f"written to {write_result('vit_b_pipeline.md', text, folder=folder)}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from .search_space import SubnetConfig
 logger = logging.getLogger(__name__)
 
 SUBNET_FILE = "subnet.json"
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
 
 def export_subnet(
@@ -75,7 +76,7 @@ def export_subnet(
         onnx: also write `onnx/` (encoder, point and box decoders; `supersam_hf.onnx_pipeline`), check them against
             PyTorch on deterministic inputs (`onnx/parity.json`) and add an ONNX Runtime section to the card.
             Needs the `[onnx]` extra.
-        quantize: "int8": also write `onnx/vision_encoder_int8.onnx` (dynamic INT8) and measure its mIoU on
+        quantize: "int8": also write `onnx/vision_encoder_quantized.onnx` (dynamic INT8) and measure its mIoU on
             `eval_data` next to fp32's (required; a drop over `int8_threshold`, default 0.01, is a warning).
         eval_data: evaluation images for the ONNX files' mIoU (anything `evaluate_model` takes; an
             `EvaluationData` keeps its prompt); PyTorch, fp32 ONNX and INT8 are scored on the same prompts.
@@ -207,6 +208,7 @@ def _write_export(folder: Path, sam, processor, subnet_record: dict, card_args: 
     sam.save_pretrained(folder)
     if processor is not None:
         processor.save_pretrained(folder)
+        write_preprocessor_config(folder, processor)
     else:
         logger.warning(
             "No processor was given or found with the supernet: the export has no processor files, so pipelines and "
@@ -215,6 +217,16 @@ def _write_export(folder: Path, sam, processor, subnet_record: dict, card_args: 
     text = json.dumps(subnet_record, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
     (folder / SUBNET_FILE).write_text(text + "\n", encoding="utf-8")
     write_model_card(**card_args, repo_id=repo_id)
+
+
+def write_preprocessor_config(folder: Path, processor) -> Path:
+    """`preprocessor_config.json`: the image processor's settings where transformers.js (and older transformers)
+    read them; `processor.save_pretrained` now writes them only nested in `processor_config.json`, which Python
+    keeps reading first, so loading in Python is unchanged."""
+    config = {**processor.image_processor.to_dict(), "processor_class": type(processor).__name__}
+    path = folder / PREPROCESSOR_CONFIG
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
 
 
 # -- the supernet ---------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 `SamModel`, inside the folder it writes, then puts `onnx_card_section` into the model card:
 
 * the files of `onnx_export.export_onnx` (encoder, point decoder, box decoder) and, with `quantize="int8"`,
-  `vision_encoder_int8.onnx` (`onnx_export.quantize_int8`);
+  `vision_encoder_quantized.onnx` + `prompt_encoder_mask_decoder_quantized.onnx` (`onnx_export.quantize_int8`,
+  transformers.js's "q8" names);
 * parity with PyTorch on deterministic inputs (`parity_inputs`: 2 images x 3 prompts, points and boxes), written
   to `onnx/parity.json`: fp32 must match to `PARITY_TOLERANCE` (relative) with identical thresholded masks; the
   INT8 encoder's errors are recorded (quantized, so never exact);
@@ -28,6 +29,7 @@ from .arguments import DEFAULT_PROMPT_TYPE
 from .onnx_export import (
     BOX_DECODER_FILE,
     DECODER_FILE,
+    DECODER_INT8_FILE,
     ENCODER_FILE,
     ENCODER_INT8_FILE,
     INT8_MIOU_DROP_THRESHOLD,
@@ -146,6 +148,7 @@ def export_checked_onnx(
     folder = Path(output_dir) / ONNX_SUBFOLDER
     if quantize == "int8":
         paths["vision_encoder_int8"] = quantize_int8(folder)
+        paths["prompt_encoder_mask_decoder_int8"] = folder / DECODER_INT8_FILE
     parity = {"fp32": _parity(sam, folder, int8=False, boxes=boxes)}
     if quantize == "int8":
         parity["int8"] = _parity(sam, folder, int8=True, boxes=boxes)
@@ -221,15 +224,20 @@ def _evaluation_rows(evaluation: dict[str, Any]) -> list[str]:
 def onnx_card_section(report: dict[str, Any], repo_or_folder: str) -> str:
     """The model card's "ONNX Runtime" section: files, parity with PyTorch, measured mIoUs, usage snippet."""
     files = set(report["files"])
-    listing = [f"- `onnx/{ENCODER_FILE}`: `pixel_values` → `image_embeddings` (once per image)",
-               f"- `onnx/{DECODER_FILE}`: `image_embeddings`, `input_points`, `input_labels` → `iou_scores`, "
-               "`pred_masks` (per prompt set; three masks per prompt)"]
+    listing = [f"- `onnx/{ENCODER_FILE}`: `pixel_values` → `image_embeddings`, `image_positional_embeddings` "
+               "(once per image)",
+               f"- `onnx/{DECODER_FILE}`: `image_embeddings`, `image_positional_embeddings`, `input_points`, "
+               "`input_labels` → `iou_scores`, `pred_masks` (per prompt set; three masks per prompt)"]
     if f"{ONNX_SUBFOLDER}/{BOX_DECODER_FILE}" in files:
-        listing.append(f"- `onnx/{BOX_DECODER_FILE}`: `image_embeddings`, `input_boxes` → `iou_scores`, `pred_masks`")
+        listing.append(f"- `onnx/{BOX_DECODER_FILE}`: `image_embeddings`, `image_positional_embeddings`, "
+                       "`input_boxes` → `iou_scores`, `pred_masks`")
     if f"{ONNX_SUBFOLDER}/{ENCODER_INT8_FILE}" in files:
-        listing.append(f"- `onnx/{ENCODER_INT8_FILE}`: the encoder with dynamic INT8 weights (MatMul/Gemm)")
+        listing.append(f"- `onnx/{ENCODER_INT8_FILE}`: the encoder with dynamic INT8 weights (MatMul/Gemm); "
+                       f"`onnx/{DECODER_INT8_FILE}` is the fp32 decoder under the name transformers.js's `q8` "
+                       "dtype loads")
     verdict = ("match PyTorch" if report["parity_passed"] else "**do not match PyTorch within the tolerance**")
-    lines = ["## ONNX Runtime", "", "ONNX files (optimum's split for SAM; batch, prompts and points are dynamic):",
+    lines = ["## ONNX Runtime", "", "ONNX files (optimum's split and names for SAM, the layout transformers.js loads; "
+             "batch, prompts and points are dynamic):",
              "", *listing, "",
              f"Parity with PyTorch on {report['inputs']}: the fp32 files {verdict} (tolerance "
              f"{report['tolerance']:g} relative, identical masks after thresholding; `onnx/{PARITY_FILE}`).", "",

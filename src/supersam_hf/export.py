@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from .checks import check_finite, is_finite_metric
-from .model_card import find_license, hub_id, recorded_hub_base_model, write_model_card
+from .model_card import (dataset_label, find_license, hub_id, metrics_by_prompt, recorded_hub_base_model,
+                         write_model_card)
 from .modeling_supersam import SuperSamModel
 from .onnx_export import INT8_MIOU_DROP_THRESHOLD
-from .onnx_pipeline import check_onnx_options, export_checked_onnx, onnx_summary
+from .onnx_pipeline import check_onnx_options, export_checked_onnx, measure_miou, onnx_summary
 from .outputs import MANIFEST_NAME, atomic_output_dir, prepare_output_dir
 from .search_space import SubnetConfig
 
@@ -49,6 +50,8 @@ def export_subnet(
     quantize: str | None = None,
     eval_data=None,
     int8_threshold: float | None = None,
+    eval_dataset: str | None = None,
+    eval_split: str | None = None,
 ) -> Path:
     """Write `subnet` of `supernet` as a standard SAM folder (weights, config, processor, `subnet.json`, model card).
 
@@ -78,8 +81,12 @@ def export_subnet(
             Needs the `[onnx]` extra.
         quantize: "int8": also write `onnx/vision_encoder_quantized.onnx` (dynamic INT8) and measure its mIoU on
             `eval_data` next to fp32's (required; a drop over `int8_threshold`, default 0.01, is a warning).
-        eval_data: evaluation images for the ONNX files' mIoU (anything `evaluate_model` takes; an
-            `EvaluationData` keeps its prompt); PyTorch, fp32 ONNX and INT8 are scored on the same prompts.
+        eval_data: evaluation images (anything `evaluate_model` takes; an `EvaluationData` keeps its prompt): the
+            exported checkpoint is scored on them (PyTorch; with `onnx` also the fp32 ONNX files and INT8, on the
+            same prompts) and the card shows that measurement (with `model-index` metadata) for its prompt type,
+            in place of a `metrics` entry of the same prompt type.
+        eval_dataset / eval_split: the Hub name of `eval_data`'s dataset and its split, for the card (a local
+            folder or none is recorded as "local data").
 
     The folder is written into a temporary sibling and moved into place when complete, so a failure (a full disk
     included) leaves `output_dir` as it was. An output equal to, inside or around the supernet's folder is refused.
@@ -102,6 +109,10 @@ def export_subnet(
         if onnx_report is not None:
             subnet_record["onnx"] = onnx_summary(onnx_report)
         card_args["onnx_report"] = onnx_report
+        if eval_data is not None:
+            measured = _measured(sam, subnet, eval_data, processor, onnx_report, eval_dataset, eval_split)
+            metrics = _with_measured(metrics, measured)
+            subnet_record["metrics"] = card_args["metrics"] = metrics
         _write_export(staging, sam, processor, subnet_record,
                       {**card_args, "output": staging, "location": output.resolve()}, card_repo_id)
     logger.info("Exported subnet %s (%d parameters) to %s", subnet.name, sizes["params"], output)
@@ -177,6 +188,28 @@ def _extract_checked(model: SuperSamModel, subnet: SubnetConfig, source: str | N
         raise ValueError(f"The metrics of subnet {subnet.name} hold mIoU {metrics['miou']!r}, not a finite number; a "
                          "NaN/inf result is never exported. Re-evaluate the subnet (check the supernet's weights).")
     return sam
+
+
+def _measured(sam, subnet: SubnetConfig, eval_data, processor, onnx_report: dict | None, eval_dataset: str | None,
+              eval_split: str | None) -> dict[str, Any]:
+    """The exported checkpoint's PyTorch mIoU on `eval_data` (already measured by the ONNX step, if it ran), with
+    the dataset as the card names it and how it was measured; a non-finite result is refused."""
+    if onnx_report is not None and "evaluation" in onnx_report:
+        result = dict(onnx_report["evaluation"]["pytorch"])
+    else:
+        result = measure_miou(sam, eval_data, processor)
+    if not is_finite_metric(result.get("miou")):
+        raise ValueError(f"Subnet {subnet.name} scores mIoU {result.get('miou')!r} on the evaluation data, not a "
+                         "finite number; a NaN/inf result is never exported. Check the supernet's weights and the data.")
+    result.update(dataset=dataset_label(eval_dataset), split=eval_split,
+                  description="measured by `supersam export` on this checkpoint, PyTorch")
+    return {k: v for k, v in result.items() if v is not None}
+
+
+def _with_measured(metrics: dict | None, measured: dict) -> dict:
+    """The card's metrics: the export's own measurement for its prompt type, other prompt types as given."""
+    by_prompt = {**metrics_by_prompt(metrics), measured["prompt"]: measured}
+    return measured if len(by_prompt) == 1 else by_prompt
 
 
 def _subnet_record(model: SuperSamModel, subnet: SubnetConfig, sizes: dict[str, int], base_model: str | None,
@@ -296,4 +329,4 @@ def _push(output: Path, repo_id: str, *, private: bool, token: str | None, subne
 # ---------------------------------------------------------------------------------------------------------------
 
 
-__all__ = ["SUBNET_FILE", "export_subnet"]
+__all__ = ["PREPROCESSOR_CONFIG", "SUBNET_FILE", "export_subnet", "write_preprocessor_config"]

@@ -77,6 +77,7 @@ __all__ = [
     "INT8_MIOU_DROP_THRESHOLD",
     "int8_drop_warning",
     "onnx_usage_snippet",
+    "transformers_js_snippet",
 ]
 
 ONNX_SUBFOLDER = "onnx"
@@ -604,28 +605,69 @@ def int8_drop_warning(fp32_miou: float, int8_miou: float, threshold: float = INT
             f"than the {threshold:.4f} threshold; prefer onnx/{ENCODER_FILE} where accuracy matters.")
 
 
-def onnx_usage_snippet(repo_or_folder: str = "path/to/export", int8: bool = False) -> str:
-    """Markdown for a model card: run the exported files with ONNX Runtime."""
+def onnx_usage_snippet(repo_or_folder: str = "./my-export", int8: bool = False) -> str:
+    """Markdown for a model card: run the exported files with ONNX Runtime (a point prompt on an image the snippet
+    draws itself, so it runs as written). A Hub id is downloaded with `snapshot_download`; a folder is used as is."""
     encoder = f"onnx/{ENCODER_INT8_FILE if int8 else ENCODER_FILE}"
+    decoder = f"onnx/{DECODER_INT8_FILE if int8 else DECODER_FILE}"
+    local = repo_or_folder.startswith((".", "/"))
+    folder = (f'folder = "{repo_or_folder}"' if local else
+              f'folder = snapshot_download("{repo_or_folder}")  # the model\'s files, onnx/ included')
+    hub_import = "" if local else "from huggingface_hub import snapshot_download\n"
     return f"""```python
 import numpy as np
 import onnxruntime as ort
 import torch
+{hub_import}from PIL import Image, ImageDraw
 from transformers import SamProcessor
 
-processor = SamProcessor.from_pretrained("{repo_or_folder}")
-encoder = ort.InferenceSession("{repo_or_folder}/{encoder}")
-decoder = ort.InferenceSession("{repo_or_folder}/onnx/{DECODER_FILE}")
+image = Image.new("RGB", (640, 480), "white")  # your image: Image.open("photo.jpg").convert("RGB")
+ImageDraw.Draw(image).ellipse((200, 150, 440, 330), fill="red")
 
-inputs = processor(images=image, input_points=[[[450, 600]]], return_tensors="pt")
+{folder}
+processor = SamProcessor.from_pretrained(folder)
+encoder = ort.InferenceSession(f"{{folder}}/{encoder}")
+decoder = ort.InferenceSession(f"{{folder}}/{decoder}")
+
+inputs = processor(images=image, input_points=[[[320, 240]]], return_tensors="pt")
 image_embeddings, image_positional_embeddings = encoder.run(  # once per image
     None, {{"pixel_values": inputs["pixel_values"].numpy()}})
 points = inputs["input_points"].numpy().astype(np.float32)
-iou_scores, pred_masks = decoder.run(None, {{
+iou_scores, pred_masks = decoder.run(None, {{  # per prompt set; boxes: onnx/{BOX_DECODER_FILE}, "input_boxes"
     "image_embeddings": image_embeddings,
     "image_positional_embeddings": image_positional_embeddings,
     "input_points": points,
     "input_labels": np.ones(points.shape[:-1], dtype=np.int64),
-}})  # per prompt set; box prompts: onnx/{BOX_DECODER_FILE} with "input_boxes"
-masks = processor.post_process_masks(torch.from_numpy(pred_masks), inputs["original_sizes"], inputs["reshaped_input_sizes"])
+}})
+masks = processor.post_process_masks(torch.from_numpy(pred_masks), inputs["original_sizes"],
+                                     inputs["reshaped_input_sizes"])
+print(masks[0].shape, iou_scores)
+```"""
+
+
+def transformers_js_snippet(repo_or_folder: str = "./my-export") -> str:
+    """Markdown for a model card: the export in transformers.js (browser or Node). A local folder is read with
+    remote models off; a Hub id is downloaded."""
+    local = repo_or_folder.startswith((".", "/"))
+    name = repo_or_folder.rstrip("/").rsplit("/", 1)[-1] if local else repo_or_folder
+    parent = repo_or_folder.rstrip("/").rsplit("/", 1)[0] if local else ""
+    setup = (f'env.allowRemoteModels = false;\nenv.localModelPath = "{parent or "."}";  // the folder holding {name}/\n'
+             if local else "")
+    return f"""```js
+import {{ AutoProcessor, RawImage, SamModel, env }} from "@huggingface/transformers";
+
+{setup}const model = await SamModel.from_pretrained("{name}");  // dtype: "q8" loads the *_quantized.onnx files
+const processor = await AutoProcessor.from_pretrained("{name}");
+
+// A white 640 x 480 image with a red ellipse; your image: await RawImage.read("photo.jpg")
+const [width, height] = [640, 480];
+const pixels = new Uint8ClampedArray(width * height * 3).fill(255);
+for (let y = 0; y < height; y++) for (let x = 0; x < width; x++)
+  if (((x - 320) / 120) ** 2 + ((y - 240) / 90) ** 2 <= 1) pixels.set([255, 0, 0], (y * width + x) * 3);
+const image = new RawImage(pixels, width, height, 3);
+
+const inputs = await processor(image, {{ input_points: [[[320, 240]]] }});
+const outputs = await model(inputs);
+const masks = await processor.post_process_masks(outputs.pred_masks, inputs.original_sizes, inputs.reshaped_input_sizes);
+console.log(masks[0].dims, outputs.iou_scores.data);
 ```"""

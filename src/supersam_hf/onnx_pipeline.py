@@ -40,6 +40,7 @@ from .onnx_export import (
     int8_drop_warning,
     onnx_usage_snippet,
     quantize_int8,
+    transformers_js_snippet,
     require_onnx,
 )
 
@@ -62,10 +63,8 @@ def check_onnx_options(onnx: bool, quantize: str | None, eval_data: Any, process
             f"quantize={quantize!r} needs evaluation data: the card records the INT8 encoder's measured mIoU next to "
             "fp32's. Pass eval_data=... (--dataset_name with its split flags)."
         )
-    if eval_data is not None and not onnx:
-        raise ValueError("eval_data measures the ONNX files' mIoU: also pass onnx=True (--onnx).")
     if eval_data is not None and processor is None:
-        raise ValueError("Measuring the ONNX files' mIoU needs the model's SamProcessor (processor=...).")
+        raise ValueError("Measuring the exported model's mIoU on eval_data needs its SamProcessor (processor=...).")
     if onnx:
         require_onnx()
 
@@ -106,6 +105,13 @@ def _miou(model, eval_data, processor, eval_options: dict[str, Any]) -> dict[str
     result = evaluate_model(model, eval_data, processor, show_progress=False, **eval_options)
     return {k: result[k] for k in ("miou", "per_image_miou", "mean_dice", "num_objects", "num_images", "prompt",
                                    "mask_selection", "seed")}
+
+
+def measure_miou(model, eval_data, processor, eval_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """mIoU (and Dice, counts, how measured) of `model` (PyTorch or ONNX Runtime) on `eval_data`, with the prompt
+    `eval_data` keeps (an `EvaluationData`), else the default one."""
+    options = {"prompt": getattr(eval_data, "prompt", DEFAULT_PROMPT_TYPE), **(eval_options or {})}
+    return _miou(model, eval_data, processor, options)
 
 
 def _evaluate(sam: SamModel, folder: Path, eval_data, processor, int8: bool, threshold: float,
@@ -246,9 +252,14 @@ def onnx_card_section(report: dict[str, Any], repo_or_folder: str) -> str:
         lines += ["Accuracy through ONNX Runtime:", "", *_evaluation_rows(report["evaluation"]), ""]
     lines.append(onnx_usage_snippet(repo_or_folder))
     if f"{ONNX_SUBFOLDER}/{ENCODER_INT8_FILE}" in files:
-        lines += ["", f"For the INT8 encoder, open `onnx/{ENCODER_INT8_FILE}` instead of `onnx/{ENCODER_FILE}`."]
+        lines += ["", f"For the INT8 encoder, open `onnx/{ENCODER_INT8_FILE}` and `onnx/{DECODER_INT8_FILE}` instead."]
+    lines += ["", "## transformers.js", "",
+              "The `onnx/` folder has the layout [transformers.js](https://huggingface.co/docs/transformers.js) loads "
+              "(`preprocessor_config.json` included), in the browser or in Node (`npm install @huggingface/transformers`):",
+              "", transformers_js_snippet(repo_or_folder)]
     return "\n".join(lines)
 
 
 __all__ = ["PARITY_FILE", "PARITY_TOLERANCE", "QUANTIZATIONS", "check_onnx_options", "export_checked_onnx",
+           "measure_miou",
            "onnx_card_section", "onnx_summary", "parity_inputs", "parity_passed"]

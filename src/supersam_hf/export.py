@@ -22,7 +22,8 @@ from .model_card import (dataset_label, find_license, hub_id, metrics_by_prompt,
 from .modeling_supersam import SuperSamModel
 from .onnx_export import INT8_MIOU_DROP_THRESHOLD
 from .onnx_pipeline import check_onnx_options, export_checked_onnx, measure_miou, onnx_summary
-from .outputs import MANIFEST_NAME, atomic_output_dir, prepare_output_dir
+from .hub import push_folder
+from .outputs import atomic_output_dir, prepare_output_dir
 from .search_space import SubnetConfig
 
 logger = logging.getLogger(__name__)
@@ -298,32 +299,12 @@ def _merged(model, copy_first: bool = True):
 # -- output folder and upload ---------------------------------------------------------------------------------
 def _push(output: Path, repo_id: str, *, private: bool, token: str | None, subnet: SubnetConfig, card_args: dict,
           commit_message: str | None) -> None:
-    from huggingface_hub import create_repo, get_token, upload_folder
+    def rewrite_card(resolved: str) -> None:  # a name without namespace resolved to the user's: show it in the card
+        if resolved != repo_id:
+            write_model_card(**card_args, repo_id=resolved)
 
-    token = token or get_token()
-    if not token:
-        raise ValueError(
-            f"Cannot push to the Hub: no Hugging Face token. Set the HF_TOKEN environment variable, run "
-            f"`hf auth login`, or pass --token (token=...). The export is kept in {output}; upload it later with "
-            f"`hf upload {repo_id} {output}`."
-        )
-    try:
-        repo_url = create_repo(repo_id, private=private, exist_ok=True, token=token)
-        if repo_url.repo_id != repo_id:  # a name without namespace resolved to the user's: show it in the card
-            write_model_card(**card_args, repo_id=repo_url.repo_id)
-        commit = upload_folder(
-            folder_path=str(output),
-            repo_id=repo_url.repo_id,
-            token=token,
-            commit_message=commit_message or f"Upload SuperSAM subnet {subnet.name}",
-            ignore_patterns=[MANIFEST_NAME],  # the local record of what this tool wrote, not part of the model
-        )
-    except Exception as error:  # HTTP errors (401, 403, ...) and connection failures: say so without a traceback
-        raise ValueError(
-            f"Pushing {output} to the Hub repo {repo_id} failed ({type(error).__name__}: {error}). The export is kept "
-            f"in {output}."
-        ) from error
-    logger.info("Pushed %s to %s: %s", output, repo_url, commit.commit_url)
+    push_folder(output, repo_id, private=private, token=token, on_repo=rewrite_card,
+                commit_message=commit_message or f"Upload SuperSAM subnet {subnet.name}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

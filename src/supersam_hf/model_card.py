@@ -202,6 +202,64 @@ def write_model_card(
     return card
 
 
+SUPERNET_TAGS = ["supersam", "sam", "segment-anything", "supernet", "nas"]
+
+
+def write_supernet_card(supernet: SuperSamModel, output: Path, *, repo_id: str, summary: dict | None = None,
+                        datasets: list[str] | None = None, license: str | None = None):
+    """`output/README.md` for a trained supernet pushed to the Hub: it says that this is a supernet (not a SAM
+    checkpoint to use as is), how to export a standard SAM subnet from it, its search space and training summary."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    base = recorded_hub_base_model(supernet, None)
+    hub_datasets = [d for d in (datasets or []) if dataset_label(d) != LOCAL_DATA] or None
+    data = ModelCardData(library_name="supersam_hf", license=license, base_model=base, tags=list(SUPERNET_TAGS),
+                         datasets=hub_datasets)
+    space = supernet.search_space
+    largest, smallest = space.largest(), space.smallest()
+    name = repo_id.split("/")[-1]
+    lines = [
+        "---", data.to_yaml(), "---", "", f"# {name}", "",
+        f"A **SuperSAM supernet** trained from **{base or 'a SAM checkpoint'}** with "
+        "[`supersam_hf`](https://github.com/supersam-hf/supersam_hf): a weight-sharing network whose subnetworks "
+        "(fewer encoder layers, narrower MLPs) are smaller Segment Anything models. It is not meant to be used as is: "
+        "search it for the subnet that fits your budget and export that subnet as a standard `SamModel` checkpoint, "
+        "which plain `transformers` (and transformers.js, ONNX Runtime) load.", "",
+        "## Export a SAM model from it", "",
+        "With the command line (`pip install supersam_hf`; `supersam search` scores subnets on your data):", "",
+        "```bash",
+        f"supersam search --model_name_or_path {repo_id} --dataset_name <your dataset> --output_dir search",
+        f"supersam export --model_name_or_path {repo_id} --subnet best --search_dir search --output_dir sam-small",
+        "```", "",
+        "Or in Python, with a subnet of your choice:", "",
+        "```python",
+        "from supersam_hf.export import export_subnet",
+        "from supersam_hf.loading import load_processor, load_supernet",
+        "",
+        f'supernet = load_supernet("{repo_id}", device="cpu")',
+        "subnet = supernet.search_space.smallest()  # or one picked by `supersam search`",
+        f'export_subnet(supernet, subnet, "./sam-small", processor=load_processor("{repo_id}"))',
+        "```", "",
+        "## Search space", "",
+        f"- encoder layers that may be dropped: `{list(space.elastic_layers)}` (at least {space.min_layers} of "
+        f"{space.num_layers} kept)",
+        f"- MLP width choices per layer: `{[list(c) for c in space.mlp_dim_choices]}`",
+        f"- largest subnet: {_count(supernet.count_parameters(largest))} parameters; smallest: "
+        f"{_count(supernet.count_parameters(smallest))}",
+    ]
+    if summary:
+        final = summary.get("final_eval") or {}
+        lines += ["", "## Training", "",
+                  f"Sandwich-rule training, {summary.get('global_step')} steps ({'LoRA' if summary.get('lora') else 'full'}"
+                  f" fine-tuning of the trainable parts), datasets: {', '.join(map(dataset_label, datasets or [])) or 'not recorded'}."]
+        if final.get("miou"):
+            lines.append(f"Validation mIoU ({final.get('prompt')} prompts) at the end: " + ", ".join(
+                f"{k} subnet {v:.4f}" for k, v in final["miou"].items()) + ".")
+    card = ModelCard("\n".join(lines) + "\n")
+    card.save(Path(output) / "README.md")
+    return card
+
+
 def _count(n: int) -> str:
     return f"{format_count(n)} ({n:,})" if n >= 1e3 else f"{n:,}"
 
@@ -331,4 +389,5 @@ __all__ = [
     "recorded_hub_base_model",
     "usage_snippet",
     "write_model_card",
+    "write_supernet_card",
 ]

@@ -45,8 +45,8 @@ class ExportArguments:
         metadata={"help": "Hub repo to push to, 'namespace/name' or 'name' (default: the --output_dir folder name, "
                   "in your namespace)."},
     )
-    hub_private_repo: Optional[bool] = field(
-        default=None, metadata={"help": "Create the Hub repo as private (default: the Hub's default, public)."}
+    hub_private_repo: bool = field(
+        default=False, metadata={"help": "Create the Hub repo as private (default: public)."}
     )
     repo_id: Optional[str] = field(default=None, metadata={"help": "Deprecated alias of --hub_model_id."})
     private: bool = field(default=False, metadata={"help": "Deprecated alias of --hub_private_repo."})
@@ -129,7 +129,7 @@ def run(model_args: ModelArguments, data_args: ExportDataArguments, output_args:
     processor = load_processor(model_args.model_name_or_path, model_args.processor_name_or_path,
                                recorded_base_model(supernet), revision=model_args.revision, token=model_args.token)
     eval_data = _eval_data(data_args, args, processor)
-    repo_id, private = hub_repo_flags(args.hub_model_id, args.hub_private_repo, args.repo_id, args.private)
+    repo_id, private = hub_repo_flags(args.hub_model_id, args.hub_private_repo or None, args.repo_id, args.private)
     output = export_subnet(
         supernet, subnet, output_args.output_dir, processor=processor, metrics=metrics,
         base_model=args.base_model or recorded_base_model(supernet), license=args.license, datasets=args.datasets,

@@ -153,3 +153,16 @@ def test_metrics_without_a_dataset_still_give_model_index(supernet, tmp_path):
     (result,) = card.data.eval_results
     assert result.metric_value == 0.5 and result.dataset_name == "local data"
     assert str(tmp_path) not in card.content
+
+
+def test_pushed_card_snippets_name_the_repo_and_run_against_the_hub(supernet, tmp_path, local_hub, monkeypatch):
+    out = export_subnet(supernet, SUBNET, tmp_path / "local-name", processor=tiny_processor(), onnx=True,
+                        push_to_hub=True, repo_id="user/sam-small", token=local_hub.token)
+    text = (out / "README.md").read_text()
+    assert str(tmp_path) not in text and "./local-name" not in text
+    blocks = [code for lang, code in code_blocks(text) if lang == "python"]
+    assert len(blocks) == 2 and all('"user/sam-small"' in code for code in blocks)
+    monkeypatch.setenv("HF_TOKEN", local_hub.token)
+    for code in blocks:  # downloaded from the (local) Hub, as a visitor of the repo would
+        run_python_block(code, tmp_path, monkeypatch)
+    assert any(path.endswith("/onnx/vision_encoder.onnx") for method, path in local_hub.requests if method == "GET")

@@ -18,6 +18,7 @@ from supersam_hf.cli import main as cli_main
 from supersam_hf.cli import parse_stage_arguments
 from supersam_hf.errors import SupersamError, UnsupportedSetupError
 from supersam_hf.export import export_subnet
+from supersam_hf.loading import load_supernet
 from supersam_hf.training import configure_trainable, train_supernet
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
@@ -117,6 +118,14 @@ def test_lora_config_with_custom_targets_trains_only_those_and_exports_the_merge
     assert weights_a.keys() == weights_b.keys() and not any("lora" in k for k in weights_a)
     for key in weights_a:
         torch.testing.assert_close(weights_a[key], weights_b[key], rtol=0, atol=1e-6)
+    # a folder holding only that adapter loads as the merged supernet, as before
+    unmerged.save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file() and not (tmp_path / "adapter" / "config.json").exists()
+    loaded = load_supernet(tmp_path / "adapter", device="cpu")
+    assert type(loaded) is SuperSamModel and not any("lora" in k for k in loaded.state_dict())
+    for key, value in merged.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=1e-6)
+
     sam = SamModel.from_pretrained(a).eval()
     g = torch.Generator().manual_seed(0)
     inputs = {"pixel_values": torch.randn(1, 3, 64, 64, generator=g),

@@ -351,7 +351,8 @@ _ORT_TO_NUMPY = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(i
 def _run(session, feeds: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
     """Run a session on torch tensors (cast to the graph's input types) → torch tensors."""
     types = {arg.name: _ORT_TO_NUMPY[arg.type] for arg in session.get_inputs()}
-    arrays = {name: value.detach().cpu().numpy().astype(types[name], copy=False) for name, value in feeds.items()}
+    arrays = {name: value.detach().cpu().numpy().astype(types[name], copy=False) for name, value in feeds.items()
+              if name in types}  # files of earlier versions take no image_positional_embeddings
     return [torch.from_numpy(out) for out in session.run(None, arrays)]
 
 
@@ -419,8 +420,9 @@ class OnnxSamModel:
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[-2:]) != (size, size):
             raise ValueError(f"pixel_values must be (batch, 3, {size}, {size}), got {tuple(pixel_values.shape)}; "
                              "resize and pad with the model's SamProcessor.")
-        embeddings, positional = _run(self.encoder, {"pixel_values": pixel_values})
-        self._positional = positional[:1]
+        embeddings, *positional = _run(self.encoder, {"pixel_values": pixel_values})
+        if positional:  # files of earlier versions compute it in the decoder
+            self._positional = positional[0][:1]
         return embeddings
 
     def image_positional_embeddings(self, batch_size: int = 1) -> torch.Tensor:
@@ -440,7 +442,9 @@ class OnnxSamModel:
                              "masks); pick one by iou_scores, or run the PyTorch model for multimask_output=False.")
         if image_embeddings is None:
             image_embeddings = self.get_image_embeddings(pixel_values)
-        positional = self.image_positional_embeddings(image_embeddings.shape[0])
+        needs = {arg.name for arg in self.point_decoder.get_inputs()}
+        positional = (self.image_positional_embeddings(image_embeddings.shape[0])
+                      if "image_positional_embeddings" in needs else None)
         if input_points is not None and input_boxes is not None:
             raise ValueError("The ONNX export has one decoder for points and one for boxes; pass one prompt kind.")
         if input_boxes is not None:

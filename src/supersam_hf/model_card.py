@@ -335,8 +335,9 @@ def _metrics_table(metrics: dict | None) -> str:
         lines.append(f"| {prompt} (one per object, {result.get('mask_selection') or 'single'} mask) | "
                      + " | ".join(cells) + f" | {counts} |")
     if not by_prompt:
-        lines.append("\nNot evaluated at export time. Measure it with `supersam evaluate` (mIoU of point or box "
-                     "prompts on a segmentation dataset).")
+        lines.append("\nNot evaluated at export time. Export with a dataset (`supersam export --dataset_name ...`, "
+                     "`export_subnet(..., eval_data=...)`) to put its measured mIoU here and in the metadata, or "
+                     "measure it with `supersam evaluate` (mIoU of point or box prompts on a segmentation dataset).")
     return "\n".join(lines)
 
 

@@ -63,8 +63,11 @@ def run_python_block(code: str, cwd: Path, monkeypatch) -> None:
 
 def run_js_block(code: str, cwd: Path, tmp_path: Path) -> str:
     node = shutil.which("node")
-    if node is None or not JS_MODULES.is_dir():
-        pytest.skip("node or tests/js/node_modules is missing: the JS snippet is checked by test_transformers_js")
+    if node is None:
+        pytest.skip("node is not installed: the card's transformers.js snippet was not run")
+    if not JS_MODULES.is_dir():
+        pytest.fail(f"transformers.js is not installed in {JS_MODULES.parent}: run `cd tests/js && npm install "
+                    "--ignore-scripts` (as .ci/run does).", pytrace=False)
     script = tmp_path / "snippet.mjs"
     script.write_text(code)
     (tmp_path / "node_modules").symlink_to(JS_MODULES)  # resolve @huggingface/transformers from tests/js
@@ -147,12 +150,13 @@ def test_hub_dataset_is_recorded_by_name(supernet, data, tmp_path):
 
 
 def test_metrics_without_a_dataset_still_give_model_index(supernet, tmp_path):
-    metrics = {"miou": 0.5, "prompt": "point", "num_images": 3, "dataset": str(tmp_path / "my-data")}
+    metrics = {"miou": 0.5, "prompt": "point", "num_images": 3, "dataset": str(tmp_path / "my-data"),
+               "annotations": str(tmp_path / "my-data" / "labels.json")}
     out = export_subnet(supernet, SUBNET, tmp_path / "out", metrics=metrics)
     card = ModelCard.load(out / "README.md")
     (result,) = card.data.eval_results
     assert result.metric_value == 0.5 and result.dataset_name == "local data"
-    assert str(tmp_path) not in card.content
+    assert str(tmp_path) not in card.content and "`annotations`: labels.json" in card.content
 
 
 def test_pushed_card_snippets_name_the_repo_and_run_against_the_hub(supernet, tmp_path, local_hub, monkeypatch):

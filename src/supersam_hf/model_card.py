@@ -290,12 +290,19 @@ print(len(result["masks"]), "masks")
 
 
 def _card_metrics(metrics: dict | None) -> dict | None:
-    """The metrics as the card shows them: every dataset named by `dataset_label` (no machine path)."""
+    """The metrics as the card shows them: every dataset named by `dataset_label`, any other path by its name (a
+    card never carries a path of the exporting machine)."""
     if not metrics:
         return metrics
-    by_prompt = metrics_by_prompt(metrics)
-    cleaned = {prompt: {**result, "dataset": dataset_label(result["dataset"])} if result.get("dataset") else result
-               for prompt, result in by_prompt.items()}
+    def clean(key, value):
+        if key == "dataset":
+            return dataset_label(value)
+        if isinstance(value, str) and (os.path.isabs(value) or value.startswith("~") or Path(value).exists()):
+            return Path(value).name  # a file or folder of this machine: by its name only
+        return value
+
+    cleaned = {prompt: {key: clean(key, value) for key, value in result.items()}
+               for prompt, result in metrics_by_prompt(metrics).items()}
     return next(iter(cleaned.values())) if len(cleaned) == 1 else cleaned
 
 

@@ -29,10 +29,13 @@ setup(
         "matplotlib",
         "tqdm",
         "pyyaml",
-        "tensorboard",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        # tensorboard and wandb (offline) for the tracker tests.
+        "test": ["pytest>=8", "tensorboard", "wandb"],
+        # Experiment trackers for `--report_to` (accelerate drives them; any other it supports works once installed).
+        "trackers": ["tensorboard", "wandb", "trackio"],
+        "tensorboard": ["tensorboard"],
         # ONNX export, ONNX Runtime inference / latency and INT8 quantization (supersam_hf.onnx_export).
         "onnx": ["onnx>=1.16", "onnxscript", "onnxruntime>=1.18"],
     },

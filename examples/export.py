@@ -3,7 +3,7 @@
 Picks the subnet from the search output (`best`, `pareto:N`) or a JSON file, writes a folder that plain
 `transformers` loads (`SamModel.from_pretrained`, `pipeline("mask-generation")`): config.json (model_type "sam"),
 model.safetensors, the processor, subnet.json and a model card (README.md) with the subnet's size, MACs and the
-search's mIoU. `--push_to_hub --repo_id user/name` uploads it (token from HF_TOKEN, `hf auth login` or --token).
+search's mIoU. `--push_to_hub --hub_model_id user/name` uploads it (token from HF_TOKEN, `hf auth login` or --token).
 
     python examples/export.py --model_name_or_path runs/supernet --subnet pareto:0 --search_dir runs/search --output_dir runs/export
     python examples/export.py args.json            # or args.yaml: the same fields as the flags

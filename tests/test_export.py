@@ -88,6 +88,11 @@ def test_export_is_a_vanilla_sam_with_the_subnet_outputs(supernet, exported):
     assert (full.pred_masks - _subnet_outputs(supernet, prompt_inputs("points")).pred_masks).abs().max() > 1e-3
 
     processor = SamProcessor.from_pretrained(exported)
+    # transformers.js reads the image processor from preprocessor_config.json; Python loads the same processor
+    preprocessor = json.loads((exported / "preprocessor_config.json").read_text())
+    assert preprocessor == json.loads(json.dumps({**tiny_processor().image_processor.to_dict(),
+                                                  "processor_class": "SamProcessor"}))
+    assert processor.image_processor.to_dict() == tiny_processor().image_processor.to_dict()
     image = _image()
     reference = tiny_processor()(images=image, input_points=[[[20.0, 24.0]]], return_tensors="pt")
     loaded = processor(images=image, input_points=[[[20.0, 24.0]]], return_tensors="pt")
@@ -129,7 +134,8 @@ def test_model_card_metadata_and_body(supernet, exported):
     assert "`prompt`: point" in body and "`mask_selection`: single" in body and "`num_images`: 8" in body
     assert SUBNET.name in body and "[0, 1, 3, 5]" in body and "[128, 64, 32, 96]" in body
     assert "facebook/sam-vit-base" in body
-    assert f'SamModel.from_pretrained("{exported}")' in body  # no repo id given: the local folder
+    assert 'SamModel.from_pretrained("./tiny-subnet")' in body  # no repo id: the folder, never a machine path
+    assert str(exported.parent) not in (exported / "README.md").read_text()
     # the card comes from the template shipped inside the package
     assert model_card_template().is_file() and "{{ card_data }}" in model_card_template().read_text()
 

@@ -62,9 +62,11 @@ def test_export_writes_optimum_split_with_dynamic_axes(exported):
         assert all(isinstance(shape[0], str) for shape in dims.values()), dims  # dynamic batch everywhere
         if "input_points" in dims:
             assert all(isinstance(d, str) for d in dims["input_points"][:3]), dims  # batch, prompts, points
-    assert io["vision_encoder"] == (["pixel_values"], ["image_embeddings"])
-    assert io["prompt_encoder_mask_decoder"] == (["image_embeddings", "input_points", "input_labels"], ["iou_scores", "pred_masks"])
-    assert io["prompt_encoder_mask_decoder_boxes"] == (["image_embeddings", "input_boxes"], ["iou_scores", "pred_masks"])
+    # optimum's SAM names, what transformers.js's SamModel feeds and reads
+    image = ["image_embeddings", "image_positional_embeddings"]
+    assert io["vision_encoder"] == (["pixel_values"], image)
+    assert io["prompt_encoder_mask_decoder"] == ([*image, "input_points", "input_labels"], ["iou_scores", "pred_masks"])
+    assert io["prompt_encoder_mask_decoder_boxes"] == ([*image, "input_boxes"], ["iou_scores", "pred_masks"])
 
 
 @pytest.mark.parametrize("kind", ["points", "boxes"])
@@ -150,7 +152,11 @@ def test_embedding_width_model_parity(tmp_path):
 def test_int8_encoder(sam, exported):
     folder = exported[0]
     path = quantize_int8(folder)
-    assert path == folder / "onnx" / ENCODER_INT8_FILE and path.stat().st_size > 0
+    assert path == folder / "onnx" / "vision_encoder_quantized.onnx" == folder / "onnx" / ENCODER_INT8_FILE
+    assert path.stat().st_size > 0
+    # transformers.js's "q8" dtype asks for both files under "_quantized" names; the decoder is the fp32 one
+    decoder = folder / "onnx" / "prompt_encoder_mask_decoder_quantized.onnx"
+    assert decoder.read_bytes() == (folder / "onnx" / DECODER_FILE).read_bytes()
     model = OnnxSamModel(folder, int8=True)
     assert model.config.to_dict() == OnnxSamModel(folder).config.to_dict()
     parity = check_parity(sam, model, prompt_inputs("points", batch=2, prompts=3, image_size=IMAGE, seed=1))

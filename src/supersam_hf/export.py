@@ -17,16 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from .checks import check_finite, is_finite_metric
-from .model_card import find_license, hub_id, recorded_hub_base_model, write_model_card
+from .model_card import (dataset_label, find_license, hub_id, metrics_by_prompt, recorded_hub_base_model,
+                         write_model_card)
 from .modeling_supersam import SuperSamModel
 from .onnx_export import INT8_MIOU_DROP_THRESHOLD
-from .onnx_pipeline import check_onnx_options, export_checked_onnx, onnx_summary
-from .outputs import MANIFEST_NAME, atomic_output_dir, prepare_output_dir
+from .onnx_pipeline import check_onnx_options, export_checked_onnx, measure_miou, onnx_summary
+from .hub import push_folder
+from .outputs import atomic_output_dir, prepare_output_dir
 from .search_space import SubnetConfig
 
 logger = logging.getLogger(__name__)
 
 SUBNET_FILE = "subnet.json"
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
 
 def export_subnet(
@@ -48,6 +51,8 @@ def export_subnet(
     quantize: str | None = None,
     eval_data=None,
     int8_threshold: float | None = None,
+    eval_dataset: str | None = None,
+    eval_split: str | None = None,
 ) -> Path:
     """Write `subnet` of `supernet` as a standard SAM folder (weights, config, processor, `subnet.json`, model card).
 
@@ -75,10 +80,14 @@ def export_subnet(
         onnx: also write `onnx/` (encoder, point and box decoders; `supersam_hf.onnx_pipeline`), check them against
             PyTorch on deterministic inputs (`onnx/parity.json`) and add an ONNX Runtime section to the card.
             Needs the `[onnx]` extra.
-        quantize: "int8": also write `onnx/vision_encoder_int8.onnx` (dynamic INT8) and measure its mIoU on
+        quantize: "int8": also write `onnx/vision_encoder_quantized.onnx` (dynamic INT8) and measure its mIoU on
             `eval_data` next to fp32's (required; a drop over `int8_threshold`, default 0.01, is a warning).
-        eval_data: evaluation images for the ONNX files' mIoU (anything `evaluate_model` takes; an
-            `EvaluationData` keeps its prompt); PyTorch, fp32 ONNX and INT8 are scored on the same prompts.
+        eval_data: evaluation images (anything `evaluate_model` takes; an `EvaluationData` keeps its prompt): the
+            exported checkpoint is scored on them (PyTorch; with `onnx` also the fp32 ONNX files and INT8, on the
+            same prompts) and the card shows that measurement (with `model-index` metadata) for its prompt type,
+            in place of a `metrics` entry of the same prompt type.
+        eval_dataset / eval_split: the Hub name of `eval_data`'s dataset and its split, for the card (a local
+            folder or none is recorded as "local data").
 
     The folder is written into a temporary sibling and moved into place when complete, so a failure (a full disk
     included) leaves `output_dir` as it was. An output equal to, inside or around the supernet's folder is refused.
@@ -101,6 +110,10 @@ def export_subnet(
         if onnx_report is not None:
             subnet_record["onnx"] = onnx_summary(onnx_report)
         card_args["onnx_report"] = onnx_report
+        if eval_data is not None:
+            measured = _measured(sam, subnet, eval_data, processor, onnx_report, eval_dataset, eval_split)
+            metrics = _with_measured(metrics, measured)
+            subnet_record["metrics"] = card_args["metrics"] = metrics
         _write_export(staging, sam, processor, subnet_record,
                       {**card_args, "output": staging, "location": output.resolve()}, card_repo_id)
     logger.info("Exported subnet %s (%d parameters) to %s", subnet.name, sizes["params"], output)
@@ -178,6 +191,28 @@ def _extract_checked(model: SuperSamModel, subnet: SubnetConfig, source: str | N
     return sam
 
 
+def _measured(sam, subnet: SubnetConfig, eval_data, processor, onnx_report: dict | None, eval_dataset: str | None,
+              eval_split: str | None) -> dict[str, Any]:
+    """The exported checkpoint's PyTorch mIoU on `eval_data` (already measured by the ONNX step, if it ran), with
+    the dataset as the card names it and how it was measured; a non-finite result is refused."""
+    if onnx_report is not None and "evaluation" in onnx_report:
+        result = dict(onnx_report["evaluation"]["pytorch"])
+    else:
+        result = measure_miou(sam, eval_data, processor)
+    if not is_finite_metric(result.get("miou")):
+        raise ValueError(f"Subnet {subnet.name} scores mIoU {result.get('miou')!r} on the evaluation data, not a "
+                         "finite number; a NaN/inf result is never exported. Check the supernet's weights and the data.")
+    result.update(dataset=dataset_label(eval_dataset), split=eval_split,
+                  description="measured by `supersam export` on this checkpoint, PyTorch")
+    return {k: v for k, v in result.items() if v is not None}
+
+
+def _with_measured(metrics: dict | None, measured: dict) -> dict:
+    """The card's metrics: the export's own measurement for its prompt type, other prompt types as given."""
+    by_prompt = {**metrics_by_prompt(metrics), measured["prompt"]: measured}
+    return measured if len(by_prompt) == 1 else by_prompt
+
+
 def _subnet_record(model: SuperSamModel, subnet: SubnetConfig, sizes: dict[str, int], base_model: str | None,
                    metrics: dict | None) -> dict[str, Any]:
     """The content of subnet.json: the subnet (top-level `kept_layers` / `mlp_dims`, so that
@@ -207,6 +242,7 @@ def _write_export(folder: Path, sam, processor, subnet_record: dict, card_args: 
     sam.save_pretrained(folder)
     if processor is not None:
         processor.save_pretrained(folder)
+        write_preprocessor_config(folder, processor)
     else:
         logger.warning(
             "No processor was given or found with the supernet: the export has no processor files, so pipelines and "
@@ -215,6 +251,16 @@ def _write_export(folder: Path, sam, processor, subnet_record: dict, card_args: 
     text = json.dumps(subnet_record, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
     (folder / SUBNET_FILE).write_text(text + "\n", encoding="utf-8")
     write_model_card(**card_args, repo_id=repo_id)
+
+
+def write_preprocessor_config(folder: Path, processor) -> Path:
+    """`preprocessor_config.json`: the image processor's settings where transformers.js (and older transformers)
+    read them; `processor.save_pretrained` now writes them only nested in `processor_config.json`, which Python
+    keeps reading first, so loading in Python is unchanged."""
+    config = {**processor.image_processor.to_dict(), "processor_class": type(processor).__name__}
+    path = folder / PREPROCESSOR_CONFIG
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
 
 
 # -- the supernet ---------------------------------------------------------------------------------------------
@@ -253,35 +299,15 @@ def _merged(model, copy_first: bool = True):
 # -- output folder and upload ---------------------------------------------------------------------------------
 def _push(output: Path, repo_id: str, *, private: bool, token: str | None, subnet: SubnetConfig, card_args: dict,
           commit_message: str | None) -> None:
-    from huggingface_hub import create_repo, get_token, upload_folder
+    def rewrite_card(resolved: str) -> None:  # a name without namespace resolved to the user's: show it in the card
+        if resolved != repo_id:
+            write_model_card(**card_args, repo_id=resolved)
 
-    token = token or get_token()
-    if not token:
-        raise ValueError(
-            f"Cannot push to the Hub: no Hugging Face token. Set the HF_TOKEN environment variable, run "
-            f"`hf auth login`, or pass --token (token=...). The export is kept in {output}; upload it later with "
-            f"`hf upload {repo_id} {output}`."
-        )
-    try:
-        repo_url = create_repo(repo_id, private=private, exist_ok=True, token=token)
-        if repo_url.repo_id != repo_id:  # a name without namespace resolved to the user's: show it in the card
-            write_model_card(**card_args, repo_id=repo_url.repo_id)
-        commit = upload_folder(
-            folder_path=str(output),
-            repo_id=repo_url.repo_id,
-            token=token,
-            commit_message=commit_message or f"Upload SuperSAM subnet {subnet.name}",
-            ignore_patterns=[MANIFEST_NAME],  # the local record of what this tool wrote, not part of the model
-        )
-    except Exception as error:  # HTTP errors (401, 403, ...) and connection failures: say so without a traceback
-        raise ValueError(
-            f"Pushing {output} to the Hub repo {repo_id} failed ({type(error).__name__}: {error}). The export is kept "
-            f"in {output}."
-        ) from error
-    logger.info("Pushed %s to %s: %s", output, repo_url, commit.commit_url)
+    push_folder(output, repo_id, private=private, token=token, on_repo=rewrite_card,
+                commit_message=commit_message or f"Upload SuperSAM subnet {subnet.name}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-__all__ = ["SUBNET_FILE", "export_subnet"]
+__all__ = ["PREPROCESSOR_CONFIG", "SUBNET_FILE", "export_subnet", "write_preprocessor_config"]

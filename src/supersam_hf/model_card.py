@@ -73,6 +73,24 @@ def hub_id(value: str | None) -> str | None:
     return value
 
 
+LOCAL_DATA = "local data"
+
+
+def dataset_label(value) -> str:
+    """How the card names a dataset: its Hub name, or "local data" for a folder or files on this machine (a card
+    never carries a machine path)."""
+    name = str(value) if value else ""
+    if not name or Path(name).expanduser().exists() or name.startswith((".", "~", "/")) or "\\" in name:
+        return LOCAL_DATA
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return LOCAL_DATA
+    return name if name.count("/") <= 1 else LOCAL_DATA
+
+
 def recorded_hub_base_model(model: SuperSamModel, source: str | None) -> str | None:
     """The base SAM's Hub id: recorded in the config (`base_model`), else the Hub id the model was loaded from."""
     config = model.config
@@ -137,7 +155,10 @@ def write_model_card(
     from huggingface_hub import ModelCard, ModelCardData
 
     model_name = repo_id.split("/")[-1] if repo_id else f"SuperSAM subnet {subnet.name}"
+    metrics = _card_metrics(metrics)
     eval_results = _eval_results(metrics, datasets) or None
+    # Snippets name the Hub repo, else the folder relative to where it sits: never a path of this machine.
+    model_id = repo_id or f"./{Path(location or output).name}"
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="mask-generation",
@@ -173,11 +194,69 @@ def write_model_card(
         subnet_json=json.dumps(subnet.to_dict()),
         metrics_table=_metrics_table(metrics),
         metrics_description=_metrics_description(metrics),
-        repo_id=repo_id or str(location or output),  # location: where the folder ends up (written elsewhere)
+        usage=usage_snippet(model_id),
         training_description=_training_description(model),
-        onnx_section=onnx_card_section(onnx_report, repo_id or str(location or output)) if onnx_report else "",
+        onnx_section=onnx_card_section(onnx_report, model_id) if onnx_report else "",
     )
     card.save(output / "README.md")
+    return card
+
+
+SUPERNET_TAGS = ["supersam", "sam", "segment-anything", "supernet", "nas"]
+
+
+def write_supernet_card(supernet: SuperSamModel, output: Path, *, repo_id: str, summary: dict | None = None,
+                        datasets: list[str] | None = None, license: str | None = None):
+    """`output/README.md` for a trained supernet pushed to the Hub: it says that this is a supernet (not a SAM
+    checkpoint to use as is), how to export a standard SAM subnet from it, its search space and training summary."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    base = recorded_hub_base_model(supernet, None)
+    hub_datasets = [d for d in (datasets or []) if dataset_label(d) != LOCAL_DATA] or None
+    data = ModelCardData(library_name="supersam_hf", license=license, base_model=base, tags=list(SUPERNET_TAGS),
+                         datasets=hub_datasets)
+    space = supernet.search_space
+    largest, smallest = space.largest(), space.smallest()
+    name = repo_id.split("/")[-1]
+    lines = [
+        "---", data.to_yaml(), "---", "", f"# {name}", "",
+        f"A **SuperSAM supernet** trained from **{base or 'a SAM checkpoint'}** with "
+        "[`supersam_hf`](https://github.com/supersam-hf/supersam_hf): a weight-sharing network whose subnetworks "
+        "(fewer encoder layers, narrower MLPs) are smaller Segment Anything models. It is not meant to be used as is: "
+        "search it for the subnet that fits your budget and export that subnet as a standard `SamModel` checkpoint, "
+        "which plain `transformers` (and transformers.js, ONNX Runtime) load.", "",
+        "## Export a SAM model from it", "",
+        "With the command line (`pip install supersam_hf`; `supersam search` scores subnets on your data):", "",
+        "```bash",
+        f"supersam search --model_name_or_path {repo_id} --dataset_name <your dataset> --output_dir search",
+        f"supersam export --model_name_or_path {repo_id} --subnet best --search_dir search --output_dir sam-small",
+        "```", "",
+        "Or in Python, with a subnet of your choice:", "",
+        "```python",
+        "from supersam_hf.export import export_subnet",
+        "from supersam_hf.loading import load_processor, load_supernet",
+        "",
+        f'supernet = load_supernet("{repo_id}", device="cpu")',
+        "subnet = supernet.search_space.smallest()  # or one picked by `supersam search`",
+        f'export_subnet(supernet, subnet, "./sam-small", processor=load_processor("{repo_id}"))',
+        "```", "",
+        "## Search space", "",
+        f"- encoder layers that may be dropped: `{list(space.elastic_layers)}` (at least {space.min_layers} of "
+        f"{space.num_layers} kept)",
+        f"- MLP width choices per layer: `{[list(c) for c in space.mlp_dim_choices]}`",
+        f"- largest subnet: {_count(supernet.count_parameters(largest))} parameters; smallest: "
+        f"{_count(supernet.count_parameters(smallest))}",
+    ]
+    if summary:
+        final = summary.get("final_eval") or {}
+        lines += ["", "## Training", "",
+                  f"Sandwich-rule training, {summary.get('global_step')} steps ({'LoRA' if summary.get('lora') else 'full'}"
+                  f" fine-tuning of the trainable parts), datasets: {', '.join(map(dataset_label, datasets or [])) or 'not recorded'}."]
+        if final.get("miou"):
+            lines.append(f"Validation mIoU ({final.get('prompt')} prompts) at the end: " + ", ".join(
+                f"{k} subnet {v:.4f}" for k, v in final["miou"].items()) + ".")
+    card = ModelCard("\n".join(lines) + "\n")
+    card.save(Path(output) / "README.md")
     return card
 
 
@@ -185,17 +264,61 @@ def _count(n: int) -> str:
     return f"{format_count(n)} ({n:,})" if n >= 1e3 else f"{n:,}"
 
 
+def usage_snippet(model_id: str) -> str:
+    """The card's (and README's) Python snippet: a point prompt with `SamModel` + `SamProcessor`, then every object
+    with the mask-generation pipeline. It defines its own image, so it runs as written."""
+    return f'''```python
+import torch
+from PIL import Image, ImageDraw
+from transformers import SamModel, SamProcessor, pipeline
+
+image = Image.new("RGB", (640, 480), "white")  # your image: Image.open("photo.jpg").convert("RGB")
+ImageDraw.Draw(image).ellipse((200, 150, 440, 330), fill="red")
+
+model = SamModel.from_pretrained("{model_id}")
+processor = SamProcessor.from_pretrained("{model_id}")
+inputs = processor(images=image, input_points=[[[320, 240]]], return_tensors="pt")  # one point on the object
+with torch.no_grad():
+    outputs = model(**inputs)
+masks = processor.post_process_masks(outputs.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"])
+print(masks[0].shape, outputs.iou_scores)  # 3 candidate masks at the image's size, and their predicted IoU
+
+generator = pipeline("mask-generation", model="{model_id}")  # every object of the image
+result = generator(image, points_per_crop=16, points_per_batch=64)  # a 16 x 16 grid of point prompts
+print(len(result["masks"]), "masks")
+```'''
+
+
+def _card_metrics(metrics: dict | None) -> dict | None:
+    """The metrics as the card shows them: every dataset named by `dataset_label`, any other path by its name (a
+    card never carries a path of the exporting machine)."""
+    if not metrics:
+        return metrics
+    def clean(key, value):
+        if key == "dataset":
+            return dataset_label(value)
+        if isinstance(value, str) and (os.path.isabs(value) or value.startswith("~") or Path(value).exists()):
+            return Path(value).name  # a file or folder of this machine: by its name only
+        return value
+
+    cleaned = {prompt: {key: clean(key, value) for key, value in result.items()}
+               for prompt, result in metrics_by_prompt(metrics).items()}
+    return next(iter(cleaned.values())) if len(cleaned) == 1 else cleaned
+
+
 def _eval_results(metrics: dict | None, datasets: list[str] | None) -> list:
-    """model-index entries, one per measured prompt type. They need the evaluation dataset: the one recorded with
-    the metrics, else the (first) training dataset, whose images the search scores subnets on."""
+    """model-index entries, one per measured prompt type, on the evaluation dataset: the one recorded with the
+    metrics, else the (first) training dataset, whose images the search scores subnets on, else "local data"."""
     from huggingface_hub import EvalResult
 
     results = []
     for prompt, result in metrics_by_prompt(metrics).items():
-        miou, dataset = result.get("miou"), result.get("dataset") or (datasets or [None])[0]
-        if isinstance(miou, (int, float)) and dataset:
+        miou = result.get("miou")
+        dataset = dataset_label(result.get("dataset") or (datasets or [None])[0])
+        if isinstance(miou, (int, float)):
             results.append(EvalResult(
-                task_type="mask-generation", dataset_type=str(dataset), dataset_name=str(dataset),
+                task_type="mask-generation", dataset_type="local" if dataset == LOCAL_DATA else dataset,
+                dataset_name=dataset,
                 dataset_split=result.get("split"), metric_type="mean_iou", metric_name=f"mIoU ({prompt} prompt)",
                 metric_value=float(miou),
             ))
@@ -219,8 +342,9 @@ def _metrics_table(metrics: dict | None) -> str:
         lines.append(f"| {prompt} (one per object, {result.get('mask_selection') or 'single'} mask) | "
                      + " | ".join(cells) + f" | {counts} |")
     if not by_prompt:
-        lines.append("\nNot evaluated at export time. Measure it with `supersam evaluate` (mIoU of point or box "
-                     "prompts on a segmentation dataset).")
+        lines.append("\nNot evaluated at export time. Export with a dataset (`supersam export --dataset_name ...`, "
+                     "`export_subnet(..., eval_data=...)`) to put its measured mIoU here and in the metadata, or "
+                     "measure it with `supersam evaluate` (mIoU of point or box prompts on a segmentation dataset).")
     return "\n".join(lines)
 
 
@@ -262,6 +386,8 @@ __all__ = [
     "CARD_PROMPTS",
     "CARD_TAGS",
     "METRIC_NAMES",
+    "LOCAL_DATA",
+    "dataset_label",
     "find_license",
     "format_count",
     "format_macs",
@@ -269,5 +395,7 @@ __all__ = [
     "metrics_by_prompt",
     "model_card_template",
     "recorded_hub_base_model",
+    "usage_snippet",
     "write_model_card",
+    "write_supernet_card",
 ]

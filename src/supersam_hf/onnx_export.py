@@ -1,18 +1,26 @@
 """ONNX export of a `transformers.SamModel`, ONNX Runtime inference, INT8 quantization and ORT latency.
 
-The split and names follow optimum's SAM export, so an image is encoded once and the decoder runs per prompt set:
+The split, file names and input/output names follow optimum's SAM export, the layout transformers.js's `SamModel`
+loads (`onnx/<name>.onnx` for fp32, `onnx/<name>_quantized.onnx` for its "q8" dtype), so an image is encoded once
+and the decoder runs per prompt set:
 
-* ``onnx/vision_encoder.onnx``: ``pixel_values`` (batch, 3, H, W) → ``image_embeddings`` (batch, C, h, w).
-* ``onnx/prompt_encoder_mask_decoder.onnx``: ``image_embeddings``, ``input_points`` (batch, prompts, points, 2),
-  ``input_labels`` (batch, prompts, points) → ``iou_scores`` (batch, prompts, 3), ``pred_masks`` (batch, prompts,
-  3, 4h, 4w) — SAM's three multimask outputs, as optimum exports them.
+* ``onnx/vision_encoder.onnx``: ``pixel_values`` (batch, 3, H, W) → ``image_embeddings`` (batch, C, h, w),
+  ``image_positional_embeddings`` (batch, C, h, w): the image-wide positional embedding, which depends on the
+  weights only (the same for every image); optimum exports it from the encoder and transformers.js feeds it to the
+  decoder, so it is provided the same way.
+* ``onnx/prompt_encoder_mask_decoder.onnx``: ``image_embeddings``, ``image_positional_embeddings``,
+  ``input_points`` (batch, prompts, points, 2), ``input_labels`` (batch, prompts, points) → ``iou_scores`` (batch,
+  prompts, 3), ``pred_masks`` (batch, prompts, 3, 4h, 4w) — SAM's three multimask outputs, as optimum exports them.
 * ``onnx/prompt_encoder_mask_decoder_boxes.onnx``: the same decoder for box prompts, ``image_embeddings``,
-  ``input_boxes`` (batch, prompts, 4) → ``iou_scores``, ``pred_masks``. SAM's prompt encoder appends a padding point
-  only when no box is given, so one traced graph cannot serve both prompt kinds exactly; two small files can.
+  ``image_positional_embeddings``, ``input_boxes`` (batch, prompts, 4) → ``iou_scores``, ``pred_masks``. SAM's
+  prompt encoder appends a padding point only when no box is given, so one traced graph cannot serve both prompt
+  kinds exactly; two small files can (transformers.js's `SamModel` runs the point decoder).
+* with INT8 quantization (`quantize_int8`): ``onnx/vision_encoder_quantized.onnx`` (dynamic INT8 weights) and
+  ``onnx/prompt_encoder_mask_decoder_quantized.onnx``, the fp32 decoder under the name transformers.js's "q8"
+  dtype (its default in the browser) asks for: the decoder is small and stays exact, so the measured INT8 accuracy
+  is that of the quantized encoder alone.
 
-Batch, number of prompts and points per prompt are dynamic axes. Unlike optimum, the image-wide positional
-embedding is not an encoder output: it depends on the weights only, not on the image, so the decoder computes it
-itself (it folds into a constant) instead of every image carrying a (batch, C, h, w) copy through the runtime.
+Batch, number of prompts and points per prompt are dynamic axes.
 Each file stores the model's `SamConfig` as JSON in its metadata (key ``sam_config``), so the folder is
 self-describing.
 
@@ -33,6 +41,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -52,6 +61,7 @@ __all__ = [
     "ENCODER_FILE",
     "ENCODER_INT8_FILE",
     "DECODER_FILE",
+    "DECODER_INT8_FILE",
     "BOX_DECODER_FILE",
     "MISSING_EXTRA_MESSAGE",
     "MissingOnnxExtraError",
@@ -67,12 +77,15 @@ __all__ = [
     "INT8_MIOU_DROP_THRESHOLD",
     "int8_drop_warning",
     "onnx_usage_snippet",
+    "transformers_js_snippet",
 ]
 
 ONNX_SUBFOLDER = "onnx"
 ENCODER_FILE = "vision_encoder.onnx"
-ENCODER_INT8_FILE = "vision_encoder_int8.onnx"
+# transformers.js names a file by its dtype: "" fp32, "_quantized" q8 (dynamic INT8), "_fp16", "_int8", ...
+ENCODER_INT8_FILE = "vision_encoder_quantized.onnx"
 DECODER_FILE = "prompt_encoder_mask_decoder.onnx"
+DECODER_INT8_FILE = "prompt_encoder_mask_decoder_quantized.onnx"
 BOX_DECODER_FILE = "prompt_encoder_mask_decoder_boxes.onnx"
 CONFIG_METADATA_KEY = "sam_config"
 MISSING_EXTRA_MESSAGE = "ONNX support needs extra packages: pip install supersam_hf[onnx]"
@@ -99,44 +112,56 @@ def require_onnx() -> tuple[Any, Any]:
 
 
 class _VisionEncoder(torch.nn.Module):
-    """`pixel_values` → `image_embeddings`, as `SamModel.get_image_embeddings` (without its no_grad wrapper)."""
+    """`pixel_values` → `image_embeddings`, `image_positional_embeddings` (optimum's SAM encoder outputs)."""
 
     def __init__(self, sam: SamModel):
         super().__init__()
         self.sam = sam
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.sam.vision_encoder(pixel_values).last_hidden_state
+    def forward(self, pixel_values: torch.Tensor):
+        embeddings = self.sam.vision_encoder(pixel_values).last_hidden_state
+        positional = self.sam.get_image_wide_positional_embeddings().repeat(pixel_values.shape[0], 1, 1, 1)
+        return embeddings, positional
 
 
-class _PointDecoder(torch.nn.Module):
-    """Prompt encoder + mask decoder for point prompts, through `SamModel.forward` (so its checks stay in force)."""
+class _Decoder(torch.nn.Module):
+    """Prompt encoder + mask decoder, as `SamModel.forward` runs them after the image encoder, with the image-wide
+    positional embedding as an input (optimum's SAM decoder)."""
 
     def __init__(self, sam: SamModel):
         super().__init__()
         self.sam = sam
 
-    def forward(self, image_embeddings, input_points, input_labels):
-        out = self.sam(image_embeddings=image_embeddings, input_points=input_points, input_labels=input_labels,
-                       multimask_output=True)
-        return out.iou_scores, out.pred_masks
+    def decode(self, image_embeddings, image_positional_embeddings, **prompts):
+        sparse, dense = self.sam.prompt_encoder(input_points=prompts.get("input_points"),
+                                                input_labels=prompts.get("input_labels"),
+                                                input_boxes=prompts.get("input_boxes"), input_masks=None)
+        masks, scores = self.sam.mask_decoder(image_embeddings=image_embeddings,
+                                              image_positional_embeddings=image_positional_embeddings,
+                                              sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                              multimask_output=True)[:2]
+        return scores, masks
 
 
-class _BoxDecoder(torch.nn.Module):
+class _PointDecoder(_Decoder):
+    """Prompt encoder + mask decoder for point prompts."""
+
+    def forward(self, image_embeddings, image_positional_embeddings, input_points, input_labels):
+        return self.decode(image_embeddings, image_positional_embeddings, input_points=input_points,
+                           input_labels=input_labels)
+
+
+class _BoxDecoder(_Decoder):
     """Prompt encoder + mask decoder for box prompts."""
 
-    def __init__(self, sam: SamModel):
-        super().__init__()
-        self.sam = sam
-
-    def forward(self, image_embeddings, input_boxes):
-        out = self.sam(image_embeddings=image_embeddings, input_boxes=input_boxes, multimask_output=True)
-        return out.iou_scores, out.pred_masks
+    def forward(self, image_embeddings, image_positional_embeddings, input_boxes):
+        return self.decode(image_embeddings, image_positional_embeddings, input_boxes=input_boxes)
 
 
 _OUTPUT_AXES = {"iou_scores": {0: "batch_size", 1: "point_batch_size"},
                 "pred_masks": {0: "batch_size", 1: "point_batch_size"}}
 _PROMPT_AXES = {0: "batch_size", 1: "point_batch_size", 2: "nb_points_per_image"}
+_IMAGE_AXES = {"image_embeddings": {0: "batch_size"}, "image_positional_embeddings": {0: "batch_size"}}
 
 
 def _exportable(model: SamModel) -> SamModel:
@@ -162,6 +187,8 @@ def _example_inputs(config: SamConfig) -> dict[str, torch.Tensor]:
     return {
         "pixel_values": torch.randn(1, config.vision_config.num_channels, size, size, generator=generator),
         "image_embeddings": torch.randn(1, config.vision_config.output_channels, grid, grid, generator=generator),
+        "image_positional_embeddings": torch.randn(1, config.vision_config.output_channels, grid, grid,
+                                                   generator=generator),
         "input_points": torch.rand(1, 1, 1, 2, generator=generator) * size,
         "input_labels": torch.ones(1, 1, 1, dtype=torch.int64),
         "input_boxes": torch.tensor([[[0.25, 0.25, 0.75, 0.75]]]) * size,
@@ -201,14 +228,16 @@ def _trace(module: torch.nn.Module, args: tuple, path: Path, names: tuple[list, 
 
 
 def export_vision_encoder(model: SamModel, path: str | os.PathLike, *, opset: int = 17) -> Path:
-    """Write only the image encoder (`pixel_values` → `image_embeddings`, dynamic batch) to `path`."""
+    """Write only the image encoder (`pixel_values` → `image_embeddings`, `image_positional_embeddings`; dynamic
+    batch) to `path`."""
     require_onnx()
     model, path = _exportable(model), Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = _example_inputs(model.config)
-    axes = {"pixel_values": {0: "batch_size"}, "image_embeddings": {0: "batch_size"}}
-    _trace(_VisionEncoder(model), (example["pixel_values"],), path, (["pixel_values"], ["image_embeddings"]),
-           axes, opset)
+    axes = {"pixel_values": {0: "batch_size"}, "image_embeddings": {0: "batch_size"},
+            "image_positional_embeddings": {0: "batch_size"}}
+    _trace(_VisionEncoder(model), (example["pixel_values"],), path,
+           (["pixel_values"], ["image_embeddings", "image_positional_embeddings"]), axes, opset)
     _save_with_metadata(path, model.config)
     return path
 
@@ -227,20 +256,21 @@ def export_onnx(model: SamModel, output_dir: str | os.PathLike, *, opset: int = 
     paths = {"vision_encoder": export_vision_encoder(model, folder / ENCODER_FILE, opset=opset)}
 
     path = folder / DECODER_FILE
-    names = (["image_embeddings", "input_points", "input_labels"], ["iou_scores", "pred_masks"])
-    axes = {"image_embeddings": {0: "batch_size"}, "input_points": _PROMPT_AXES, "input_labels": _PROMPT_AXES,
-            **_OUTPUT_AXES}
-    args = (example["image_embeddings"], example["input_points"], example["input_labels"])
+    names = (["image_embeddings", "image_positional_embeddings", "input_points", "input_labels"],
+             ["iou_scores", "pred_masks"])
+    axes = {**_IMAGE_AXES, "input_points": _PROMPT_AXES, "input_labels": _PROMPT_AXES, **_OUTPUT_AXES}
+    args = (example["image_embeddings"], example["image_positional_embeddings"], example["input_points"],
+            example["input_labels"])
     _trace(_PointDecoder(model), args, path, names, axes, opset)
     _save_with_metadata(path, model.config)
     paths["prompt_encoder_mask_decoder"] = path
 
     if boxes:
         path = folder / BOX_DECODER_FILE
-        names = (["image_embeddings", "input_boxes"], ["iou_scores", "pred_masks"])
-        axes = {"image_embeddings": {0: "batch_size"}, "input_boxes": {0: "batch_size", 1: "point_batch_size"},
-                **_OUTPUT_AXES}
-        _trace(_BoxDecoder(model), (example["image_embeddings"], example["input_boxes"]), path, names, axes, opset)
+        names = (["image_embeddings", "image_positional_embeddings", "input_boxes"], ["iou_scores", "pred_masks"])
+        axes = {**_IMAGE_AXES, "input_boxes": {0: "batch_size", 1: "point_batch_size"}, **_OUTPUT_AXES}
+        args = (example["image_embeddings"], example["image_positional_embeddings"], example["input_boxes"])
+        _trace(_BoxDecoder(model), args, path, names, axes, opset)
         _save_with_metadata(path, model.config)
         paths["prompt_encoder_mask_decoder_boxes"] = path
     return paths
@@ -260,7 +290,9 @@ def _onnx_folder(path: str | os.PathLike) -> Path:
 
 
 def quantize_int8(onnx_dir: str | os.PathLike) -> Path:
-    """Dynamic INT8 quantization of the encoder's MatMul/Gemm weights → `vision_encoder_int8.onnx` beside it.
+    """Dynamic INT8 quantization of the encoder's MatMul/Gemm weights → `vision_encoder_quantized.onnx` beside it,
+    and the fp32 decoder as `prompt_encoder_mask_decoder_quantized.onnx`: the pair transformers.js loads for its
+    "q8" dtype (the browser's default). Returns the quantized encoder's path.
 
     Activations are quantized on the fly (no calibration data). The patch-embedding and neck convolutions stay in
     float (about 1 % of a ViT-B encoder's MACs). The graph is shape-inferred and optimised first (`quant_pre_process`), as ONNX Runtime recommends (ONNX shape
@@ -281,6 +313,9 @@ def quantize_int8(onnx_dir: str | os.PathLike) -> Path:
         quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
                          use_external_data_format=large)
     _save_with_metadata(target, config)
+    decoder = folder / DECODER_FILE
+    if decoder.is_file():
+        shutil.copyfile(decoder, folder / DECODER_INT8_FILE)
     return target
 
 
@@ -316,7 +351,8 @@ _ORT_TO_NUMPY = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(i
 def _run(session, feeds: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
     """Run a session on torch tensors (cast to the graph's input types) → torch tensors."""
     types = {arg.name: _ORT_TO_NUMPY[arg.type] for arg in session.get_inputs()}
-    arrays = {name: value.detach().cpu().numpy().astype(types[name], copy=False) for name, value in feeds.items()}
+    arrays = {name: value.detach().cpu().numpy().astype(types[name], copy=False) for name, value in feeds.items()
+              if name in types}  # files of earlier versions take no image_positional_embeddings
     return [torch.from_numpy(out) for out in session.run(None, arrays)]
 
 
@@ -330,7 +366,8 @@ class OnnxSamModel:
 
     Args:
         onnx_dir: the export folder or its `onnx/` subfolder.
-        int8: use `vision_encoder_int8.onnx` (see `quantize_int8`) instead of the float encoder.
+        int8: use `vision_encoder_quantized.onnx` and `prompt_encoder_mask_decoder_quantized.onnx` (see
+            `quantize_int8`; what transformers.js runs with dtype "q8") instead of the float files.
         threads: ONNX Runtime intra-op threads (None: its default, all cores).
         providers: execution providers (default: CPU).
     """
@@ -346,9 +383,13 @@ class OnnxSamModel:
         self.folder, self.int8 = folder, int8
         self.config = _config_from_file(encoder)
         self.encoder = ort_session(encoder, threads, providers)
-        self.point_decoder = ort_session(folder / DECODER_FILE, threads, providers)
+        decoder = folder / (DECODER_INT8_FILE if int8 else DECODER_FILE)
+        if not decoder.is_file():
+            raise FileNotFoundError(f"No {decoder.name} in {str(folder)!r}; export it again (export_onnx, quantize_int8).")
+        self.point_decoder = ort_session(decoder, threads, providers)
         box_file = folder / BOX_DECODER_FILE
         self.box_decoder = ort_session(box_file, threads, providers) if box_file.is_file() else None
+        self._positional: torch.Tensor | None = None  # (1, C, h, w): the same for every image
 
     @classmethod
     def from_pretrained(cls, onnx_dir: str | os.PathLike, **kwargs) -> "OnnxSamModel":
@@ -379,7 +420,18 @@ class OnnxSamModel:
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[-2:]) != (size, size):
             raise ValueError(f"pixel_values must be (batch, 3, {size}, {size}), got {tuple(pixel_values.shape)}; "
                              "resize and pad with the model's SamProcessor.")
-        return _run(self.encoder, {"pixel_values": pixel_values})[0]
+        embeddings, *positional = _run(self.encoder, {"pixel_values": pixel_values})
+        if positional:  # files of earlier versions compute it in the decoder
+            self._positional = positional[0][:1]
+        return embeddings
+
+    def image_positional_embeddings(self, batch_size: int = 1) -> torch.Tensor:
+        """The image-wide positional embedding the decoders take, (batch_size, C, h, w). It depends on the weights
+        only: taken from an encoder run (one on a blank image if none ran yet)."""
+        if self._positional is None:
+            size = self.config.vision_config.image_size
+            self.get_image_embeddings(torch.zeros(1, self.config.vision_config.num_channels, size, size))
+        return self._positional.expand(batch_size, -1, -1, -1)
 
     def __call__(self, pixel_values=None, input_points=None, input_labels=None, input_boxes=None,
                  image_embeddings=None, multimask_output: bool = True, **unused) -> SamImageSegmentationOutput:
@@ -390,16 +442,21 @@ class OnnxSamModel:
                              "masks); pick one by iou_scores, or run the PyTorch model for multimask_output=False.")
         if image_embeddings is None:
             image_embeddings = self.get_image_embeddings(pixel_values)
+        needs = {arg.name for arg in self.point_decoder.get_inputs()}
+        positional = (self.image_positional_embeddings(image_embeddings.shape[0])
+                      if "image_positional_embeddings" in needs else None)
         if input_points is not None and input_boxes is not None:
             raise ValueError("The ONNX export has one decoder for points and one for boxes; pass one prompt kind.")
         if input_boxes is not None:
             if self.box_decoder is None:
                 raise ValueError(f"No {BOX_DECODER_FILE} in {str(self.folder)!r}; export with boxes=True.")
-            iou, masks = _run(self.box_decoder, {"image_embeddings": image_embeddings, "input_boxes": input_boxes})
+            iou, masks = _run(self.box_decoder, {"image_embeddings": image_embeddings, "input_boxes": input_boxes,
+                                                 "image_positional_embeddings": positional})
         elif input_points is not None:
             if input_labels is None:  # as SamModel: every point is a foreground point
                 input_labels = torch.ones(input_points.shape[:-1], dtype=torch.int64)
-            feeds = {"image_embeddings": image_embeddings, "input_points": input_points, "input_labels": input_labels}
+            feeds = {"image_embeddings": image_embeddings, "image_positional_embeddings": positional,
+                     "input_points": input_points, "input_labels": input_labels}
             iou, masks = _run(self.point_decoder, feeds)
         else:
             raise ValueError("Pass input_points (+ input_labels) or input_boxes: the ONNX decoder needs a prompt.")
@@ -552,26 +609,69 @@ def int8_drop_warning(fp32_miou: float, int8_miou: float, threshold: float = INT
             f"than the {threshold:.4f} threshold; prefer onnx/{ENCODER_FILE} where accuracy matters.")
 
 
-def onnx_usage_snippet(repo_or_folder: str = "path/to/export", int8: bool = False) -> str:
-    """Markdown for a model card: run the exported files with ONNX Runtime."""
+def onnx_usage_snippet(repo_or_folder: str = "./my-export", int8: bool = False) -> str:
+    """Markdown for a model card: run the exported files with ONNX Runtime (a point prompt on an image the snippet
+    draws itself, so it runs as written). A Hub id is downloaded with `snapshot_download`; a folder is used as is."""
     encoder = f"onnx/{ENCODER_INT8_FILE if int8 else ENCODER_FILE}"
+    decoder = f"onnx/{DECODER_INT8_FILE if int8 else DECODER_FILE}"
+    local = repo_or_folder.startswith((".", "/"))
+    folder = (f'folder = "{repo_or_folder}"' if local else
+              f'folder = snapshot_download("{repo_or_folder}")  # the model\'s files, onnx/ included')
+    hub_import = "" if local else "from huggingface_hub import snapshot_download\n"
     return f"""```python
 import numpy as np
 import onnxruntime as ort
 import torch
+{hub_import}from PIL import Image, ImageDraw
 from transformers import SamProcessor
 
-processor = SamProcessor.from_pretrained("{repo_or_folder}")
-encoder = ort.InferenceSession("{repo_or_folder}/{encoder}")
-decoder = ort.InferenceSession("{repo_or_folder}/onnx/{DECODER_FILE}")
+image = Image.new("RGB", (640, 480), "white")  # your image: Image.open("photo.jpg").convert("RGB")
+ImageDraw.Draw(image).ellipse((200, 150, 440, 330), fill="red")
 
-inputs = processor(images=image, input_points=[[[450, 600]]], return_tensors="pt")
-(image_embeddings,) = encoder.run(None, {{"pixel_values": inputs["pixel_values"].numpy()}})  # once per image
+{folder}
+processor = SamProcessor.from_pretrained(folder)
+encoder = ort.InferenceSession(f"{{folder}}/{encoder}")
+decoder = ort.InferenceSession(f"{{folder}}/{decoder}")
+
+inputs = processor(images=image, input_points=[[[320, 240]]], return_tensors="pt")
+image_embeddings, image_positional_embeddings = encoder.run(  # once per image
+    None, {{"pixel_values": inputs["pixel_values"].numpy()}})
 points = inputs["input_points"].numpy().astype(np.float32)
-iou_scores, pred_masks = decoder.run(None, {{
+iou_scores, pred_masks = decoder.run(None, {{  # per prompt set; boxes: onnx/{BOX_DECODER_FILE}, "input_boxes"
     "image_embeddings": image_embeddings,
+    "image_positional_embeddings": image_positional_embeddings,
     "input_points": points,
     "input_labels": np.ones(points.shape[:-1], dtype=np.int64),
-}})  # per prompt set; box prompts: onnx/{BOX_DECODER_FILE} with "input_boxes"
-masks = processor.post_process_masks(torch.from_numpy(pred_masks), inputs["original_sizes"], inputs["reshaped_input_sizes"])
+}})
+masks = processor.post_process_masks(torch.from_numpy(pred_masks), inputs["original_sizes"],
+                                     inputs["reshaped_input_sizes"])
+print(masks[0].shape, iou_scores)
+```"""
+
+
+def transformers_js_snippet(repo_or_folder: str = "./my-export") -> str:
+    """Markdown for a model card: the export in transformers.js (browser or Node). A local folder is read with
+    remote models off; a Hub id is downloaded."""
+    local = repo_or_folder.startswith((".", "/"))
+    name = repo_or_folder.rstrip("/").rsplit("/", 1)[-1] if local else repo_or_folder
+    parent = repo_or_folder.rstrip("/").rsplit("/", 1)[0] if local else ""
+    setup = (f'env.allowRemoteModels = false;\nenv.localModelPath = "{parent or "."}";  // the folder holding {name}/\n'
+             if local else "")
+    return f"""```js
+import {{ AutoProcessor, RawImage, SamModel, env }} from "@huggingface/transformers";
+
+{setup}const model = await SamModel.from_pretrained("{name}");  // dtype: "q8" loads the *_quantized.onnx files
+const processor = await AutoProcessor.from_pretrained("{name}");
+
+// A white 640 x 480 image with a red ellipse; your image: await RawImage.read("photo.jpg")
+const [width, height] = [640, 480];
+const pixels = new Uint8ClampedArray(width * height * 3).fill(255);
+for (let y = 0; y < height; y++) for (let x = 0; x < width; x++)
+  if (((x - 320) / 120) ** 2 + ((y - 240) / 90) ** 2 <= 1) pixels.set([255, 0, 0], (y * width + x) * 3);
+const image = new RawImage(pixels, width, height, 3);
+
+const inputs = await processor(image, {{ input_points: [[[320, 240]]] }});
+const outputs = await model(inputs);
+const masks = await processor.post_process_masks(outputs.pred_masks, inputs.original_sizes, inputs.reshaped_input_sizes);
+console.log(masks[0].dims, outputs.iou_scores.data);
 ```"""

@@ -4,7 +4,8 @@
 `SamModel`, inside the folder it writes, then puts `onnx_card_section` into the model card:
 
 * the files of `onnx_export.export_onnx` (encoder, point decoder, box decoder) and, with `quantize="int8"`,
-  `vision_encoder_int8.onnx` (`onnx_export.quantize_int8`);
+  `vision_encoder_quantized.onnx` + `prompt_encoder_mask_decoder_quantized.onnx` (`onnx_export.quantize_int8`,
+  transformers.js's "q8" names);
 * parity with PyTorch on deterministic inputs (`parity_inputs`: 2 images x 3 prompts, points and boxes), written
   to `onnx/parity.json`: fp32 must match to `PARITY_TOLERANCE` (relative) with identical thresholded masks; the
   INT8 encoder's errors are recorded (quantized, so never exact);
@@ -28,6 +29,7 @@ from .arguments import DEFAULT_PROMPT_TYPE
 from .onnx_export import (
     BOX_DECODER_FILE,
     DECODER_FILE,
+    DECODER_INT8_FILE,
     ENCODER_FILE,
     ENCODER_INT8_FILE,
     INT8_MIOU_DROP_THRESHOLD,
@@ -38,6 +40,7 @@ from .onnx_export import (
     int8_drop_warning,
     onnx_usage_snippet,
     quantize_int8,
+    transformers_js_snippet,
     require_onnx,
 )
 
@@ -60,10 +63,8 @@ def check_onnx_options(onnx: bool, quantize: str | None, eval_data: Any, process
             f"quantize={quantize!r} needs evaluation data: the card records the INT8 encoder's measured mIoU next to "
             "fp32's. Pass eval_data=... (--dataset_name with its split flags)."
         )
-    if eval_data is not None and not onnx:
-        raise ValueError("eval_data measures the ONNX files' mIoU: also pass onnx=True (--onnx).")
     if eval_data is not None and processor is None:
-        raise ValueError("Measuring the ONNX files' mIoU needs the model's SamProcessor (processor=...).")
+        raise ValueError("Measuring the exported model's mIoU on eval_data needs its SamProcessor (processor=...).")
     if onnx:
         require_onnx()
 
@@ -106,6 +107,13 @@ def _miou(model, eval_data, processor, eval_options: dict[str, Any]) -> dict[str
                                    "mask_selection", "seed")}
 
 
+def measure_miou(model, eval_data, processor, eval_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """mIoU (and Dice, counts, how measured) of `model` (PyTorch or ONNX Runtime) on `eval_data`, with the prompt
+    `eval_data` keeps (an `EvaluationData`), else the default one."""
+    options = {"prompt": getattr(eval_data, "prompt", DEFAULT_PROMPT_TYPE), **(eval_options or {})}
+    return _miou(model, eval_data, processor, options)
+
+
 def _evaluate(sam: SamModel, folder: Path, eval_data, processor, int8: bool, threshold: float,
               eval_options: dict[str, Any]) -> dict[str, Any]:
     """mIoU of the PyTorch checkpoint and of the ONNX files (fp32, INT8 encoder) on the same data and prompts."""
@@ -146,6 +154,7 @@ def export_checked_onnx(
     folder = Path(output_dir) / ONNX_SUBFOLDER
     if quantize == "int8":
         paths["vision_encoder_int8"] = quantize_int8(folder)
+        paths["prompt_encoder_mask_decoder_int8"] = folder / DECODER_INT8_FILE
     parity = {"fp32": _parity(sam, folder, int8=False, boxes=boxes)}
     if quantize == "int8":
         parity["int8"] = _parity(sam, folder, int8=True, boxes=boxes)
@@ -221,15 +230,20 @@ def _evaluation_rows(evaluation: dict[str, Any]) -> list[str]:
 def onnx_card_section(report: dict[str, Any], repo_or_folder: str) -> str:
     """The model card's "ONNX Runtime" section: files, parity with PyTorch, measured mIoUs, usage snippet."""
     files = set(report["files"])
-    listing = [f"- `onnx/{ENCODER_FILE}`: `pixel_values` → `image_embeddings` (once per image)",
-               f"- `onnx/{DECODER_FILE}`: `image_embeddings`, `input_points`, `input_labels` → `iou_scores`, "
-               "`pred_masks` (per prompt set; three masks per prompt)"]
+    listing = [f"- `onnx/{ENCODER_FILE}`: `pixel_values` → `image_embeddings`, `image_positional_embeddings` "
+               "(once per image)",
+               f"- `onnx/{DECODER_FILE}`: `image_embeddings`, `image_positional_embeddings`, `input_points`, "
+               "`input_labels` → `iou_scores`, `pred_masks` (per prompt set; three masks per prompt)"]
     if f"{ONNX_SUBFOLDER}/{BOX_DECODER_FILE}" in files:
-        listing.append(f"- `onnx/{BOX_DECODER_FILE}`: `image_embeddings`, `input_boxes` → `iou_scores`, `pred_masks`")
+        listing.append(f"- `onnx/{BOX_DECODER_FILE}`: `image_embeddings`, `image_positional_embeddings`, "
+                       "`input_boxes` → `iou_scores`, `pred_masks`")
     if f"{ONNX_SUBFOLDER}/{ENCODER_INT8_FILE}" in files:
-        listing.append(f"- `onnx/{ENCODER_INT8_FILE}`: the encoder with dynamic INT8 weights (MatMul/Gemm)")
+        listing.append(f"- `onnx/{ENCODER_INT8_FILE}`: the encoder with dynamic INT8 weights (MatMul/Gemm); "
+                       f"`onnx/{DECODER_INT8_FILE}` is the fp32 decoder under the name transformers.js's `q8` "
+                       "dtype loads")
     verdict = ("match PyTorch" if report["parity_passed"] else "**do not match PyTorch within the tolerance**")
-    lines = ["## ONNX Runtime", "", "ONNX files (optimum's split for SAM; batch, prompts and points are dynamic):",
+    lines = ["## ONNX Runtime", "", "ONNX files (optimum's split and names for SAM, the layout transformers.js loads; "
+             "batch, prompts and points are dynamic):",
              "", *listing, "",
              f"Parity with PyTorch on {report['inputs']}: the fp32 files {verdict} (tolerance "
              f"{report['tolerance']:g} relative, identical masks after thresholding; `onnx/{PARITY_FILE}`).", "",
@@ -238,9 +252,14 @@ def onnx_card_section(report: dict[str, Any], repo_or_folder: str) -> str:
         lines += ["Accuracy through ONNX Runtime:", "", *_evaluation_rows(report["evaluation"]), ""]
     lines.append(onnx_usage_snippet(repo_or_folder))
     if f"{ONNX_SUBFOLDER}/{ENCODER_INT8_FILE}" in files:
-        lines += ["", f"For the INT8 encoder, open `onnx/{ENCODER_INT8_FILE}` instead of `onnx/{ENCODER_FILE}`."]
+        lines += ["", f"For the INT8 encoder, open `onnx/{ENCODER_INT8_FILE}` and `onnx/{DECODER_INT8_FILE}` instead."]
+    lines += ["", "## transformers.js", "",
+              "The `onnx/` folder has the layout [transformers.js](https://huggingface.co/docs/transformers.js) loads "
+              "(`preprocessor_config.json` included), in the browser or in Node (`npm install @huggingface/transformers`):",
+              "", transformers_js_snippet(repo_or_folder)]
     return "\n".join(lines)
 
 
 __all__ = ["PARITY_FILE", "PARITY_TOLERANCE", "QUANTIZATIONS", "check_onnx_options", "export_checked_onnx",
+           "measure_miou",
            "onnx_card_section", "onnx_summary", "parity_inputs", "parity_passed"]

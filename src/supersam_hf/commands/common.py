@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from ..arguments import DataArguments, OutputArguments
+from ..errors import SupersamError
 from ..outputs import prepare_output_dir
+
+logger = logging.getLogger(__name__)
+
+
+def hub_repo_flags(hub_model_id: str | None, hub_private_repo: bool | None, repo_id: str | None = None,
+                   private: bool = False) -> tuple[str | None, bool]:
+    """(repo id, private) from transformers' Hub flags (`--hub_model_id`, `--hub_private_repo`), with the older
+    `--repo_id` / `--private` kept as deprecated aliases (a warning says so; both names at once must agree)."""
+    for old, new, old_value, new_value in (("--repo_id", "--hub_model_id", repo_id, hub_model_id),
+                                           ("--private", "--hub_private_repo", private or None, hub_private_repo)):
+        if old_value is None:
+            continue
+        logger.warning("%s is deprecated and will be removed; use %s (the name transformers' scripts use).", old, new)
+        if new_value is not None and new_value != old_value:
+            raise SupersamError(f"{old} {old_value!r} and {new} {new_value!r} disagree; give only {new}.")
+    return hub_model_id or repo_id, bool(hub_private_repo if hub_private_repo is not None else private)
 
 
 def prepare_output(output_args: OutputArguments, *inputs: str | None, overwrite: bool | None = None) -> Path:

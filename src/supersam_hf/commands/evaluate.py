@@ -47,7 +47,7 @@ class EvaluateArguments:
                   "onnx/) through ONNX Runtime on CPU, with the same metric. Needs `pip install supersam_hf[onnx]`."},
     )
     onnx_int8: bool = field(
-        default=False, metadata={"help": "With --onnx: use onnx/vision_encoder_int8.onnx (`supersam export --quantize int8`)."}
+        default=False, metadata={"help": "With --onnx: use onnx/vision_encoder_quantized.onnx (`supersam export --quantize int8`)."}
     )
 
 

@@ -15,7 +15,8 @@ from ..onnx_export import INT8_MIOU_DROP_THRESHOLD
 from ..onnx_pipeline import check_onnx_options
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..search.results import select_subnet, subnet_metrics
-from .common import prepare_output
+from ..model_card import metrics_by_prompt
+from .common import hub_repo_flags, prepare_output
 
 
 @dataclass(kw_only=True)
@@ -39,10 +40,16 @@ class ExportArguments:
         default=None, metadata={"help": "Hub ids of the training datasets, for the card's metadata."}
     )
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the exported folder to the Hub."})
-    repo_id: Optional[str] = field(
-        default=None, metadata={"help": "Hub repo to push to, 'namespace/name' (default: the --output_dir folder name)."}
+    hub_model_id: Optional[str] = field(
+        default=None,
+        metadata={"help": "Hub repo to push to, 'namespace/name' or 'name' (default: the --output_dir folder name, "
+                  "in your namespace)."},
     )
-    private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
+    hub_private_repo: bool = field(
+        default=False, metadata={"help": "Create the Hub repo as private (default: public)."}
+    )
+    repo_id: Optional[str] = field(default=None, metadata={"help": "Deprecated alias of --hub_model_id."})
+    private: bool = field(default=False, metadata={"help": "Deprecated alias of --hub_private_repo."})
     commit_message: Optional[str] = field(default=None, metadata={"help": "Commit message of the upload."})
     onnx: bool = field(
         default=False,
@@ -62,11 +69,12 @@ class ExportArguments:
 
 @dataclass(kw_only=True)
 class ExportDataArguments(DataArguments):
-    """The shared data flags; for export the dataset is optional (it scores the ONNX files, --onnx)."""
+    """The shared data flags; for export the dataset is optional (it scores the exported model for its card)."""
 
     dataset_name: Optional[str] = field(
         default=None,
-        metadata={"help": "With --onnx: HF dataset whose --eval_split_name scores PyTorch, fp32-ONNX and INT8 mIoU."},
+        metadata={"help": "HF dataset whose --eval_split_name scores the exported checkpoint for the card (mIoU, "
+                  "model-index); with --onnx also the fp32-ONNX files and INT8."},
     )
 
 
@@ -121,15 +129,18 @@ def run(model_args: ModelArguments, data_args: ExportDataArguments, output_args:
     processor = load_processor(model_args.model_name_or_path, model_args.processor_name_or_path,
                                recorded_base_model(supernet), revision=model_args.revision, token=model_args.token)
     eval_data = _eval_data(data_args, args, processor)
+    repo_id, private = hub_repo_flags(args.hub_model_id, args.hub_private_repo or None, args.repo_id, args.private)
     output = export_subnet(
         supernet, subnet, output_args.output_dir, processor=processor, metrics=metrics,
         base_model=args.base_model or recorded_base_model(supernet), license=args.license, datasets=args.datasets,
-        overwrite=output_args.overwrite_output_dir, push_to_hub=args.push_to_hub, repo_id=args.repo_id,
-        private=args.private, token=model_args.token, commit_message=args.commit_message,
+        overwrite=output_args.overwrite_output_dir, push_to_hub=args.push_to_hub, repo_id=repo_id,
+        private=private, token=model_args.token, commit_message=args.commit_message,
         onnx=args.onnx, quantize=args.quantize, eval_data=eval_data, int8_threshold=args.int8_max_miou_drop,
+        eval_dataset=data_args.dataset_name, eval_split=data_args.eval_split_name,
     )
     record = json.loads((output / SUBNET_FILE).read_text(encoding="utf-8"))
-    miou = f", mIoU {metrics['miou']:.4f}" if isinstance((metrics or {}).get("miou"), float) else ""
+    measured = metrics_by_prompt(record.get("metrics")).get(args.prompt_type) if eval_data is not None else metrics
+    miou = f", mIoU {measured['miou']:.4f}" if isinstance((measured or {}).get("miou"), float) else ""
     print(
         f"supersam export: subnet {subnet.name} ({record['params']:,} parameters, "
         f"{record['params'] / record['base_params']:.1%} of the base{miou}) -> {output}"

@@ -27,7 +27,9 @@ LORA_TARGETS = {
 }
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 MIXED_PRECISION = ("no", "fp16", "bf16")
-REPORT_TO = ("none", "tensorboard")
+# `--report_to`: "none", "all" (every tracker installed) or any of accelerate's trackers (`Accelerator(log_with=)`).
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab")
+REPORT_TO = ("none", "all", *TRACKERS)
 
 
 @dataclass(kw_only=True)
@@ -94,6 +96,12 @@ class SupernetTrainingArguments(OutputArguments, DataArguments, ModelArguments):
     lora_r: int = field(default=0, metadata={"help": "LoRA rank (0: full fine-tuning of the trainable parts)."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA path."})
+    lora_config: Optional[str] = field(
+        default=None,
+        metadata={"help": "A JSON file of peft.LoraConfig fields (target_modules, rank_pattern, use_dora, ...), "
+                  "instead of --lora_r/--lora_alpha/--lora_dropout; without target_modules, the attention of the "
+                  "trainable parts is adapted. The encoder MLPs (sliced for elastic width) cannot be targeted."},
+    )
     logging_steps: int = field(default=10, metadata={"help": "Append losses to metrics.jsonl every N steps (0: off)."})
     save_steps: int = field(default=500, metadata={"help": "Save a resumable checkpoint every N steps (0: only at the end)."})
     save_total_limit: Optional[int] = field(
@@ -107,10 +115,62 @@ class SupernetTrainingArguments(OutputArguments, DataArguments, ModelArguments):
         default=None, metadata={"help": "'latest' (newest under output_dir/checkpoints) or a checkpoint folder."}
     )
     mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={"help": "accelerate mixed precision."})
-    report_to: Literal["none", "tensorboard"] = field(
-        default="none", metadata={"help": "Also log to TensorBoard (output_dir/runs) through accelerate's trackers."}
+    report_to: list[str] = field(
+        default_factory=lambda: ["none"],
+        metadata={"help": f"Experiment trackers, through accelerate: 'none', 'all' (every one installed) or one or more "
+                  f"of {', '.join(TRACKERS)} (space- or comma-separated). Local files go under output_dir (TensorBoard: "
+                  "output_dir/runs). `pip install supersam_hf[trackers]` installs tensorboard, wandb and trackio."},
+    )
+    push_to_hub: bool = field(
+        default=False,
+        metadata={"help": "At the end, upload the trained supernet (weights, processor, a model card saying it is a "
+                  "supernet and how to export from it) to --hub_model_id."},
+    )
+    hub_model_id: Optional[str] = field(
+        default=None, metadata={"help": "Hub repo of --push_to_hub (default: the output_dir folder name, your namespace)."}
+    )
+    hub_private_repo: bool = field(
+        default=False, metadata={"help": "Create the --push_to_hub repo as private (default: public)."}
     )
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+
+    def trackers(self) -> list[str]:
+        """`report_to` as a list of tracker names ([] for "none"; ["all"] for every installed one); a string, a
+        list and comma-separated names are all accepted."""
+        values = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to or [])
+        names = [name.strip() for value in values for name in str(value).split(",") if name.strip()]
+        return [] if names in ([], ["none"]) else list(dict.fromkeys(names))
+
+    def uses_lora(self) -> bool:
+        return bool(self.lora_r or self.lora_config)
+
+    def lora_config_fields(self) -> dict:
+        """The fields of `lora_config` (a JSON object), checked to be `peft.LoraConfig` fields; {} without it."""
+        if not self.lora_config:
+            return {}
+        import dataclasses as dc
+        import json
+        from pathlib import Path
+
+        from peft import LoraConfig
+
+        from ..errors import SupersamError
+
+        path = Path(self.lora_config).expanduser()
+        if not path.is_file():
+            raise SupersamError(f"--lora_config {self.lora_config}: no such file; give a JSON file of LoraConfig fields.")
+        try:
+            fields = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise SupersamError(f"--lora_config {self.lora_config} is not valid JSON ({error}).") from None
+        if not isinstance(fields, dict):
+            raise SupersamError(f"--lora_config {self.lora_config}: expected a JSON object of LoraConfig fields.")
+        known = {f.name for f in dc.fields(LoraConfig)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise SupersamError(f"--lora_config {self.lora_config}: {', '.join(unknown)}: not a peft.LoraConfig field "
+                                "(see https://huggingface.co/docs/peft/package_reference/lora).")
+        return fields
 
     def trainable_parts(self) -> tuple[str, ...]:
         return tuple(p.strip() for p in self.trainable.split(",") if p.strip())
@@ -140,13 +200,20 @@ class SupernetTrainingArguments(OutputArguments, DataArguments, ModelArguments):
              f"Unknown mask_kind {self.mask_kind!r}; valid kinds are {MASK_KINDS} (or None to auto-detect).")
         need(self.lr_scheduler_type in SCHEDULERS, f"Unknown lr_scheduler_type {self.lr_scheduler_type!r}; choose one of {SCHEDULERS}.")
         need(self.mixed_precision in MIXED_PRECISION, f"Unknown mixed_precision {self.mixed_precision!r}; choose one of {MIXED_PRECISION}.")
-        need(self.report_to in REPORT_TO, f"Unknown report_to {self.report_to!r}; choose one of {REPORT_TO}.")
+        _check_trackers(self.trackers())
         parts = self.trainable_parts()
         unknown = [p for p in parts if p not in TRAINABLE_PARTS]
         need(bool(parts) and not unknown, f"trainable={self.trainable!r}: give a comma-separated subset of {TRAINABLE_PARTS}.")
         if self.lora_r:
             need(self.lora_r > 0 and self.lora_alpha > 0, "lora_r and lora_alpha must be > 0 (lora_r=0 turns LoRA off).")
             need(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        if self.lora_r and self.lora_config:
+            from ..errors import SupersamError
+
+            raise SupersamError("Give --lora_config (a LoraConfig JSON, rank included) or --lora_r/--lora_alpha/"
+                                "--lora_dropout, not both.")
+        lora_fields = self.lora_config_fields()
+        if self.uses_lora() and not lora_fields.get("target_modules"):
             need(any(p in LORA_TARGETS for p in parts), "LoRA adapts attention of the encoder/decoder: put one of them in trainable.")
         need(0 <= self.validation_fraction < 1, f"validation_fraction must be in [0, 1), got {self.validation_fraction}.")
         need(not (self.eval_split_name and self.validation_fraction),
@@ -160,4 +227,28 @@ class SupernetTrainingArguments(OutputArguments, DataArguments, ModelArguments):
              "logging_steps, save_steps, eval_steps and dataloader_num_workers must be >= 0.")
 
 
-__all__ = ["LORA_TARGETS", "PART_PREFIXES", "SupernetTrainingArguments", "TRAINABLE_PARTS"]
+def _check_trackers(names: list[str]) -> None:
+    """Every named tracker is one accelerate knows and is installed ("all" and "none" stand alone): accelerate
+    itself would silently skip a tracker whose package is missing."""
+    from accelerate.utils import LoggerType
+    from accelerate.tracking import get_available_trackers
+
+    from ..errors import SupersamError, UnsupportedSetupError
+
+    unknown = [name for name in names if name not in REPORT_TO]
+    if unknown:
+        raise SupersamError(f"--report_to {' '.join(unknown)}: unknown tracker; choose 'none', 'all' or any of "
+                            f"{', '.join(TRACKERS)}.")
+    if len(names) > 1 and ("none" in names or "all" in names):
+        raise SupersamError(f"--report_to {' '.join(names)}: 'none' and 'all' stand alone; give one of them or a "
+                            "list of trackers.")
+    available = {str(LoggerType(tracker)) for tracker in get_available_trackers()}
+    missing = [name for name in names if name not in ("all", "none") and name not in available]
+    if missing:
+        raise UnsupportedSetupError(
+            f"--report_to {' '.join(missing)}: not installed; pip install 'supersam_hf[trackers]' (tensorboard, wandb, "
+            f"trackio) or pip install {' '.join(missing)}."
+        )
+
+
+__all__ = ["LORA_TARGETS", "PART_PREFIXES", "REPORT_TO", "SupernetTrainingArguments", "TRACKERS", "TRAINABLE_PARTS"]

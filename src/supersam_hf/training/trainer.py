@@ -32,6 +32,9 @@ from tqdm.auto import tqdm
 from transformers import SamProcessor, get_scheduler
 
 from ..data import SamSegmentationData, load_segmentation_dataset
+from ..errors import SupersamError
+from ..hub import push_folder, resolve_token
+from ..model_card import write_supernet_card
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..modeling_supersam import SuperSamModel
 from .arguments import LORA_TARGETS, PART_PREFIXES, SupernetTrainingArguments
@@ -111,14 +114,25 @@ def configure_trainable(model: SuperSamModel, args: SupernetTrainingArguments) -
     parts = args.trainable_parts()
     for name, param in model.named_parameters():
         param.requires_grad_(any(name.startswith(prefix) for part in parts for prefix in PART_PREFIXES[part]))
-    if not args.lora_r:
+    if not args.uses_lora():
         return model
     from peft import LoraConfig, get_peft_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     targets = "|".join(f"(?:{LORA_TARGETS[p]})" for p in parts if p in LORA_TARGETS)
-    config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                        target_modules=f"(?:{targets})", bias="none")
-    peft_model = get_peft_model(model, config)
+    fields = args.lora_config_fields() or {"r": args.lora_r, "lora_alpha": args.lora_alpha,
+                                           "lora_dropout": args.lora_dropout, "bias": "none"}
+    try:
+        config = LoraConfig(**{"target_modules": f"(?:{targets})", **fields})
+        peft_model = get_peft_model(model, config)
+    except (TypeError, ValueError) as error:  # a field of the wrong type or value, targets matching nothing
+        source = f"--lora_config {args.lora_config}" if args.lora_config else "the LoRA flags"
+        raise SupersamError(f"{source}: peft refuses this LoraConfig ({' '.join(str(error).split())[:300]}).") from None
+    sliced = [name for name, module in peft_model.named_modules()
+              if isinstance(module, BaseTunerLayer) and ".mlp.lin" in name and "vision_encoder" in name]
+    if sliced:
+        raise SupersamError(f"LoRA targets {sliced[0]}: the encoder MLPs are sliced for elastic width and cannot "
+                            "carry adapters; leave lin1/lin2 of vision_encoder out of target_modules.")
     if "prompt_encoder" in parts:
         for name, param in model.named_parameters():
             if name.startswith(PART_PREFIXES["prompt_encoder"]):
@@ -139,7 +153,9 @@ def _optimizer(model: torch.nn.Module, args: SupernetTrainingArguments) -> torch
 
 
 def _tracker_config(args: SupernetTrainingArguments) -> dict:
-    return {k: ("None" if v is None else v) for k, v in dataclasses.asdict(args).items() if k != "token"}
+    """The arguments as tracker hyperparameters: scalars only (TensorBoard's hparams refuse lists and None)."""
+    return {k: ("None" if v is None else ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+            for k, v in dataclasses.asdict(args).items() if k != "token"}
 
 
 def _check_output_dir(args: SupernetTrainingArguments) -> tuple[Path, Path | None, list[str]]:
@@ -172,7 +188,7 @@ def _accelerator(args: SupernetTrainingArguments, output_dir: Path) -> Accelerat
     return Accelerator(
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=None if args.report_to == "none" else args.report_to,
+        log_with=args.trackers() or None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
@@ -414,6 +430,8 @@ def train_supernet(
     """
     args.validate()
     output_dir, resume_dir, previous = _check_output_dir(args)
+    if args.push_to_hub:  # no token: say so before training, not after it
+        resolve_token(args.token, output_dir, args.hub_model_id)
     accelerator = _accelerator(args, output_dir)
     set_seed(args.seed)
 
@@ -437,8 +455,13 @@ def train_supernet(
     output_dir.mkdir(parents=True, exist_ok=True)
     start_step = _resume(run, resume_dir) if resume_dir is not None else 0
     run.last_checkpoint = resume_dir
-    if args.report_to != "none":
-        accelerator.init_trackers("supersam_train", config=_tracker_config(args))
+    if args.trackers():
+        # Local files of every tracker go under output_dir (wandb's offline runs would land in the working folder).
+        accelerator.init_trackers("supersam_train", config=_tracker_config(args),
+                                  init_kwargs={"wandb": {"dir": str(output_dir)}})
+        if not accelerator.trackers:  # "all" with none installed
+            logger.warning("--report_to all: no tracker is installed (pip install 'supersam_hf[trackers]'); "
+                           "losses go to metrics.jsonl only.", main_process_only=True)
     summary = _train_loop(run, start_step)
     return _finish(run, summary)
 
@@ -451,7 +474,7 @@ def _train_loop(run: _Run, start_step: int) -> dict[str, Any]:
     logger.info(
         f"Sandwich training: {args.max_steps} steps x ({subnets_per_step} subnets x {args.gradient_accumulation_steps} "
         f"micro-batches of {args.per_device_train_batch_size} images x {accelerator.num_processes} processes); "
-        f"{len(run.train_data)} train images; {trainable_params:,} trainable parameters{' (LoRA)' if args.lora_r else ''}.",
+        f"{len(run.train_data)} train images; {trainable_params:,} trainable parameters{' (LoRA)' if args.uses_lora() else ''}.",
         main_process_only=True,
     )
     stream = _micro_batches(run, start_step * args.gradient_accumulation_steps)
@@ -489,7 +512,7 @@ def _train_loop(run: _Run, start_step: int) -> dict[str, Any]:
         "num_processes": accelerator.num_processes,
         "subnets_per_step": subnets_per_step,
         "trainable_parameters": trainable_params,
-        "lora": bool(args.lora_r),
+        "lora": args.uses_lora(),
         "final_loss": last_losses,
         "final_eval": last_eval,
         "last_checkpoint": str(run.last_checkpoint),
@@ -513,10 +536,37 @@ def _finish(run: _Run, summary: dict[str, Any]) -> SuperSamModel:
             supernet.save_pretrained(staging, save_function=accelerator.save)
             run.processor.save_pretrained(staging)
             (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+            if run.args.push_to_hub:
+                write_supernet_card(supernet, staging, repo_id=_hub_repo(run.args), summary=summary,
+                                    datasets=[run.args.dataset_name])
     logger.info(f"Training done: {json.dumps(summary)}", main_process_only=True)
     accelerator.wait_for_everyone()
     _finish_trackers(accelerator)
+    if run.args.push_to_hub and accelerator.is_main_process:
+        _push_supernet(run, supernet, summary)
+    accelerator.wait_for_everyone()
     return supernet
+
+
+def _hub_repo(args: SupernetTrainingArguments) -> str:
+    return args.hub_model_id or Path(args.output_dir).resolve().name
+
+
+# The run's folder without what is local to the run: resumable checkpoints, wandb's offline files.
+HUB_IGNORE = ["checkpoints/**", "wandb/**", "*.tmp-*"]
+
+
+def _push_supernet(run: _Run, supernet: SuperSamModel, summary: dict[str, Any]) -> None:
+    """Upload the trained supernet (weights, processor, summary, metrics, card) to `hub_model_id`."""
+    args = run.args
+
+    def rewrite_card(resolved: str) -> None:  # a name without namespace resolved to the user's
+        if resolved != _hub_repo(args):
+            write_supernet_card(supernet, run.output_dir, repo_id=resolved, summary=summary, datasets=[args.dataset_name])
+
+    push_folder(run.output_dir, _hub_repo(args), private=args.hub_private_repo or None, token=args.token,
+                commit_message=f"Upload SuperSAM supernet (step {summary['global_step']})", ignore_patterns=HUB_IGNORE,
+                on_repo=rewrite_card)
 
 
 def _finish_trackers(accelerator: Accelerator) -> None:

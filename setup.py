@@ -30,6 +30,8 @@ setup(
         "tqdm",
         "pyyaml",
         "tensorboard",
+        "pycocotools>=2.0.7",  # COCO / LVIS / SA-1B polygons and RLE (supersam_hf.data.coco)
+        "torchdata>=0.8",  # StatefulDataLoader: streaming training resumes exactly, with workers
     ],
     extras_require={
         "test": ["pytest>=8"],

@@ -323,11 +323,13 @@ class _ExampleBuilder:
             stack = _mask_stack(raw) if raw is not None and np.size(raw) else np.zeros((0, 0, 0), dtype=bool)
             if len(stack) == 0:  # an image without annotation: no instances (counted, reported once)
                 counts.unannotated_images += 1
-            areas = stack.reshape(len(stack), -1).sum(axis=1)
+            areas = stack.reshape(len(stack), -1).sum(axis=1) if len(stack) else []
             candidates = [(int(a), k) for k, a in enumerate(areas)]
         else:
             ids, pixel_counts = np.unique(_id_map(raw), return_counts=True)
             excluded = self._excluded_ids()
+            if self.ignore_index == 255 and len(ids) and ids[-1] > 255 and 255 not in self.background_ids:
+                excluded.discard(255)  # 8-bit maps' "void": in a map with more ids, 255 is an instance like the rest
             candidates = [(int(c), int(i)) for i, c in zip(ids, pixel_counts) if int(i) not in excluded]
         kept = [(area, key) for area, key in candidates if area >= max(self.min_mask_area, 1)]
         kept.sort(key=lambda item: (-item[0], item[1]))
@@ -464,7 +466,8 @@ _DOC_ARGS = r"""
             objects given as a map kind) is refused with the detected kind. Colour-coded RGB maps count each
             distinct colour as one id.
         ignore_index: map value that belongs to no mask (void/boundary pixels; they are background in the
-            targets). `None` disables it (e.g. binary 0/255 masks read as an instance map).
+            targets). `None` disables it (e.g. binary 0/255 masks read as an instance map). The default 255 is
+            8-bit maps' void: in a map holding ids above 255 it is an ordinary instance.
         background_ids: map values that are background (instance and semantic maps).
         min_mask_area: instances with fewer pixels (original resolution) are dropped; images left with none are
             skipped, counted in `counts` and reported in a warning.

@@ -143,6 +143,7 @@ class SamStreamingData(_ExampleBuilder, torch.utils.data.IterableDataset):
         resume, self._resume = self._resume, None
         dataset = self.dataset
         if resume is not None and resume["epoch"] == self.epoch and resume["block_start"] is not None:
+            dataset.set_epoch(self.epoch)  # the shard order of the epoch: a loaded state does not restore it
             dataset.load_state_dict(resume["block_start"])
             start, block, skip, ordinal = resume["block_start"], resume["block"], resume["offset"], resume["ordinal"]
         else:  # from the epoch's start (a state saved at the start of the epoch's first block resumes here too)

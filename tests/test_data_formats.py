@@ -391,3 +391,19 @@ def test_split_across_ranks_covers_the_stream_once(shapes, processor):
     parts = [[key(e) for e in SamStreamingData(shapes.to_iterable_dataset(num_shards=3), processor, rank=r,
                                                  world_size=3)] for r in range(3)]
     assert all(len(p) == 3 for p in parts) and set(sum(parts, [])) == whole and len(whole) == 9
+
+
+def test_streaming_benchmark_smoke_mode(tmp_path):
+    """benchmarks/streaming_throughput.py --smoke runs end to end (both readers see every image)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    output = tmp_path / "smoke.md"
+    done = subprocess.run([sys.executable, str(repo / "benchmarks" / "streaming_throughput.py"), "--smoke", "--output",
+                           str(output)], cwd=repo, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = output.read_text()
+    assert "streaming / map-style = " in text and "12 images in 2 parquet shards, 2 workers" in text

@@ -316,6 +316,29 @@ def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
     return param.device, param.dtype
 
 
+# Prompts decoded per forward and post-processed at a time: an image with hundreds of instances (SA-1B has ~100,
+# dense scenes several hundred) is decoded in chunks from one image embedding, so memory stays bounded.
+PROMPTS_PER_FORWARD = 64
+
+
+def _forward(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pred_masks (B, P, 3, L, L), iou_scores (B, P, 3)) of one batch; above `PROMPTS_PER_FORWARD` prompts the
+    image is encoded once and its prompts decoded in chunks (SAM decodes every prompt independently)."""
+    prompt_key = "input_boxes" if "input_boxes" in inputs else "input_points"
+    count = inputs[prompt_key].shape[1]
+    if count <= PROMPTS_PER_FORWARD:
+        outputs = model(**inputs, multimask_output=True)
+        return outputs.pred_masks, outputs.iou_scores
+    embeddings = model.get_image_embeddings(inputs["pixel_values"])
+    masks, scores = [], []
+    for start in range(0, count, PROMPTS_PER_FORWARD):
+        chunk = {k: v[:, start:start + PROMPTS_PER_FORWARD] for k, v in inputs.items() if k != "pixel_values"}
+        outputs = model(image_embeddings=embeddings, **chunk, multimask_output=True)
+        masks.append(outputs.pred_masks)
+        scores.append(outputs.iou_scores)
+    return torch.cat(masks, dim=1), torch.cat(scores, dim=1)
+
+
 @torch.no_grad()
 def _model_masks(model, batch, processor, mask_selection: str) -> list[torch.Tensor]:
     """One forward of `model` on a batch (one encoder pass per image): per image, bool (P_i, H, W) masks at the
@@ -325,24 +348,26 @@ def _model_masks(model, batch, processor, mask_selection: str) -> list[torch.Ten
     for key in ("pixel_values", "input_boxes", "input_points"):
         if key in inputs:
             inputs[key] = inputs[key].to(dtype)
-    outputs = model(**inputs, multimask_output=True)
-    low_res = outputs.pred_masks.float()  # (B, P, 3, L, L) logits
+    pred_masks, iou_scores = _forward(model, inputs)
+    low_res = pred_masks.float()  # (B, P, 3, L, L) logits
     if mask_selection == "single":
-        best = outputs.iou_scores.float().argmax(dim=-1)  # (B, P): the model's own choice
+        best = iou_scores.float().argmax(dim=-1)  # (B, P): the model's own choice
         index = best[..., None, None, None].expand(-1, -1, 1, *low_res.shape[-2:])
         low_res = torch.gather(low_res, 2, index)  # (B, P, 1, L, L)
-    counts = [int(truth.shape[0]) for truth in batch["full_masks"]]  # drop the collator's padding slots
-    masks = processor.post_process_masks(
-        [low_res[b, :n] for b, n in enumerate(counts)], batch["original_sizes"], batch["reshaped_input_sizes"],
-        mask_threshold=0.0, binarize=True,
-    )
     chosen = []
-    for image_masks, truth in zip(masks, batch["full_masks"]):
-        truth = truth.to(image_masks.device)
-        picks = [0 if mask_selection == "single" else int(_pairwise_iou(image_masks[k], truth[k]).argmax())
-                 for k in range(truth.shape[0])]
-        chosen.append(torch.stack([image_masks[k, pick] for k, pick in enumerate(picks)]) if picks
-                      else torch.zeros(0, *truth.shape[1:], dtype=torch.bool))
+    for b, truth in enumerate(batch["full_masks"]):  # the collator's padding slots are dropped
+        picked = []
+        for start in range(0, int(truth.shape[0]), PROMPTS_PER_FORWARD):
+            stop = min(start + PROMPTS_PER_FORWARD, int(truth.shape[0]))
+            image_masks = processor.post_process_masks(
+                [low_res[b, start:stop]], batch["original_sizes"][b:b + 1], batch["reshaped_input_sizes"][b:b + 1],
+                mask_threshold=0.0, binarize=True,
+            )[0]
+            part = truth[start:stop].to(image_masks.device)
+            picks = [0 if mask_selection == "single" else int(_pairwise_iou(image_masks[k], part[k]).argmax())
+                     for k in range(part.shape[0])]
+            picked += [image_masks[k, pick] for k, pick in enumerate(picks)]
+        chosen.append(torch.stack(picked) if picked else torch.zeros(0, *truth.shape[1:], dtype=torch.bool))
     return chosen
 
 

@@ -553,8 +553,12 @@ class SamSegmentationData(_ExampleBuilder, torch.utils.data.Dataset):
         """(height, width) of a row: its height/width columns, else the image file's header (not decoded)."""
         if record.get("height") is not None and record.get("width") is not None:
             return int(record["height"]), int(record["width"])
-        cell = self.dataset.select_columns([self.image_column]).cast_column(
-            self.image_column, datasets.Image(decode=False))[row][self.image_column]
+        if not isinstance(self.dataset.features.get(self.image_column), datasets.Image):
+            image = to_rgb_image(self._image_view[row][self.image_column], self.intensity_normalization)
+            return image.height, image.width
+        if getattr(self, "_undecoded_images", None) is None:
+            self._undecoded_images = self._image_view.cast_column(self.image_column, datasets.Image(decode=False))
+        cell = self._undecoded_images[row][self.image_column]
         source = io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"]
         with Image.open(source) as image:
             return image.height, image.width

@@ -202,6 +202,17 @@ def test_objects_column_with_polygons_and_with_rle(tmp_path, processor):
         SamSegmentationData(rle, processor, mask_kind="instance")
 
 
+def test_objects_column_whose_first_row_has_no_object(processor):
+    image = Image.fromarray(np.zeros((H, W, 3), np.uint8))
+    polygon = [[1.0, 1.0, 15.0, 1.0, 15.0, 15.0, 1.0, 15.0]]
+    rows = datasets.Dataset.from_list([{"image": image, "objects": []},
+                                       {"image": image, "objects": [{"segmentation": polygon, "bbox": [0.0] * 4}]}])
+    data = SamSegmentationData(rows, processor, return_full_masks=True)  # detected from the column's type
+    assert data.mask_kind == "coco" and data.row_indices == [1] and data.counts.unannotated_images == 1
+    expected = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygon, H, W))).astype(bool)
+    assert np.array_equal(full_masks(data)[0], expected[None])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # images/ + masks/ folders
 # ---------------------------------------------------------------------------------------------------------------

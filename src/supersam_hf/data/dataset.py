@@ -204,8 +204,17 @@ def _pad_and_low_res_sizes(processor: Any, low_res_size: int | None) -> tuple[tu
     return pad_size, low_res_size
 
 
+def _is_coco_feature(feature: Any) -> bool:
+    """A column feature of COCO-style objects: a struct (or a list of structs) with a `segmentation` field, so a
+    first row without any object is still read as "coco"."""
+    inner = getattr(feature, "feature", feature)
+    return isinstance(inner, dict) and "segmentation" in inner
+
+
 def _check_mask_kind(mask_kind: str, raw: Any, column: str) -> None:
     """Refuse a mask kind that contradicts the data, in one line naming the kind the data has."""
+    if mask_kind == "coco" and isinstance(raw, (list, tuple)) and not raw:
+        return  # an image without objects: nothing to contradict
     coco = is_coco_objects(raw)
     if mask_kind == "coco" and not coco:
         raise DataError(f"--mask_kind coco contradicts column {column!r}: it holds {_detect_mask_kind(raw)!r} masks, "
@@ -540,7 +549,8 @@ class SamSegmentationData(_ExampleBuilder, torch.utils.data.Dataset):
             raise DataError("The dataset is empty (0 rows); check --dataset_name and the split.")
         self._image_view = dataset.select_columns([self.image_column])
         first = dataset.select_columns([self.mask_column])[0][self.mask_column]
-        self.mask_kind = mask_kind or _detect_mask_kind(first)
+        coco_feature = _is_coco_feature(dataset.features.get(self.mask_column))
+        self.mask_kind = mask_kind or ("coco" if coco_feature else _detect_mask_kind(first))
         _check_mask_kind(self.mask_kind, first, self.mask_column)
         if self.mask_kind == "coco":  # objects stay Python objects; polygons need the image size
             size_columns = [c for c in ("height", "width") if c in dataset.column_names]

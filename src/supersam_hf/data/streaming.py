@@ -37,6 +37,7 @@ from .dataset import (
     _detect_mask_kind,
     _DOC_ARGS,
     _ExampleBuilder,
+    _is_coco_feature,
     _pick_column,
 )
 from .images import DEFAULT_INTENSITY_NORMALIZATION
@@ -117,7 +118,9 @@ class SamStreamingData(_ExampleBuilder, torch.utils.data.IterableDataset):
         self.mask_column = _pick_column(columns, mask_column, MASK_COLUMN_CANDIDATES, "mask")
         dataset = _decode_streamed_image_paths(dataset, self.image_column, first)
         raw = first[self.mask_column]
-        self.mask_kind = mask_kind or _detect_mask_kind(raw)
+        features = dataset.features or {}
+        self.mask_kind = mask_kind or ("coco" if _is_coco_feature(features.get(self.mask_column))
+                                       else _detect_mask_kind(raw))
         _check_mask_kind(self.mask_kind, raw, self.mask_column)
         self.rank, self.world_size = int(rank), int(world_size)
         if self.world_size > 1:

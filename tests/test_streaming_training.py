@@ -95,6 +95,10 @@ def test_streaming_kill_and_resume_continues_exactly(assets, tmp_path, workers):
     GradientState._reset_state()
     other = tmp_path / "other"
     shutil.copytree(checkpoint, other / "checkpoints" / "step_2")
+    with pytest.raises(DataError, match="saved by a --streaming run; resume it with --streaming"):
+        train_supernet(make_args(assets, other, resume_from_checkpoint="latest"))
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
     (other / "checkpoints" / "step_2" / "data_state_0.json").unlink()
     with pytest.raises(DataError, match="no stream position for process 0"):
         train_supernet(make_args(assets, other, resume_from_checkpoint="latest", **common))

@@ -441,6 +441,9 @@ def _resume(run: _Run, resume_dir: Path) -> int:
             logger.warning(f"Resuming with {key}={getattr(args, key)!r} but the checkpoint used "
                            f"{state['args'][key]!r}: the run will not reproduce the original one.", main_process_only=True)
     load_checkpoint(run.accelerator, resume_dir)
+    if state.get("streaming") and not isinstance(run.train_data, SamStreamingData):
+        raise DataError(f"{resume_dir} was saved by a --streaming run; resume it with --streaming (its position is "
+                        "in the stream), or start a new --output_dir.")
     if isinstance(run.train_data, SamStreamingData):
         data_state = load_data_state(resume_dir, run.accelerator.process_index, state)
         run.dataloader.load_state_dict(data_state["loader"])

@@ -433,3 +433,20 @@ def test_streaming_benchmark_smoke_mode(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     text = output.read_text()
     assert "streaming / map-style = " in text and "12 images in 2 parquet shards, 2 workers" in text
+
+
+def test_commands_read_a_coco_file_and_convert_streams_only_its_calibration_rows(tmp_path, processor):
+    from supersam_hf.cli import main as cli_main
+
+    model = tiny_sam(num_layers=2, image_size=64)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    path = write_coco(tmp_path / "coco")
+    base = ["--model_name_or_path", str(tmp_path / "model"), "--dataset_name", str(path), "--device", "cpu"]
+    assert cli_main(["evaluate", *base, "--output_dir", str(tmp_path / "eval"), "--category_ids", "2"]) == 0
+    result = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    assert (result["num_objects"], result["num_images"]) == (2, 2)  # one object of category 2 in each image
+    assert cli_main(["convert", *base, "--output_dir", str(tmp_path / "supernet"), "--streaming",
+                     "--num_calibration_images", "2", "--calibration_batch_size", "2"]) == 0
+    report = json.loads(next((tmp_path / "supernet").glob("*prioriti*.json")).read_text())
+    assert report["num_images"] == 2

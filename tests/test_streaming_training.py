@@ -102,3 +102,40 @@ def test_streaming_kill_and_resume_continues_exactly(assets, tmp_path, workers):
     (other / "checkpoints" / "step_2" / "data_state_0.json").unlink()
     with pytest.raises(DataError, match="no stream position for process 0"):
         train_supernet(make_args(assets, other, resume_from_checkpoint="latest", **common))
+
+
+def test_two_ranks_stream_their_own_shards_and_save_their_positions(assets, tmp_path):
+    """`accelerate launch` with 2 CPU processes: each rank reads its part of the stream (split_dataset_by_node),
+    the ranks stay identical (DDP), and a checkpoint holds both positions."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    repo = Path(__file__).resolve().parents[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "ddp"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(repo / "src"), os.environ.get("PYTHONPATH", "")])}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+        str(repo / "tests" / "train_ddp_check.py"),
+        "--model_name_or_path", str(assets / "sam"), "--dataset_name", str(assets / "data5"), "--output_dir", str(out),
+        "--streaming", "--shuffle_buffer_size", "2", "--max_steps", "3", "--per_device_train_batch_size", "1",
+        "--gradient_accumulation_steps", "1", "--num_random_subnets", "0", "--max_instances_per_image", "3",
+        "--learning_rate", "1e-3", "--logging_steps", "1", "--save_steps", "2", "--eval_steps", "0", "--seed", "3",
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    ranks = [[json.loads(line) for line in (out / f"metrics_rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert any(a["loss"] != b["loss"] for a, b in zip(*ranks))  # different images on the two ranks
+    w0, w1 = (load_file(out / f"weights_rank{r}.safetensors") for r in (0, 1))
+    for name in w0:
+        assert torch.equal(w0[name], w1[name]), name
+    states = [json.loads((out / "checkpoints" / "step_2" / f"data_state_{r}.json").read_text()) for r in (0, 1)]
+    assert all(state["loader"] for state in states)

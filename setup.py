@@ -29,6 +29,8 @@ setup(
         "matplotlib",
         "tqdm",
         "pyyaml",
+        "pycocotools>=2.0.7",  # COCO / LVIS / SA-1B polygons and RLE (supersam_hf.data.coco)
+        "torchdata>=0.8",  # StatefulDataLoader: streaming training resumes exactly, with workers
     ],
     extras_require={
         # tensorboard and wandb (offline) for the tracker tests.

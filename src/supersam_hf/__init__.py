@@ -24,6 +24,7 @@ _LAZY = {
     "evaluate_model": "evaluation",
     "export_subnet": "export",
     "SamSegmentationData": "data",
+    "SamStreamingData": "data",
     "load_segmentation_dataset": "data",
     "make_synthetic_shapes": "data",
 }

@@ -52,8 +52,9 @@ class DataArguments:
     """The dataset a stage reads (`supersam_hf.data.load_segmentation_dataset`) and how its rows become examples."""
 
     dataset_name: str = field(
-        metadata={"help": "HF dataset: a Hub name, a save_to_disk folder, or local data files (parquet/json/csv/"
-                  "imagefolder)."}
+        metadata={"help": "HF dataset: a Hub name, a save_to_disk folder, local data files (parquet/json/csv/"
+                  "imagefolder), a COCO annotation file (instances_*.json; an SA-1B per-image JSON or a folder of "
+                  "them) or a folder with images/ and masks/."}
     )
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Configuration of a Hub dataset."})
     train_split_name: str = field(default="train", metadata={"help": "Split to train or calibrate on."})
@@ -65,8 +66,34 @@ class DataArguments:
     mask_column: Optional[str] = field(default=None, metadata={"help": "Mask column (default: auto-detect)."})
     mask_kind: Optional[str] = field(
         default=None,
-        metadata={"help": "How masks are stored: instance (id map), masks (binary stack) or semantic (class map); "
-                  "default: auto-detect from the first row."},
+        metadata={"help": "How masks are stored: instance (id map), masks (binary stack), semantic (class map) or "
+                  "coco (objects with polygons / RLE); default: auto-detect from the first row. A kind that "
+                  "contradicts the data is refused."},
+    )
+    image_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Folder of the images of a COCO / SA-1B annotation file (default: next to the file, its "
+                  "images/, or COCO's ../<split>/)."},
+    )
+    category_ids: Optional[list[int]] = field(
+        default=None,
+        metadata={"help": "COCO-style objects: keep only these category ids (default: all). Crowd regions are "
+                  "always skipped."},
+    )
+    min_mask_area: int = field(
+        default=16,
+        metadata={"help": "Objects with fewer pixels (at the image's resolution) are left out; an annotation that "
+                  "decodes to no pixel is skipped and counted."},
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read the dataset as a stream (datasets.IterableDataset): rows decoded on the fly, nothing "
+                  "downloaded first, split across processes, resumable exactly (train, evaluate, convert)."},
+    )
+    shuffle_buffer_size: int = field(
+        default=1000,
+        metadata={"help": "With --streaming: training shuffles rows in blocks of this many (and the shards per "
+                  "epoch); memory is that many undecoded rows per data worker."},
     )
     intensity_normalization: Literal["percentile", "range", "minmax"] = field(
         default="percentile",

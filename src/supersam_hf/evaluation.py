@@ -30,7 +30,7 @@ import torch
 from transformers import SamModel, SamProcessor
 
 from .arguments import DEFAULT_PROMPT_TYPE
-from .data import SamCollator, SamSegmentationData, model_inputs
+from .data import SamCollator, SamSegmentationData, SamStreamingData, model_inputs
 from .metrics import load_sam_miou
 from .modeling_supersam import SuperSamModel
 from .search_space import SubnetConfig
@@ -121,6 +121,42 @@ class PreparedBatches(Sequence):
     def cached_batches(self) -> int:
         return len(self._cache)
 
+    @property
+    def num_instances_left_out(self) -> int:
+        """Instances of the scored images that `max_instances_per_image` left out."""
+        return int(sum(self.data.instances_left_out[: self.count]))
+
+
+class StreamedBatches:
+    """The collated batches of a `SamStreamingData`, read in order from the stream on every pass (no `len`).
+
+    The images of a pass (at most `max_images`) and the instances the cap left out are counted as they come
+    (`num_images`, `num_instances_left_out`, after a pass); `image_ids` are the rows' positions in the stream, so
+    an in-order stream scores exactly the map-style rows with the same ids and prompts."""
+
+    def __init__(self, data: SamStreamingData, prompt: str, batch_size: int, max_images: int | None) -> None:
+        self.data, self.prompt, self.batch_size, self.max_images = data, prompt, int(batch_size), max_images
+        self.num_images = 0
+        self.num_instances_left_out = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        import itertools
+
+        self.num_images = self.num_instances_left_out = 0
+        collator = SamCollator(prompt=self.prompt, seed=self.data.seed)
+        examples = iter(self.data)
+        if self.max_images is not None:
+            examples = itertools.islice(examples, int(self.max_images))
+        while True:
+            chunk = list(itertools.islice(examples, self.batch_size))
+            if not chunk:
+                return
+            batch = collator(chunk)
+            batch["image_ids"] = [str(example["row"]) for example in chunk]
+            self.num_images += len(chunk)
+            self.num_instances_left_out += sum(int(example["instances_left_out"]) for example in chunk)
+            yield batch
+
 
 def _batch_bytes(batch: dict[str, Any]) -> int:
     tensors = [v for v in batch.values() if isinstance(v, torch.Tensor)] + list(batch.get("full_masks", []))
@@ -140,11 +176,12 @@ class EvaluationData:
     tensors, stay in memory, so a search over many 1024-px images streams them instead of holding them all.
     """
 
-    batches: PreparedBatches
+    batches: PreparedBatches | StreamedBatches
     prompt: str
     seed: int
-    num_images: int
+    num_images: int | None  # None for a stream (known after a pass: batches.num_images)
     num_skipped_images: int = 0
+    max_instances_per_image: int | None = None
 
     @classmethod
     def prepare(
@@ -159,16 +196,22 @@ class EvaluationData:
         mask_column: str | None = None,
         mask_kind: str | None = None,
         cache_mb: float = DEFAULT_CACHE_MB,
+        max_instances_per_image: int | None = None,
     ) -> "EvaluationData":
         if isinstance(dataset, EvaluationData):
             return dataset
-        data = as_evaluation_dataset(dataset, processor, prompt, seed, image_column, mask_column, mask_kind)
+        data = as_evaluation_dataset(dataset, processor, prompt, seed, image_column, mask_column, mask_kind,
+                                     max_instances_per_image)
+        if isinstance(data, SamStreamingData):  # read again on every pass
+            _image_count(data, batch_size, max_images)
+            return cls(batches=StreamedBatches(data, prompt, batch_size, max_images), prompt=prompt, seed=data.seed,
+                       num_images=None, max_instances_per_image=data.max_instances_per_image)
         count = _image_count(data, batch_size, max_images)
         if cache_mb < 0:
             raise ValueError(f"cache_mb must be >= 0, got {cache_mb}.")
         batches = PreparedBatches(data, prompt, batch_size, count, int(cache_mb * 2**20))
         return cls(batches=batches, prompt=prompt, seed=data.seed, num_images=count,
-                   num_skipped_images=data.num_skipped_images)
+                   num_skipped_images=data.num_skipped_images, max_instances_per_image=data.max_instances_per_image)
 
 
 def as_evaluation_dataset(
@@ -179,10 +222,24 @@ def as_evaluation_dataset(
     image_column: str | None = None,
     mask_column: str | None = None,
     mask_kind: str | None = None,
-) -> SamSegmentationData:
-    """An HF `datasets.Dataset` (or a ready `SamSegmentationData`) → `SamSegmentationData` with `full_masks`."""
+    max_instances_per_image: int | None = None,
+) -> SamSegmentationData | SamStreamingData:
+    """An HF `datasets.Dataset` (or a ready `SamSegmentationData`) → `SamSegmentationData` with `full_masks`; a
+    streaming `datasets.IterableDataset` (or a ready `SamStreamingData`) → `SamStreamingData` read in order.
+    Every instance is scored unless `max_instances_per_image` caps them (largest first)."""
     if prompt not in PROMPTS:
         raise ValueError(f"Unknown prompt {prompt!r}; evaluation prompts are {PROMPTS}.")
+    if isinstance(dataset, SamStreamingData):
+        if not dataset.return_full_masks or dataset.shuffle:
+            raise ValueError("Evaluate a SamStreamingData built with return_full_masks=True and shuffle=False, or "
+                             "pass the datasets.IterableDataset itself.")
+        return dataset
+    if isinstance(dataset, datasets.IterableDataset):
+        if processor is None:
+            raise ValueError("Pass the model's SamProcessor to evaluate on a datasets.IterableDataset.")
+        return SamStreamingData(dataset, processor, image_column=image_column, mask_column=mask_column,
+                                mask_kind=mask_kind, prompt=prompt, seed=seed, return_full_masks=True,
+                                max_instances_per_image=max_instances_per_image)
     if isinstance(dataset, SamSegmentationData):
         if not dataset.return_full_masks:
             dataset = copy.copy(dataset)  # shallow: same rows and prompts, plus the full-resolution masks
@@ -200,6 +257,7 @@ def as_evaluation_dataset(
             prompt=prompt,
             seed=seed,
             return_full_masks=True,
+            max_instances_per_image=max_instances_per_image,
         )
     raise ValueError(
         f"Cannot evaluate on a {type(dataset).__name__}; pass a datasets.Dataset, a SamSegmentationData or an "
@@ -207,17 +265,22 @@ def as_evaluation_dataset(
     )
 
 
-def _image_count(data: SamSegmentationData, batch_size: int, max_images: int | None) -> int:
+def _image_count(data, batch_size: int, max_images: int | None) -> int | None:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if max_images is not None and max_images < 1:
         raise ValueError(f"max_images must be >= 1 (or None for all images), got {max_images}.")
+    if isinstance(data, SamStreamingData):
+        return None  # known after the pass
     return len(data) if max_images is None else min(len(data), int(max_images))
 
 
-def _iter_batches(data: SamSegmentationData, prompt: str, batch_size: int, max_images: int | None) -> PreparedBatches:
-    """The batches of one pass, collated one at a time (nothing is kept: `cache_bytes=0`)."""
-    return PreparedBatches(data, prompt, batch_size, _image_count(data, batch_size, max_images), cache_bytes=0)
+def _iter_batches(data, prompt: str, batch_size: int, max_images: int | None) -> PreparedBatches | StreamedBatches:
+    """The batches of one pass, collated one at a time (nothing is kept: `cache_bytes=0`; a stream is read once)."""
+    count = _image_count(data, batch_size, max_images)
+    if isinstance(data, SamStreamingData):
+        return StreamedBatches(data, prompt, batch_size, max_images)
+    return PreparedBatches(data, prompt, batch_size, count, cache_bytes=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -253,6 +316,29 @@ def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
     return param.device, param.dtype
 
 
+# Prompts decoded per forward and post-processed at a time: an image with hundreds of instances (SA-1B has ~100,
+# dense scenes several hundred) is decoded in chunks from one image embedding, so memory stays bounded.
+PROMPTS_PER_FORWARD = 64
+
+
+def _forward(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pred_masks (B, P, 3, L, L), iou_scores (B, P, 3)) of one batch; above `PROMPTS_PER_FORWARD` prompts the
+    image is encoded once and its prompts decoded in chunks (SAM decodes every prompt independently)."""
+    prompt_key = "input_boxes" if "input_boxes" in inputs else "input_points"
+    count = inputs[prompt_key].shape[1]
+    if count <= PROMPTS_PER_FORWARD:
+        outputs = model(**inputs, multimask_output=True)
+        return outputs.pred_masks, outputs.iou_scores
+    embeddings = model.get_image_embeddings(inputs["pixel_values"])
+    masks, scores = [], []
+    for start in range(0, count, PROMPTS_PER_FORWARD):
+        chunk = {k: v[:, start:start + PROMPTS_PER_FORWARD] for k, v in inputs.items() if k != "pixel_values"}
+        outputs = model(image_embeddings=embeddings, **chunk, multimask_output=True)
+        masks.append(outputs.pred_masks)
+        scores.append(outputs.iou_scores)
+    return torch.cat(masks, dim=1), torch.cat(scores, dim=1)
+
+
 @torch.no_grad()
 def _model_masks(model, batch, processor, mask_selection: str) -> list[torch.Tensor]:
     """One forward of `model` on a batch (one encoder pass per image): per image, bool (P_i, H, W) masks at the
@@ -262,24 +348,26 @@ def _model_masks(model, batch, processor, mask_selection: str) -> list[torch.Ten
     for key in ("pixel_values", "input_boxes", "input_points"):
         if key in inputs:
             inputs[key] = inputs[key].to(dtype)
-    outputs = model(**inputs, multimask_output=True)
-    low_res = outputs.pred_masks.float()  # (B, P, 3, L, L) logits
+    pred_masks, iou_scores = _forward(model, inputs)
+    low_res = pred_masks.float()  # (B, P, 3, L, L) logits
     if mask_selection == "single":
-        best = outputs.iou_scores.float().argmax(dim=-1)  # (B, P): the model's own choice
+        best = iou_scores.float().argmax(dim=-1)  # (B, P): the model's own choice
         index = best[..., None, None, None].expand(-1, -1, 1, *low_res.shape[-2:])
         low_res = torch.gather(low_res, 2, index)  # (B, P, 1, L, L)
-    counts = [int(truth.shape[0]) for truth in batch["full_masks"]]  # drop the collator's padding slots
-    masks = processor.post_process_masks(
-        [low_res[b, :n] for b, n in enumerate(counts)], batch["original_sizes"], batch["reshaped_input_sizes"],
-        mask_threshold=0.0, binarize=True,
-    )
     chosen = []
-    for image_masks, truth in zip(masks, batch["full_masks"]):
-        truth = truth.to(image_masks.device)
-        picks = [0 if mask_selection == "single" else int(_pairwise_iou(image_masks[k], truth[k]).argmax())
-                 for k in range(truth.shape[0])]
-        chosen.append(torch.stack([image_masks[k, pick] for k, pick in enumerate(picks)]) if picks
-                      else torch.zeros(0, *truth.shape[1:], dtype=torch.bool))
+    for b, truth in enumerate(batch["full_masks"]):  # the collator's padding slots are dropped
+        picked = []
+        for start in range(0, int(truth.shape[0]), PROMPTS_PER_FORWARD):
+            stop = min(start + PROMPTS_PER_FORWARD, int(truth.shape[0]))
+            image_masks = processor.post_process_masks(
+                [low_res[b, start:stop]], batch["original_sizes"][b:b + 1], batch["reshaped_input_sizes"][b:b + 1],
+                mask_threshold=0.0, binarize=True,
+            )[0]
+            part = truth[start:stop].to(image_masks.device)
+            picks = [0 if mask_selection == "single" else int(_pairwise_iou(image_masks[k], part[k]).argmax())
+                     for k in range(part.shape[0])]
+            picked += [image_masks[k, pick] for k, pick in enumerate(picks)]
+        chosen.append(torch.stack(picked) if picked else torch.zeros(0, *truth.shape[1:], dtype=torch.bool))
     return chosen
 
 
@@ -320,7 +408,8 @@ def _score_batches(model, batches, processor, mask_selection: str, metrics: dict
     `metrics["box_reference"]` the filled box prompts; both go through the same crop-and-metric path."""
     from tqdm.auto import tqdm
 
-    for batch in tqdm(batches, total=len(batches), desc="evaluate", unit="batch", disable=not show_progress, leave=False):
+    total = len(batches) if hasattr(batches, "__len__") else None  # a stream has no length
+    for batch in tqdm(batches, total=total, desc="evaluate", unit="batch", disable=not show_progress, leave=False):
         if model is not None:
             _add_to_metric(metrics["model"], _model_masks(model, batch, processor, mask_selection), batch)
         if "box_reference" in metrics:
@@ -375,6 +464,7 @@ def evaluate_model(
     show_progress: bool = True,
     device: str | torch.device | None = None,
     box_reference: bool = False,
+    max_instances_per_image: int | None = None,
 ) -> dict[str, Any]:
     """Mean IoU of a SAM model (or of one subnet of a supernet) on a segmentation dataset.
 
@@ -383,8 +473,9 @@ def evaluate_model(
             or a runtime model called like one (`onnx_export.OnnxSamModel`: an export's ONNX files in ONNX Runtime;
             `params` is then None).
         dataset: a `datasets.Dataset` with image and mask columns (wrapped in `SamSegmentationData` with
-            `return_full_masks=True`), a ready `SamSegmentationData` (its own rows, prompts and seed), or an
-            `EvaluationData` prepared once for many evaluations.
+            `return_full_masks=True`), a streaming `datasets.IterableDataset` (read once, in order, through
+            `SamStreamingData`: the same scores as the map-style rows), a ready `SamSegmentationData` (its own
+            rows, prompts, seed and instance cap), or an `EvaluationData` prepared once for many evaluations.
         processor: the model's `SamProcessor` (`supersam_hf.loading.load_processor`).
         subnet: evaluate this subnet of a `SuperSamModel` (under `model.subnet(subnet)`); None = the model as it
             is (its active subnet, if any, else the full model).
@@ -400,13 +491,16 @@ def evaluate_model(
         box_reference: with box prompts, also score "the box itself as the mask" in the same pass, through the same
             metric (see `box_reference_miou`): the result gains `box_reference_miou` and
             `box_reference_per_image_miou`, the score a model gets by copying its prompt.
+        max_instances_per_image: score at most this many instances per image (the largest); None (default)
+            scores every instance. The cap and the instances it left out are in the result.
 
     Returns:
         The metric's `miou`, `per_image_miou`, `mean_dice`, `num_objects`, `num_images`, and how they were
         measured: `prompt`, `mask_selection`, `resolution` ("original": masks compared at the image's own size),
         `seed`, `subnet` (its name, or None for a whole model), `subnet_config`, `params` (parameters of the
         standard checkpoint that was, or would be, exported); with `box_reference` also `box_reference_miou` /
-        `box_reference_per_image_miou`.
+        `box_reference_per_image_miou`; always `max_instances_per_image` (None: every instance was scored) and
+        `num_instances_left_out` (instances of the scored images that the cap left out).
 
     Runs under `torch.no_grad` in eval mode; the model's train/eval mode and active subnet are restored afterwards.
     """
@@ -414,8 +508,8 @@ def evaluate_model(
     if device is not None:
         model = model.to(device)
     active, params = _active_subnet_and_params(model, subnet)
-    batches, data_seed = _batches(dataset, processor, prompt, batch_size, max_images, seed, image_column, mask_column,
-                                  mask_kind)
+    batches, data_seed, cap = _batches(dataset, processor, prompt, batch_size, max_images, seed, image_column,
+                                       mask_column, mask_kind, max_instances_per_image)
     names = ["model", "box_reference"] if box_reference else ["model"]
     was_training = model.training
     model.eval()
@@ -428,7 +522,17 @@ def evaluate_model(
         raise
     finally:
         model.train(was_training)
-    return _result(_compute(names), prompt, mask_selection, data_seed, active, params)
+    result = _result(_compute(names), prompt, mask_selection, data_seed, active, params)
+    result.update(_instance_record(batches, cap))
+    return result
+
+
+def _instance_record(batches, cap: int | None) -> dict[str, Any]:
+    """The instance cap of a scored pass and how many instances of its images the cap left out."""
+    if cap is not None and batches.num_instances_left_out:
+        logger.warning("max_instances_per_image=%d: %d instances of the scored images were left out (the smallest).",
+                       cap, batches.num_instances_left_out)
+    return {"max_instances_per_image": cap, "num_instances_left_out": int(batches.num_instances_left_out)}
 
 
 def _result(computed: dict[str, dict], prompt: str, mask_selection: str, seed: int, active: SubnetConfig | None,
@@ -489,14 +593,17 @@ def _active_subnet_and_params(model, subnet) -> tuple[SubnetConfig | None, int |
     return active, None
 
 
-def _batches(dataset, processor, prompt, batch_size, max_images, seed, image_column, mask_column, mask_kind):
-    """The batches to score (an `EvaluationData`'s, or one streamed pass over a dataset) and their prompt seed."""
+def _batches(dataset, processor, prompt, batch_size, max_images, seed, image_column, mask_column, mask_kind,
+             max_instances_per_image=None):
+    """The batches to score (an `EvaluationData`'s, or one pass over a dataset), their prompt seed and the
+    instance cap they were built with (None: every instance)."""
     if isinstance(dataset, EvaluationData):
         if dataset.prompt != prompt:
             raise ValueError(f"The EvaluationData was prepared with prompt={dataset.prompt!r}, not {prompt!r}.")
-        return dataset.batches, dataset.seed
-    data = as_evaluation_dataset(dataset, processor, prompt, seed, image_column, mask_column, mask_kind)
-    return _iter_batches(data, prompt, batch_size, max_images), data.seed
+        return dataset.batches, dataset.seed, dataset.max_instances_per_image
+    data = as_evaluation_dataset(dataset, processor, prompt, seed, image_column, mask_column, mask_kind,
+                                 max_instances_per_image)
+    return _iter_batches(data, prompt, batch_size, max_images), data.seed, data.max_instances_per_image
 
 
 def box_reference_miou(
@@ -523,8 +630,8 @@ def box_reference_miou(
         from .data import build_sam_processor
 
         processor = build_sam_processor(64)
-    batches, data_seed = _batches(dataset, processor, "box", batch_size, max_images, seed, image_column, mask_column,
-                                  mask_kind)
+    batches, data_seed, _ = _batches(dataset, processor, "box", batch_size, max_images, seed, image_column,
+                                     mask_column, mask_kind)
     try:
         _score_batches(None, batches, processor, "single", {"box_reference": _metric("box_reference")}, show_progress)
     except BaseException:
@@ -550,6 +657,7 @@ __all__ = [
     "MASK_SELECTIONS",
     "PROMPTS",
     "PreparedBatches",
+    "StreamedBatches",
     "as_evaluation_dataset",
     "box_masks",
     "box_reference_miou",

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..arguments import DataArguments, OutputArguments
-from ..errors import SupersamError
+from ..errors import SupersamError, UnsupportedSetupError
 from ..outputs import prepare_output_dir
 
 logger = logging.getLogger(__name__)
@@ -45,4 +45,23 @@ def data_kwargs(data_args: DataArguments) -> dict[str, Any]:
         "mask_column": data_args.mask_column,
         "mask_kind": data_args.mask_kind,
         "intensity_normalization": data_args.intensity_normalization,
+        "min_mask_area": data_args.min_mask_area,
+        "category_ids": data_args.category_ids,
     }
+
+
+def load_data(data_args: DataArguments, split: str | None):
+    """The dataset of `--dataset_name` (map-style, or a `datasets.IterableDataset` with `--streaming`)."""
+    from ..data import load_segmentation_dataset
+
+    if data_args.shuffle_buffer_size < 1:
+        raise SupersamError(f"--shuffle_buffer_size must be >= 1, got {data_args.shuffle_buffer_size}.")
+    return load_segmentation_dataset(data_args.dataset_name, split=split, config_name=data_args.dataset_config_name,
+                                     streaming=data_args.streaming, image_dir=data_args.image_dir)
+
+
+def refuse_streaming(data_args: DataArguments, stage: str) -> None:
+    """Stages that need random access over their images (the search scores every subnet on the same ones)."""
+    if data_args.streaming:
+        raise UnsupportedSetupError(f"supersam {stage} does not stream (it reads its images many times); drop "
+                                    "--streaming (train, evaluate and convert stream).")

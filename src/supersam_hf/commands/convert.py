@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..arguments import DataArguments, ModelArguments, OutputArguments
-from ..data import load_segmentation_dataset
+from ..data import streamed_rows
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..prioritization import PrioritizationReport, prioritize
 from ..checks import check_positive
 from ..outputs import atomic_output_dir
-from .common import prepare_output
+from .common import load_data, prepare_output
 
 
 @dataclass(kw_only=True)
@@ -42,9 +42,13 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
     output = prepare_output(output_args, *inputs)  # before any work: writable, not an input, empty or --overwrite
     check_positive("num_calibration_images", args.num_calibration_images)
     check_positive("calibration_batch_size", args.calibration_batch_size)
-    dataset = load_segmentation_dataset(data_args.dataset_name, split=data_args.train_split_name,
-                                        config_name=data_args.dataset_config_name)
-    if data_args.max_train_images is not None:
+    dataset = load_data(data_args, data_args.train_split_name)
+    if data_args.streaming:  # read only the calibration rows: a seeded shuffle buffer over the stream, then N rows
+        if data_args.max_train_images is not None:
+            dataset = dataset.take(data_args.max_train_images)
+        dataset = streamed_rows(dataset.shuffle(seed=args.seed, buffer_size=data_args.shuffle_buffer_size),
+                                args.num_calibration_images)
+    elif data_args.max_train_images is not None:
         dataset = dataset.select(range(min(len(dataset), data_args.max_train_images)))
     model = load_supernet(model_args.model_name_or_path, revision=model_args.revision, token=model_args.token,
                           device=args.device)

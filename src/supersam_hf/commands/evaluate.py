@@ -12,12 +12,12 @@ from typing import Any, Literal, Optional
 
 from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
 from ..checks import check_positive
-from ..data import SamSegmentationData, load_segmentation_dataset
+from ..data import SamSegmentationData, SamStreamingData
 from ..evaluation import MASK_SELECTIONS, PROMPTS, evaluate_model, parse_subnet
 from ..loading import load_processor, load_sam_model, recorded_base_model
 from ..outputs import atomic_output_dir
 from ..search.results import select_subnet
-from .common import data_kwargs, prepare_output
+from .common import data_kwargs, load_data, prepare_output
 
 RESULTS_FILE = "eval_results.json"
 
@@ -39,6 +39,11 @@ class EvaluateArguments:
                   "of the three outputs against the ground truth (as the SuperSAM paper reports)."},
     )
     batch_size: int = field(default=4, metadata={"help": "Images per forward."})
+    max_instances_per_image: Optional[int] = field(
+        default=None,
+        metadata={"help": "Score at most this many instances per image (the largest); default: every instance. The "
+                  "cap and the number of instances it left out are written to eval_results.json."},
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the prompts (points drawn inside each mask)."})
     device: Optional[str] = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
     onnx: bool = field(
@@ -66,6 +71,8 @@ def format_results(result: dict[str, Any]) -> str:
         ("resolution", result["resolution"]),
         ("seed", str(result["seed"])),
         ("subnet", result["subnet"] or "(whole model)"),
+        ("instances scored", "all" if result.get("max_instances_per_image") is None else
+         f"at most {result['max_instances_per_image']} per image ({result['num_instances_left_out']} left out)"),
         *([("runtime", result["runtime"])] if result.get("runtime") else []),
         ("parameters", f"{result['params']:,}" if result.get("params") is not None else "?"),
     ]
@@ -112,6 +119,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
     inputs = (model_args.model_name_or_path, data_args.dataset_name, args.search_dir)
     output = prepare_output(output_args, *inputs)  # before any work: writable, not an input, empty or --overwrite
     check_positive("batch_size", args.batch_size)
+    if args.max_instances_per_image is not None:
+        check_positive("max_instances_per_image", args.max_instances_per_image)
     subnet = _subnet(args)
     if args.onnx or args.onnx_int8:
         model, base_model = _onnx_model(model_args, args, subnet), None
@@ -122,9 +131,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
     processor = load_processor(model_args.model_name_or_path, model_args.processor_name_or_path,
                                base_model, revision=model_args.revision, token=model_args.token)
     split = data_args.eval_split_name
-    dataset = load_segmentation_dataset(data_args.dataset_name, split=split, config_name=data_args.dataset_config_name)
-    data = SamSegmentationData(dataset, processor, prompt=args.prompt_type, seed=args.seed, return_full_masks=True,
-                               **data_kwargs(data_args))
+    dataset = load_data(data_args, split)
+    wrapper = SamStreamingData if data_args.streaming else SamSegmentationData  # a stream is read once, in order
+    data = wrapper(dataset, processor, prompt=args.prompt_type, seed=args.seed, return_full_masks=True,
+                   max_instances_per_image=args.max_instances_per_image, **data_kwargs(data_args))
     result = evaluate_model(
         model, data, processor, subnet=subnet, prompt=args.prompt_type, mask_selection=args.mask_selection,
         batch_size=args.batch_size, max_images=data_args.max_eval_images, seed=args.seed,

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
-from ..data import load_segmentation_dataset
 from ..evaluation import EvaluationData
 from ..export import SUBNET_FILE, export_subnet
 from ..onnx_export import INT8_MIOU_DROP_THRESHOLD
@@ -16,7 +15,7 @@ from ..onnx_pipeline import check_onnx_options
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..search.results import select_subnet, subnet_metrics
 from ..model_card import metrics_by_prompt
-from .common import hub_repo_flags, prepare_output
+from .common import hub_repo_flags, load_data, prepare_output, refuse_streaming
 
 
 @dataclass(kw_only=True)
@@ -85,8 +84,8 @@ def _eval_data(data_args: ExportDataArguments, args: ExportArguments, processor)
     """The evaluation images for the ONNX files (None without --dataset_name), prepared once for every model."""
     if data_args.dataset_name is None:
         return None
-    dataset = load_segmentation_dataset(data_args.dataset_name, split=data_args.eval_split_name,
-                                        config_name=data_args.dataset_config_name)
+    refuse_streaming(data_args, "export")
+    dataset = load_data(data_args, data_args.eval_split_name)
     return EvaluationData.prepare(dataset, processor, prompt=args.prompt_type, max_images=data_args.max_eval_images,
                                   image_column=data_args.image_column, mask_column=data_args.mask_column,
                                   mask_kind=data_args.mask_kind)

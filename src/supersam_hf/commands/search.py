@@ -14,7 +14,7 @@ from ..search import BEST_FILE, PARETO_FILE, PARETO_PLOT, RESULTS_FILE, SearchRe
 from ..search.driver import ORT_LATENCY_CACHE
 from ..outputs import record_tool_outputs, remove_tool_outputs
 from ..search.results import OPENTUNER_DB
-from .common import data_kwargs, prepare_output
+from .common import data_kwargs, load_data, prepare_output, refuse_streaming
 
 
 @dataclass(kw_only=True)
@@ -104,7 +104,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
     processor = load_processor(model_args.model_name_or_path, model_args.processor_name_or_path,
                                recorded_base_model(supernet), revision=model_args.revision, token=model_args.token)
     split = data_args.eval_split_name
-    dataset = load_segmentation_dataset(data_args.dataset_name, split=split, config_name=data_args.dataset_config_name)
+    refuse_streaming(data_args, "search")
+    dataset = load_data(data_args, split)
     data = SamSegmentationData(dataset, processor, prompt=args.prompt_type, seed=args.eval_seed, return_full_masks=True,
                                **data_kwargs(data_args))
     if output_args.overwrite_output_dir and not args.resume and output.is_dir():

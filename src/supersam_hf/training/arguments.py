@@ -44,7 +44,11 @@ class SupernetTrainingArguments(OutputArguments, DataArguments, ModelArguments):
         metadata={"help": "Hold out this fraction of the train split (seeded, deterministic) for evaluation (instead of "
                   "eval_split_name)."},
     )
-    max_instances_per_image: int = field(default=16, metadata={"help": "Instances (prompts) per image, largest first."})
+    max_instances_per_image: int = field(
+        default=16,
+        metadata={"help": "Training keeps at most this many instances (prompts) per image, the largest, to bound memory; "
+                  "the log and training_summary.json say how many were left out. Validation scores every instance."},
+    )
     max_steps: int = field(default=1000, metadata={"help": "Optimizer steps to train (each one a full sandwich)."})
     # Sized for SAM ViT-B at 1024 px: one image per micro-batch fits one GPU and a laptop CPU (~11 GB RSS on CPU,
     # vs ~18 GB at 2); accumulation keeps the effective batch of 2 images per optimizer step.
@@ -220,6 +224,8 @@ class SupernetTrainingArguments(OutputArguments, DataArguments, ModelArguments):
              "Give eval_split_name or validation_fraction, not both.")
         need(self.max_train_images is None or self.max_train_images >= 1, "max_train_images must be >= 1 (or None for all).")
         need(self.max_instances_per_image >= 1, "max_instances_per_image must be >= 1.")
+        need(self.shuffle_buffer_size >= 1, f"shuffle_buffer_size must be >= 1, got {self.shuffle_buffer_size}.")
+        need(self.min_mask_area >= 0, f"min_mask_area must be >= 0, got {self.min_mask_area}.")
         need(self.max_eval_images is None or self.max_eval_images >= 1, "max_eval_images must be >= 1 (or None for all).")
         need(self.save_total_limit is None or self.save_total_limit >= 1,
              f"save_total_limit must be >= 1 (or None to keep every checkpoint), got {self.save_total_limit}.")

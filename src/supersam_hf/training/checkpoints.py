@@ -16,10 +16,12 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from ..checks import named_load_errors
+from ..errors import DataError
 from ..outputs import read_json_file, read_manifest, record_tool_outputs, remove_tool_outputs, repair_jsonl
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "training_state.json"
+DATA_STATE_FILE = "data_state_{rank}.json"  # streaming: one process's position in its stream
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "training_summary.json"
 TOOL = "supersam train"
@@ -156,10 +158,12 @@ class MetricsLog:
                     record_tool_outputs(self.output_dir, [path.resolve()], tool=TOOL)
 
 
-def save_checkpoint(accelerator: Accelerator, args, output_dir: Path, step: int) -> Path:
+def save_checkpoint(accelerator: Accelerator, args, output_dir: Path, step: int, data_state: dict | None = None) -> Path:
     """accelerate `save_state` (model, optimizer, scheduler, RNG) + training_state.json, written into
     `checkpoints/step_N.tmp` and renamed to `step_N` when complete: a failed save (a full disk) leaves no partial
-    checkpoint and the previous ones intact. The checkpoint joins output_dir's manifest (what overwrite removes)."""
+    checkpoint and the previous ones intact. The checkpoint joins output_dir's manifest (what overwrite removes).
+    `data_state` (streaming: this process's position in its stream) is written by every process as
+    `data_state_<rank>.json`."""
     path = output_dir / CHECKPOINTS_DIR / f"step_{step}"
     staging = path.with_name(path.name + ".tmp")
     if accelerator.is_main_process and not clear_checkpoint_folder(staging):  # an interrupted save of this step
@@ -167,10 +171,12 @@ def save_checkpoint(accelerator: Accelerator, args, output_dir: Path, step: int)
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(staging))
+        if data_state is not None:
+            (staging / DATA_STATE_FILE.format(rank=accelerator.process_index)).write_text(json.dumps(data_state))
         accelerator.wait_for_everyone()  # every process's files (RNG states) are in before the rename
         if accelerator.is_main_process:
             state = {"global_step": step, "micro_batches_done": step * args.gradient_accumulation_steps,
-                     "num_processes": accelerator.num_processes,
+                     "num_processes": accelerator.num_processes, "streaming": data_state is not None,
                      "args": {k: v for k, v in dataclasses.asdict(args).items() if k != "token"}}  # never a token
             (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
             if not clear_checkpoint_folder(path):  # the same step saved again (a resumed run)
@@ -187,6 +193,22 @@ def save_checkpoint(accelerator: Accelerator, args, output_dir: Path, step: int)
     return path
 
 
+def load_data_state(checkpoint: Path, rank: int, state: dict) -> dict:
+    """This process's stream position saved with a checkpoint (`data_state_<rank>.json`); one line when the
+    checkpoint was not written by a streaming run of as many processes."""
+    path = checkpoint / DATA_STATE_FILE.format(rank=rank)
+    if not path.is_file():
+        if not state.get("streaming"):
+            raise DataError(f"{checkpoint} was saved by a run without --streaming; resume it without --streaming "
+                            "(or start a new --output_dir).")
+        raise DataError(f"{checkpoint} has no stream position for process {rank} ({path.name}): it was saved with "
+                        f"{state.get('num_processes', '?')} processes; resume with as many.")
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, OSError) as error:
+        raise DataError(f"{path} cannot be read ({error}); resume from another checkpoint.") from None
+
+
 def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> None:
     """accelerate `load_state`; a corrupt file (optimizer.bin, model.safetensors) or a checkpoint of another model
     size is one error naming the checkpoint and the way out."""
@@ -199,7 +221,7 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> None:
 _CHECKPOINT_FILES = re.compile(
     r"(?:model|pytorch_model)(?:_\d+)?(?:-\d+-of-\d+)?\.(?:safetensors|bin)(?:\.index\.json)?"
     r"|(?:optimizer|scheduler|sampler|dl_state_dict)(?:_\d+)?\.bin|random_states_\d+\.pkl|scaler\.pt"
-    r"|custom_checkpoint_\d+\.pkl|" + re.escape(STATE_FILE)
+    r"|custom_checkpoint_\d+\.pkl|data_state_\d+\.json|" + re.escape(STATE_FILE)
 )
 _CHECKPOINT_DIRS = re.compile(r"(?:pytorch_model_fsdp|optimizer)_\d+")  # FSDP sharded state dicts
 

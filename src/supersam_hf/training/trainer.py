@@ -24,15 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import SamProcessor, get_scheduler
 
-from ..data import SamSegmentationData, load_segmentation_dataset
-from ..errors import SupersamError
+from ..data import SamSegmentationData, SamStreamingData, load_segmentation_dataset
+from ..errors import DataError, SupersamError, UnsupportedSetupError
 from ..hub import push_folder, resolve_token
 from ..model_card import write_supernet_card
 from ..loading import load_processor, load_supernet, recorded_base_model
@@ -46,6 +47,7 @@ from .checkpoints import (
     adopt_run_files,
     foreign_files,
     load_checkpoint,
+    load_data_state,
     previous_run_files,
     read_training_state,
     remove_previous_run,
@@ -73,35 +75,77 @@ logger = get_logger(__name__)
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _data_options(args: SupernetTrainingArguments) -> dict[str, Any]:
+    return {"image_column": args.image_column, "mask_column": args.mask_column,
+            "intensity_normalization": args.intensity_normalization, "min_mask_area": args.min_mask_area,
+            "category_ids": args.category_ids}
+
+
 def build_datasets(args: SupernetTrainingArguments, processor: SamProcessor, train_dataset=None, eval_dataset=None):
     """The training `SamSegmentationData` and the validation one (or None). Bad columns, mask kinds and datasets
     without a usable instance raise here, before any training starts. `train_dataset` / `eval_dataset`
-    (`datasets.Dataset`) replace the splits of `args.dataset_name`."""
+    (`datasets.Dataset`, or `datasets.IterableDataset`) replace the splits of `args.dataset_name`.
+
+    With `args.streaming` (or a `datasets.IterableDataset` given) the training data is a `SamStreamingData`: rows
+    decoded on the fly, shuffled in blocks of `shuffle_buffer_size`, this process's part of the stream
+    (`split_dataset_by_node`). Training keeps at most `max_instances_per_image` instances per image (memory);
+    validation scores every instance."""
+    if args.streaming or isinstance(train_dataset, datasets.IterableDataset):
+        return _build_streaming_datasets(args, processor, train_dataset, eval_dataset)
     raw = train_dataset
     if raw is None:
-        raw = load_segmentation_dataset(args.dataset_name, split=args.train_split_name, config_name=args.dataset_config_name)
+        raw = load_segmentation_dataset(args.dataset_name, split=args.train_split_name, config_name=args.dataset_config_name,
+                                        image_dir=args.image_dir)
     validation = eval_dataset
     if validation is None and args.eval_split_name:
         validation = load_segmentation_dataset(args.dataset_name, split=args.eval_split_name,
-                                               config_name=args.dataset_config_name)
+                                               config_name=args.dataset_config_name, image_dir=args.image_dir)
     elif validation is None and args.validation_fraction > 0:
         parts = raw.train_test_split(test_size=args.validation_fraction, seed=args.seed, shuffle=True)
         raw, validation = parts["train"], parts["test"]
     if args.max_train_images is not None:
         raw = raw.select(range(min(len(raw), args.max_train_images)))
     train_data = SamSegmentationData(
-        raw, processor, image_column=args.image_column, mask_column=args.mask_column, mask_kind=args.mask_kind,
-        max_instances_per_image=args.max_instances_per_image, prompt=args.prompt_type, seed=args.seed,
-        intensity_normalization=args.intensity_normalization,
+        raw, processor, mask_kind=args.mask_kind, max_instances_per_image=args.max_instances_per_image,
+        prompt=args.prompt_type, seed=args.seed, **_data_options(args),
     )
     eval_data = None
     if validation is not None:
         eval_data = SamSegmentationData(
-            validation, processor, image_column=args.image_column, mask_column=args.mask_column,
-            mask_kind=train_data.mask_kind, max_instances_per_image=args.max_instances_per_image,
-            prompt="point" if args.prompt_type == "point" else "box", seed=args.seed,
-            intensity_normalization=args.intensity_normalization,
+            validation, processor, mask_kind=train_data.mask_kind, max_instances_per_image=None,
+            prompt="point" if args.prompt_type == "point" else "box", seed=args.seed, **_data_options(args),
         )
+    return train_data, eval_data
+
+
+def _build_streaming_datasets(args: SupernetTrainingArguments, processor: SamProcessor, train_dataset, eval_dataset):
+    """`build_datasets` for a stream: this process's part of the training stream, shuffled; the validation split
+    (if any) streamed in order, read again at every evaluation."""
+    if args.validation_fraction:
+        raise UnsupportedSetupError("--validation_fraction holds out rows of a map-style dataset; with --streaming "
+                                    "give --eval_split_name instead.")
+    if args.shuffle_buffer_size < 1:
+        raise UnsupportedSetupError(f"--shuffle_buffer_size must be >= 1, got {args.shuffle_buffer_size}.")
+    def load(split):
+        return load_segmentation_dataset(args.dataset_name, split=split, config_name=args.dataset_config_name,
+                                         streaming=True, image_dir=args.image_dir)
+    raw = train_dataset if train_dataset is not None else load(args.train_split_name)
+    if isinstance(raw, datasets.Dataset):
+        raw = raw.to_iterable_dataset(num_shards=max(1, min(64, len(raw))))
+    state = PartialState()
+    train_data = SamStreamingData(
+        raw, processor, mask_kind=args.mask_kind, max_instances_per_image=args.max_instances_per_image,
+        prompt=args.prompt_type, seed=args.seed, shuffle=True, shuffle_buffer_size=args.shuffle_buffer_size,
+        rank=state.process_index, world_size=state.num_processes, max_rows=args.max_train_images,
+        **_data_options(args),
+    )
+    validation = eval_dataset if eval_dataset is not None else (load(args.eval_split_name) if args.eval_split_name else None)
+    eval_data = None
+    if validation is not None:
+        wrapper = SamStreamingData if isinstance(validation, datasets.IterableDataset) else SamSegmentationData
+        eval_data = wrapper(validation, processor, mask_kind=train_data.mask_kind, max_instances_per_image=None,
+                            prompt="point" if args.prompt_type == "point" else "box", seed=args.seed,
+                            return_full_masks=wrapper is SamStreamingData, **_data_options(args))
     return train_data, eval_data
 
 
@@ -259,6 +303,8 @@ class _Run:
     trainable: list[torch.nn.Parameter]
     last_checkpoint: Path | None = None
     eval_cache: dict = field(default_factory=dict)
+    data_epoch: int = 0  # streaming: the epoch of the stream in progress
+    data_epoch_fresh: bool = True  # streaming: the epoch started from its beginning (not resumed mid-way)
 
     def evaluate_and_log(self, step: int) -> dict | None:
         record = None
@@ -277,7 +323,11 @@ class _Run:
 
 def _micro_batches(run: _Run, start: int):
     """Micro-batches from micro-batch index `start` on: epoch e is the seeded permutation e (data order and
-    prompts), so any position can be re-entered exactly; `skip_first_batches` skips without loading."""
+    prompts), so any position can be re-entered exactly; `skip_first_batches` skips without loading. A stream
+    continues from where its state (restored by `_resume`) left it."""
+    if isinstance(run.train_data, SamStreamingData):
+        yield from _streamed_micro_batches(run)
+        return
     per_epoch = len(run.dataloader)
     epoch, skip = divmod(start, per_epoch)
     while True:
@@ -287,6 +337,32 @@ def _micro_batches(run: _Run, start: int):
         for batch in loader:
             yield epoch, batch
         epoch, skip = epoch + 1, 0
+
+
+def _streamed_micro_batches(run: _Run):
+    """Micro-batches of a stream, epoch after epoch, moved to this process's device (the loader is not prepared by
+    accelerate: `split_dataset_by_node` already gave this rank its part). The epoch in progress is recorded in
+    `run.data_epoch` for the checkpoint."""
+    from accelerate.utils import send_to_device
+
+    while True:
+        run.train_data.set_epoch(run.data_epoch)
+        produced = False
+        for batch in run.dataloader:
+            produced = True
+            yield run.data_epoch, send_to_device(batch, run.accelerator.device)
+        if not produced and run.data_epoch_fresh:
+            raise DataError(f"The training stream of process {run.accelerator.process_index} holds no image with an "
+                            "instance (every row was skipped); check --mask_kind, --min_mask_area and the split.")
+        run.data_epoch += 1
+        run.data_epoch_fresh = True
+
+
+def _data_state(run: _Run) -> dict | None:
+    """This process's position in a training stream (saved with each checkpoint), None for map-style data."""
+    if not isinstance(run.train_data, SamStreamingData):
+        return None
+    return {"epoch": run.data_epoch, "loader": run.dataloader.state_dict()}
 
 
 def _sandwich_step(run: _Run, step: int, stream) -> dict[str, Any]:
@@ -343,7 +419,7 @@ def _sandwich_step(run: _Run, step: int, stream) -> dict[str, Any]:
 def _save(run: _Run, step: int) -> Path:
     """A resumable checkpoint of `step`, then only the `save_total_limit` newest ones are kept (main process)."""
     with tied_weights_saved_once(unwrap_supernet(run.accelerator.unwrap_model(run.model))):
-        path = save_checkpoint(run.accelerator, run.args, run.output_dir, step)
+        path = save_checkpoint(run.accelerator, run.args, run.output_dir, step, data_state=_data_state(run))
     if run.accelerator.is_main_process and run.args.save_total_limit is not None:
         for removed in rotate_checkpoints(run.output_dir, run.args.save_total_limit, keep=(path,)):
             logger.info(f"Removed old checkpoint {removed} (save_total_limit={run.args.save_total_limit}).",
@@ -380,6 +456,13 @@ def _resume(run: _Run, resume_dir: Path) -> int:
             logger.warning(f"Resuming with {key}={getattr(args, key)!r} but the checkpoint used "
                            f"{state['args'][key]!r}: the run will not reproduce the original one.", main_process_only=True)
     load_checkpoint(run.accelerator, resume_dir)
+    if state.get("streaming") and not isinstance(run.train_data, SamStreamingData):
+        raise DataError(f"{resume_dir} was saved by a --streaming run; resume it with --streaming (its position is "
+                        "in the stream), or start a new --output_dir.")
+    if isinstance(run.train_data, SamStreamingData):
+        data_state = load_data_state(resume_dir, run.accelerator.process_index, state)
+        run.dataloader.load_state_dict(data_state["loader"])
+        run.data_epoch, run.data_epoch_fresh = int(data_state["epoch"]), False
     start_step = int(state["global_step"])
     run.metrics.truncate_after(start_step)
     logger.info(f"Resumed from {resume_dir} at step {start_step}.", main_process_only=True)
@@ -389,13 +472,21 @@ def _resume(run: _Run, resume_dir: Path) -> int:
 def _prepare_run(args, accelerator, supernet, processor, train_data, eval_data, output_dir) -> _Run:
     model = configure_trainable(supernet, args)
     optimizer = _optimizer(model, args)
-    dataloader = torch.utils.data.DataLoader(
-        train_data,
-        batch_size=args.per_device_train_batch_size,
-        sampler=SeededEpochSampler(len(train_data), args.seed),
-        collate_fn=SandwichCollator(args.prompt_type),
-        num_workers=args.dataloader_num_workers,
-    )
+    streaming = isinstance(train_data, SamStreamingData)
+    if streaming:  # torchdata's loader collects the stream's state_dict() from its workers: exact resume
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        dataloader = StatefulDataLoader(train_data, batch_size=args.per_device_train_batch_size,
+                                        collate_fn=SandwichCollator(args.prompt_type),
+                                        num_workers=args.dataloader_num_workers)
+    else:
+        dataloader = torch.utils.data.DataLoader(
+            train_data,
+            batch_size=args.per_device_train_batch_size,
+            sampler=SeededEpochSampler(len(train_data), args.seed),
+            collate_fn=SandwichCollator(args.prompt_type),
+            num_workers=args.dataloader_num_workers,
+        )
     # accelerate steps a prepared scheduler once per process per optimizer step (see AcceleratedScheduler), so the
     # schedule is stretched by num_processes, as in accelerate's and transformers' no_trainer examples.
     scheduler = get_scheduler(
@@ -403,7 +494,10 @@ def _prepare_run(args, accelerator, supernet, processor, train_data, eval_data, 
         num_warmup_steps=args.warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_steps * accelerator.num_processes,
     )
-    model, optimizer, dataloader, scheduler = accelerator.prepare(model, optimizer, dataloader, scheduler)
+    if streaming:
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    else:
+        model, optimizer, dataloader, scheduler = accelerator.prepare(model, optimizer, dataloader, scheduler)
     return _Run(args=args, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
                 dataloader=dataloader, train_data=train_data, eval_data=eval_data, processor=processor,
                 output_dir=output_dir, metrics=MetricsLog(accelerator, output_dir),
@@ -474,9 +568,15 @@ def _train_loop(run: _Run, start_step: int) -> dict[str, Any]:
     logger.info(
         f"Sandwich training: {args.max_steps} steps x ({subnets_per_step} subnets x {args.gradient_accumulation_steps} "
         f"micro-batches of {args.per_device_train_batch_size} images x {accelerator.num_processes} processes); "
-        f"{len(run.train_data)} train images; {trainable_params:,} trainable parameters{' (LoRA)' if args.uses_lora() else ''}.",
+        f"{_train_images(run)}; {trainable_params:,} trainable parameters{' (LoRA)' if args.uses_lora() else ''}.",
         main_process_only=True,
     )
+    logger.info(f"Training keeps at most max_instances_per_image={args.max_instances_per_image} instances (prompts) "
+                "per image, the largest, to bound memory"
+                + (f": {run.train_data.num_instances_left_out} of "
+                   f"{run.train_data.counts.instances + run.train_data.num_instances_left_out} instances are left out"
+                   if not isinstance(run.train_data, SamStreamingData) else " (the stream counts them as it goes)")
+                + "; validation scores every instance.", main_process_only=True)
     stream = _micro_batches(run, start_step * args.gradient_accumulation_steps)
     progress = tqdm(range(start_step, args.max_steps), initial=start_step, total=args.max_steps,
                     desc="fine-tune" if args.largest_only else "sandwich", disable=not accelerator.is_local_main_process)
@@ -514,6 +614,10 @@ def _train_loop(run: _Run, start_step: int) -> dict[str, Any]:
         "trainable_parameters": trainable_params,
         "lora": args.uses_lora(),
         "final_loss": last_losses,
+        "max_instances_per_image": args.max_instances_per_image,
+        "instances_left_out": (None if isinstance(run.train_data, SamStreamingData)
+                               else run.train_data.num_instances_left_out),
+        "streaming": isinstance(run.train_data, SamStreamingData),
         "final_eval": last_eval,
         "last_checkpoint": str(run.last_checkpoint),
     }
@@ -573,6 +677,13 @@ def _finish_trackers(accelerator: Accelerator) -> None:
     """Close the trackers (what `end_training` does) but keep the process group: the caller may go on using it."""
     for tracker in accelerator.trackers:
         tracker.finish()
+
+
+def _train_images(run: _Run) -> str:
+    data = run.train_data
+    if isinstance(data, SamStreamingData):
+        return f"streaming {run.args.dataset_name or 'dataset'} (shuffle blocks of {data.shuffle_buffer_size} rows)"
+    return f"{len(data)} train images"
 
 
 def _short(name: str) -> str:

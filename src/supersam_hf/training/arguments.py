@@ -101,7 +101,13 @@ class SupernetTrainingArguments(OutputArguments, DataArguments, ModelArguments):
         metadata={"help": "Keep only the N newest checkpoints under output_dir/checkpoints (a SAM ViT-B one is ~1.1 GB); "
                   "older ones this tool wrote are deleted, other folders never. None: keep all."},
     )
-    eval_steps: int = field(default=500, metadata={"help": "mIoU of the largest and smallest subnet every N steps (0: only at the end)."})
+    eval_steps: int = field(
+        default=500,
+        metadata={"help": "mIoU of the largest and smallest subnet every N steps and at the end, on eval_split_name, else "
+                  "on validation_fraction of the train split, else on the dataset's 'validation' (or 'test') split; "
+                  "without any of them nothing is evaluated. 0: only at the end, and only on eval_split_name or "
+                  "validation_fraction."},
+    )
     seed: int = field(default=42, metadata={"help": "Seed of everything random: data order, prompts, subnets, init."})
     resume_from_checkpoint: Optional[str] = field(
         default=None, metadata={"help": "'latest' (newest under output_dir/checkpoints) or a checkpoint folder."}

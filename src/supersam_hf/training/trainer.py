@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
@@ -99,11 +100,10 @@ def build_datasets(args: SupernetTrainingArguments, processor: SamProcessor, tra
     )
     eval_data = None
     if validation is None:
-        logger.info("No evaluation during training: give eval_split_name or validation_fraction, or a dataset with a "
-                    "'validation' or 'test' split.", main_process_only=True)
+        _info_on_main("No evaluation during training: give eval_split_name or validation_fraction, or a dataset with a "
+                      "'validation' or 'test' split.")
     else:
-        logger.info(f"Evaluation during training on {source} of {args.dataset_name or 'the given data'}.",
-                    main_process_only=True)
+        _info_on_main(f"Evaluation during training on {source} of {args.dataset_name or 'the given data'}.")
         eval_data = SamSegmentationData(
             validation, processor, image_column=args.image_column, mask_column=args.mask_column,
             mask_kind=train_data.mask_kind, max_instances_per_image=args.max_instances_per_image,
@@ -114,6 +114,13 @@ def build_datasets(args: SupernetTrainingArguments, processor: SamProcessor, tra
 
 
 DEFAULT_EVAL_SPLITS = ("validation", "test")
+
+
+def _info_on_main(message: str) -> None:
+    """Log once: on the main process of an accelerate run, or plainly when no accelerate state exists yet."""
+    if PartialState._shared_state and not PartialState().is_main_process:
+        return
+    logging.getLogger(__name__).info(message)
 
 
 def _default_eval_split(args: SupernetTrainingArguments):

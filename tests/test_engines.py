@@ -7,6 +7,7 @@ The multi-process tests launch 2 CPU processes (gloo) with `accelerate launch`; 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -140,6 +141,23 @@ def test_plain_launches_pass_and_are_described():
     assert engine_info(fake_state(1), None, {})["engine"] == "single process"
 
 
+@pytest.mark.parametrize("env", [
+    {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"},
+    {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"},
+])
+def test_every_stage_refuses_an_engine_launch_in_one_line_exit_2(assets, tmp_path, monkeypatch, capsys, env):
+    """The environment `accelerate launch` gives each process of an engine config (here without the launcher)."""
+    for name, value in {"WORLD_SIZE": "1", "ACCELERATE_USE_CPU": "true", **env}.items():
+        monkeypatch.setenv(name, value)
+    data = ["--model_name_or_path", str(assets / "sam"), "--dataset_name", str(assets / "data4")]
+    for stage in ("train", "evaluate", "convert", "search"):
+        assert main([stage, *data, "--output_dir", str(tmp_path / stage)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"supersam {stage}: error: "), err
+        assert "use DDP instead" in err[0] or "accelerate launch --multi_gpu" in err[0]
+        assert not (tmp_path / stage).exists()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Evaluation during training: the dataset's validation split by default
 # ---------------------------------------------------------------------------------------------------------------
@@ -232,12 +250,17 @@ def test_launch_that_formed_no_process_group_stops_before_writing(assets, tmp_pa
     assert not out.exists()
 
 
+# accelerate's launcher itself imports deepspeed for a DeepSpeed config (without it: its own ImportError first).
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                     reason="accelerate launch of a DeepSpeed config needs `pip install deepspeed`")
+
+
 @pytest.mark.parametrize("config, match", [
     ("fsdp1.yaml", "FSDP version 1 (FullyShardedDataParallel) is not supported"),
     ("fsdp2.yaml", "FSDP version 2 (fully_shard) is not supported yet"),
-    ("deepspeed_zero1.yaml", "DeepSpeed (ZeRO stage 1) needs CUDA GPUs"),
-    ("deepspeed_zero2.yaml", "DeepSpeed (ZeRO stage 2) needs CUDA GPUs"),
-    ("deepspeed_zero3.yaml", "DeepSpeed (ZeRO stage 3) needs CUDA GPUs"),
+    pytest.param("deepspeed_zero1.yaml", "DeepSpeed (ZeRO stage 1) needs CUDA GPUs", marks=needs_deepspeed),
+    pytest.param("deepspeed_zero2.yaml", "DeepSpeed (ZeRO stage 2) needs CUDA GPUs", marks=needs_deepspeed),
+    pytest.param("deepspeed_zero3.yaml", "DeepSpeed (ZeRO stage 3) needs CUDA GPUs", marks=needs_deepspeed),
 ])
 def test_engine_configs_are_refused_in_one_line(assets, tmp_path, config, match):
     out = tmp_path / "engine"

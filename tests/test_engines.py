@@ -197,7 +197,9 @@ def train_flags(assets: Path, out: Path) -> list[str]:
 
 def test_ddp_equals_one_process_with_the_same_global_batch_and_names_the_engine(assets, tmp_path):
     out = tmp_path / "ddp"
-    result = launch(["-m", "supersam_hf.cli", "train", *train_flags(assets, out), "--per_device_train_batch_size", "1"])
+    evaluation = ["--eval_split_name", "train", "--max_eval_images", "3", "--per_device_eval_batch_size", "1"]
+    result = launch(["-m", "supersam_hf.cli", "train", *train_flags(assets, out), *evaluation,
+                     "--per_device_train_batch_size", "1"])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     first = next(line for line in result.stderr.splitlines() if "supersam_hf" in line and "] " in line)
     assert "] Engine: DDP (gloo on cpu" in first and "), 2 processes on 1 machine, mixed precision no." in first
@@ -207,7 +209,8 @@ def test_ddp_equals_one_process_with_the_same_global_batch_and_names_the_engine(
 
     single = tmp_path / "single"
     parser = HfArgumentParser(SupernetTrainingArguments)
-    args = parser.parse_args_into_dataclasses(args=[*train_flags(assets, single), "--per_device_train_batch_size", "2"])[0]
+    args = parser.parse_args_into_dataclasses(args=[*train_flags(assets, single), *evaluation,
+                                                    "--per_device_train_batch_size", "2"])[0]
     model = train_supernet(args)
     assert json.loads((single / "training_summary.json").read_text())["engine"]["engine"] == "single process"
     ddp = load_file(out / "model.safetensors")
@@ -238,6 +241,13 @@ def test_ddp_equals_one_process_with_the_same_global_batch_and_names_the_engine(
     assert len(losses_one) == len(losses_two) == 2
     for a, b in zip(losses_one, losses_two):
         assert a.keys() == b.keys() and all(b[k] == pytest.approx(a[k], rel=1e-5) for k in a)
+    # The final evaluation: 3 images in batches of 1 split across the 2 processes (2 + 1), gathered.
+    evals = [[r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("type") == "eval"]
+             for run in (single, out)]
+    assert [len(e) for e in evals] == [1, 1] and evals[1][0]["num_images"] == 3
+    assert evals[1][0]["num_objects"] == evals[0][0]["num_objects"]
+    for name, value in evals[0][0]["miou"].items():
+        assert evals[1][0]["miou"][name] == pytest.approx(value, abs=1e-3)
 
 
 def test_launch_that_formed_no_process_group_stops_before_writing(assets, tmp_path):

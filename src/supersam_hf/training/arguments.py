@@ -37,6 +37,11 @@ class SupernetTrainingArguments(OutputArguments, DataArguments, ModelArguments):
     The model, data and output fields are the shared vocabulary (`supersam_hf.arguments`); give fields by name.
     """
 
+    eval_split_name: Optional[str] = field(
+        default=None,
+        metadata={"help": "Split to evaluate on during training (default: the dataset's 'validation' split, else its "
+                  "'test' split, when eval_steps > 0; see eval_steps)."},
+    )
     validation_fraction: float = field(
         default=0.0,
         metadata={"help": "Hold out this fraction of the train split (seeded, deterministic) for evaluation (instead of "

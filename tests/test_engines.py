@@ -32,6 +32,7 @@ from supersam_hf.distributed import (
     check_launch,
     engine_info,
     engine_line,
+    refuse_multi_process,
     requested_engine,
 )
 from supersam_hf.errors import UnsupportedSetupError
@@ -130,6 +131,12 @@ def test_deepspeed_on_gpus_is_refused_with_the_reason(stage, match):
     env = {"WORLD_SIZE": "2", "ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": str(stage)}
     with pytest.raises(UnsupportedSetupError, match=match):
         check_engine_request(env, cuda_available=True)
+
+
+def test_single_process_stages_refuse_a_multi_process_launch():
+    refuse_multi_process("export", fake_state(1))
+    with pytest.raises(UnsupportedSetupError, match="supersam export runs in one process; it was launched as 2"):
+        refuse_multi_process("export", fake_state(2, DistributedType.MULTI_CPU))
 
 
 def test_plain_launches_pass_and_are_described():

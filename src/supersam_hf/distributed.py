@@ -91,7 +91,7 @@ def check_engine_request(environ: Mapping[str, str] | None = None, cuda_availabl
         where = ("on CPU accelerate ignores the FSDP settings and would run plain DDP; " if on_cpu else "")
         raise UnsupportedSetupError(
             f"FSDP version 2 (fully_shard) is not supported yet: {where}the sandwich step itself runs on sharded "
-            "weights (tests/test_engines.py), but saving, checkpointing and evaluating a sharded supernet are not "
+            "weights (README, 'Many GPUs / many processes'), but saving, checkpointing and evaluating a sharded supernet are not "
             f"implemented; {ddp}, with {memory}."
         )
     if request["kind"] == "deepspeed":
@@ -122,7 +122,7 @@ def check_launch(state: PartialState, environ: Mapping[str, str] | None = None) 
         rank = environ.get("RANK", environ.get("LOCAL_RANK", "?"))
         raise UnsupportedSetupError(
             f"the launcher started {world} processes (WORLD_SIZE={world}, this is rank {rank}) but accelerate formed a "
-            f"{state.num_processes}-process state ({state.distributed_type.value}), so each would run alone and write "
+            f"{state.num_processes}-process state (distributed type {state.distributed_type.value}), so each would run alone and write "
             "the same output; on a machine without GPUs add --cpu to `accelerate launch` (or set "
             "ACCELERATE_USE_CPU=true), with GPUs check `accelerate env` and CUDA_VISIBLE_DEVICES."
         )

@@ -104,7 +104,7 @@ def fake_state(num_processes: int, kind=DistributedType.NO):
 
 def test_launch_of_n_processes_that_formed_one_is_refused():
     env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
-    with pytest.raises(UnsupportedSetupError, match=r"started 2 processes .* formed a 1-process state .*--cpu"):
+    with pytest.raises(UnsupportedSetupError, match=r"started 2 processes .* formed a 1-process state .*ACCELERATE_USE_CPU=true"):
         check_launch(fake_state(1), env)
     check_launch(fake_state(2, DistributedType.MULTI_CPU), env)  # a real group
     check_launch(fake_state(1), {})  # no launcher

@@ -6,7 +6,7 @@
 anything, so a launch can never silently become something else:
 
 * a launch of N processes where accelerate formed a one-process state in each (e.g. `--multi_gpu` on a machine
-  without GPUs and without `--cpu`): N independent runs that would all write the same `--output_dir`;
+  without GPUs and without `ACCELERATE_USE_CPU=true`): N independent runs that would all write the same `--output_dir`;
 * FSDP version 1, FSDP version 2 and DeepSpeed: refused in one line that names the reason and what to use instead
   (on CPU accelerate would silently run DDP in their place; see the README's "Many GPUs" section for the details).
 
@@ -75,11 +75,13 @@ def check_engine_request(environ: Mapping[str, str] | None = None, cuda_availabl
                 else f"DeepSpeed (ZeRO stage {request.get('zero_stage')})")
         raise UnsupportedSetupError(
             f"{name} launch: supersam {stage} splits its images across plain processes and shards nothing; launch it "
-            "with `accelerate launch --multi_gpu` (add --cpu on a machine without GPUs) or without accelerate launch."
+            "with `accelerate launch --multi_gpu` (with ACCELERATE_USE_CPU=true on a machine without GPUs) or without "
+            "accelerate launch."
         )
     cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
     on_cpu = _flag(environ, "ACCELERATE_USE_CPU") or not cuda
-    ddp = "use DDP instead (`accelerate launch --multi_gpu`, distributed_type: MULTI_GPU; add --cpu on a machine without GPUs)"
+    ddp = ("use DDP instead (`accelerate launch --multi_gpu`, distributed_type: MULTI_GPU; on a machine without GPUs "
+           "with ACCELERATE_USE_CPU=true or use_cpu: true)")
     memory = "--gradient_checkpointing or --lora_r to fit memory"
     if request["kind"] == "fsdp":
         if request["fsdp_version"] != 2:
@@ -123,8 +125,8 @@ def check_launch(state: PartialState, environ: Mapping[str, str] | None = None) 
         raise UnsupportedSetupError(
             f"the launcher started {world} processes (WORLD_SIZE={world}, this is rank {rank}) but accelerate formed a "
             f"{state.num_processes}-process state (distributed type {state.distributed_type.value}), so each would run alone and write "
-            "the same output; on a machine without GPUs add --cpu to `accelerate launch` (or set "
-            "ACCELERATE_USE_CPU=true), with GPUs check `accelerate env` and CUDA_VISIBLE_DEVICES."
+            "the same output; on a machine without GPUs set ACCELERATE_USE_CPU=true (or use_cpu: true in the accelerate "
+            "config) and keep --multi_gpu, with GPUs check `accelerate env` and CUDA_VISIBLE_DEVICES."
         )
 
 

@@ -108,6 +108,10 @@ def test_launch_of_n_processes_that_formed_one_is_refused():
         check_launch(fake_state(1), env)
     check_launch(fake_state(2, DistributedType.MULTI_CPU), env)  # a real group
     check_launch(fake_state(1), {})  # no launcher
+    check_launch(fake_state(1), {"ACCELERATE_USE_CPU": "True", "ACCELERATE_MIXED_PRECISION": "no"})  # --cpu, 1 process
+    cpu_launch_of_2 = {"ACCELERATE_USE_CPU": "True", "ACCELERATE_MIXED_PRECISION": "no", "MASTER_ADDR": "127.0.0.1"}
+    with pytest.raises(UnsupportedSetupError, match=r"--cpu with several processes starts only one"):
+        check_launch(fake_state(1), cpu_launch_of_2)
 
 
 @pytest.mark.parametrize("env, kind, match", [

@@ -120,6 +120,12 @@ def check_launch(state: PartialState, environ: Mapping[str, str] | None = None) 
     (each process would run alone, and all would write the same output folder)."""
     environ = os.environ if environ is None else environ
     world = launched_world_size(environ)
+    if world == 1 and state.num_processes == 1 and _one_process_of_a_cpu_launch(environ):
+        raise UnsupportedSetupError(
+            "accelerate launch --cpu with several processes starts only one (accelerate's simple launcher: "
+            f"MASTER_ADDR={environ.get('MASTER_ADDR')} set, no WORLD_SIZE); for N CPU processes use "
+            "`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N` (or use_cpu: true in the config)."
+        )
     if world > 1 and state.num_processes != world:
         rank = environ.get("RANK", environ.get("LOCAL_RANK", "?"))
         raise UnsupportedSetupError(
@@ -128,6 +134,13 @@ def check_launch(state: PartialState, environ: Mapping[str, str] | None = None) 
             "the same output; on a machine without GPUs set ACCELERATE_USE_CPU=true (or use_cpu: true in the accelerate "
             "config) and keep --multi_gpu, with GPUs check `accelerate env` and CUDA_VISIBLE_DEVICES."
         )
+
+
+def _one_process_of_a_cpu_launch(environ: Mapping[str, str]) -> bool:
+    """`accelerate launch --cpu --num_processes N>1` without an MPI host file: accelerate's simple launcher starts
+    one process and marks it with ACCELERATE_USE_CPU, ACCELERATE_MIXED_PRECISION and (for N > 1 only) MASTER_ADDR."""
+    return (_flag(environ, "ACCELERATE_USE_CPU") and "ACCELERATE_MIXED_PRECISION" in environ
+            and bool(environ.get("MASTER_ADDR")) and "LOCAL_RANK" not in environ)
 
 
 def process_state(stage: str = "train", environ: Mapping[str, str] | None = None) -> PartialState:

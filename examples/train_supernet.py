@@ -26,7 +26,8 @@ from supersam_hf.commands.cli import main as cli_main  # the same parser, loader
 
 def main(argv: list[str] | None = None) -> int:
     code = cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-    PartialState().destroy_process_group()  # tidy end of a multi-process run (no-op with one process)
+    if PartialState._shared_state:  # an engine refused before accelerate started has no state to tidy
+        PartialState().destroy_process_group()  # tidy end of a multi-process run (no-op with one process)
     return code
 
 

@@ -20,17 +20,20 @@ import copy
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 from transformers import SamModel, SamProcessor
 
 from .arguments import DEFAULT_PROMPT_TYPE
 from .data import SamCollator, SamSegmentationData, SamStreamingData, model_inputs
+from .errors import UnsupportedSetupError
 from .metrics import load_sam_miou
 from .modeling_supersam import SuperSamModel
 from .search_space import SubnetConfig
@@ -465,6 +468,7 @@ def evaluate_model(
     device: str | torch.device | None = None,
     box_reference: bool = False,
     max_instances_per_image: int | None = None,
+    state=None,
 ) -> dict[str, Any]:
     """Mean IoU of a SAM model (or of one subnet of a supernet) on a segmentation dataset.
 
@@ -493,6 +497,11 @@ def evaluate_model(
             `box_reference_per_image_miou`, the score a model gets by copying its prompt.
         max_instances_per_image: score at most this many instances per image (the largest); None (default)
             scores every instance. The cap and the instances it left out are in the result.
+        state: accelerate's `PartialState` (or an `Accelerator`) of a multi-process run: every process must call
+            with the same arguments; the batches are split across the processes (contiguous shares, in order), the
+            per-object statistics are gathered, and every process returns the result of the one-process run on the
+            same data (the same objects in the same order, scored by the same metric code). None: this process
+            scores everything.
 
     Returns:
         The metric's `miou`, `per_image_miou`, `mean_dice`, `num_objects`, `num_images`, and how they were
@@ -511,19 +520,31 @@ def evaluate_model(
     batches, data_seed, cap = _batches(dataset, processor, prompt, batch_size, max_images, seed, image_column,
                                        mask_column, mask_kind, max_instances_per_image)
     names = ["model", "box_reference"] if box_reference else ["model"]
+    distributed = state is not None and state.num_processes > 1
+    all_batches = batches
+    if distributed:  # this process's share of the batches; statistics gathered by `compute`
+        if isinstance(batches, StreamedBatches):
+            raise UnsupportedSetupError("evaluating a streamed dataset is not split across processes; run evaluate "
+                                        "--streaming without `accelerate launch`, or without --streaming.")
+        batches = _process_share(batches, state)
+        metrics = {n: GatheredMetric(_metric(n)) for n in names}
+        show_progress = show_progress and state.is_local_main_process
+    else:
+        metrics = {n: _metric(n) for n in names}
     was_training = model.training
     model.eval()
     try:
         with model.subnet(active) if isinstance(model, SuperSamModel) else contextlib.nullcontext():
-            _score_batches(model, batches, processor, mask_selection, {n: _metric(n) for n in names}, show_progress)
+            _score_batches(model, batches, processor, mask_selection, metrics, show_progress)
     except BaseException:
         for name in names:
             _METRICS.pop(name, None)  # they may hold a partial evaluation: the next call starts from fresh ones
         raise
     finally:
         model.train(was_training)
-    result = _result(_compute(names), prompt, mask_selection, data_seed, active, params)
-    result.update(_instance_record(batches, cap))
+    computed = {n: metrics[n].compute() for n in names} if distributed else _compute(names)
+    result = _result(computed, prompt, mask_selection, data_seed, active, params)
+    result.update(_instance_record(all_batches, cap))
     return result
 
 
@@ -533,6 +554,55 @@ def _instance_record(batches, cap: int | None) -> dict[str, Any]:
         logger.warning("max_instances_per_image=%d: %d instances of the scored images were left out (the smallest).",
                        cap, batches.num_instances_left_out)
     return {"max_instances_per_image": cap, "num_instances_left_out": int(batches.num_instances_left_out)}
+
+
+class _Share(Sequence):
+    """Batches `indices` of a batch sequence (built on demand, like the sequence itself)."""
+
+    def __init__(self, batches: Sequence, indices: list[int]) -> None:
+        self.batches, self.indices = batches, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.batches[self.indices[index]]
+
+
+def _process_share(batches: Sequence, state) -> _Share:
+    """This process's contiguous share of the batches (`split_between_processes`: process 0 the first ones), so the
+    gathered objects are in the one-process order. Whole batches are shared, never re-batched: each image is
+    scored in the very batch (and padding) of a one-process run."""
+    with state.split_between_processes(list(range(len(batches)))) as indices:
+        return _Share(batches, indices)
+
+
+class GatheredMetric:
+    """One process's part of a `sam_miou` evaluation split across processes.
+
+    `add_batch` keeps, per object, the metric's own `mask_statistics` (intersection and sizes: three integers, not
+    the masks) and its image id; `compute` gathers every process's objects in process order
+    (`accelerate.utils.gather_object`) and scores them with the metric's `scores_from_statistics`, the code its
+    `compute` runs, so every process gets the one-process result.
+    """
+
+    def __init__(self, metric) -> None:
+        self.module = sys.modules[type(metric).__module__]  # the loaded metric script: its maths, not a copy
+        self.stats: list = []
+        self.image_ids: list[str] = []
+
+    def add_batch(self, *, predictions, references, image_ids) -> None:
+        self.stats.append(self.module.mask_statistics(predictions, references))
+        self.image_ids.extend(str(i) for i in image_ids)
+
+    def compute(self) -> dict[str, Any]:
+        from accelerate.utils import gather_object
+
+        local = np.concatenate(self.stats) if self.stats else np.zeros((0, 3), dtype=np.int64)
+        parts = gather_object([(local, self.image_ids)])  # one (stats, ids) per process, process 0 first
+        stats = np.concatenate([part[0] for part in parts])
+        image_ids = [image_id for part in parts for image_id in part[1]]
+        return self.module.scores_from_statistics(stats, image_ids)
 
 
 def _result(computed: dict[str, dict], prompt: str, mask_selection: str, seed: int, active: SubnetConfig | None,
@@ -654,6 +724,7 @@ def box_reference_miou(
 
 __all__ = [
     "EvaluationData",
+    "GatheredMetric",
     "MASK_SELECTIONS",
     "PROMPTS",
     "PreparedBatches",

@@ -618,6 +618,7 @@ def prioritize(
     seed: int = 0,
     show_progress: bool = True,
     intensity_normalization: str = "percentile",
+    state=None,
 ) -> PrioritizationReport:
     """Measure `model`'s image encoder on calibration images and write the search space into `model.config`.
 
@@ -638,6 +639,10 @@ def prioritize(
         seed: seed of the image selection.
         show_progress: show a tqdm progress bar.
         intensity_normalization: how non-8-bit images reach 0-255 (`data.to_rgb_image`), as in training/evaluation.
+        state: accelerate's `PartialState` of a multi-process run (every process calls with the same arguments):
+            the calibration batches are dealt round-robin to the processes, and the statistics (sums over images)
+            are gathered and added up, so every process ends with the same model and report as one process would
+            (equal up to the order of floating-point additions). None: this process calibrates on everything.
 
     Layer importance = `1 - cos(E, E_-i)` with `E` the image embeddings (neck output, one flattened vector per
     image) of the full model and `E_-i` those with layer i replaced by the identity, averaged over images. Elastic
@@ -660,7 +665,7 @@ def prioritize(
     model.eval()
     try:
         removal_cost, used = _measure(model, dataset, processor, column, (recorder, embedding_recorder), num_images,
-                                      batch_size, seed, measure_layers, show_progress, intensity_normalization)
+                                      batch_size, seed, measure_layers, show_progress, intensity_normalization, state)
         summaries, permutations = _order_mlp_neurons(layers, recorder, reorder)
         embedding_order = embedding_order_from(model, embedding_recorder, apply=reorder)
         importance = None
@@ -755,7 +760,7 @@ def _calibration_column(model: SuperSamModel, dataset, image_column: str | None,
 
 def _measure(model: SuperSamModel, dataset, processor, column: str, recorders: tuple, num_images: int,
              batch_size: int, seed: int, measure_layers: bool, show_progress: bool,
-             intensity_normalization: str) -> tuple[torch.Tensor, int]:
+             intensity_normalization: str, state=None) -> tuple[torch.Tensor, int]:
     """One calibration pass of the full model (in eval mode, set by the caller) over up to `num_images` usable
     images of `column`, on the model's device and dtype: fills `recorders` and returns the per-layer removal costs
     (summed over images) and how many images were used. No usable image is an error; skipped rows and fewer
@@ -765,8 +770,16 @@ def _measure(model: SuperSamModel, dataset, processor, column: str, recorders: t
     stats = {"used": 0, "skipped": 0}
     target = min(num_images, len(dataset))
     batches = _calibration_batches(dataset, column, target, batch_size, seed, stats, intensity_normalization)
+    distributed = state is not None and state.num_processes > 1
+    if distributed:  # every process walks the same selection (so `stats` agree) and runs its own batches
+        rank, size = state.process_index, state.num_processes
+        batches = (batch for k, batch in enumerate(batches) if k % size == rank)
+        show_progress = show_progress and state.is_local_main_process
     inputs = (processor(images=images, return_tensors="pt")["pixel_values"].to(device=device, dtype=dtype) for images in batches)
-    removal_cost = _calibrate(model, inputs, recorders, measure_layers, target, show_progress)
+    share = -(-target // state.num_processes) if distributed else target
+    removal_cost = _calibrate(model, inputs, recorders, measure_layers, share, show_progress)
+    if distributed:
+        removal_cost = _sum_across_processes(removal_cost, recorders, device)
 
     used = stats["used"]
     if used == 0:
@@ -779,6 +792,54 @@ def _measure(model: SuperSamModel, dataset, processor, column: str, recorders: t
     if used < num_images:
         logger.warning("Calibrated on %d image(s) instead of the requested num_images=%d.", used, num_images)
     return removal_cost, used
+
+
+def _sum_across_processes(removal_cost: torch.Tensor, recorders: tuple, device: torch.device) -> torch.Tensor:
+    """Add up every process's calibration sums (removal costs, MLP and embedding statistics) in process order and
+    put the totals (on `device`, the model's) into this process's recorders; returns the total removal costs (CPU,
+    as `_calibrate` returns them). A process that had no batch
+    contributes nothing (its entries are None)."""
+    from accelerate.utils import gather_object
+
+    mlp, embedding = recorders
+
+    def cpu(value):
+        if isinstance(value, torch.Tensor):
+            return value.cpu()
+        if isinstance(value, list):
+            return [cpu(v) for v in value]
+        if isinstance(value, dict):
+            return {k: cpu(v) for k, v in value.items()}
+        return value
+
+    def add(total, part):
+        if isinstance(total, list):
+            return [add(a, b) for a, b in zip(total, part)]
+        if isinstance(total, dict):
+            return {k: add(total.get(k), part.get(k)) for k in dict.fromkeys([*total, *part])}
+        if total is None or part is None:
+            return part if total is None else total
+        return total + part
+
+    def back(value):
+        if isinstance(value, torch.Tensor):
+            return value.to(device)
+        if isinstance(value, list):
+            return [back(v) for v in value]
+        if isinstance(value, dict):
+            return {k: back(v) for k, v in value.items()}
+        return value
+
+    local = cpu({"removal": removal_cost, "input_sq": mlp.input_sq, "hidden_sq": mlp.hidden_sq,
+                 "norm_abs": embedding.norm_abs, "attn_sq": embedding.attn_sq})
+    parts = gather_object([local])  # one per process, process 0 first
+    total = parts[0]
+    for part in parts[1:]:
+        total = add(total, part)
+    total = back(total)
+    mlp.input_sq, mlp.hidden_sq = total["input_sq"], total["hidden_sq"]
+    embedding.norm_abs, embedding.attn_sq = total["norm_abs"], total["attn_sq"]
+    return total["removal"].cpu()
 
 
 def _order_mlp_neurons(layers: list, recorder: _MlpNormRecorder, reorder: bool) -> tuple[list[dict[str, float]], list[list[int]]]:

@@ -34,6 +34,9 @@ STAGES = {
     "demo": "the whole pipeline end to end, offline",
 }
 
+# Stages that run in one process (the others split their images across the processes of `accelerate launch`).
+SINGLE_PROCESS_STAGES = ("export", "demo")
+
 
 class UsageError(ValueError):
     """A command line that cannot be parsed: unknown flag, missing required flag, bad value, bad argument file."""
@@ -144,6 +147,13 @@ def _run(stage: str, argv: list[str]) -> None:
     """Parse the stage's arguments, set up logging and run the stage (errors are answered by `run_stage`)."""
     *stage_arguments, run_arguments = parse_stage_arguments(stage, argv)
     configure_logging(run_arguments.log_level)
+    # Before any work: the engine `accelerate launch` asked for is one this tool runs, and a launch of N processes
+    # formed an N-process group (else each process would run alone and write the same output).
+    from ..distributed import process_state, refuse_multi_process
+
+    state = process_state(stage)
+    if stage in SINGLE_PROCESS_STAGES:
+        refuse_multi_process(stage, state)
     stage_module(stage).run(*stage_arguments)
 
 

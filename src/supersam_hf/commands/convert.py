@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..arguments import DataArguments, ModelArguments, OutputArguments
-from ..data import streamed_rows
+from ..data import load_segmentation_dataset, streamed_rows
+from ..distributed import process_state
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..prioritization import PrioritizationReport, prioritize
 from ..checks import check_positive
@@ -42,6 +43,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
     output = prepare_output(output_args, *inputs)  # before any work: writable, not an input, empty or --overwrite
     check_positive("num_calibration_images", args.num_calibration_images)
     check_positive("calibration_batch_size", args.calibration_batch_size)
+    state = process_state("convert")  # under accelerate launch: calibration images split, statistics gathered
+    if args.device is None and state.num_processes > 1:
+        args.device = str(state.device)
     dataset = load_data(data_args, data_args.train_split_name)
     if data_args.streaming:  # read only the calibration rows: a seeded shuffle buffer over the stream, then N rows
         if data_args.max_train_images is not None:
@@ -59,8 +63,12 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
         num_images=args.num_calibration_images, batch_size=args.calibration_batch_size,
         num_elastic_layers=args.num_elastic_layers, max_drop_prob=args.max_drop_prob,
         keep_first_layer=args.keep_first_layer, image_column=data_args.image_column, seed=args.seed,
-        intensity_normalization=data_args.intensity_normalization,
+        intensity_normalization=data_args.intensity_normalization, state=state,
+        show_progress=state.is_local_main_process,
     )
+    if not state.is_main_process:  # every process holds the same supernet; the main process writes it
+        state.wait_for_everyone()
+        return report
     with atomic_output_dir(output, overwrite=output_args.overwrite_output_dir, inputs=[i for i in inputs if i],
                            tool="supersam convert") as staging:  # complete, or not there at all
         model.save_pretrained(staging)
@@ -70,4 +78,5 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
         f"supersam convert: {model_args.model_name_or_path} -> {output} (calibrated on {report.num_images} images; "
         f"elastic layers {report.elastic_layers}, drop probabilities {[round(p, 3) for p in report.layer_drop_probs]})"
     )
+    state.wait_for_everyone()
     return report

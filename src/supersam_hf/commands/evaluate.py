@@ -12,7 +12,9 @@ from typing import Any, Literal, Optional
 
 from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
 from ..checks import check_positive
-from ..data import SamSegmentationData, SamStreamingData
+from ..data import SamSegmentationData, SamStreamingData, load_segmentation_dataset
+from ..distributed import process_state
+from ..errors import UnsupportedSetupError
 from ..evaluation import MASK_SELECTIONS, PROMPTS, evaluate_model, parse_subnet
 from ..loading import load_processor, load_sam_model, recorded_base_model
 from ..outputs import atomic_output_dir
@@ -111,7 +113,10 @@ def _onnx_model(model_args: ModelArguments, args: EvaluateArguments, subnet):
 
 def run(model_args: ModelArguments, data_args: DataArguments, output_args: OutputArguments,
         args: EvaluateArguments) -> dict[str, Any]:
-    """Load model, processor and data, evaluate, print a table and write `<output_dir>/eval_results.json`."""
+    """Load model, processor and data, evaluate, print a table and write `<output_dir>/eval_results.json`.
+
+    Under `accelerate launch` the images are split across the processes and the statistics gathered (the result
+    equals the one-process run); only the main process writes and prints."""
     if args.mask_selection not in MASK_SELECTIONS:
         raise ValueError(f"--mask_selection must be one of {MASK_SELECTIONS}, got {args.mask_selection!r}.")
     if args.prompt_type not in PROMPTS:
@@ -122,6 +127,12 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
     if args.max_instances_per_image is not None:
         check_positive("max_instances_per_image", args.max_instances_per_image)
     subnet = _subnet(args)
+    state = process_state("evaluate")
+    if (args.onnx or args.onnx_int8) and state.num_processes > 1:
+        raise UnsupportedSetupError("--onnx evaluates through ONNX Runtime in one process; run it without "
+                                    "`accelerate launch`.")
+    if args.device is None and state.num_processes > 1:
+        args.device = str(state.device)  # each process on its own device (cuda:<local rank>, or cpu)
     if args.onnx or args.onnx_int8:
         model, base_model = _onnx_model(model_args, args, subnet), None
     else:
@@ -139,13 +150,18 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
         model, data, processor, subnet=subnet, prompt=args.prompt_type, mask_selection=args.mask_selection,
         batch_size=args.batch_size, max_images=data_args.max_eval_images, seed=args.seed,
         box_reference=args.prompt_type == "box",  # what copying the box prompt scores, in the same pass
+        state=state, show_progress=state.is_local_main_process,
     )
     if args.onnx or args.onnx_int8:
         result["runtime"] = f"onnxruntime ({'INT8' if args.onnx_int8 else 'fp32'} encoder)"
+    if not state.is_main_process:
+        state.wait_for_everyone()  # the main process writes the one result folder
+        return result
     with atomic_output_dir(output, overwrite=output_args.overwrite_output_dir, inputs=[i for i in inputs if i],
                            tool="supersam evaluate") as staging:
         (staging / RESULTS_FILE).write_text(json.dumps(result, indent=2) + "\n")
     print(f"supersam evaluate: {model_args.model_name_or_path} on {data_args.dataset_name}" + (f" [{split}]" if split else ""))
     print(format_results(result))
     print(f"wrote {output / RESULTS_FILE}")
+    state.wait_for_everyone()
     return result

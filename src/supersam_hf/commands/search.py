@@ -9,6 +9,7 @@ from typing import Literal, Optional
 from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
 from ..checks import check_positive
 from ..data import SamSegmentationData, load_segmentation_dataset
+from ..distributed import process_state
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..search import BEST_FILE, PARETO_FILE, PARETO_PLOT, RESULTS_FILE, SearchResult, search_subnets
 from ..search.driver import ORT_LATENCY_CACHE
@@ -89,7 +90,10 @@ def _remove_previous_search(output: Path) -> None:
 
 def run(model_args: ModelArguments, data_args: DataArguments, output_args: OutputArguments,
         args: SearchArguments) -> SearchResult:
-    """Load supernet, processor and data, search, print a summary."""
+    """Load supernet, processor and data, search, print a summary.
+
+    Under `accelerate launch` every process runs the same search, each scoring its share of the images of every
+    subnet (statistics gathered: the same scores as one process); only the main process writes and prints."""
     inputs = (model_args.model_name_or_path, data_args.dataset_name)
     previous = Path(output_args.output_dir) / RESULTS_FILE
     if previous.is_file() and not (args.resume or output_args.overwrite_output_dir):
@@ -99,6 +103,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
     output = prepare_output(output_args, *inputs, overwrite=output_args.overwrite_output_dir or args.resume)
     check_positive("batch_size", args.batch_size)
     check_positive("budget", args.budget)
+    state = process_state("search")
+    if args.device is None and state.num_processes > 1:
+        args.device = str(state.device)
     supernet = load_supernet(model_args.model_name_or_path, require_supernet=True, revision=model_args.revision,
                              token=model_args.token, device=args.device)
     processor = load_processor(model_args.model_name_or_path, model_args.processor_name_or_path,
@@ -108,8 +115,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
     dataset = load_data(data_args, split)
     data = SamSegmentationData(dataset, processor, prompt=args.prompt_type, seed=args.eval_seed, return_full_masks=True,
                                **data_kwargs(data_args))
-    if output_args.overwrite_output_dir and not args.resume and output.is_dir():
+    if output_args.overwrite_output_dir and not args.resume and output.is_dir() and state.is_main_process:
         _remove_previous_search(output)
+    state.wait_for_everyone()
     result = search_subnets(
         supernet, data, processor,
         budget=args.budget, max_params=args.max_params, max_macs=args.max_macs, max_latency_ms=args.max_latency_ms,
@@ -117,10 +125,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
         resume=args.resume, prompt=args.prompt_type, max_images=data_args.max_eval_images,
         latency_repeats=args.latency_repeats, mask_selection=args.mask_selection, batch_size=args.batch_size,
         eval_seed=args.eval_seed, technique=args.technique, dataset_name=data_args.dataset_name, split=split,
-        latency_backend=args.latency_backend,
+        latency_backend=args.latency_backend, state=state, show_progress=state.is_local_main_process,
     )
+    if not state.is_main_process:
+        state.wait_for_everyone()
+        return result
     record_tool_outputs(output, [output / name for name in SEARCH_FILES if (output / name).is_file()],
                         tool="supersam search")
     print(f"supersam search: {model_args.model_name_or_path} on {data_args.dataset_name}" + (f" [{split}]" if split else ""))
     print(format_search(result))
+    state.wait_for_everyone()
     return result

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +163,18 @@ def subnet_latency_ms(supernet: SuperSamModel, cfg: SubnetConfig, data: Evaluati
     return float(ort_cache.get(key))
 
 
+def agreed(state, compute: Callable[[], Any]) -> Any:
+    """`compute()` on the main process, the same value on every process of `state` (a multi-process search must
+    take identical decisions everywhere: a measured latency differs between processes, so the main one's counts)."""
+    if state is None or state.num_processes == 1:
+        return compute()
+    from accelerate.utils import broadcast_object_list
+
+    box = [compute() if state.is_main_process else None]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
 def _narrowest_all_kept(space: SearchSpace) -> SubnetConfig:
     """Every layer, each at its narrowest MLP width, at the narrowest embedding width."""
     return _narrowest(space, tuple(range(space.num_layers)))
@@ -252,8 +266,12 @@ class SubnetSearch:
     """One search: the scored and rejected subnets (the cache a resume reloads), the objective and the loop."""
 
     def __init__(self, supernet: SuperSamModel, data: EvaluationData, processor: SamProcessor, costs: CheapCosts,
-                 constraints: Constraints, output: Path, options: SearchOptions, settings: dict[str, Any]) -> None:
+                 constraints: Constraints, output: Path, options: SearchOptions, settings: dict[str, Any],
+                 state=None) -> None:
         self.supernet, self.data, self.processor = supernet, data, processor
+        # accelerate's PartialState of a multi-process search (None: one process): every process runs the same loop,
+        # each scores its share of the images, and only the main process writes.
+        self.state = state
         self.costs, self.constraints, self.output, self.options, self.settings = costs, constraints, output, options, settings
         self.largest = supernet.search_space.largest()
         self.evaluated: dict[SubnetConfig, dict[str, Any]] = {}  # scored subnets, in order
@@ -267,15 +285,24 @@ class SubnetSearch:
     def results_path(self) -> Path:
         return self.output / RESULTS_FILE
 
+    @property
+    def is_main(self) -> bool:
+        return self.state is None or self.state.is_main_process
+
     # -- resume ---------------------------------------------------------------------------------------------------
     def resume(self) -> None:
         """Reload the scored and rejected subnets of an earlier search in `output` (same settings required)."""
-        if not self.results_path.exists():
-            logger.info("Nothing to resume in %s; starting a new search.", self.output)
-            return
-        previous = read_json_file(self.results_path, what="search results", expect=dict,
+        def read():
+            if not self.results_path.exists():
+                return None
+            return read_json_file(self.results_path, what="search results", expect=dict,
                                   remedy="delete it and opentuner.db to search afresh (--overwrite_output_dir without "
                                   "--resume), or restore the file")
+
+        previous = agreed(self.state, read)  # the main process's file (other machines may not see the folder)
+        if previous is None:
+            logger.info("Nothing to resume in %s; starting a new search.", self.output)
+            return
         before = previous.get("settings", {})
         optional = ("dataset", "split", "latency_backend")  # only recorded when known (the CLI records them)
         differing = [
@@ -302,8 +329,8 @@ class SubnetSearch:
 
     # -- costs and scores -----------------------------------------------------------------------------------------
     def _latency(self, cfg: SubnetConfig) -> float:
-        return subnet_latency_ms(self.supernet, cfg, self.data, self.options.latency_backend,
-                                 self.options.latency_repeats, self.ort_cache)
+        return agreed(self.state, lambda: subnet_latency_ms(self.supernet, cfg, self.data, self.options.latency_backend,
+                                                            self.options.latency_repeats, self.ort_cache))
 
     def full_cost(self, cfg: SubnetConfig, force_latency: bool = False) -> dict[str, Any]:
         """Cheap costs plus the latency (measured only under a latency budget, and only past the cheap checks)."""
@@ -325,7 +352,7 @@ class SubnetSearch:
         if cfg in self.evaluated:
             return self.evaluated[cfg]
         metrics = evaluate_model(self.supernet, self.data, self.processor, subnet=cfg, prompt=self.options.prompt,
-                                 mask_selection=self.options.mask_selection, show_progress=False)
+                                 mask_selection=self.options.mask_selection, show_progress=False, state=self.state)
         entry = self.entry_for(cfg, cost)
         entry.update({k: metrics[k] for k in SCORE_KEYS})
         self.evaluated[cfg] = entry
@@ -351,13 +378,15 @@ class SubnetSearch:
         return 1.0 - miou if is_finite_metric(miou) else INFEASIBLE_PENALTY  # a NaN score is never a good subnet
 
     def save(self) -> None:
-        """Write search_results.json (atomically); feasibility is re-judged under *these* constraints."""
+        """Write search_results.json (atomically, main process); feasibility is re-judged under *these* constraints."""
         for table in (self.evaluated, self.rejected):
             for entry in table.values():
                 violations = self.constraints.violations(entry)
                 entry["feasible"], entry["violations"] = not violations, sorted(violations)
         evaluations = list(self.evaluated.values())
         best = best_entry(evaluations)
+        if not self.is_main:
+            return
         write_json(self.results_path, {
             "settings": self.settings, "constraints": self.constraints.to_dict(), "strategy": self.options.strategy,
             "seed": self.options.seed, "budget": self.options.budget, "best": best["name"] if best else None,
@@ -373,11 +402,13 @@ class SubnetSearch:
         was_training = self.supernet.training
         self.supernet.eval()
         self.progress = tqdm(total=budget, initial=min(len(self.evaluated), budget), desc=f"search ({options.strategy})",
-                             unit="subnet", disable=not options.show_progress)
+                             unit="subnet", disable=not (options.show_progress and self.is_main))
+        # Other processes replay the same OpenTuner run (same seed, same answers) in a database of their own.
+        scratch = None if self.is_main else Path(tempfile.mkdtemp(prefix="supersam_search_"))
         try:
             self.score(self.largest, self.full_cost(self.largest, force_latency=True))  # feasible or not
             proposals = make_proposals(options.strategy, self.supernet.search_space, options.seed, options.technique,
-                                       self.output / OPENTUNER_DB)
+                                       (scratch or self.output) / OPENTUNER_DB)
             with quiet_opentuner():
                 try:
                     cfg = next(proposals)
@@ -396,25 +427,19 @@ class SubnetSearch:
         finally:
             self.progress.close()
             self.supernet.train(was_training)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
             if self.evaluated:
                 self.save()
 
     def result(self) -> SearchResult:
-        """Write pareto.json, best_subnet.json and pareto.png; the `SearchResult`."""
+        """Write pareto.json, best_subnet.json and pareto.png (main process); the `SearchResult` (every process)."""
         evaluations = list(self.evaluated.values())
         front = pareto_front(evaluations)
         best = best_entry(evaluations)
-        write_json(self.output / PARETO_FILE, front)
         best_path = self.output / BEST_FILE
-        if best is not None:
-            write_json(best_path, best)
-        elif best_path.exists():
-            best_path.unlink()
-        title = f"{self.options.strategy} search, {len(evaluations)} subnets scored" + (
-            f", best feasible mIoU {best['miou']:.4f}" if best else ", no feasible subnet"
-        )
-        plot_pareto(evaluations, front, self.output / PARETO_PLOT, self.constraints, self.costs.largest_params, title,
-                    latency_label=LATENCY_LABELS[self.options.latency_backend])
+        if self.is_main:
+            self._write_result_files(evaluations, front, best)
         return SearchResult(
             evaluations=evaluations, pareto=front, best=self._candidate(best), reference=self.evaluated[self.largest],
             num_evaluated=len(evaluations), num_new_evaluations=self.num_new, num_proposals=self.num_proposals,
@@ -427,6 +452,20 @@ class SubnetSearch:
                 "database": str(self.output / OPENTUNER_DB) if self.options.strategy == "opentuner" else None,
             },
         )
+
+    def _write_result_files(self, evaluations: list[dict[str, Any]], front: list[dict[str, Any]],
+                            best: dict[str, Any] | None) -> None:
+        write_json(self.output / PARETO_FILE, front)
+        best_path = self.output / BEST_FILE
+        if best is not None:
+            write_json(best_path, best)
+        elif best_path.exists():
+            best_path.unlink()
+        title = f"{self.options.strategy} search, {len(evaluations)} subnets scored" + (
+            f", best feasible mIoU {best['miou']:.4f}" if best else ", no feasible subnet"
+        )
+        plot_pareto(evaluations, front, self.output / PARETO_PLOT, self.constraints, self.costs.largest_params, title,
+                    latency_label=LATENCY_LABELS[self.options.latency_backend])
 
     def _candidate(self, best: dict[str, Any] | None) -> SearchCandidate | None:
         if best is None:
@@ -489,6 +528,7 @@ def search_subnets(
     dataset_name: str | None = None,
     split: str | None = None,
     latency_backend: str = "torch",
+    state=None,
 ) -> SearchResult:
     """Search the supernet's subnets for the highest mIoU under budgets; write results, Pareto front and plot.
 
@@ -518,6 +558,11 @@ def search_subnets(
         dataset_name / split: recorded in search_results.json's settings (and checked on resume).
         max_proposals: stop after this many proposals even if the budget is not spent (default max(100, 25 ×
             budget)); reached when the feasible space is smaller than the budget.
+        state: accelerate's `PartialState` of a multi-process run (every process calls with the same arguments):
+            every process runs the same search (the same OpenTuner proposals, from the same seed and answers), each
+            subnet's images are split across the processes and the statistics gathered (`evaluate_model`), a
+            latency is measured by the main process and shared, and only the main process writes. Every process
+            returns the same `SearchResult`, equal to the one-process search's.
 
     Raises `ValueError` before searching when no subnet can meet a budget (naming the smallest achievable value).
     The largest subnet is always scored first, as the reference, and marked so (feasible or not).
@@ -537,6 +582,8 @@ def search_subnets(
     output = Path(output_dir)
     _check_output(output, resume)
     ort_cache = _ort_cache(output, latency_backend, latency_repeats)  # a missing [onnx] extra fails here
+    if ort_cache is not None and state is not None and not state.is_main_process:
+        ort_cache = None  # latencies are measured (and cached in output_dir) by the main process only
     space = supernet.search_space
     costs = CheapCosts(supernet)
     check_cheap_budgets(space, costs, constraints)  # impossible budgets fail before anything is measured
@@ -549,7 +596,8 @@ def search_subnets(
         raise ValueError(f"The EvaluationData was prepared with prompt={data.prompt!r}, not {prompt!r}.")
     if max_latency_ms is not None:
         fastest, _ = cheapest_subnet(space, lambda c: costs(c)["macs"])
-        latency = subnet_latency_ms(supernet, fastest, data, latency_backend, latency_repeats, ort_cache)
+        latency = agreed(state, lambda: subnet_latency_ms(supernet, fastest, data, latency_backend, latency_repeats,
+                                                          ort_cache))
         if latency > max_latency_ms:
             where = ("ONNX Runtime, CPU" if latency_backend == "onnxruntime"
                      else f"PyTorch on {next(supernet.parameters()).device}")
@@ -566,11 +614,12 @@ def search_subnets(
     options = SearchOptions(strategy=strategy, seed=seed, budget=budget, technique=technique, prompt=prompt,
                             mask_selection=mask_selection, latency_repeats=latency_repeats, latency_backend=latency_backend,
                             max_proposals=max_proposals, show_progress=show_progress)
-    search = SubnetSearch(supernet, data, processor, costs, constraints, output, options, settings)
+    search = SubnetSearch(supernet, data, processor, costs, constraints, output, options, settings, state=state)
     search.ort_cache = ort_cache
     if resume:
         search.resume()
-    output.mkdir(parents=True, exist_ok=True)
+    if search.is_main:
+        output.mkdir(parents=True, exist_ok=True)
     search.run()
     return search.result()
 
@@ -583,6 +632,7 @@ __all__ = [
     "ORT_LATENCY_CACHE",
     "SearchOptions",
     "SubnetSearch",
+    "agreed",
     "cheapest_subnet",
     "check_cheap_budgets",
     "measure_latency",

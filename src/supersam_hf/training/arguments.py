@@ -39,6 +39,11 @@ class SupernetTrainingArguments(OutputArguments, DataArguments, ModelArguments):
     The model, data and output fields are the shared vocabulary (`supersam_hf.arguments`); give fields by name.
     """
 
+    eval_split_name: Optional[str] = field(
+        default=None,
+        metadata={"help": "Split to evaluate on during training (default: the dataset's 'validation' split, else its "
+                  "'test' split, when eval_steps > 0; see eval_steps)."},
+    )
     validation_fraction: float = field(
         default=0.0,
         metadata={"help": "Hold out this fraction of the train split (seeded, deterministic) for evaluation (instead of "
@@ -113,7 +118,13 @@ class SupernetTrainingArguments(OutputArguments, DataArguments, ModelArguments):
         metadata={"help": "Keep only the N newest checkpoints under output_dir/checkpoints (a SAM ViT-B one is ~1.1 GB); "
                   "older ones this tool wrote are deleted, other folders never. None: keep all."},
     )
-    eval_steps: int = field(default=500, metadata={"help": "mIoU of the largest and smallest subnet every N steps (0: only at the end)."})
+    eval_steps: int = field(
+        default=500,
+        metadata={"help": "mIoU of the largest and smallest subnet every N steps and at the end, on eval_split_name, else "
+                  "on validation_fraction of the train split, else on the dataset's 'validation' (or 'test') split; "
+                  "without any of them nothing is evaluated. 0: only at the end, and only on eval_split_name or "
+                  "validation_fraction."},
+    )
     seed: int = field(default=42, metadata={"help": "Seed of everything random: data order, prompts, subnets, init."})
     resume_from_checkpoint: Optional[str] = field(
         default=None, metadata={"help": "'latest' (newest under output_dir/checkpoints) or a checkpoint folder."}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from ..data import SamSegmentationData, SamStreamingData, load_segmentation_data
 from ..errors import DataError, SupersamError, UnsupportedSetupError
 from ..hub import push_folder, resolve_token
 from ..model_card import write_supernet_card
+from ..distributed import check_engine_request, check_launch, engine_info, engine_line
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..modeling_supersam import SuperSamModel
 from .arguments import LORA_TARGETS, PART_PREFIXES, SupernetTrainingArguments
@@ -97,12 +99,17 @@ def build_datasets(args: SupernetTrainingArguments, processor: SamProcessor, tra
         raw = load_segmentation_dataset(args.dataset_name, split=args.train_split_name, config_name=args.dataset_config_name,
                                         image_dir=args.image_dir)
     validation = eval_dataset
+    source = "the given eval_dataset" if eval_dataset is not None else None
     if validation is None and args.eval_split_name:
         validation = load_segmentation_dataset(args.dataset_name, split=args.eval_split_name,
                                                config_name=args.dataset_config_name, image_dir=args.image_dir)
+        source = f"split {args.eval_split_name!r}"
     elif validation is None and args.validation_fraction > 0:
         parts = raw.train_test_split(test_size=args.validation_fraction, seed=args.seed, shuffle=True)
         raw, validation = parts["train"], parts["test"]
+        source = f"{args.validation_fraction:g} of split {args.train_split_name!r} held out"
+    elif validation is None and args.eval_steps > 0 and train_dataset is None:
+        source, validation = _default_eval_split(args)
     if args.max_train_images is not None:
         raw = raw.select(range(min(len(raw), args.max_train_images)))
     train_data = SamSegmentationData(
@@ -110,7 +117,11 @@ def build_datasets(args: SupernetTrainingArguments, processor: SamProcessor, tra
         prompt=args.prompt_type, seed=args.seed, **_data_options(args),
     )
     eval_data = None
-    if validation is not None:
+    if validation is None:
+        _info_on_main("No evaluation during training: give eval_split_name or validation_fraction, or a dataset with a "
+                      "'validation' or 'test' split.")
+    else:
+        _info_on_main(f"Evaluation during training on {source} of {args.dataset_name or 'the given data'}.")
         eval_data = SamSegmentationData(
             validation, processor, mask_kind=train_data.mask_kind, max_instances_per_image=None,
             prompt="point" if args.prompt_type == "point" else "box", seed=args.seed, **_data_options(args),
@@ -147,6 +158,31 @@ def _build_streaming_datasets(args: SupernetTrainingArguments, processor: SamPro
                             prompt="point" if args.prompt_type == "point" else "box", seed=args.seed,
                             return_full_masks=wrapper is SamStreamingData, **_data_options(args))
     return train_data, eval_data
+
+
+DEFAULT_EVAL_SPLITS = ("validation", "test")
+
+
+def _info_on_main(message: str) -> None:
+    """Log once: on the main process of an accelerate run, or plainly when no accelerate state exists yet."""
+    if PartialState._shared_state and not PartialState().is_main_process:
+        return
+    logging.getLogger(__name__).info(message)
+
+
+def _default_eval_split(args: SupernetTrainingArguments):
+    """(description, dataset) of the dataset's `validation` (else `test`) split, or (None, None) when it has neither
+    (a split the data does not have raises `ValueError` in `load_segmentation_dataset`)."""
+    for name in DEFAULT_EVAL_SPLITS:
+        if name == args.train_split_name:
+            continue
+        try:
+            data = load_segmentation_dataset(args.dataset_name, split=name, config_name=args.dataset_config_name,
+                                             image_dir=args.image_dir)
+        except ValueError:
+            continue
+        return f"split {name!r} (the dataset's {name} split; eval_split_name chooses another)", data
+    return None, None
 
 
 def configure_trainable(model: SuperSamModel, args: SupernetTrainingArguments) -> torch.nn.Module:
@@ -256,8 +292,10 @@ def set_activation_checkpointing(model: SuperSamModel, enable: bool) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _evaluate(supernet: SuperSamModel, eval_data, processor, args: SupernetTrainingArguments, step: int, cache: dict) -> dict:
-    """mIoU of the largest and the smallest subnet on the validation split (run on the main process).
+def _evaluate(supernet: SuperSamModel, eval_data, processor, args: SupernetTrainingArguments, step: int, cache: dict,
+              state=None) -> dict:
+    """mIoU of the largest and the smallest subnet on the validation split, its batches split across the processes
+    of `state` (every process gets the same record).
 
     The validation batches are collated once (`EvaluationData`) and reused by every evaluation of the run."""
     from ..evaluation import EvaluationData, evaluate_model
@@ -270,7 +308,8 @@ def _evaluate(supernet: SuperSamModel, eval_data, processor, args: SupernetTrain
     space = supernet.search_space
     record: dict[str, Any] = {"type": "eval", "step": step, "miou": {}, "subnets": {}}
     for name, cfg in (("largest", space.largest()), ("smallest", space.smallest())):
-        result = evaluate_model(supernet, cache["data"], processor, subnet=cfg, prompt=eval_data.prompt, show_progress=False)
+        result = evaluate_model(supernet, cache["data"], processor, subnet=cfg, prompt=eval_data.prompt, show_progress=False,
+                                state=state)
         record["miou"][name] = float(result["miou"])
         record["subnets"][name] = cfg.name
         record["num_objects"] = int(result["num_objects"])
@@ -307,10 +346,10 @@ class _Run:
     data_epoch_fresh: bool = True  # streaming: the epoch started from its beginning (not resumed mid-way)
 
     def evaluate_and_log(self, step: int) -> dict | None:
-        record = None
+        # Every process scores its share of the validation batches (the supernet itself, outside the DDP wrapper).
+        supernet = unwrap_supernet(self.accelerator.unwrap_model(self.model))
+        record = _evaluate(supernet, self.eval_data, self.processor, self.args, step, self.eval_cache, self.accelerator.state)
         if self.accelerator.is_main_process:
-            supernet = unwrap_supernet(self.accelerator.unwrap_model(self.model))
-            record = _evaluate(supernet, self.eval_data, self.processor, self.args, step, self.eval_cache)
             self.metrics.write(record)
             self.accelerator.log({f"eval/miou_{k}": v for k, v in record["miou"].items()}, step=step)
         self.accelerator.wait_for_everyone()
@@ -523,10 +562,16 @@ def train_supernet(
     written; a NaN/inf loss raises `NonFiniteLossError` naming the step and subnet, leaving earlier checkpoints.
     """
     args.validate()
+    # The engine first (an unsupported one is refused before accelerate builds it), then the process group: a
+    # launch of N processes that formed a one-process state stops here, before anything is written.
+    check_engine_request()
+    accelerator = _accelerator(args, Path(args.output_dir))
+    check_launch(accelerator.state)
+    engine = engine_info(accelerator.state, accelerator.mixed_precision)
+    logger.info(engine_line(engine), main_process_only=True)
     output_dir, resume_dir, previous = _check_output_dir(args)
     if args.push_to_hub:  # no token: say so before training, not after it
         resolve_token(args.token, output_dir, args.hub_model_id)
-    accelerator = _accelerator(args, output_dir)
     set_seed(args.seed)
 
     # Everything that can fail on bad input happens here, before a single file is written.
@@ -557,6 +602,7 @@ def train_supernet(
             logger.warning("--report_to all: no tracker is installed (pip install 'supersam_hf[trackers]'); "
                            "losses go to metrics.jsonl only.", main_process_only=True)
     summary = _train_loop(run, start_step)
+    summary["engine"] = engine
     return _finish(run, summary)
 
 

@@ -165,19 +165,25 @@ class SamMeanIoU(evaluate.Metric):
         return super().compute(predictions=predictions, references=references, image_ids=image_ids, **kwargs)
 
     def _compute(self, predictions, references, image_ids=None, ignore_empty_references: bool = False):
-        stats = mask_statistics(predictions, references)
-        image_ids = _normalize_image_ids(image_ids, len(stats))
-        if ignore_empty_references:
-            keep = stats[:, 2] > 0
-            stats = stats[keep]
-            image_ids = [i for i, k in zip(image_ids, keep) if k]
-        iou, dice = iou_and_dice(stats)
-        num = len(iou)
-        distinct = {("object", k) if i in (None, _NO_ID) else ("image", i) for k, i in enumerate(image_ids)}
-        return {
-            "miou": float(iou.mean()) if num else float("nan"),
-            "per_image_miou": per_image_mean(iou, image_ids),
-            "mean_dice": float(dice.mean()) if num else float("nan"),
-            "num_objects": int(num),
-            "num_images": len(distinct),
-        }
+        return scores_from_statistics(mask_statistics(predictions, references), image_ids, ignore_empty_references)
+
+
+def scores_from_statistics(stats, image_ids=None, ignore_empty_references: bool = False) -> dict:
+    """The metric's result from per-object `mask_statistics` (and image ids), e.g. statistics gathered from several
+    processes: exactly what `compute` returns for the same objects in the same order."""
+    stats = np.asarray(stats, dtype=np.int64).reshape(-1, 3)
+    image_ids = _normalize_image_ids(image_ids, len(stats))
+    if ignore_empty_references:
+        keep = stats[:, 2] > 0
+        stats = stats[keep]
+        image_ids = [i for i, k in zip(image_ids, keep) if k]
+    iou, dice = iou_and_dice(stats)
+    num = len(iou)
+    distinct = {("object", k) if i in (None, _NO_ID) else ("image", i) for k, i in enumerate(image_ids)}
+    return {
+        "miou": float(iou.mean()) if num else float("nan"),
+        "per_image_miou": per_image_mean(iou, image_ids),
+        "mean_dice": float(dice.mean()) if num else float("nan"),
+        "num_objects": int(num),
+        "num_images": len(distinct),
+    }

@@ -60,7 +60,7 @@ def test_debug_switch_shows_the_traceback(monkeypatch):
     monkeypatch.setenv(DEBUG_ENV, "1")
     assert debug_enabled()
     code, text = _run(check_positive, "batch_size", 0)
-    assert code == 2 and "Traceback" in text and "ValueError: --batch_size must be a positive integer" in text
+    assert code == 2 and "Traceback" in text and "SupersamError: --batch_size must be a positive integer" in text
     assert text.endswith("supersam evaluate: error: --batch_size must be a positive integer, got 0.\n")
     monkeypatch.setenv(DEBUG_ENV, "0")
     assert not debug_enabled() and debug_enabled(True)
@@ -77,7 +77,11 @@ def test_success_and_interrupt(monkeypatch):
     def interrupted():
         raise KeyboardInterrupt
 
-    assert _run(interrupted) == (130, "supersam evaluate: interrupted\n")
+    assert _run(interrupted) == (130, "supersam evaluate: interrupted; the output folder was left as it was; rerun "
+                                      "the command to start again\n")
+    code, text = run_stage("search", interrupted, stderr=(stream := io.StringIO())), None
+    assert code == 130 and stream.getvalue() == ("supersam search: interrupted; rerun with --resume to continue from the "
+                                                 "subnets already scored\n")
 
 
 def test_output_folder_errors_are_one_line(monkeypatch, tmp_path):

@@ -25,7 +25,7 @@ from transformers import SamModel
 from supersam_hf import SubnetConfig, SuperSamModel
 from supersam_hf.commands.cli import main
 from supersam_hf.data import SamSegmentationData, make_synthetic_shapes
-from supersam_hf.outputs import MANIFEST_NAME
+from supersam_hf.outputs import MANIFEST_NAME, record_tool_outputs
 
 QUIET = ["--log_level", "error"]
 
@@ -515,6 +515,7 @@ def test_corrupt_search_results_name_the_file_and_the_way_out(ws, tmp_path, caps
     search = tmp_path / "search"
     search.mkdir()
     (search / "search_results.json").write_text('{"settings": {"prompt": "bo')
+    record_tool_outputs(search, ["search_results.json"], tool="supersam search")  # a search's own file, torn
     before = snapshot(search)
     err = one_line_error(capsys, ["search", *_eval_flags(ws, ws / "supernet", search), "--budget", "2", "--strategy",
                                   "random", "--resume"])

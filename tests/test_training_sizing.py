@@ -151,7 +151,7 @@ def test_rotation_keeps_a_users_file_inside_an_old_checkpoint(tmp_path, caplog):
     (root / "step_1" / "my_eval.csv").write_text("mine")
     (root / "step_2" / "optimizer.bin").write_bytes(b"edited by the user")
     assert rotate_checkpoints(tmp_path, 5) == []
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="supersam_hf"):
         removed = rotate_checkpoints(tmp_path, 1)
     assert removed == [root / "step_3"]
     assert sorted(p.name for p in (root / "step_1").iterdir()) == ["my_eval.csv"]  # ours gone, the user's kept

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from .errors import ModelFileError, SupersamError
+
 MAX_NAMED = 5  # how many keys / tensors a message lists before "… and N more"
 T = TypeVar("T")
 
@@ -63,7 +65,7 @@ def check_loading_info(
     if errors:
         problems.append(f"loading errors ({_first(errors, 2)})")
     if problems:
-        raise ValueError(
+        raise ModelFileError(
             f"{source} does not match the model: {'; '.join(problems)}. The checkpoint is partial or of another "
             "architecture/size; re-download or re-save it, or pass the matching --model_name_or_path."
         )
@@ -145,7 +147,7 @@ def check_finite(model_or_state_dict: torch.nn.Module | Mapping[str, Any], sourc
             if not bool(torch.isfinite(tensor).all()):
                 broken.append(name)
     if broken:
-        raise ValueError(
+        raise ModelFileError(
             f"{source} has non-finite weights (NaN or inf) in {len(broken)} tensors ({_first(broken)}); its results "
             "would be meaningless. Use an earlier checkpoint, or re-download / re-train it."
         )
@@ -165,7 +167,7 @@ def is_finite_metric(value: Any) -> bool:
 def check_finite_metric(value: Any, name: str) -> float:
     """`value` as a float when finite, else ValueError naming the metric: a NaN/inf is never ranked or exported."""
     if not is_finite_metric(value):
-        raise ValueError(
+        raise SupersamError(
             f"metric {name} is {value!r}, not a finite number; the model or data produced NaN/inf. Check the model "
             "weights (non-finite weights) and the dataset before ranking or exporting."
         )
@@ -176,7 +178,7 @@ def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> int:
     """`value` as an int when a positive integer (or 0 with `allow_zero`), else ValueError naming the flag."""
     bound = "a non-negative" if allow_zero else "a positive"
     if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
-        raise ValueError(f"--{name} must be {bound} integer, got {value!r}.")
+        raise SupersamError(f"--{name} must be {bound} integer, got {value!r}.")
     return int(value)
 
 
@@ -203,7 +205,7 @@ def check_safetensors_file(path: str | Path, *, read_tensors: bool = False) -> l
                 for name in names:
                     handle.get_tensor(name)
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:
-        raise ValueError(
+        raise ModelFileError(
             f"{path} is not a valid safetensors file (truncated or corrupt: {error}); re-download or re-save it."
         ) from error
     return names
@@ -258,7 +260,7 @@ def named_load_errors(path: str | Path, what: str, remedy: str) -> Iterator[None
         reason = " ".join(f"{type(error).__name__}: {error}".split())
         if len(reason) > 300:
             reason = reason[:297] + "..."
-        raise ValueError(f"{what} {path} is corrupt or does not fit this model ({reason}); {remedy}.") from error
+        raise ModelFileError(f"{what} {path} is corrupt or does not fit this model ({reason}); {remedy}.") from error
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -274,20 +276,20 @@ def strict_dataclass_from_dict(cls: type[T], data: Mapping[str, Any], source: st
     ints; `Optional`, unions, `Literal`, enums (by value), `list`/`tuple`/`dict` and their item types are checked.
     """
     if not isinstance(data, Mapping):
-        raise ValueError(f"{source} must hold a mapping of argument names to values, got a {type(data).__name__}.")
+        raise SupersamError(f"{source} must hold a mapping of argument names to values, got a {type(data).__name__}.")
     fields = {field.name: field for field in dataclasses.fields(cls) if field.init}
     unknown = [key for key in data if key not in fields]
     if unknown:
         close = difflib.get_close_matches(str(unknown[0]), fields, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(
+        raise SupersamError(
             f"{source}: unknown argument {unknown[0]!r}{hint}; valid arguments: {', '.join(sorted(fields))}."
         )
     hints = typing.get_type_hints(cls)
     for key, value in data.items():
         expected = hints.get(key, Any)
         if not _has_type(value, expected):
-            raise ValueError(
+            raise SupersamError(
                 f"{source}: argument {key!r} must be {_type_name(expected)}, got {value!r} "
                 f"({type(value).__name__}); fix the value in the file."
             )
@@ -379,12 +381,12 @@ def read_args_file(path: str | Path) -> dict[str, Any]:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as error:
             reason = " ".join(str(error).split())
-            raise ValueError(f"arguments file {path} is not valid YAML ({reason}); fix the file.") from error
+            raise SupersamError(f"arguments file {path} is not valid YAML ({reason}); fix the file.") from error
     else:
         data = read_json_file(path, what="arguments file", remedy="fix the file")
     data = {} if data is None else data
     if not isinstance(data, Mapping):
-        raise ValueError(f"arguments file {path} must hold a mapping of argument names to values, got a "
+        raise SupersamError(f"arguments file {path} must hold a mapping of argument names to values, got a "
                          f"{type(data).__name__}.")
     return dict(data)
 

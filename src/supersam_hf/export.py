@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .errors import SupersamError
 from .checks import check_finite, is_finite_metric
 from .model_card import find_license, hub_id, recorded_hub_base_model, write_model_card
 from .modeling_supersam import SuperSamModel
@@ -128,7 +129,7 @@ def _checked_export_inputs(supernet, subnet: SubnetConfig | dict, onnx: bool, qu
     (a SuperSamModel, a subnet of its search space, consistent ONNX options) before anything is written."""
     model = _merged(supernet)
     if not isinstance(model, SuperSamModel):
-        raise ValueError(
+        raise SupersamError(
             f"export_subnet needs a SuperSamModel, got {type(supernet).__name__}; convert a SAM model with "
             "SuperSamModel.from_sam(model), or load a checkpoint with supersam_hf.loading.load_supernet(path)."
         )
@@ -173,7 +174,7 @@ def _extract_checked(model: SuperSamModel, subnet: SubnetConfig, source: str | N
     sam = model.extract_subnet(subnet)
     check_finite(sam, f"subnet {subnet.name} of the supernet {source or ''}".strip())  # never export a NaN checkpoint
     if metrics and "miou" in metrics and not is_finite_metric(metrics["miou"]):
-        raise ValueError(f"The metrics of subnet {subnet.name} hold mIoU {metrics['miou']!r}, not a finite number; a "
+        raise SupersamError(f"The metrics of subnet {subnet.name} hold mIoU {metrics['miou']!r}, not a finite number; a "
                          "NaN/inf result is never exported. Re-evaluate the subnet (check the supernet's weights).")
     return sam
 
@@ -257,7 +258,7 @@ def _push(output: Path, repo_id: str, *, private: bool, token: str | None, subne
 
     token = token or get_token()
     if not token:
-        raise ValueError(
+        raise SupersamError(
             f"Cannot push to the Hub: no Hugging Face token. Set the HF_TOKEN environment variable, run "
             f"`hf auth login`, or pass --token (token=...). The export is kept in {output}; upload it later with "
             f"`hf upload {repo_id} {output}`."
@@ -274,7 +275,7 @@ def _push(output: Path, repo_id: str, *, private: bool, token: str | None, subne
             ignore_patterns=[MANIFEST_NAME],  # the local record of what this tool wrote, not part of the model
         )
     except Exception as error:  # HTTP errors (401, 403, ...) and connection failures: say so without a traceback
-        raise ValueError(
+        raise SupersamError(
             f"Pushing {output} to the Hub repo {repo_id} failed ({type(error).__name__}: {error}). The export is kept "
             f"in {output}."
         ) from error

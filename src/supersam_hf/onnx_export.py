@@ -142,9 +142,9 @@ _PROMPT_AXES = {0: "batch_size", 1: "point_batch_size", 2: "nb_points_per_image"
 def _exportable(model: SamModel) -> SamModel:
     """The model in eval mode, on CPU in float32 (a copy only if it is elsewhere); rejects supernets."""
     if not isinstance(model, SamModel):
-        raise ValueError(f"ONNX export needs a transformers SamModel, got {type(model).__name__}.")
+        raise SupersamError(f"ONNX export needs a transformers SamModel, got {type(model).__name__}.")
     if getattr(model.config, "model_type", "sam") != "sam":
-        raise ValueError(
+        raise SupersamError(
             f"ONNX export needs a plain SamModel, got a {model.config.model_type!r} model; export a subnet of a "
             "supernet with supernet.extract_subnet(cfg) first, so the files hold only the subnet's weights."
         )
@@ -305,7 +305,7 @@ def _config_from_file(path: Path) -> SamConfig:
     proto = onnx.load(str(path), load_external_data=False)
     props = {prop.key: prop.value for prop in proto.metadata_props}
     if CONFIG_METADATA_KEY not in props:
-        raise ValueError(f"{path} has no '{CONFIG_METADATA_KEY}' metadata; re-export it with supersam_hf.export_onnx.")
+        raise ModelFileError(f"{path} has no '{CONFIG_METADATA_KEY}' metadata; re-export it with supersam_hf.export_onnx.")
     return SamConfig(**json.loads(props[CONFIG_METADATA_KEY]))
 
 
@@ -367,7 +367,7 @@ class OnnxSamModel:
 
     def train(self, mode: bool = True) -> "OnnxSamModel":
         if mode:
-            raise ValueError("An ONNX Runtime model cannot be trained; train the PyTorch model and export again.")
+            raise SupersamError("An ONNX Runtime model cannot be trained; train the PyTorch model and export again.")
         return self
 
     def to(self, *args, **kwargs) -> "OnnxSamModel":
@@ -377,24 +377,24 @@ class OnnxSamModel:
         """(batch, 3, H, W) pixel values → (batch, C, h, w) image embeddings."""
         size = self.config.vision_config.image_size
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[-2:]) != (size, size):
-            raise ValueError(f"pixel_values must be (batch, 3, {size}, {size}), got {tuple(pixel_values.shape)}; "
+            raise SupersamError(f"pixel_values must be (batch, 3, {size}, {size}), got {tuple(pixel_values.shape)}; "
                              "resize and pad with the model's SamProcessor.")
         return _run(self.encoder, {"pixel_values": pixel_values})[0]
 
     def __call__(self, pixel_values=None, input_points=None, input_labels=None, input_boxes=None,
                  image_embeddings=None, multimask_output: bool = True, **unused) -> SamImageSegmentationOutput:
         if (pixel_values is None) == (image_embeddings is None):
-            raise ValueError("Pass exactly one of pixel_values and image_embeddings.")
+            raise SupersamError("Pass exactly one of pixel_values and image_embeddings.")
         if not multimask_output:
-            raise ValueError("The ONNX decoder was exported with multimask_output=True (optimum's convention: three "
+            raise SupersamError("The ONNX decoder was exported with multimask_output=True (optimum's convention: three "
                              "masks); pick one by iou_scores, or run the PyTorch model for multimask_output=False.")
         if image_embeddings is None:
             image_embeddings = self.get_image_embeddings(pixel_values)
         if input_points is not None and input_boxes is not None:
-            raise ValueError("The ONNX export has one decoder for points and one for boxes; pass one prompt kind.")
+            raise SupersamError("The ONNX export has one decoder for points and one for boxes; pass one prompt kind.")
         if input_boxes is not None:
             if self.box_decoder is None:
-                raise ValueError(f"No {BOX_DECODER_FILE} in {str(self.folder)!r}; export with boxes=True.")
+                raise SupersamError(f"No {BOX_DECODER_FILE} in {str(self.folder)!r}; export with boxes=True.")
             iou, masks = _run(self.box_decoder, {"image_embeddings": image_embeddings, "input_boxes": input_boxes})
         elif input_points is not None:
             if input_labels is None:  # as SamModel: every point is a foreground point
@@ -402,7 +402,7 @@ class OnnxSamModel:
             feeds = {"image_embeddings": image_embeddings, "input_points": input_points, "input_labels": input_labels}
             iou, masks = _run(self.point_decoder, feeds)
         else:
-            raise ValueError("Pass input_points (+ input_labels) or input_boxes: the ONNX decoder needs a prompt.")
+            raise SupersamError("Pass input_points (+ input_labels) or input_boxes: the ONNX decoder needs a prompt.")
         return SamImageSegmentationOutput(iou_scores=iou, pred_masks=masks)
 
 
@@ -417,7 +417,7 @@ def _encoder_input_shape(session, image_size: int | None, batch_size: int) -> tu
     if image_size is not None:
         static[-2:] = [image_size, image_size]
     if None in static[1:]:
-        raise ValueError(f"The encoder's input shape {shape} is not fixed; pass image_size.")
+        raise SupersamError(f"The encoder's input shape {shape} is not fixed; pass image_size.")
     return (batch_size, *static[1:])
 
 
@@ -430,7 +430,7 @@ def ort_latency_ms(model_or_path: SamModel | str | os.PathLike, image_size: int 
     encoder's input size.
     """
     if repeats < 1 or warmup < 0:
-        raise ValueError(f"Need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}.")
+        raise SupersamError(f"Need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}.")
     if isinstance(model_or_path, SamModel):
         with tempfile.TemporaryDirectory() as tmp:
             path = export_vision_encoder(model_or_path, Path(tmp) / ENCODER_FILE)
@@ -560,6 +560,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from transformers import SamProcessor
+
+from .errors import ModelFileError, SupersamError
 
 processor = SamProcessor.from_pretrained("{repo_or_folder}")
 encoder = ort.InferenceSession("{repo_or_folder}/{encoder}")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+from ..errors import SupersamError
 from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
 from ..checks import check_positive
 from ..data import SamSegmentationData, load_segmentation_dataset
@@ -81,7 +82,7 @@ def _subnet(args: EvaluateArguments):
     spec = args.subnet.strip()
     if spec == "best" or spec.startswith("pareto:"):
         if args.search_dir is None:
-            raise ValueError(f"--subnet {spec} needs --search_dir (the output folder of `supersam search`).")
+            raise SupersamError(f"--subnet {spec} needs --search_dir (the output folder of `supersam search`).")
         return select_subnet(spec, args.search_dir)
     return parse_subnet(spec)
 
@@ -92,13 +93,13 @@ def _onnx_model(model_args: ModelArguments, args: EvaluateArguments, subnet):
 
     require_onnx()
     if subnet is not None:
-        raise ValueError("--onnx evaluates an exported model's ONNX files; --subnet selects a subnet of a supernet. "
+        raise SupersamError("--onnx evaluates an exported model's ONNX files; --subnet selects a subnet of a supernet. "
                          "Export the subnet with `supersam export --onnx` and evaluate that folder.")
     if not Path(model_args.model_name_or_path).is_dir():
         raise FileNotFoundError(f"--onnx needs --model_name_or_path to be an export folder holding onnx/; "
                                 f"{model_args.model_name_or_path!r} is not a folder.")
     if args.device not in (None, "cpu"):
-        raise ValueError(f"--onnx runs on ONNX Runtime's CPU provider; --device {args.device} is not supported.")
+        raise SupersamError(f"--onnx runs on ONNX Runtime's CPU provider; --device {args.device} is not supported.")
     return OnnxSamModel(model_args.model_name_or_path, int8=args.onnx_int8)
 
 
@@ -106,9 +107,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
         args: EvaluateArguments) -> dict[str, Any]:
     """Load model, processor and data, evaluate, print a table and write `<output_dir>/eval_results.json`."""
     if args.mask_selection not in MASK_SELECTIONS:
-        raise ValueError(f"--mask_selection must be one of {MASK_SELECTIONS}, got {args.mask_selection!r}.")
+        raise SupersamError(f"--mask_selection must be one of {MASK_SELECTIONS}, got {args.mask_selection!r}.")
     if args.prompt_type not in PROMPTS:
-        raise ValueError(f"--prompt_type must be one of {PROMPTS}, got {args.prompt_type!r}.")
+        raise SupersamError(f"--prompt_type must be one of {PROMPTS}, got {args.prompt_type!r}.")
     inputs = (model_args.model_name_or_path, data_args.dataset_name, args.search_dir)
     output = prepare_output(output_args, *inputs)  # before any work: writable, not an input, empty or --overwrite
     check_positive("batch_size", args.batch_size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from ..errors import SupersamError
 from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
 from ..data import MASK_KINDS, PROMPT_TYPES
 from ..losses import LOSS_TYPES
@@ -120,7 +121,7 @@ class SupernetTrainingArguments(OutputArguments, DataArguments, ModelArguments):
 
         def need(ok: bool, message: str) -> None:
             if not ok:
-                raise ValueError(message)
+                raise SupersamError(message)
 
         need(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}.")
         need(self.per_device_train_batch_size >= 1, "per_device_train_batch_size must be >= 1.")

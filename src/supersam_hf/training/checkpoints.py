@@ -15,6 +15,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from ..errors import ModelFileError
 from ..checks import named_load_errors
 from ..outputs import read_json_file, read_manifest, record_tool_outputs, remove_tool_outputs, repair_jsonl
 
@@ -33,7 +34,7 @@ def read_training_state(checkpoint: Path) -> dict:
     """A checkpoint's training_state.json; a corrupt one is an error naming it and the way out."""
     state = read_json_file(checkpoint / STATE_FILE, what="training state", remedy=RESTART_HINT, expect=dict)
     if not isinstance(state.get("global_step"), int) or isinstance(state.get("global_step"), bool):
-        raise ValueError(f"training state {checkpoint / STATE_FILE} is corrupt (no integer 'global_step'); "
+        raise ModelFileError(f"training state {checkpoint / STATE_FILE} is corrupt (no integer 'global_step'); "
                          f"{RESTART_HINT}.")
     return state
 
@@ -149,7 +150,7 @@ class MetricsLog:
                 keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
                 path.write_text("".join(line + "\n" for line in keep))
                 if path == self.main:
-                    record_tool_outputs(self.output_dir, [path], tool=TOOL)
+                    record_tool_outputs(self.output_dir, [path.absolute()], tool=TOOL)
 
     def write(self, record: dict, rank_record: dict | None = None) -> None:
         for path, rec in ((self.main, record), (self.rank, rank_record)):
@@ -157,7 +158,7 @@ class MetricsLog:
                 with path.open("a") as handle:
                     handle.write(json.dumps(rec) + "\n")
                 if path == self.main:  # ours, as it now reads: an overwrite may remove it (one writer of the manifest)
-                    record_tool_outputs(self.output_dir, [path], tool=TOOL)
+                    record_tool_outputs(self.output_dir, [path.absolute()], tool=TOOL)
 
 
 def save_checkpoint(accelerator: Accelerator, args, output_dir: Path, step: int) -> Path:
@@ -181,7 +182,7 @@ def save_checkpoint(accelerator: Accelerator, args, output_dir: Path, step: int)
                 raise FileExistsError(f"{path} holds files this tool did not write; move them away and rerun.")
             os.replace(staging, path)
             rank_logs = sorted(output_dir.glob("metrics_rank*.jsonl"))  # created by other processes
-            record_tool_outputs(output_dir, [path, *rank_logs], tool=TOOL)
+            record_tool_outputs(output_dir, [p.absolute() for p in (path, *rank_logs)], tool=TOOL)
     except BaseException:
         if accelerator.is_main_process:
             with contextlib.suppress(OSError):

@@ -31,6 +31,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import SamProcessor, get_scheduler
 
+from ..errors import SupersamError
 from ..data import SamSegmentationData, load_segmentation_dataset
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..modeling_supersam import SuperSamModel
@@ -133,7 +134,7 @@ def _optimizer(model: torch.nn.Module, args: SupernetTrainingArguments) -> torch
         if param.requires_grad:
             (decay if param.dim() >= 2 else no_decay).append(param)
     if not decay and not no_decay:
-        raise ValueError(f"Nothing to train: trainable={args.trainable!r} selects no parameter.")
+        raise SupersamError(f"Nothing to train: trainable={args.trainable!r} selects no parameter.")
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=args.learning_rate)
 

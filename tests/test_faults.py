@@ -571,3 +571,75 @@ def test_a_bug_is_one_line_pointing_to_the_debug_switch(ws, tmp_path, capsys, mo
     monkeypatch.setattr(evaluate, "run", bug)
     err = one_line_error(capsys, ["evaluate", *_eval_flags(ws, ws / "sam", tmp_path / "out")], code=1)
     assert "internal error (KeyError" in err and "SUPERSAM_DEBUG=1" in err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 19: nothing lost, nothing silent, round two
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _search_flags(ws: Path, output: Path) -> list[str]:
+    return [*_eval_flags(ws, ws / "supernet", output), "--budget", "2", "--strategy", "random"]
+
+
+@pytest.mark.parametrize("flag", ["--overwrite_output_dir", "--resume"])
+def test_search_never_replaces_a_users_same_named_files(ws, tmp_path, capsys, flag):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "pareto.json").write_text('["the user\'s own front"]')
+    (out / "best_subnet.json").write_text('{"mine": true}')
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    err = one_line_error(capsys, ["search", *_search_flags(ws, out), flag])
+    assert "best_subnet.json (not written by this tool)" in err and "pareto.json (not written by this tool)" in err
+    assert "move them away or choose another --output_dir" in err
+    assert snapshot(out) == before
+
+
+def test_search_overwrite_keeps_a_result_the_user_edited(ws, tmp_path, capsys):
+    out = tmp_path / "search"
+    assert main(["search", *_search_flags(ws, out)]) == 0
+    assert {"search_results.json", "pareto.json", "pareto.png"} <= set(json.loads(
+        (out / MANIFEST_NAME).read_text())["files"])
+    (out / "pareto.json").write_text('["annotated by the user"]')
+    capsys.readouterr()
+    before = snapshot(out)
+    for flag in ("--overwrite_output_dir", "--resume"):
+        err = one_line_error(capsys, ["search", *_search_flags(ws, out), flag])
+        assert "pareto.json (changed since this tool wrote it)" in err
+        assert snapshot(out) == before
+    (out / "pareto.json").unlink()  # without the edited file, the search's own files are replaced
+    assert main(["search", *_search_flags(ws, out), "--overwrite_output_dir"]) == 0
+
+
+def test_sigint_inside_opentuners_database_calls_exits_130(ws, tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    from opentuner.api import TuningRunManager
+
+    real = TuningRunManager.report_result
+    calls = []
+
+    def report_result(self, *args, **kwargs):  # Ctrl-C arrives inside the DB layer, which swallows it
+        calls.append(1)
+        if len(calls) == 1:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+            except KeyboardInterrupt:
+                pass
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(TuningRunManager, "report_result", report_result)
+    out = tmp_path / "search"
+    flags = [*_eval_flags(ws, ws / "supernet", out), "--budget", "4", "--strategy", "opentuner"]
+    assert main(["search", *flags]) == 130
+    err = capsys.readouterr().err
+    assert "supersam search: interrupted; rerun with --resume to continue" in err and "Traceback" not in err
+    assert len(calls) == 1  # the search stopped at the first report, it did not run on
+    scored = json.loads((out / "search_results.json").read_text())["evaluations"]
+    assert 1 <= len(scored) < 4
+    assert not list(out.glob(".opentuner.db.tmp-*"))  # no temporary database left
+    monkeypatch.undo()
+    assert main(["search", *flags, "--resume"]) == 0
+    assert len(json.loads((out / "search_results.json").read_text())["evaluations"]) == 4

@@ -23,7 +23,7 @@ import torch
 from transformers import PreTrainedConfig, SamModel, SamProcessor
 
 from .errors import ModelFileError
-from .checks import check_finite, check_loading_info, check_model_folder, check_state_dict
+from .checks import check_finite, check_loading_info, check_model_folder, check_model_size, check_state_dict
 from .modeling_supersam import SuperSamModel
 
 logger = logging.getLogger(__name__)
@@ -157,7 +157,9 @@ def load_model(
         supernet = load_model(base, revision=revision, token=token, device="cpu")
         model = PeftModel.from_pretrained(supernet, name).merge_and_unload()
         return model.to(_device(device)).eval()
-    model_type = load_config_dict(name, revision=revision, token=token, subfolder=subfolder)["model_type"]
+    config_dict = load_config_dict(name, revision=revision, token=token, subfolder=subfolder)
+    model_type = config_dict["model_type"]
+    check_model_size(config_dict, f"{name!r} (config.json)")  # an absurd size is refused before any allocation
     if require_supernet and model_type != "supersam":
         raise ModelFileError(
             f"{name!r} is a plain SAM checkpoint, not a supernet: run `supersam convert` (and `supersam train`) "

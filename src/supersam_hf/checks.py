@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from .errors import ModelFileError, SupersamError
+from .errors import DataError, ModelFileError, SupersamError
 
 MAX_NAMED = 5  # how many keys / tensors a message lists before "… and N more"
 T = TypeVar("T")
@@ -489,3 +489,23 @@ def check_model_size(config: Mapping[str, Any], source: str, memory_bytes: int |
             "vision_config sizes (num_hidden_layers, hidden_size, mlp_dim, image_size / patch_size)."
         )
     return estimate
+
+
+def load_dataset_rows(loader: Any, name: str, split: str | None = None, config_name: str | None = None,
+                      split_flag: str | None = None) -> Any:
+    """`loader(name, split=split, config_name=config_name)` (e.g. `data.load_segmentation_dataset`), refusing a
+    dataset (or split) of 0 rows in one line naming the flag: datasets cannot even load a `save_to_disk` folder of 0
+    rows (it has no data files; an IndexError inside `load_from_disk`)."""
+    where = f"--dataset_name {name!r}" + (f" (split {split!r})" if split else "")
+    what_to_do = "give a dataset with at least one annotated image" + (
+        f", or choose another split ({split_flag})" if split_flag else "")
+    try:
+        dataset = loader(name, split=split, config_name=config_name)
+    except IndexError as error:
+        if Path(os.fspath(name)).expanduser().is_dir():
+            raise DataError(f"{where} holds no rows (a dataset saved with 0 rows has no data files); "
+                            f"{what_to_do}.") from error
+        raise
+    if len(dataset) == 0:
+        raise DataError(f"{where} has 0 rows; {what_to_do}.")
+    return dataset

@@ -45,6 +45,9 @@ import torch
 from transformers import SamConfig, SamModel
 from transformers.models.sam.modeling_sam import SamImageSegmentationOutput
 
+from .errors import ModelFileError, SupersamError
+from .outputs import record_tool_outputs
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -320,6 +323,31 @@ def _run(session, feeds: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
     return [torch.from_numpy(out) for out in session.run(None, arrays)]
 
 
+def _onnx_file_errors(path: Path, read: Any) -> Any:
+    """`read()`; a missing, truncated, random or otherwise unreadable ONNX file is one ModelFileError naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"No {path.name} in {str(path.parent)!r}; export the model again with "
+                                "`supersam export --onnx`.")
+    try:
+        return read()
+    except ModelFileError:
+        raise
+    except Exception as error:  # noqa: BLE001 - protobuf DecodeError, ONNX Runtime's InvalidProtobuf / Fail / ...
+        first = " ".join(str(error).split())[:200]
+        raise ModelFileError(f"{path} is not a readable ONNX model ({type(error).__name__}: {first}); export it "
+                             "again with `supersam export --onnx`.") from error
+
+
+def _checked_session(path: Path, inputs: list[str], threads: int | None, providers: list[str] | None):
+    """An ONNX Runtime session of `path`, which must take exactly `inputs` (a wrong file of the export is named)."""
+    session = _onnx_file_errors(path, lambda: ort_session(path, threads, providers))
+    found = [arg.name for arg in session.get_inputs()]
+    if found != inputs:
+        raise ModelFileError(f"{path} is not the ONNX file this export expects there (inputs {found}, expected "
+                             f"{inputs}); export the model again with `supersam export --onnx`.")
+    return session
+
+
 class OnnxSamModel:
     """A SAM exported to ONNX, run with ONNX Runtime, called like a `SamModel` in evaluation.
 
@@ -344,11 +372,13 @@ class OnnxSamModel:
         if not encoder.is_file():
             raise FileNotFoundError(f"No {encoder.name} in {str(folder)!r}; create it with quantize_int8({str(folder)!r}).")
         self.folder, self.int8 = folder, int8
-        self.config = _config_from_file(encoder)
-        self.encoder = ort_session(encoder, threads, providers)
-        self.point_decoder = ort_session(folder / DECODER_FILE, threads, providers)
+        self.config = _onnx_file_errors(encoder, lambda: _config_from_file(encoder))
+        self.encoder = _checked_session(encoder, ["pixel_values"], threads, providers)
+        self.point_decoder = _checked_session(folder / DECODER_FILE, ["image_embeddings", "input_points", "input_labels"],
+                                              threads, providers)
         box_file = folder / BOX_DECODER_FILE
-        self.box_decoder = ort_session(box_file, threads, providers) if box_file.is_file() else None
+        self.box_decoder = (_checked_session(box_file, ["image_embeddings", "input_boxes"], threads, providers)
+                            if box_file.is_file() else None)
 
     @classmethod
     def from_pretrained(cls, onnx_dir: str | os.PathLike, **kwargs) -> "OnnxSamModel":
@@ -497,6 +527,7 @@ class OrtLatencyCache:
         tmp = self.path.with_suffix(self.path.suffix + ".tmp")
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
         tmp.replace(self.path)
+        record_tool_outputs(self.path.parent, [self.path.absolute()], tool="supersam search")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -560,8 +591,6 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from transformers import SamProcessor
-
-from .errors import ModelFileError, SupersamError
 
 processor = SamProcessor.from_pretrained("{repo_or_folder}")
 encoder = ort.InferenceSession("{repo_or_folder}/{encoder}")

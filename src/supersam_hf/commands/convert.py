@@ -9,7 +9,7 @@ from ..arguments import DataArguments, ModelArguments, OutputArguments
 from ..data import load_segmentation_dataset
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..prioritization import PrioritizationReport, prioritize
-from ..checks import check_positive
+from ..checks import check_positive, load_dataset_rows
 from ..outputs import atomic_output_dir
 from .common import prepare_output
 
@@ -42,8 +42,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
     output = prepare_output(output_args, *inputs)  # before any work: writable, not an input, empty or --overwrite
     check_positive("num_calibration_images", args.num_calibration_images)
     check_positive("calibration_batch_size", args.calibration_batch_size)
-    dataset = load_segmentation_dataset(data_args.dataset_name, split=data_args.train_split_name,
-                                        config_name=data_args.dataset_config_name)
+    dataset = load_dataset_rows(load_segmentation_dataset, data_args.dataset_name, split=data_args.train_split_name,
+                                config_name=data_args.dataset_config_name, split_flag="--train_split_name")
     if data_args.max_train_images is not None:
         dataset = dataset.select(range(min(len(dataset), data_args.max_train_images)))
     model = load_supernet(model_args.model_name_or_path, revision=model_args.revision, token=model_args.token,

@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional
 
 from ..errors import SupersamError
 from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
-from ..checks import check_positive
+from ..checks import check_positive, load_dataset_rows
 from ..data import SamSegmentationData, load_segmentation_dataset
 from ..evaluation import MASK_SELECTIONS, PROMPTS, evaluate_model, parse_subnet
 from ..loading import load_processor, load_sam_model, recorded_base_model
@@ -113,6 +113,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
     inputs = (model_args.model_name_or_path, data_args.dataset_name, args.search_dir)
     output = prepare_output(output_args, *inputs)  # before any work: writable, not an input, empty or --overwrite
     check_positive("batch_size", args.batch_size)
+    if data_args.max_eval_images is not None:  # named as the flag, before the library names it max_images
+        check_positive("max_eval_images", data_args.max_eval_images)
     subnet = _subnet(args)
     if args.onnx or args.onnx_int8:
         model, base_model = _onnx_model(model_args, args, subnet), None
@@ -123,7 +125,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
     processor = load_processor(model_args.model_name_or_path, model_args.processor_name_or_path,
                                base_model, revision=model_args.revision, token=model_args.token)
     split = data_args.eval_split_name
-    dataset = load_segmentation_dataset(data_args.dataset_name, split=split, config_name=data_args.dataset_config_name)
+    dataset = load_dataset_rows(load_segmentation_dataset, data_args.dataset_name, split=split,
+                                config_name=data_args.dataset_config_name, split_flag="--eval_split_name")
     data = SamSegmentationData(dataset, processor, prompt=args.prompt_type, seed=args.seed, return_full_masks=True,
                                **data_kwargs(data_args))
     result = evaluate_model(

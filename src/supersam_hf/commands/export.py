@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+from ..checks import check_positive, load_dataset_rows
 from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
 from ..data import load_segmentation_dataset
 from ..evaluation import EvaluationData
@@ -77,8 +78,8 @@ def _eval_data(data_args: ExportDataArguments, args: ExportArguments, processor)
     """The evaluation images for the ONNX files (None without --dataset_name), prepared once for every model."""
     if data_args.dataset_name is None:
         return None
-    dataset = load_segmentation_dataset(data_args.dataset_name, split=data_args.eval_split_name,
-                                        config_name=data_args.dataset_config_name)
+    dataset = load_dataset_rows(load_segmentation_dataset, data_args.dataset_name, split=data_args.eval_split_name,
+                                config_name=data_args.dataset_config_name, split_flag="--eval_split_name")
     return EvaluationData.prepare(dataset, processor, prompt=args.prompt_type, max_images=data_args.max_eval_images,
                                   image_column=data_args.image_column, mask_column=data_args.mask_column,
                                   mask_kind=data_args.mask_kind)
@@ -113,6 +114,8 @@ def run(model_args: ModelArguments, data_args: ExportDataArguments, output_args:
     check_onnx_options(args.onnx, args.quantize, data_args.dataset_name, True)  # a missing extra: before any work
     # Before any work: writable, not the supernet folder (nor inside / around it), empty unless --overwrite_output_dir.
     prepare_output(output_args, model_args.model_name_or_path)
+    if data_args.max_eval_images is not None:  # named as the flag, before the library names it max_images
+        check_positive("max_eval_images", data_args.max_eval_images)
     search_dir = _search_dir(model_args, args)
     subnet = select_subnet(args.subnet, search_dir)
     metrics = subnet_metrics(search_dir, subnet)

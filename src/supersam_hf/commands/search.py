@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
-from ..checks import check_positive
+from ..checks import check_positive, load_dataset_rows
 from ..data import SamSegmentationData, load_segmentation_dataset
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..search import RESULTS_FILE, SearchResult, search_subnets
@@ -87,12 +87,15 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
     check_search_output(output, resume=args.resume or output_args.overwrite_output_dir)
     check_positive("batch_size", args.batch_size)
     check_positive("budget", args.budget)
+    if data_args.max_eval_images is not None:  # named as the flag, before the library names it max_images
+        check_positive("max_eval_images", data_args.max_eval_images)
     supernet = load_supernet(model_args.model_name_or_path, require_supernet=True, revision=model_args.revision,
                              token=model_args.token, device=args.device)
     processor = load_processor(model_args.model_name_or_path, model_args.processor_name_or_path,
                                recorded_base_model(supernet), revision=model_args.revision, token=model_args.token)
     split = data_args.eval_split_name
-    dataset = load_segmentation_dataset(data_args.dataset_name, split=split, config_name=data_args.dataset_config_name)
+    dataset = load_dataset_rows(load_segmentation_dataset, data_args.dataset_name, split=split,
+                                config_name=data_args.dataset_config_name, split_flag="--eval_split_name")
     data = SamSegmentationData(dataset, processor, prompt=args.prompt_type, seed=args.eval_seed, return_full_masks=True,
                                **data_kwargs(data_args))
     if output_args.overwrite_output_dir and not args.resume and output.is_dir():

@@ -31,6 +31,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import SamProcessor, get_scheduler
 
+from ..checks import load_dataset_rows
 from ..errors import SupersamError
 from ..data import SamSegmentationData, load_segmentation_dataset
 from ..loading import load_processor, load_supernet, recorded_base_model
@@ -77,11 +78,12 @@ def build_datasets(args: SupernetTrainingArguments, processor: SamProcessor, tra
     (`datasets.Dataset`) replace the splits of `args.dataset_name`."""
     raw = train_dataset
     if raw is None:
-        raw = load_segmentation_dataset(args.dataset_name, split=args.train_split_name, config_name=args.dataset_config_name)
+        raw = load_dataset_rows(load_segmentation_dataset, args.dataset_name, split=args.train_split_name,
+                                config_name=args.dataset_config_name, split_flag="--train_split_name")
     validation = eval_dataset
     if validation is None and args.eval_split_name:
-        validation = load_segmentation_dataset(args.dataset_name, split=args.eval_split_name,
-                                               config_name=args.dataset_config_name)
+        validation = load_dataset_rows(load_segmentation_dataset, args.dataset_name, split=args.eval_split_name,
+                                       config_name=args.dataset_config_name, split_flag="--eval_split_name")
     elif validation is None and args.validation_fraction > 0:
         parts = raw.train_test_split(test_size=args.validation_fraction, seed=args.seed, shuffle=True)
         raw, validation = parts["train"], parts["test"]

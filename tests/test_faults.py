@@ -643,3 +643,98 @@ def test_sigint_inside_opentuners_database_calls_exits_130(ws, tmp_path, capsys,
     monkeypatch.undo()
     assert main(["search", *flags, "--resume"]) == 0
     assert len(json.loads((out / "search_results.json").read_text())["evaluations"]) == 4
+
+
+def test_full_disk_reported_by_safetensors_while_train_saves_is_one_line(ws, tmp_path, capsys, monkeypatch):
+    from accelerate import Accelerator
+    from safetensors import SafetensorError
+
+    real_save = Accelerator.save_state
+
+    def full_disk_in_safetensors(self, output_dir=None, **kwargs):
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "model.safetensors").write_bytes(b"partial")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(Accelerator, "save_state", full_disk_in_safetensors)
+    out = tmp_path / "run"
+    err = one_line_error(capsys, ["train", *_train_flags(ws, out), "--save_steps", "1", *QUIET])
+    assert f"could not write {out / 'checkpoints' / 'step_1'} (no space left on the device)" in err
+    assert "--resume_from_checkpoint latest" in err
+    assert list((out / "checkpoints").iterdir()) == []  # the partial checkpoint was removed
+    monkeypatch.setattr(Accelerator, "save_state", real_save)
+
+
+@pytest.mark.parametrize("which", ["safetensors", "torch.save"])
+def test_file_size_limit_while_train_saves_a_checkpoint_is_one_line(ws, tmp_path, which):
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    weights = (ws / "sam" / "model.safetensors").stat().st_size
+    # below the weights (safetensors fails), or above them but below the optimizer state (torch.save fails)
+    limit = weights // 2 if which == "safetensors" else weights + weights // 4
+    out = tmp_path / "run"
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "supersam_hf.cli", "train", *_train_flags(ws, out), "--save_steps", "1", *QUIET],
+        capture_output=True, text=True, preexec_fn=limit_file_size, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    lines = [line for line in re.split(r"[\r\n]", result.stderr) if line.strip() and "%|" not in line
+             and "Warning" not in line and "warnings.warn" not in line]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("supersam train: error: could not write "), result.stderr
+    assert f"file-size limit of {limit:,} bytes (ulimit -f)" in lines[0] or "file-size limit (ulimit -f)" in lines[0]
+    assert list((out / "checkpoints").iterdir()) == []
+
+
+def test_a_dataset_of_0_rows_is_one_line_naming_the_flag(ws, tmp_path, capsys):
+    import datasets
+
+    empty = tmp_path / "empty"
+    datasets.load_from_disk(str(ws / "data")).select([]).save_to_disk(str(empty))
+    err = one_line_error(capsys, ["evaluate", *_eval_flags(ws, ws / "sam", tmp_path / "out")[:3], str(empty),
+                                  "--output_dir", str(tmp_path / "out"), "--device", "cpu", *QUIET])
+    assert f"--dataset_name {str(empty)!r} holds no rows" in err and "at least one annotated image" in err
+    flags = _train_flags(ws, tmp_path / "run")
+    flags[flags.index("--dataset_name") + 1] = str(empty)
+    err = one_line_error(capsys, ["train", *flags, *QUIET])
+    assert "(split 'train') holds no rows" in err and "--train_split_name" in err
+
+
+def test_an_image_above_pils_decompression_bomb_limit_is_one_line(ws, tmp_path, capsys, monkeypatch):
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # the 64 x 64 images are above twice this limit
+    err = one_line_error(capsys, ["evaluate", *_eval_flags(ws, ws / "sam", tmp_path / "out")])
+    assert "above PIL's decompression-bomb limit (Image size (4096 pixels) exceeds limit of 2000 pixels" in err
+    assert "downscale or tile it" in err
+
+
+def test_an_absurd_config_is_refused_by_convert_in_one_line(ws, tmp_path, capsys):
+    import time
+
+    model = copy_model(ws / "sam", tmp_path / "absurd")
+    config = json.loads((model / "config.json").read_text())
+    config["vision_config"]["num_hidden_layers"] = 1_000_000
+    (model / "config.json").write_text(json.dumps(config))
+    start = time.perf_counter()
+    err = one_line_error(capsys, ["convert", "--model_name_or_path", str(model), "--dataset_name", str(ws / "data"),
+                                  "--output_dir", str(tmp_path / "out"), *QUIET])
+    assert time.perf_counter() - start < 5  # the data is read first; the model is never built
+    assert "this config describes a model of about" in err and "GiB of memory" in err and str(model) in err
+
+
+@pytest.mark.parametrize("stage", ["evaluate", "search"])
+def test_max_eval_images_errors_name_the_flag(ws, tmp_path, capsys, stage):
+    model = ws / ("sam" if stage == "evaluate" else "supernet")
+    flags = _eval_flags(ws, model, tmp_path / "out")
+    flags[flags.index("--max_eval_images") + 1] = "0"
+    err = one_line_error(capsys, [stage, *flags])
+    assert "--max_eval_images must be a positive integer, got 0." in err and "max_images" not in err.replace(
+        "--max_eval_images", "")

@@ -118,6 +118,9 @@ def user_error_message(error: BaseException) -> str:
             text += "; choose a folder you can write to"
     else:
         text = str(error) or type(error).__name__
+    if type(error).__name__ == "DecompressionBombError":  # PIL's message says what, not which or what to do
+        text = (f"an image of the dataset is above PIL's decompression-bomb limit ({text.rstrip('.')}); downscale or "
+                "tile it, or, if you trust the file, raise the limit (PIL.Image.MAX_IMAGE_PIXELS) in a script")
     return re.sub(r"\s*\n\s*", " ", text).strip()
 
 

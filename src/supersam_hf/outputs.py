@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import uuid
@@ -108,6 +109,48 @@ def _probe_writable(folder: Path) -> None:
             probe.unlink()
         raise OutputDirError(_unwritable_message(folder, error)) from error
     probe.unlink()
+
+
+_WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+                 errno.EFBIG: "a file grew past the file-size limit (ulimit -f) or the file system's maximum"}
+
+
+def write_failure(error: BaseException, path: PathLike, remedy: str = "") -> OutputFolderError | None:
+    """The user's error behind a failed write that a library reports in its own type (safetensors' SafetensorError
+    "I/O error: No space left on device (os error 28)", torch's "PytorchStreamWriter failed writing file"): a full
+    disk, a quota or a file-size limit, as one OutputFolderError naming `path`; None for anything else (a bug)."""
+    if isinstance(error, OSError) and not isinstance(error, OutputFolderError):
+        code = error.errno
+    else:
+        found = re.search(r"os error (\d+)", str(error))
+        code = int(found.group(1)) if found else None
+    if code in _WRITE_ERRNOS:
+        reason = _WRITE_ERRNOS[code]
+    elif type(error).__name__ == "RuntimeError" and ("PytorchStreamWriter" in str(error)
+                                                     or "inline_container" in str(error)):
+        reason = _write_limit_reached(Path(path))  # torch's zip writer names no errno: look at the limits
+    else:
+        reason = None
+    if reason is None:
+        return None
+    return OutputFolderError(f"could not write {path} ({reason}); free space or raise the limit{remedy}.")
+
+
+def _write_limit_reached(path: Path) -> str | None:
+    """Why a write under `path` may have failed: a file-size limit of this process, or a nearly full disk."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY:
+        return f"a file reached this process's file-size limit of {soft:,} bytes (ulimit -f)"
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    with contextlib.suppress(OSError):
+        status = os.statvfs(folder)
+        if status.f_bavail * status.f_frsize < 64 * 2**20:
+            return "no space left on the device"
+    return None
 
 
 def _unwritable_message(folder: Path, error: OSError) -> str:
@@ -405,6 +448,11 @@ def _staged(target: Path, tool: str, replace_all: bool) -> Iterator[Path]:
     try:
         yield staging
         _commit(staging, target, tool, replace_all)
+    except Exception as error:
+        failure = write_failure(error, target, "; the partial output was removed and the folder left as it was")
+        if failure is not None and not isinstance(error, OSError):
+            raise failure from error
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -668,4 +716,5 @@ __all__ = [
     "remove_tool_outputs",
     "repair_jsonl",
     "unverified_files",
+    "write_failure",
 ]

@@ -17,7 +17,14 @@ from accelerate import Accelerator
 
 from ..errors import ModelFileError
 from ..checks import named_load_errors
-from ..outputs import read_json_file, read_manifest, record_tool_outputs, remove_tool_outputs, repair_jsonl
+from ..outputs import (
+    read_json_file,
+    read_manifest,
+    record_tool_outputs,
+    remove_tool_outputs,
+    repair_jsonl,
+    write_failure,
+)
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "training_state.json"
@@ -183,10 +190,14 @@ def save_checkpoint(accelerator: Accelerator, args, output_dir: Path, step: int)
             os.replace(staging, path)
             rank_logs = sorted(output_dir.glob("metrics_rank*.jsonl"))  # created by other processes
             record_tool_outputs(output_dir, [p.absolute() for p in (path, *rank_logs)], tool=TOOL)
-    except BaseException:
+    except BaseException as error:
         if accelerator.is_main_process:
             with contextlib.suppress(OSError):
                 clear_checkpoint_folder(staging)
+        failure = write_failure(error, path, "; the partial checkpoint was removed; then resume from the last complete "
+                                "one (--resume_from_checkpoint latest)")
+        if failure is not None and not isinstance(error, OSError):
+            raise failure from error
         raise
     accelerator.wait_for_everyone()
     return path

@@ -476,12 +476,13 @@ def _stage_base(run: _DemoRun) -> str | Path:
             torch.manual_seed(args.seed)
             SamModel(_stand_in_config(args, sizes)).save_pretrained(init_dir)
             run.processor.save_pretrained(init_dir)
+            record_tool_outputs(output, [init_dir.absolute()], tool="supersam demo")
         _train(output / "base_training", init_dir, run.data_a, sizes["base_steps"], run, largest_only=True,
                learning_rate=BASE_LEARNING_RATE, prompt_type=BASE_PROMPT_TYPE, point_fraction=BASE_POINT_FRACTION)
         trained = load_supernet(output / "base_training", device="cpu")
         trained.extract_subnet().save_pretrained(base_dir)
         run.processor.save_pretrained(base_dir)
-        shutil.rmtree(init_dir)
+        remove_tool_outputs(output, within=init_dir.name)  # only what this demo wrote there (the one removal rule)
         result = run.evaluate(load_sam_model(base_dir), load_segmentation_dataset(run.data_a, split="test"))
         on_a = result["by_prompt"]
         state.record("base", {"path": str(base_dir), "miou_domain_A": result["miou"], "domain_A": on_a,

@@ -96,3 +96,41 @@ def test_output_folder_errors_are_one_line(monkeypatch, tmp_path):
     assert text.startswith(f"supersam evaluate: error: the output {supernet.resolve()} is the input")
     code, text = _run(lambda: prepare_output_dir(supernet, overwrite=False))
     assert code == 2 and "[Errno" not in text and "pass --overwrite_output_dir" in text
+
+
+def test_errors_by_type_a_bare_library_error_is_a_bug(monkeypatch):
+    from datasets.exceptions import DatasetNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from PIL import Image
+
+    from supersam_hf.errors import DataError, ModelFileError, OutputFolderError, is_user_error
+
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    users = [DataError("x"), ModelFileError("x"), OutputFolderError("x"), FileNotFoundError("x"), PermissionError("x"),
+             OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EFBIG, "File too large"),
+             LocalEntryNotFoundError("x"), DatasetNotFoundError("x"), Image.DecompressionBombError("x"),
+             ModuleNotFoundError("onnxruntime")]
+    bugs = [ValueError("x"), OSError(errno.EIO, "I/O error"), OSError("no errno"), RuntimeError("x"), KeyError("x"),
+            TypeError("x"), IndexError("x")]
+    assert [is_user_error(e) for e in users] == [True] * len(users)
+    assert [is_user_error(e) for e in bugs] == [False] * len(bugs)
+
+    def numpy_bug():
+        import numpy as np
+
+        np.reshape(np.zeros(3), (2, 2))  # a ValueError from a library: our bug, not the user's
+
+    code, text = _run(numpy_bug)
+    assert code == 1 and text.startswith("supersam evaluate: internal error (ValueError: ") and DEBUG_ENV in text
+    code, text = _run(lambda: (_ for _ in ()).throw(OSError(errno.EFBIG, "File too large", "/out/model.bin")))
+    assert code == 2 and "file-size limit (ulimit -f)" in text
+
+
+def test_a_check_of_the_dataset_module_is_still_the_users(monkeypatch, tmp_path):
+    """data/dataset.py's checks raise ValueError with a message for the user (until they raise DataError)."""
+    from supersam_hf.data import load_segmentation_dataset
+
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    (tmp_path / "not_a_dataset.xyz").write_text("?")
+    code, text = _run(load_segmentation_dataset, str(tmp_path / "not_a_dataset.xyz"))
+    assert code == 2 and text.startswith("supersam evaluate: error: ") and text.count("\n") == 1

@@ -591,6 +591,12 @@ def recover_interrupted_swap(target: PathLike) -> str | None:
         record = read_json_file(journal, what="output swap journal", expect=dict,
                                 remedy=f"compare {target} with its hidden .{target.name}.old-{pid} sibling by hand")
         outcome = _recover(journal, record, log=True)
+    for orphan in target.parent.glob(f".{target.name}.old-*"):  # an interrupted swap of a version without journals
+        pid = orphan.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_alive(int(pid)) and not _journal_path(target, int(pid)).exists():
+            logger.warning("%s holds files an interrupted overwrite of %s set aside (an earlier version of this tool "
+                           "kept no journal); they are the earlier output: move them back by hand, then delete it.",
+                           orphan, target)
     return outcome
 
 

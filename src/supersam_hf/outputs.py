@@ -492,7 +492,10 @@ def _commit(staging: Path, target: Path, tool: str, replace_all: bool) -> None:
         os.replace(staging, target)  # one rename: the folder appears complete or not at all
         return
     old = read_manifest_entries(target)
-    status = {name: _status(target, name, entry)[0] for name, entry in old.items()}
+    # Whether each earlier file is still this tool's (content unchanged): every one for a replacement, only those
+    # the new files replace for an update (hashing a run's checkpoints at each final save would cost minutes).
+    checked = old if replace_all else [name for name in old if name in new_files]
+    status = {name: _status(target, name, old[name])[0] for name in checked}
     refused = []
     for name in new_files:
         where, path = _locate(target, name)
@@ -507,10 +510,10 @@ def _commit(staging: Path, target: Path, tool: str, replace_all: bool) -> None:
             f"{target} holds files this tool may not replace: {', '.join(refused[:5])}; the new output would "
             "replace or write through them. Move them away or choose another output folder."
         )
-    ours = [name for name in old if status[name] in ("ours", "link")]
+    ours = [name for name in status if status[name] in ("ours", "link")]
     replaced = ours if replace_all else [name for name in ours if name in new_files]
-    kept = {name: old[name] for name in ours if name not in set(replaced)}
-    others = [(name, status[name]) for name in old if status[name] not in ("ours", "link", "missing")]
+    kept = {name: old[name] for name in old if name not in status}  # an update keeps the files it does not replace
+    others = [(name, status[name]) for name in status if status[name] not in ("ours", "link", "missing")]
     if others and replace_all:
         logger.warning(_kept_line(target, others))
     elif others:

@@ -738,3 +738,12 @@ def test_max_eval_images_errors_name_the_flag(ws, tmp_path, capsys, stage):
     err = one_line_error(capsys, [stage, *flags])
     assert "--max_eval_images must be a positive integer, got 0." in err and "max_images" not in err.replace(
         "--max_eval_images", "")
+
+
+def test_train_overwrite_refuses_early_a_checkpoint_file_the_user_changed(ws, tmp_path, capsys):
+    out = copy_model(ws / "trained", tmp_path / "trained")
+    (out / "checkpoints" / "step_1" / "optimizer.bin").write_bytes(b"the user's own optimizer state")
+    before = snapshot(out)
+    err = one_line_error(capsys, ["train", *_train_flags(ws, out), "--overwrite_output_dir", *QUIET])
+    assert "checkpoints/step_1/optimizer.bin (changed since this tool wrote it)" in err
+    assert snapshot(out) == before

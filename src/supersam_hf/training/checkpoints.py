@@ -23,6 +23,7 @@ from ..outputs import (
     record_tool_outputs,
     remove_tool_outputs,
     repair_jsonl,
+    unverified_files,
     write_failure,
 )
 
@@ -93,19 +94,20 @@ def previous_run_files(output_dir: Path) -> list[str]:
     return [m for m in markers if (output_dir / m).exists()] if output_dir.is_dir() else []
 
 
-def foreign_files(output_dir: Path) -> list[str]:
-    """Files a run would write over or into but that this tool did not record writing (another tool's
-    `checkpoints/`, a user's config.json): training refuses to start rather than replace or mix with them."""
+def foreign_files(output_dir: Path, final_only: bool = False) -> list[str]:
+    """Files a run would write over or into but that this tool may not replace: not recorded in the manifest (another
+    tool's `checkpoints/`, a user's config.json), changed since it wrote them, or behind a symbolic link; each with
+    the reason. Training refuses to start rather than replace or mix with them. `final_only`: only the files the
+    end of a run writes (a resume, whose checkpoints and metrics log are its own)."""
     if not output_dir.is_dir():
         return []
-    ours = set(read_manifest(output_dir))
-    names = [name for name in (*FINAL_FILES, METRICS_FILE) if (output_dir / name).is_file()]
+    names = [name for name in (*FINAL_FILES, *(() if final_only else (METRICS_FILE,))) if (output_dir / name).is_file()]
     root = output_dir / CHECKPOINTS_DIR
-    if root.is_dir():  # step_N.tmp: this tool's interrupted saves, removed on overwrite
+    if root.is_dir() and not final_only:  # step_N.tmp: this tool's interrupted saves, removed on overwrite
         staged = [p for p in root.iterdir() if re.fullmatch(r"step_\d+\.tmp", p.name)]
         names += [p.relative_to(output_dir).as_posix() for p in root.rglob("*")
                   if p.is_file() and not any(folder in p.parents for folder in staged)]
-    return [name for name in names if name not in ours]
+    return unverified_files(output_dir, names)
 
 
 def adopt_run_files(output_dir: Path) -> None:

@@ -159,10 +159,11 @@ def _check_output_dir(args: SupernetTrainingArguments) -> tuple[Path, Path | Non
         )
     if resume_dir is not None and output_dir.resolve() in resume_dir.resolve().parents:
         adopt_run_files(output_dir)  # continuing the run of this folder: its files are this tool's
-    foreign = foreign_files(output_dir) if resume_dir is None else []
+    foreign = foreign_files(output_dir, final_only=resume_dir is not None)
     if foreign:
         raise FileExistsError(
-            f"output_dir {str(output_dir)!r} holds files this tool did not write ({', '.join(foreign[:3])}"
+            f"output_dir {str(output_dir)!r} holds files this tool did not write or that changed since it wrote them "
+            f"({', '.join(foreign[:3])}"
             f"{' …' if len(foreign) > 3 else ''}); training would write over or into them. Move them away or choose "
             "another output_dir."
         )

@@ -214,10 +214,13 @@ def _relative_name(root: Path, entry: PathLike, folder: PathLike) -> str:
     path = Path(entry)
     if not path.is_absolute():
         path = root / path
-    candidates = (root, Path(os.path.abspath(folder)))
-    for base in candidates:
+    # the path as given, against the folder resolved and as given; then with its parent's links resolved (a path
+    # spelled through a linked ancestor of the folder, e.g. /tmp -> /private/tmp), never its last component's
+    spellings = [(Path(os.path.normpath(path)), root), (Path(os.path.normpath(path)), Path(os.path.abspath(folder))),
+                 (Path(os.path.realpath(path.parent)) / path.name, root)]
+    for candidate, base in spellings:
         try:
-            name = Path(os.path.normpath(path)).relative_to(base).as_posix()
+            name = candidate.relative_to(base).as_posix()
         except ValueError:
             continue
         if name != ".." and not name.startswith("../"):

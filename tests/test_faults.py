@@ -616,6 +616,9 @@ def test_sigint_inside_opentuners_database_calls_exits_130(ws, tmp_path, capsys,
     import os
     import signal
 
+    from supersam_hf.search.opentuner_compat import import_opentuner
+
+    import_opentuner()  # without its SQLAlchemy 2 deprecation warnings
     from opentuner.api import TuningRunManager
 
     real = TuningRunManager.report_result
@@ -747,3 +750,27 @@ def test_train_overwrite_refuses_early_a_checkpoint_file_the_user_changed(ws, tm
     err = one_line_error(capsys, ["train", *_train_flags(ws, out), "--overwrite_output_dir", *QUIET])
     assert "checkpoints/step_1/optimizer.bin (changed since this tool wrote it)" in err
     assert snapshot(out) == before
+
+
+def test_ctrl_c_of_a_running_search_process_exits_130_with_the_resume_hint(ws, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "search"
+    flags = [*_eval_flags(ws, ws / "supernet", out), "--budget", "400", "--strategy", "opentuner"]
+    process = subprocess.Popen([sys.executable, "-m", "supersam_hf.cli", "search", *flags], stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "search_results.json").is_file() and process.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside the search loop: scoring and OpenTuner's database calls
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == ("supersam search: interrupted; rerun with --resume to continue from the "
+                                            "subnets already scored")
+    assert "Traceback" not in err
+    assert json.loads((out / "search_results.json").read_text())["evaluations"]  # what was scored is kept

@@ -774,3 +774,13 @@ def test_ctrl_c_of_a_running_search_process_exits_130_with_the_resume_hint(ws, t
                                             "subnets already scored")
     assert "Traceback" not in err
     assert json.loads((out / "search_results.json").read_text())["evaluations"]  # what was scored is kept
+
+
+def test_resuming_a_search_with_other_settings_names_the_flags(ws, tmp_path, capsys):
+    out = tmp_path / "search"
+    assert main(["search", *_search_flags(ws, out), "--prompt_type", "box"]) == 0
+    capsys.readouterr()
+    flags = _search_flags(ws, out)
+    flags[flags.index("--max_eval_images") + 1] = "1"
+    err = one_line_error(capsys, ["search", *flags, "--prompt_type", "point", "--resume"])
+    assert "--prompt_type ('box' vs now 'point')" in err and "--max_eval_images (2 vs now 1)" in err

@@ -131,6 +131,12 @@ def measure_latency(supernet: SuperSamModel, cfg: SubnetConfig, data: Evaluation
 LATENCY_BACKENDS = ("torch", "onnxruntime")
 ORT_LATENCY_CACHE = "ort_latency_cache.json"
 TOOL = "supersam search"
+# A search's recorded settings, named as the flags that set them (a resume with other values is refused, named).
+RESUME_SETTING_FLAGS = {"dataset": "--dataset_name", "split": "--eval_split_name", "prompt": "--prompt_type",
+                        "mask_selection": "--mask_selection", "eval_seed": "--eval_seed",
+                        "num_images": "the number of images (--max_eval_images)", "max_images": "--max_eval_images",
+                        "search_space": "the supernet's search space", "largest_params": "the supernet's size",
+                        "latency_backend": "--latency_backend"}
 # What a search writes in its output_dir (a resume replaces them, an overwrite removes them): only this tool's.
 SEARCH_FILES = (RESULTS_FILE, PARETO_FILE, PARETO_PLOT, BEST_FILE, OPENTUNER_DB, ORT_LATENCY_CACHE)
 LATENCY_LABELS = {"torch": "latency, ms (PyTorch forward, one image)",
@@ -289,7 +295,8 @@ class SubnetSearch:
         if differing:
             raise SupersamError(
                 f"Cannot resume the search in {str(self.output)!r}: it was measured with different "
-                + ", ".join(f"{k} ({before.get(k)!r} vs now {self.settings[k]!r})" for k in differing)
+                + ", ".join(f"{RESUME_SETTING_FLAGS.get(k, k)} ({before.get(k)!r} vs now {self.settings[k]!r})"
+                            for k in differing)
                 + ". Use the same settings, or a new output_dir."
             )
         for entry in previous.get("evaluations", []):

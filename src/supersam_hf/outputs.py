@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import logging
@@ -463,7 +464,7 @@ def _staged(target: Path, tool: str, replace_all: bool) -> Iterator[Path]:
 def _remove_stale_staging(target: Path) -> None:
     """Remove temporary siblings this tool left for `target` in processes that no longer run (killed runs), unless
     an interrupted swap's journal still needs them."""
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.tmp-*"):
         pid = stale.name.rsplit("-", 1)[-1]
         if pid.isdigit() and (int(pid) == os.getpid() or not _process_alive(int(pid))):
             if not _journal_path(target, int(pid)).exists():
@@ -585,9 +586,9 @@ def recover_interrupted_swap(target: PathLike) -> str | None:
     outcome = None
     if not target.parent.is_dir():
         return None
-    for leftover in target.parent.glob(f".{target.name}.swap-*.json.tmp"):  # killed while writing a journal
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.swap-*.json.tmp"):  # killed writing a journal
         leftover.unlink(missing_ok=True)
-    for journal in sorted(target.parent.glob(f".{target.name}.swap-*.json")):
+    for journal in sorted(target.parent.glob(f".{glob.escape(target.name)}.swap-*.json")):
         pid = journal.name[len(target.name) + 7:-5]
         if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
             raise OutputFolderError(
@@ -597,7 +598,8 @@ def recover_interrupted_swap(target: PathLike) -> str | None:
         record = read_json_file(journal, what="output swap journal", expect=dict,
                                 remedy=f"compare {target} with its hidden .{target.name}.old-{pid} sibling by hand")
         outcome = _recover(journal, record, log=True)
-    for orphan in target.parent.glob(f".{target.name}.old-*"):  # an interrupted swap of a version without journals
+    # an interrupted swap of an earlier version of this tool, which kept no journal: named, never deleted
+    for orphan in target.parent.glob(f".{glob.escape(target.name)}.old-*"):
         pid = orphan.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not _process_alive(int(pid)) and not _journal_path(target, int(pid)).exists():
             logger.warning("%s holds files an interrupted overwrite of %s set aside (an earlier version of this tool "

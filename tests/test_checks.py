@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from transformers import SamModel
 
 from supersam_hf import SuperSamModel
+from supersam_hf.errors import ModelFileError
 from supersam_hf.checks import (
     check_finite,
     check_finite_metric,
@@ -265,3 +266,43 @@ def test_corrupt_or_incompatible_resume_checkpoint_is_named(tmp_path):
     with pytest.raises(FileNotFoundError):
         with named_load_errors(checkpoint, "training checkpoint", remedy):
             torch.load(checkpoint / "missing.bin", weights_only=True)
+
+
+@pytest.mark.parametrize("field, value", [("num_hidden_layers", 1_000_000), ("hidden_size", 10**7), ("image_size", 10**6)])
+def test_absurd_config_is_refused_fast_before_any_model_is_built(tmp_path, monkeypatch, field, value):
+    import time
+
+    from supersam_hf.loading import load_supernet
+    from supersam_hf.modeling_supersam import SuperSamModel
+
+    folder = tmp_path / "absurd"
+    tiny_sam(num_layers=2, image_size=32).save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_config"][field] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    built = []
+    monkeypatch.setattr(SuperSamModel, "__init__", lambda *a, **k: built.append(1))  # never reached
+    start = time.perf_counter()
+    with pytest.raises(ModelFileError, match=r"this config describes a model of about [\d,]+ parameters .* more than "
+                                             r"this machine's [\d.,]+ GiB of memory") as error:
+        load_supernet(folder, device="cpu")
+    assert time.perf_counter() - start < 1.0 and built == []
+    assert str(folder) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_model_size_estimate_is_close_to_the_real_count_and_names_bad_fields():
+    from transformers import SamConfig
+
+    from supersam_hf.checks import check_model_size, estimate_model_memory
+
+    sam = tiny_sam(num_layers=4, image_size=64)
+    estimate = estimate_model_memory(sam.config.to_dict())
+    real = sum(p.numel() for p in sam.parameters())
+    assert 0.5 * real < estimate["params"] < 2 * real
+    base = estimate_model_memory(SamConfig().to_dict())["params"]  # sam-vit-base: 93.7 M parameters
+    assert 0.8 * 93.7e6 < base < 1.2 * 93.7e6
+    with pytest.raises(ModelFileError, match=r"vision_config\.hidden_size must be a positive integer, got -3"):
+        check_model_size({"vision_config": {"hidden_size": -3}}, "x/config.json")
+    assert check_model_size(sam.config.to_dict(), "tiny", memory_bytes=10**9)["params"] == estimate["params"]
+    with pytest.raises(ModelFileError, match="more than this machine's 0.0 GiB"):
+        check_model_size(sam.config.to_dict(), "tiny", memory_bytes=1000)

@@ -60,7 +60,7 @@ def test_debug_switch_shows_the_traceback(monkeypatch):
     monkeypatch.setenv(DEBUG_ENV, "1")
     assert debug_enabled()
     code, text = _run(check_positive, "batch_size", 0)
-    assert code == 2 and "Traceback" in text and "ValueError: --batch_size must be a positive integer" in text
+    assert code == 2 and "Traceback" in text and "SupersamError: --batch_size must be a positive integer" in text
     assert text.endswith("supersam evaluate: error: --batch_size must be a positive integer, got 0.\n")
     monkeypatch.setenv(DEBUG_ENV, "0")
     assert not debug_enabled() and debug_enabled(True)
@@ -77,7 +77,11 @@ def test_success_and_interrupt(monkeypatch):
     def interrupted():
         raise KeyboardInterrupt
 
-    assert _run(interrupted) == (130, "supersam evaluate: interrupted\n")
+    assert _run(interrupted) == (130, "supersam evaluate: interrupted; the output folder was left as it was; rerun "
+                                      "the command to start again\n")
+    code, text = run_stage("search", interrupted, stderr=(stream := io.StringIO())), None
+    assert code == 130 and stream.getvalue() == ("supersam search: interrupted; rerun with --resume to continue from the "
+                                                 "subnets already scored\n")
 
 
 def test_output_folder_errors_are_one_line(monkeypatch, tmp_path):
@@ -92,3 +96,41 @@ def test_output_folder_errors_are_one_line(monkeypatch, tmp_path):
     assert text.startswith(f"supersam evaluate: error: the output {supernet.resolve()} is the input")
     code, text = _run(lambda: prepare_output_dir(supernet, overwrite=False))
     assert code == 2 and "[Errno" not in text and "pass --overwrite_output_dir" in text
+
+
+def test_errors_by_type_a_bare_library_error_is_a_bug(monkeypatch):
+    from datasets.exceptions import DatasetNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from PIL import Image
+
+    from supersam_hf.errors import DataError, ModelFileError, OutputFolderError, is_user_error
+
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    users = [DataError("x"), ModelFileError("x"), OutputFolderError("x"), FileNotFoundError("x"), PermissionError("x"),
+             OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EFBIG, "File too large"),
+             LocalEntryNotFoundError("x"), DatasetNotFoundError("x"), Image.DecompressionBombError("x"),
+             ModuleNotFoundError("onnxruntime")]
+    bugs = [ValueError("x"), OSError(errno.EIO, "I/O error"), OSError("no errno"), RuntimeError("x"), KeyError("x"),
+            TypeError("x"), IndexError("x")]
+    assert [is_user_error(e) for e in users] == [True] * len(users)
+    assert [is_user_error(e) for e in bugs] == [False] * len(bugs)
+
+    def numpy_bug():
+        import numpy as np
+
+        np.reshape(np.zeros(3), (2, 2))  # a ValueError from a library: our bug, not the user's
+
+    code, text = _run(numpy_bug)
+    assert code == 1 and text.startswith("supersam evaluate: internal error (ValueError: ") and DEBUG_ENV in text
+    code, text = _run(lambda: (_ for _ in ()).throw(OSError(errno.EFBIG, "File too large", "/out/model.bin")))
+    assert code == 2 and "file-size limit (ulimit -f)" in text
+
+
+def test_a_check_of_the_dataset_module_is_still_the_users(monkeypatch, tmp_path):
+    """data/dataset.py's checks raise ValueError with a message for the user (until they raise DataError)."""
+    from supersam_hf.data import load_segmentation_dataset
+
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    (tmp_path / "not_a_dataset.xyz").write_text("?")
+    code, text = _run(load_segmentation_dataset, str(tmp_path / "not_a_dataset.xyz"))
+    assert code == 2 and text.startswith("supersam evaluate: error: ") and text.count("\n") == 1

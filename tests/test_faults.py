@@ -25,7 +25,7 @@ from transformers import SamModel
 from supersam_hf import SubnetConfig, SuperSamModel
 from supersam_hf.commands.cli import main
 from supersam_hf.data import SamSegmentationData, make_synthetic_shapes
-from supersam_hf.outputs import MANIFEST_NAME
+from supersam_hf.outputs import MANIFEST_NAME, record_tool_outputs
 
 QUIET = ["--log_level", "error"]
 
@@ -515,6 +515,7 @@ def test_corrupt_search_results_name_the_file_and_the_way_out(ws, tmp_path, caps
     search = tmp_path / "search"
     search.mkdir()
     (search / "search_results.json").write_text('{"settings": {"prompt": "bo')
+    record_tool_outputs(search, ["search_results.json"], tool="supersam search")  # a search's own file, torn
     before = snapshot(search)
     err = one_line_error(capsys, ["search", *_eval_flags(ws, ws / "supernet", search), "--budget", "2", "--strategy",
                                   "random", "--resume"])
@@ -570,3 +571,216 @@ def test_a_bug_is_one_line_pointing_to_the_debug_switch(ws, tmp_path, capsys, mo
     monkeypatch.setattr(evaluate, "run", bug)
     err = one_line_error(capsys, ["evaluate", *_eval_flags(ws, ws / "sam", tmp_path / "out")], code=1)
     assert "internal error (KeyError" in err and "SUPERSAM_DEBUG=1" in err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 19: nothing lost, nothing silent, round two
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _search_flags(ws: Path, output: Path) -> list[str]:
+    return [*_eval_flags(ws, ws / "supernet", output), "--budget", "2", "--strategy", "random"]
+
+
+@pytest.mark.parametrize("flag", ["--overwrite_output_dir", "--resume"])
+def test_search_never_replaces_a_users_same_named_files(ws, tmp_path, capsys, flag):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "pareto.json").write_text('["the user\'s own front"]')
+    (out / "best_subnet.json").write_text('{"mine": true}')
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    err = one_line_error(capsys, ["search", *_search_flags(ws, out), flag])
+    assert "best_subnet.json (not written by this tool)" in err and "pareto.json (not written by this tool)" in err
+    assert "move them away or choose another --output_dir" in err
+    assert snapshot(out) == before
+
+
+def test_search_overwrite_keeps_a_result_the_user_edited(ws, tmp_path, capsys):
+    out = tmp_path / "search"
+    assert main(["search", *_search_flags(ws, out)]) == 0
+    assert {"search_results.json", "pareto.json", "pareto.png"} <= set(json.loads(
+        (out / MANIFEST_NAME).read_text())["files"])
+    (out / "pareto.json").write_text('["annotated by the user"]')
+    capsys.readouterr()
+    before = snapshot(out)
+    for flag in ("--overwrite_output_dir", "--resume"):
+        err = one_line_error(capsys, ["search", *_search_flags(ws, out), flag])
+        assert "pareto.json (changed since this tool wrote it)" in err
+        assert snapshot(out) == before
+    (out / "pareto.json").unlink()  # without the edited file, the search's own files are replaced
+    assert main(["search", *_search_flags(ws, out), "--overwrite_output_dir"]) == 0
+
+
+def test_sigint_inside_opentuners_database_calls_exits_130(ws, tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    from supersam_hf.search.opentuner_compat import import_opentuner
+
+    import_opentuner()  # without its SQLAlchemy 2 deprecation warnings
+    from opentuner.api import TuningRunManager
+
+    real = TuningRunManager.report_result
+    calls = []
+
+    def report_result(self, *args, **kwargs):  # Ctrl-C arrives inside the DB layer, which swallows it
+        calls.append(1)
+        if len(calls) == 1:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+            except KeyboardInterrupt:
+                pass
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(TuningRunManager, "report_result", report_result)
+    out = tmp_path / "search"
+    flags = [*_eval_flags(ws, ws / "supernet", out), "--budget", "4", "--strategy", "opentuner"]
+    assert main(["search", *flags]) == 130
+    err = capsys.readouterr().err
+    assert "supersam search: interrupted; rerun with --resume to continue" in err and "Traceback" not in err
+    assert len(calls) == 1  # the search stopped at the first report, it did not run on
+    scored = json.loads((out / "search_results.json").read_text())["evaluations"]
+    assert 1 <= len(scored) < 4
+    assert not list(out.glob(".opentuner.db.tmp-*"))  # no temporary database left
+    monkeypatch.undo()
+    assert main(["search", *flags, "--resume"]) == 0
+    assert len(json.loads((out / "search_results.json").read_text())["evaluations"]) == 4
+
+
+def test_full_disk_reported_by_safetensors_while_train_saves_is_one_line(ws, tmp_path, capsys, monkeypatch):
+    from accelerate import Accelerator
+    from safetensors import SafetensorError
+
+    real_save = Accelerator.save_state
+
+    def full_disk_in_safetensors(self, output_dir=None, **kwargs):
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "model.safetensors").write_bytes(b"partial")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(Accelerator, "save_state", full_disk_in_safetensors)
+    out = tmp_path / "run"
+    err = one_line_error(capsys, ["train", *_train_flags(ws, out), "--save_steps", "1", *QUIET])
+    assert f"could not write {out / 'checkpoints' / 'step_1'} (no space left on the device)" in err
+    assert "--resume_from_checkpoint latest" in err
+    assert list((out / "checkpoints").iterdir()) == []  # the partial checkpoint was removed
+    monkeypatch.setattr(Accelerator, "save_state", real_save)
+
+
+@pytest.mark.parametrize("which", ["safetensors", "torch.save"])
+def test_file_size_limit_while_train_saves_a_checkpoint_is_one_line(ws, tmp_path, which):
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    weights = (ws / "sam" / "model.safetensors").stat().st_size
+    # below the weights (safetensors fails), or above them but below the optimizer state (torch.save fails)
+    limit = weights // 2 if which == "safetensors" else weights + weights // 4
+    out = tmp_path / "run"
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "supersam_hf.cli", "train", *_train_flags(ws, out), "--save_steps", "1", *QUIET],
+        capture_output=True, text=True, preexec_fn=limit_file_size, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    lines = [line for line in re.split(r"[\r\n]", result.stderr) if line.strip() and "%|" not in line
+             and "Warning" not in line and "warnings.warn" not in line]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("supersam train: error: could not write "), result.stderr
+    assert f"file-size limit of {limit:,} bytes (ulimit -f)" in lines[0] or "file-size limit (ulimit -f)" in lines[0]
+    assert list((out / "checkpoints").iterdir()) == []
+
+
+def test_a_dataset_of_0_rows_is_one_line_naming_the_flag(ws, tmp_path, capsys):
+    import datasets
+
+    empty = tmp_path / "empty"
+    datasets.load_from_disk(str(ws / "data")).select([]).save_to_disk(str(empty))
+    err = one_line_error(capsys, ["evaluate", *_eval_flags(ws, ws / "sam", tmp_path / "out")[:3], str(empty),
+                                  "--output_dir", str(tmp_path / "out"), "--device", "cpu", *QUIET])
+    assert f"--dataset_name {str(empty)!r} holds no rows" in err and "at least one annotated image" in err
+    flags = _train_flags(ws, tmp_path / "run")
+    flags[flags.index("--dataset_name") + 1] = str(empty)
+    err = one_line_error(capsys, ["train", *flags, *QUIET])
+    assert "(split 'train') holds no rows" in err and "--train_split_name" in err
+
+
+def test_an_image_above_pils_decompression_bomb_limit_is_one_line(ws, tmp_path, capsys, monkeypatch):
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # the 64 x 64 images are above twice this limit
+    err = one_line_error(capsys, ["evaluate", *_eval_flags(ws, ws / "sam", tmp_path / "out")])
+    assert "above PIL's decompression-bomb limit (Image size (4096 pixels) exceeds limit of 2000 pixels" in err
+    assert "downscale or tile it" in err
+
+
+def test_an_absurd_config_is_refused_by_convert_in_one_line(ws, tmp_path, capsys):
+    import time
+
+    model = copy_model(ws / "sam", tmp_path / "absurd")
+    config = json.loads((model / "config.json").read_text())
+    config["vision_config"]["num_hidden_layers"] = 1_000_000
+    (model / "config.json").write_text(json.dumps(config))
+    start = time.perf_counter()
+    err = one_line_error(capsys, ["convert", "--model_name_or_path", str(model), "--dataset_name", str(ws / "data"),
+                                  "--output_dir", str(tmp_path / "out"), *QUIET])
+    assert time.perf_counter() - start < 5  # the data is read first; the model is never built
+    assert "this config describes a model of about" in err and "GiB of memory" in err and str(model) in err
+
+
+@pytest.mark.parametrize("stage", ["evaluate", "search"])
+def test_max_eval_images_errors_name_the_flag(ws, tmp_path, capsys, stage):
+    model = ws / ("sam" if stage == "evaluate" else "supernet")
+    flags = _eval_flags(ws, model, tmp_path / "out")
+    flags[flags.index("--max_eval_images") + 1] = "0"
+    err = one_line_error(capsys, [stage, *flags])
+    assert "--max_eval_images must be a positive integer, got 0." in err and "max_images" not in err.replace(
+        "--max_eval_images", "")
+
+
+def test_train_overwrite_refuses_early_a_checkpoint_file_the_user_changed(ws, tmp_path, capsys):
+    out = copy_model(ws / "trained", tmp_path / "trained")
+    (out / "checkpoints" / "step_1" / "optimizer.bin").write_bytes(b"the user's own optimizer state")
+    before = snapshot(out)
+    err = one_line_error(capsys, ["train", *_train_flags(ws, out), "--overwrite_output_dir", *QUIET])
+    assert "checkpoints/step_1/optimizer.bin (changed since this tool wrote it)" in err
+    assert snapshot(out) == before
+
+
+def test_ctrl_c_of_a_running_search_process_exits_130_with_the_resume_hint(ws, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "search"
+    flags = [*_eval_flags(ws, ws / "supernet", out), "--budget", "400", "--strategy", "opentuner"]
+    process = subprocess.Popen([sys.executable, "-m", "supersam_hf.cli", "search", *flags], stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "search_results.json").is_file() and process.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside the search loop: scoring and OpenTuner's database calls
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == ("supersam search: interrupted; rerun with --resume to continue from the "
+                                            "subnets already scored")
+    assert "Traceback" not in err
+    assert json.loads((out / "search_results.json").read_text())["evaluations"]  # what was scored is kept
+
+
+def test_resuming_a_search_with_other_settings_names_the_flags(ws, tmp_path, capsys):
+    out = tmp_path / "search"
+    assert main(["search", *_search_flags(ws, out), "--prompt_type", "box"]) == 0
+    capsys.readouterr()
+    flags = _search_flags(ws, out)
+    flags[flags.index("--max_eval_images") + 1] = "1"
+    err = one_line_error(capsys, ["search", *flags, "--prompt_type", "point", "--resume"])
+    assert "--prompt_type ('box' vs now 'point')" in err and "--max_eval_images (2 vs now 1)" in err

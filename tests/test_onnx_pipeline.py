@@ -183,3 +183,26 @@ def test_missing_extra_is_one_line_naming_the_install(stage, folders, tmp_path, 
     assert error.startswith(f"supersam {stage}: error:") and len(error.splitlines()) == 1
     assert "pip install supersam_hf[onnx]" in error and "Traceback" not in error
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random", "wrong_file"])
+def test_evaluate_onnx_of_a_damaged_file_is_one_line_naming_it(cli_export, folders, tmp_path, capsys, damage):
+    import re
+    import shutil
+
+    import numpy as np
+
+    export = tmp_path / "export"
+    shutil.copytree(cli_export, export)
+    encoder = export / "onnx" / ENCODER_FILE
+    data = encoder.read_bytes()
+    encoder.write_bytes({"truncated": data[: len(data) // 3], "random": np.random.default_rng(0).bytes(4096),
+                         "wrong_file": (export / "onnx" / "prompt_encoder_mask_decoder.onnx").read_bytes()}[damage])
+    argv = ["evaluate", "--model_name_or_path", str(export), "--dataset_name", str(folders / "data"),
+            "--prompt_type", "point", "--device", "cpu", "--output_dir", str(tmp_path / "out"), "--onnx"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in re.split(r"[\r\n]", err) if line.strip() and "%|" not in line]
+    assert len(lines) == 1 and lines[0].startswith(f"supersam evaluate: error: {encoder} is not")
+    assert "again with `supersam export --onnx`" in lines[0]
+    assert not (tmp_path / "out").exists()

@@ -10,6 +10,7 @@ import os
 import pytest
 
 from supersam_hf import outputs
+from supersam_hf.errors import OutputFolderError
 from supersam_hf.outputs import (
     MANIFEST_NAME,
     OutputDirError,
@@ -65,7 +66,7 @@ def test_new_file_never_replaces_a_foreign_file(tmp_path):
     out = tmp_path / "export"
     out.mkdir()
     (out / "README.md").write_text("user readme")
-    with pytest.raises(FileExistsError, match=r"README\.md"):
+    with pytest.raises(OutputFolderError, match=r"README\.md \(not written by this tool\)"):
         _write_export(out, {"README.md": "card", "config.json": "{}"}, overwrite=True)
     assert (out / "README.md").read_text() == "user readme"
     assert sorted(p.name for p in out.iterdir()) == ["README.md"]
@@ -213,7 +214,7 @@ def test_atomic_update_adds_files_next_to_earlier_outputs(tmp_path):
     assert (run / "config.json").read_text() == "v1" and (run / "model.safetensors").read_text() == "v2"
     assert (run / "checkpoints" / "step_1" / "model.safetensors").read_text() == "ckpt"
     assert sorted(read_manifest(run)) == ["checkpoints/step_1/model.safetensors", "config.json", "model.safetensors"]
-    with pytest.raises(FileExistsError, match="user.txt"):
+    with pytest.raises(OutputFolderError, match="user.txt"):
         with atomic_update(run) as tmp:
             (tmp / "user.txt").write_text("ours")
     with pytest.raises(OSError):
@@ -324,3 +325,147 @@ def test_real_full_disk_is_found_before_work(small_disk):
     with pytest.raises(OutputDirError, match="no space left"):
         prepare_output_dir(small_disk / "export", overwrite=False)
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler.bin"]
+
+
+def _tree(folder):
+    """Every file and link below `folder` (links not followed) with its content or target."""
+    found = {}
+    for directory, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = os.path.join(directory, name)
+            key = os.path.relpath(path, folder)
+            if os.path.islink(path):
+                found[key] = "-> " + os.readlink(path)
+            elif os.path.isfile(path):
+                found[key] = open(path, "rb").read()
+    return found
+
+
+def test_symlinked_subfolder_survives_overwrite_with_its_targets_files(tmp_path, caplog):
+    out = tmp_path / "export"
+    _write_export(out, {"config.json": "old", "onnx/vision_encoder.onnx": "ours", "onnx/decoder.onnx": "ours"})
+    storage = tmp_path / "big_disk" / "onnx"  # the user moved onnx/ to other storage and linked it back
+    storage.parent.mkdir()
+    os.replace(out / "onnx", storage)
+    os.symlink(storage, out / "onnx")
+    (storage / "decoder.onnx").write_text("user edited")
+    before = _tree(storage)
+    with caplog.at_level(logging.WARNING, logger="supersam_hf.outputs"):
+        _write_export(out, {"config.json": "new"}, overwrite=True)
+    assert _tree(storage) == before and os.path.islink(out / "onnx")
+    assert (out / "config.json").read_text() == "new"
+    assert "onnx/vision_encoder.onnx (behind a symbolic link" in caplog.text
+    with pytest.raises(OutputFolderError, match=r"onnx/vision_encoder\.onnx \(behind a symbolic link"):
+        _write_export(out, {"config.json": "newer", "onnx/vision_encoder.onnx": "new"}, overwrite=True)
+    assert _tree(storage) == before and (out / "config.json").read_text() == "new"
+    assert _siblings(out) == ["big_disk"]
+
+
+def test_manifest_entry_through_a_symlink_never_removes_outside_files(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.txt").write_text("user")
+    (run / "sub").mkdir()
+    (run / "sub" / "victim.txt").write_text("user")
+    record_tool_outputs(run, ["sub/victim.txt"])  # recorded content equals the outside file's, even
+    shutil_rmtree(run / "sub")
+    os.symlink(outside, run / "sub")
+    assert remove_tool_outputs(run) == []
+    assert (outside / "victim.txt").read_text() == "user"
+    os.symlink(outside / "victim.txt", run / "link.txt")
+    (run / MANIFEST_NAME).write_text(json.dumps({"version": 2, "files": {"link.txt": {"size": 4, "sha256": "x"}}}))
+    assert remove_tool_outputs(run) == [run.resolve() / "link.txt"]  # the link goes, never its target
+    assert (outside / "victim.txt").read_text() == "user"
+
+
+def shutil_rmtree(path):
+    import shutil
+
+    shutil.rmtree(path)
+
+
+def test_file_the_user_edited_survives_overwrite_and_is_named(tmp_path, caplog):
+    out = tmp_path / "export"
+    _write_export(out, {"config.json": "old", "model.safetensors": "weights", "notes.md": "card"})
+    (out / "notes.md").write_text("card, with the user's notes")
+    with caplog.at_level(logging.WARNING, logger="supersam_hf.outputs"):
+        _write_export(out, {"config.json": "new", "model.safetensors": "new"}, overwrite=True)
+    assert (out / "notes.md").read_text() == "card, with the user's notes"
+    assert "notes.md (changed since this tool wrote it)" in caplog.text
+    assert sorted(read_manifest(out)) == ["config.json", "model.safetensors"]  # no longer the tool's to remove
+    (out / "model.safetensors").write_text("fine-tuned by the user")
+    with pytest.raises(OutputFolderError, match=r"model\.safetensors \(changed since this tool wrote it\)"):
+        _write_export(out, {"config.json": "newer", "model.safetensors": "newer"}, overwrite=True)
+    assert (out / "model.safetensors").read_text() == "fine-tuned by the user"
+    removed = remove_tool_outputs(out)
+    assert [p.name for p in removed] == ["config.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "notes.md"]
+
+
+def _killed_swap(out, kill_at: int) -> int:
+    """Overwrite `out` in a child process that dies (os._exit, no cleanup) at swap step `kill_at`; the steps done."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: count the renames of the swap and die at one of them
+        os.close(read_end)
+        steps = [0]
+        real_step = outputs._step
+
+        def dying_step(source, destination):
+            if steps[0] == kill_at:
+                os.write(write_end, str(steps[0]).encode())
+                os._exit(9)
+            steps[0] += 1
+            real_step(source, destination)
+
+        outputs._step = dying_step
+        try:
+            _write_export(out, {"config.json": "new", "model.safetensors": "new", "onnx/a.onnx": "new"}, overwrite=True)
+        finally:
+            os.write(write_end, str(steps[0]).encode())
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    done = int(os.read(read_end, 16) or b"-1")
+    os.close(read_end)
+    return done
+
+
+@pytest.mark.parametrize("kill_at", range(9))
+def test_kill_between_the_swap_steps_is_recovered_by_the_next_run(tmp_path, caplog, kill_at):
+    out = tmp_path / "export"
+    _write_export(out, {"config.json": "old", "model.safetensors": "old", "old_shard.bin": "old"})
+    (out / "user.txt").write_text("user")
+    old_tree = _tree(out)
+    done = _killed_swap(out, kill_at)
+    # 3 old files set aside, 3 new moved in, then the manifest (the commit point): 7 steps; beyond that, no kill
+    assert done == min(kill_at, 7)
+    assert (out / MANIFEST_NAME).is_file()  # never a folder without a manifest
+    with caplog.at_level(logging.WARNING, logger="supersam_hf.outputs"):
+        prepare_output_dir(out, overwrite=True)  # the next run of any stage starts here
+    if kill_at < 7:
+        assert "rolled it back (the earlier output is restored)" in caplog.text
+        assert _tree(out) == old_tree
+    else:
+        assert "an earlier run was killed" not in caplog.text  # the swap completed
+    if kill_at >= 7:
+        assert (out / "config.json").read_text() == "new" and (out / "onnx" / "a.onnx").read_text() == "new"
+        assert not (out / "old_shard.bin").exists() and (out / "user.txt").read_text() == "user"
+        assert sorted(read_manifest(out)) == ["config.json", "model.safetensors", "onnx/a.onnx"]
+    assert _siblings(out) == []
+    assert outputs.recover_interrupted_swap(out) is None  # idempotent
+
+
+def test_kill_after_the_commit_point_is_finished_by_the_next_run(tmp_path, caplog, monkeypatch):
+    out = tmp_path / "export"
+    _write_export(out, {"config.json": "old", "stale.bin": "old"})
+    monkeypatch.setattr(outputs, "_recover", lambda *args, **kwargs: None)  # dies before cleaning up
+    _write_export(out, {"config.json": "new"}, overwrite=True)
+    monkeypatch.undo()
+    assert any(name.startswith(".export.swap-") for name in _siblings(out))
+    with caplog.at_level(logging.WARNING, logger="supersam_hf.outputs"):
+        _write_export(out, {"other.json": "x"}, overwrite=True)  # the next run finishes it first
+    assert "finished it (the new output is complete)" in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, "other.json"] and _siblings(out) == []

@@ -282,7 +282,7 @@ def test_missing_column_fails_before_anything_is_written(assets, tmp_path):
 def test_bad_arguments(assets, tmp_path):
     with pytest.raises(ValueError, match="num_random_subnets must be >= 0"):
         train_supernet(make_args(assets, tmp_path / "a", num_random_subnets=-1))
-    with pytest.raises(ValueError, match="Unknown mask_kind 'polygons'"):
+    with pytest.raises(ValueError, match="Unknown --mask_kind 'polygons'"):
         train_supernet(make_args(assets, tmp_path / "b", mask_kind="polygons"))
     with pytest.raises(ValueError, match="trainable"):
         train_supernet(make_args(assets, tmp_path / "c", trainable="encoder,neck"))

@@ -137,20 +137,27 @@ def test_save_total_limit_keeps_the_newest_and_never_a_foreign_folder(assets, tm
     assert "Removed shared tensor" not in caplog.text  # the tied positional table is not a surprise worth a warning
 
 
-def test_rotation_keeps_a_users_file_inside_an_old_checkpoint(tmp_path):
+def test_rotation_keeps_a_users_file_inside_an_old_checkpoint(tmp_path, caplog):
+    from supersam_hf.outputs import record_tool_outputs
+
     root = tmp_path / "checkpoints"
-    for step in (1, 2, 3):
+    for step in (1, 2, 3, 4):
         folder = root / f"step_{step}"
         folder.mkdir(parents=True)
         for name in ("model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl"):
             (folder / name).write_bytes(b"x")
         (folder / "training_state.json").write_text(json.dumps({"global_step": step}))
+        record_tool_outputs(tmp_path, [folder], tool="supersam train")  # as save_checkpoint records it
     (root / "step_1" / "my_eval.csv").write_text("mine")
+    (root / "step_2" / "optimizer.bin").write_bytes(b"edited by the user")
     assert rotate_checkpoints(tmp_path, 5) == []
-    removed = rotate_checkpoints(tmp_path, 1)
-    assert removed == [root / "step_2"]
+    with caplog.at_level(logging.WARNING, logger="supersam_hf"):
+        removed = rotate_checkpoints(tmp_path, 1)
+    assert removed == [root / "step_3"]
     assert sorted(p.name for p in (root / "step_1").iterdir()) == ["my_eval.csv"]  # ours gone, the user's kept
-    assert (root / "step_3" / "model.safetensors").is_file()
+    assert sorted(p.name for p in (root / "step_2").iterdir()) == ["optimizer.bin"]  # changed since: kept, named
+    assert "checkpoints/step_2/optimizer.bin (changed since this tool wrote it)" in caplog.text
+    assert (root / "step_4" / "model.safetensors").is_file()
     assert rotate_checkpoints(tmp_path, 1) == []  # step_1 is no longer a checkpoint, only the user's folder
 
 

@@ -11,6 +11,7 @@ import difflib
 import enum
 import math
 import numbers
+import os
 import pickle
 import re
 import types
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+
+from .errors import DataError, ModelFileError, SupersamError
 
 MAX_NAMED = 5  # how many keys / tensors a message lists before "… and N more"
 T = TypeVar("T")
@@ -63,7 +66,7 @@ def check_loading_info(
     if errors:
         problems.append(f"loading errors ({_first(errors, 2)})")
     if problems:
-        raise ValueError(
+        raise ModelFileError(
             f"{source} does not match the model: {'; '.join(problems)}. The checkpoint is partial or of another "
             "architecture/size; re-download or re-save it, or pass the matching --model_name_or_path."
         )
@@ -145,7 +148,7 @@ def check_finite(model_or_state_dict: torch.nn.Module | Mapping[str, Any], sourc
             if not bool(torch.isfinite(tensor).all()):
                 broken.append(name)
     if broken:
-        raise ValueError(
+        raise ModelFileError(
             f"{source} has non-finite weights (NaN or inf) in {len(broken)} tensors ({_first(broken)}); its results "
             "would be meaningless. Use an earlier checkpoint, or re-download / re-train it."
         )
@@ -165,7 +168,7 @@ def is_finite_metric(value: Any) -> bool:
 def check_finite_metric(value: Any, name: str) -> float:
     """`value` as a float when finite, else ValueError naming the metric: a NaN/inf is never ranked or exported."""
     if not is_finite_metric(value):
-        raise ValueError(
+        raise SupersamError(
             f"metric {name} is {value!r}, not a finite number; the model or data produced NaN/inf. Check the model "
             "weights (non-finite weights) and the dataset before ranking or exporting."
         )
@@ -176,7 +179,7 @@ def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> int:
     """`value` as an int when a positive integer (or 0 with `allow_zero`), else ValueError naming the flag."""
     bound = "a non-negative" if allow_zero else "a positive"
     if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
-        raise ValueError(f"--{name} must be {bound} integer, got {value!r}.")
+        raise SupersamError(f"--{name} must be {bound} integer, got {value!r}.")
     return int(value)
 
 
@@ -203,7 +206,7 @@ def check_safetensors_file(path: str | Path, *, read_tensors: bool = False) -> l
                 for name in names:
                     handle.get_tensor(name)
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:
-        raise ValueError(
+        raise ModelFileError(
             f"{path} is not a valid safetensors file (truncated or corrupt: {error}); re-download or re-save it."
         ) from error
     return names
@@ -258,7 +261,7 @@ def named_load_errors(path: str | Path, what: str, remedy: str) -> Iterator[None
         reason = " ".join(f"{type(error).__name__}: {error}".split())
         if len(reason) > 300:
             reason = reason[:297] + "..."
-        raise ValueError(f"{what} {path} is corrupt or does not fit this model ({reason}); {remedy}.") from error
+        raise ModelFileError(f"{what} {path} is corrupt or does not fit this model ({reason}); {remedy}.") from error
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -274,20 +277,20 @@ def strict_dataclass_from_dict(cls: type[T], data: Mapping[str, Any], source: st
     ints; `Optional`, unions, `Literal`, enums (by value), `list`/`tuple`/`dict` and their item types are checked.
     """
     if not isinstance(data, Mapping):
-        raise ValueError(f"{source} must hold a mapping of argument names to values, got a {type(data).__name__}.")
+        raise SupersamError(f"{source} must hold a mapping of argument names to values, got a {type(data).__name__}.")
     fields = {field.name: field for field in dataclasses.fields(cls) if field.init}
     unknown = [key for key in data if key not in fields]
     if unknown:
         close = difflib.get_close_matches(str(unknown[0]), fields, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(
+        raise SupersamError(
             f"{source}: unknown argument {unknown[0]!r}{hint}; valid arguments: {', '.join(sorted(fields))}."
         )
     hints = typing.get_type_hints(cls)
     for key, value in data.items():
         expected = hints.get(key, Any)
         if not _has_type(value, expected):
-            raise ValueError(
+            raise SupersamError(
                 f"{source}: argument {key!r} must be {_type_name(expected)}, got {value!r} "
                 f"({type(value).__name__}); fix the value in the file."
             )
@@ -379,12 +382,12 @@ def read_args_file(path: str | Path) -> dict[str, Any]:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as error:
             reason = " ".join(str(error).split())
-            raise ValueError(f"arguments file {path} is not valid YAML ({reason}); fix the file.") from error
+            raise SupersamError(f"arguments file {path} is not valid YAML ({reason}); fix the file.") from error
     else:
         data = read_json_file(path, what="arguments file", remedy="fix the file")
     data = {} if data is None else data
     if not isinstance(data, Mapping):
-        raise ValueError(f"arguments file {path} must hold a mapping of argument names to values, got a "
+        raise SupersamError(f"arguments file {path} must hold a mapping of argument names to values, got a "
                          f"{type(data).__name__}.")
     return dict(data)
 
@@ -408,3 +411,101 @@ __all__ = [
     "read_args_file",
     "strict_dataclass_from_dict",
 ]
+
+
+# The sizes of SAM's parts that decide its memory, with transformers' defaults (SamVisionConfig, SamMaskDecoderConfig).
+_VISION_DEFAULTS = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "image_size": 1024,
+                    "patch_size": 16, "output_channels": 256, "window_size": 14, "num_channels": 3}
+_DECODER_DEFAULTS = {"hidden_size": 256, "num_hidden_layers": 2, "mlp_dim": 2048, "num_attention_heads": 8,
+                     "iou_head_hidden_dim": 256}
+
+
+def machine_memory_bytes() -> int | None:
+    """This machine's memory for the process: physical memory, or a smaller cgroup limit (containers); None if unknown."""
+    limits = []
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    for cgroup in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            value = int(Path(cgroup).read_text().strip())
+            if 0 < value < 1 << 60:
+                limits.append(value)
+    return min(limits) if limits else None
+
+
+def _size_field(section: Mapping[str, Any], defaults: Mapping[str, int], key: str, where: str, source: str) -> int:
+    value = section.get(key, defaults[key])
+    if value is None:
+        value = defaults[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "window_size" else 1):
+        raise ModelFileError(f"{source}: {where}.{key} must be a positive integer, got {value!r}; fix the config.json "
+                             "or re-download the model.")
+    return value
+
+
+def estimate_model_memory(config: Mapping[str, Any], source: str = "config.json") -> dict[str, int]:
+    """From a SAM / SuperSAM `config.json` (a dict), before any model is built: its parameters and the bytes of its
+    float32 weights and of the activations of one image's forward (the largest layer's MLP and attention maps).
+    A size field that is not a positive integer is a ModelFileError naming it."""
+    vision = config.get("vision_config") or {}
+    decoder = config.get("mask_decoder_config") or {}
+    if not isinstance(vision, Mapping) or not isinstance(decoder, Mapping):
+        raise ModelFileError(f"{source}: vision_config and mask_decoder_config must be objects; fix the config.json.")
+    v = {key: _size_field(vision, _VISION_DEFAULTS, key, "vision_config", source) for key in _VISION_DEFAULTS}
+    d = {key: _size_field(decoder, _DECODER_DEFAULTS, key, "mask_decoder_config", source) for key in _DECODER_DEFAULTS}
+    hidden, layers = v["hidden_size"], v["num_hidden_layers"]
+    mlp_values = [vision.get("mlp_dim") or int(hidden * float(vision.get("mlp_ratio") or 4.0))]
+    choices = config.get("mlp_dim_choices")  # a supernet's widths
+    if isinstance(choices, list):
+        mlp_values += [c for row in choices for c in (row if isinstance(row, list) else [row]) if isinstance(c, int)]
+    mlp = max(int(m) for m in mlp_values if isinstance(m, (int, float)) and not isinstance(m, bool))
+    side = max(v["image_size"] // v["patch_size"], 1)
+    tokens = side * side
+    head_dim = max(hidden // v["num_attention_heads"], 1)
+    per_layer = 4 * hidden * hidden + 2 * hidden * mlp + 9 * hidden + mlp + 2 * (2 * side - 1) * head_dim
+    vision_params = (layers * per_layer + v["num_channels"] * v["patch_size"] ** 2 * hidden + tokens * hidden
+                     + hidden * v["output_channels"] + 9 * v["output_channels"] ** 2)
+    dh = d["hidden_size"]
+    decoder_params = d["num_hidden_layers"] * (8 * dh * dh + 2 * dh * d["mlp_dim"]) + 16 * dh * dh + 8 * dh * d[
+        "iou_head_hidden_dim"]
+    params = vision_params + decoder_params
+    attention = v["num_attention_heads"] * tokens * tokens  # a global-attention layer's scores, one image
+    activations = 4 * (tokens * (4 * hidden + mlp) + attention)
+    return {"params": params, "weight_bytes": 4 * params, "activation_bytes": activations}
+
+
+def check_model_size(config: Mapping[str, Any], source: str, memory_bytes: int | None = None) -> dict[str, int]:
+    """Refuse, before allocating anything, a config whose float32 weights plus one image's activations exceed this
+    machine's memory (`machine_memory_bytes`, or `memory_bytes`): one line with the estimate. Returns the estimate."""
+    estimate = estimate_model_memory(config, source)
+    memory = machine_memory_bytes() if memory_bytes is None else memory_bytes
+    needed = estimate["weight_bytes"] + estimate["activation_bytes"]
+    if memory is not None and needed > memory:
+        gib = 1024**3
+        raise ModelFileError(
+            f"{source}: this config describes a model of about {estimate['params']:,} parameters "
+            f"({estimate['weight_bytes'] / gib:,.1f} GiB of float32 weights) needing {estimate['activation_bytes'] / gib:,.1f} "
+            f"GiB of activations for one image, more than this machine's {memory / gib:,.1f} GiB of memory; check its "
+            "vision_config sizes (num_hidden_layers, hidden_size, mlp_dim, image_size / patch_size)."
+        )
+    return estimate
+
+
+def load_dataset_rows(loader: Any, name: str, split: str | None = None, config_name: str | None = None,
+                      split_flag: str | None = None) -> Any:
+    """`loader(name, split=split, config_name=config_name)` (e.g. `data.load_segmentation_dataset`), refusing a
+    dataset (or split) of 0 rows in one line naming the flag: datasets cannot even load a `save_to_disk` folder of 0
+    rows (it has no data files; an IndexError inside `load_from_disk`)."""
+    where = f"--dataset_name {name!r}" + (f" (split {split!r})" if split else "")
+    what_to_do = "give a dataset with at least one annotated image" + (
+        f", or choose another split ({split_flag})" if split_flag else "")
+    try:
+        dataset = loader(name, split=split, config_name=config_name)
+    except IndexError as error:
+        if Path(os.fspath(name)).expanduser().is_dir():
+            raise DataError(f"{where} holds no rows (a dataset saved with 0 rows has no data files); "
+                            f"{what_to_do}.") from error
+        raise
+    if len(dataset) == 0:
+        raise DataError(f"{where} has 0 rows; {what_to_do}.")
+    return dataset

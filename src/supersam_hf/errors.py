@@ -8,12 +8,15 @@ with the debug switch: `SUPERSAM_DEBUG=1` in the environment, or `debug=True` (a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 DEBUG_ENV = "SUPERSAM_DEBUG"
@@ -44,8 +47,31 @@ class UnsupportedSetupError(SupersamError):
     """A launcher / engine / hardware setup this tool refuses (with what to use instead)."""
 
 
-# Exceptions whose message is written for the user (the library raises these with what to do).
-USER_ERROR_TYPES: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError)
+# Errors by type: what a user can fix. The SupersamError family (raised by this library with what to do), missing
+# or unwritable files, a full disk or a file-size limit, a network that cannot be reached, a missing optional
+# dependency, and the known user-facing errors of the libraries this tool drives (the Hub, datasets, PIL). Anything
+# else (a bare ValueError, TypeError, RuntimeError, ...) is a bug of this tool: an internal error with the debug hint.
+USER_ERROR_TYPES: tuple[type[BaseException], ...] = (
+    SupersamError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
+    ConnectionError, TimeoutError, ImportError,
+)
+USER_ERRNOS = frozenset({errno.ENOENT, errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM,
+                         errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENAMETOOLONG, errno.ELOOP})
+LIBRARY_USER_ERRORS = frozenset({
+    # huggingface_hub: offline, not found, gated, bad repo id, HTTP errors
+    "HfHubHTTPError", "OfflineModeIsEnabled", "LocalEntryNotFoundError", "HFValidationError", "RepositoryNotFoundError",
+    "RevisionNotFoundError", "EntryNotFoundError", "GatedRepoError",
+    # datasets: no such dataset / files, an empty or unreadable one
+    "DatasetNotFoundError", "DataFilesNotFoundError", "EmptyDatasetError", "DefunctDatasetError",
+    # PIL: an image above the decompression-bomb limit, an unreadable image
+    "DecompressionBombError", "UnidentifiedImageError",
+})
+STAGE_RESUME_HINTS = {
+    "train": "rerun with --resume_from_checkpoint latest to continue from the last saved checkpoint",
+    "search": "rerun with --resume to continue from the subnets already scored",
+    "demo": "rerun with --resume to continue from the last finished stage",
+}
+DEFAULT_RESUME_HINT = "the output folder was left as it was; rerun the command to start again"
 
 
 def debug_enabled(debug: bool | None = None) -> bool:
@@ -56,13 +82,26 @@ def debug_enabled(debug: bool | None = None) -> bool:
 
 
 def is_user_error(error: BaseException) -> bool:
-    """Whether `error` is a user's problem to fix (input, files, disk, network) rather than a bug in this tool."""
-    if isinstance(error, OSError):
+    """Whether `error` is a user's problem to fix (input, files, disk, network) rather than a bug in this tool:
+    by type (`USER_ERROR_TYPES`, `LIBRARY_USER_ERRORS`) or, for another OSError, by errno (`USER_ERRNOS`)."""
+    if isinstance(error, USER_ERROR_TYPES):
         return True
-    names = {cls.__name__ for cls in type(error).__mro__}
-    if names & {"HfHubHTTPError", "OfflineModeIsEnabled", "LocalEntryNotFoundError", "HFValidationError"}:
+    if isinstance(error, OSError) and error.errno in USER_ERRNOS:
         return True
-    return isinstance(error, USER_ERROR_TYPES)
+    if {cls.__name__ for cls in type(error).__mro__} & LIBRARY_USER_ERRORS:
+        return True
+    return _raised_by_data_checks(error)
+
+
+def _raised_by_data_checks(error: BaseException) -> bool:
+    """A bare ValueError raised by a `raise` statement of `supersam_hf/data/dataset.py`, whose checks still raise
+    ValueError with a message for the user (until they raise DataError): the innermost frame is that file."""
+    if type(error) is not ValueError or error.__traceback__ is None:
+        return False
+    frame = error.__traceback__
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame.tb_frame.f_code.co_filename.endswith(os.path.join("supersam_hf", "data", "dataset.py"))
 
 
 def user_error_message(error: BaseException) -> str:
@@ -70,12 +109,18 @@ def user_error_message(error: BaseException) -> str:
     if isinstance(error, OSError) and error.errno is not None and error.strerror:
         where = f": {error.filename}" if error.filename else ""
         text = f"{error.strerror}{where}"
-        if error.errno == errno.ENOSPC:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
             text += "; free space or write to another folder (the partial output was removed)"
+        elif error.errno == errno.EFBIG:
+            text += ("; a file-size limit (ulimit -f) or the file system's maximum file size stops the write: raise the "
+                     "limit or write to another folder (the partial output was removed)")
         elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             text += "; choose a folder you can write to"
     else:
         text = str(error) or type(error).__name__
+    if type(error).__name__ == "DecompressionBombError":  # PIL's message says what, not which or what to do
+        text = (f"an image of the dataset is above PIL's decompression-bomb limit ({text.rstrip('.')}); downscale or "
+                "tile it, or, if you trust the file, raise the limit (PIL.Image.MAX_IMAGE_PIXELS) in a script")
     return re.sub(r"\s*\n\s*", " ", text).strip()
 
 
@@ -99,19 +144,82 @@ def run_stage(
     included) through it.
     """
     stream = stderr if stderr is not None else sys.stderr
+    interrupted = f"supersam {stage}: interrupted; {STAGE_RESUME_HINTS.get(stage, DEFAULT_RESUME_HINT)}"
     try:
-        entry(*args)
+        with interrupt_checkpoints() as interrupts:
+            entry(*args)
+            swallowed = interrupts.pending or interrupts.raised  # a Ctrl-C some library caught and dropped still ends it
     except KeyboardInterrupt:
         if debug_enabled(debug):
             traceback.print_exc(file=stream)
-        print(f"supersam {stage}: interrupted", file=stream)
+        print(interrupted, file=stream)
         return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 - the one place that turns every failure into one line
         if debug_enabled(debug):
             traceback.print_exc(file=stream)
         print(format_error_line(stage, error), file=stream)
         return EXIT_USER_ERROR if is_user_error(error) else EXIT_INTERNAL_ERROR
+    if swallowed:
+        print(interrupted, file=stream)
+        return EXIT_INTERRUPTED
     return 0
+
+
+class _Interrupts:
+    """Ctrl-C (SIGINT) while a stage runs: noted always, raised at once except inside `interrupts_deferred()`
+    (OpenTuner's database calls, where a KeyboardInterrupt can be swallowed or leave a session half-done), where it
+    is raised when the block ends; `check()` raises one that was noted but swallowed."""
+
+    def __init__(self) -> None:
+        self.pending = False  # a Ctrl-C came and has not been raised by `check()` yet
+        self.raised = False  # `check()` raised one (which might have been swallowed in turn)
+        self.deferring = 0
+        self.active = False
+
+    def handle(self, signum: int, frame: Any) -> None:
+        self.pending = True
+        if not self.deferring:
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a Ctrl-C came (and was swallowed by whatever code it reached)."""
+        if self.active and self.pending:
+            self.pending, self.raised = False, True
+            raise KeyboardInterrupt
+
+
+_INTERRUPTS = _Interrupts()
+
+
+@contextlib.contextmanager
+def interrupt_checkpoints() -> Iterator[_Interrupts]:
+    """Handle SIGINT as `_Interrupts` says while the block runs (main thread only; re-entrant). Yields the state:
+    `.check()` at safe points, `.pending` afterwards."""
+    state = _INTERRUPTS
+    if state.active or threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+    previous = signal.signal(signal.SIGINT, state.handle)
+    state.active, state.pending, state.raised, state.deferring = True, False, False, 0
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        state.active = False
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """A Ctrl-C inside the block is raised when it ends (for calls into code that may swallow or half-finish on a
+    KeyboardInterrupt, such as OpenTuner's database layer); without `interrupt_checkpoints` active, a no-op."""
+    state = _INTERRUPTS
+    state.deferring += 1
+    try:
+        yield
+    finally:
+        state.deferring -= 1
+        if not state.deferring:
+            state.check()
 
 
 __all__ = [
@@ -122,6 +230,8 @@ __all__ = [
     "SupersamError",
     "UnsupportedSetupError",
     "debug_enabled",
+    "interrupt_checkpoints",
+    "interrupts_deferred",
     "format_error_line",
     "is_user_error",
     "run_stage",

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from transformers import SamModel, SamProcessor
 
+from .errors import SupersamError
 from .arguments import DEFAULT_PROMPT_TYPE
 from .data import SamCollator, SamSegmentationData, SamStreamingData, model_inputs
 from .errors import UnsupportedSetupError
@@ -65,7 +66,7 @@ def parse_subnet(spec: str | os.PathLike | dict | SubnetConfig) -> SubnetConfig:
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as error:
-                raise ValueError(f"The subnet is not valid inline JSON ({error}): {text[:80]!r}") from None
+                raise SupersamError(f"The subnet is not valid inline JSON ({error}): {text[:80]!r}") from None
         else:
             path = Path(text).expanduser()
             if not path.is_file():
@@ -73,9 +74,9 @@ def parse_subnet(spec: str | os.PathLike | dict | SubnetConfig) -> SubnetConfig:
             try:
                 data = json.loads(path.read_text())
             except json.JSONDecodeError as error:
-                raise ValueError(f"{text!r} is not valid JSON ({error}).") from None
+                raise SupersamError(f"{text!r} is not valid JSON ({error}).") from None
     if not isinstance(data, dict):
-        raise ValueError(f"A subnet JSON must be an object with 'kept_layers' and 'mlp_dims', got {type(data).__name__}.")
+        raise SupersamError(f"A subnet JSON must be an object with 'kept_layers' and 'mlp_dims', got {type(data).__name__}.")
     for key in ("subnet", "config"):
         if "kept_layers" not in data and isinstance(data.get(key), dict):
             data = data[key]
@@ -211,7 +212,7 @@ class EvaluationData:
                        num_images=None, max_instances_per_image=data.max_instances_per_image)
         count = _image_count(data, batch_size, max_images)
         if cache_mb < 0:
-            raise ValueError(f"cache_mb must be >= 0, got {cache_mb}.")
+            raise SupersamError(f"cache_mb must be >= 0, got {cache_mb}.")
         batches = PreparedBatches(data, prompt, batch_size, count, int(cache_mb * 2**20))
         return cls(batches=batches, prompt=prompt, seed=data.seed, num_images=count,
                    num_skipped_images=data.num_skipped_images, max_instances_per_image=data.max_instances_per_image)
@@ -231,15 +232,15 @@ def as_evaluation_dataset(
     streaming `datasets.IterableDataset` (or a ready `SamStreamingData`) → `SamStreamingData` read in order.
     Every instance is scored unless `max_instances_per_image` caps them (largest first)."""
     if prompt not in PROMPTS:
-        raise ValueError(f"Unknown prompt {prompt!r}; evaluation prompts are {PROMPTS}.")
+        raise SupersamError(f"Unknown prompt {prompt!r}; evaluation prompts are {PROMPTS}.")
     if isinstance(dataset, SamStreamingData):
         if not dataset.return_full_masks or dataset.shuffle:
-            raise ValueError("Evaluate a SamStreamingData built with return_full_masks=True and shuffle=False, or "
+            raise SupersamError("Evaluate a SamStreamingData built with return_full_masks=True and shuffle=False, or "
                              "pass the datasets.IterableDataset itself.")
         return dataset
     if isinstance(dataset, datasets.IterableDataset):
         if processor is None:
-            raise ValueError("Pass the model's SamProcessor to evaluate on a datasets.IterableDataset.")
+            raise SupersamError("Pass the model's SamProcessor to evaluate on a datasets.IterableDataset.")
         return SamStreamingData(dataset, processor, image_column=image_column, mask_column=mask_column,
                                 mask_kind=mask_kind, prompt=prompt, seed=seed, return_full_masks=True,
                                 max_instances_per_image=max_instances_per_image)
@@ -250,7 +251,7 @@ def as_evaluation_dataset(
         return dataset
     if isinstance(dataset, (datasets.Dataset, datasets.DatasetDict)):
         if processor is None:
-            raise ValueError("Pass the model's SamProcessor to evaluate on a datasets.Dataset.")
+            raise SupersamError("Pass the model's SamProcessor to evaluate on a datasets.Dataset.")
         return SamSegmentationData(
             dataset,
             processor,
@@ -262,7 +263,7 @@ def as_evaluation_dataset(
             return_full_masks=True,
             max_instances_per_image=max_instances_per_image,
         )
-    raise ValueError(
+    raise SupersamError(
         f"Cannot evaluate on a {type(dataset).__name__}; pass a datasets.Dataset, a SamSegmentationData or an "
         "EvaluationData."
     )
@@ -270,9 +271,9 @@ def as_evaluation_dataset(
 
 def _image_count(data, batch_size: int, max_images: int | None) -> int | None:
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        raise SupersamError(f"batch_size must be >= 1, got {batch_size}.")
     if max_images is not None and max_images < 1:
-        raise ValueError(f"max_images must be >= 1 (or None for all images), got {max_images}.")
+        raise SupersamError(f"max_images must be >= 1 (or None for all images), got {max_images}.")
     if isinstance(data, SamStreamingData):
         return None  # known after the pass
     return len(data) if max_images is None else min(len(data), int(max_images))
@@ -633,19 +634,19 @@ def _result(computed: dict[str, dict], prompt: str, mask_selection: str, seed: i
 
 def _check_arguments(model, processor, prompt: str, mask_selection: str, box_reference: bool) -> None:
     if mask_selection not in MASK_SELECTIONS:
-        raise ValueError(f"Unknown mask_selection {mask_selection!r}; choose one of {MASK_SELECTIONS}.")
+        raise SupersamError(f"Unknown mask_selection {mask_selection!r}; choose one of {MASK_SELECTIONS}.")
     if prompt not in PROMPTS:
-        raise ValueError(f"Unknown prompt {prompt!r}; evaluation prompts are {PROMPTS}.")
+        raise SupersamError(f"Unknown prompt {prompt!r}; evaluation prompts are {PROMPTS}.")
     if not isinstance(model, SamModel) and not _is_runtime_model(model):
-        raise ValueError(
+        raise SupersamError(
             f"evaluate_model needs a SamModel, a SuperSamModel or a runtime model called like one (e.g. "
             f"onnx_export.OnnxSamModel), got {type(model).__name__}; load a checkpoint with "
             "supersam_hf.loading.load_sam_model(name_or_path)."
         )
     if box_reference and prompt != "box":
-        raise ValueError("box_reference compares with box prompts: pass prompt='box' (a point gives no such shortcut).")
+        raise SupersamError("box_reference compares with box prompts: pass prompt='box' (a point gives no such shortcut).")
     if processor is None:
-        raise ValueError("Pass the model's SamProcessor (processor=...; supersam_hf.loading.load_processor).")
+        raise SupersamError("Pass the model's SamProcessor (processor=...; supersam_hf.loading.load_processor).")
 
 
 def _active_subnet_and_params(model, subnet) -> tuple[SubnetConfig | None, int | None]:
@@ -653,7 +654,7 @@ def _active_subnet_and_params(model, subnet) -> tuple[SubnetConfig | None, int |
     (None for a runtime model such as ONNX Runtime, whose weights are not torch parameters)."""
     if subnet is not None:
         if not isinstance(model, SuperSamModel):
-            raise ValueError("A subnet can only be evaluated on a SuperSamModel (a supernet); this is a plain SamModel.")
+            raise SupersamError("A subnet can only be evaluated on a SuperSamModel (a supernet); this is a plain SamModel.")
         subnet = parse_subnet(subnet)
     active = subnet if subnet is not None else getattr(model, "active_subnet", None)
     if isinstance(model, SuperSamModel):
@@ -669,7 +670,7 @@ def _batches(dataset, processor, prompt, batch_size, max_images, seed, image_col
     instance cap they were built with (None: every instance)."""
     if isinstance(dataset, EvaluationData):
         if dataset.prompt != prompt:
-            raise ValueError(f"The EvaluationData was prepared with prompt={dataset.prompt!r}, not {prompt!r}.")
+            raise SupersamError(f"The EvaluationData was prepared with prompt={dataset.prompt!r}, not {prompt!r}.")
         return dataset.batches, dataset.seed, dataset.max_instances_per_image
     data = as_evaluation_dataset(dataset, processor, prompt, seed, image_column, mask_column, mask_kind,
                                  max_instances_per_image)

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .errors import SupersamError
 from .checks import check_finite, is_finite_metric
 from .model_card import (dataset_label, find_license, hub_id, metrics_by_prompt, recorded_hub_base_model,
                          write_model_card)
@@ -141,7 +142,7 @@ def _checked_export_inputs(supernet, subnet: SubnetConfig | dict, onnx: bool, qu
     (a SuperSamModel, a subnet of its search space, consistent ONNX options) before anything is written."""
     model = _merged(supernet)
     if not isinstance(model, SuperSamModel):
-        raise ValueError(
+        raise SupersamError(
             f"export_subnet needs a SuperSamModel, got {type(supernet).__name__}; convert a SAM model with "
             "SuperSamModel.from_sam(model), or load a checkpoint with supersam_hf.loading.load_supernet(path)."
         )
@@ -186,7 +187,7 @@ def _extract_checked(model: SuperSamModel, subnet: SubnetConfig, source: str | N
     sam = model.extract_subnet(subnet)
     check_finite(sam, f"subnet {subnet.name} of the supernet {source or ''}".strip())  # never export a NaN checkpoint
     if metrics and "miou" in metrics and not is_finite_metric(metrics["miou"]):
-        raise ValueError(f"The metrics of subnet {subnet.name} hold mIoU {metrics['miou']!r}, not a finite number; a "
+        raise SupersamError(f"The metrics of subnet {subnet.name} hold mIoU {metrics['miou']!r}, not a finite number; a "
                          "NaN/inf result is never exported. Re-evaluate the subnet (check the supernet's weights).")
     return sam
 

@@ -19,6 +19,8 @@ import warnings
 
 import numpy as np
 
+from .errors import DataError
+
 INTENSITY_MODES = ("percentile", "range", "minmax")
 HISTOGRAM_SPAN = 1 << 20  # integer images spanning at most this many values get their percentiles from a histogram
 MIN_LEVELS = 16  # fewer distinct intensity levels than this between the percentiles: warn (posterised, noisy input)
@@ -38,16 +40,16 @@ def normalize_intensity(
     magnitude) raises a `LowDynamicRangeWarning`: such an image is mostly noise after scaling.
     """
     if mode not in INTENSITY_MODES:
-        raise ValueError(f"Unknown intensity normalization {mode!r}; choose one of {', '.join(INTENSITY_MODES)}.")
+        raise DataError(f"Unknown intensity normalization {mode!r}; choose one of {', '.join(INTENSITY_MODES)}.")
     if not 0.0 <= low < high <= 100.0:
-        raise ValueError(f"Percentiles must satisfy 0 <= low < high <= 100, got low={low}, high={high}.")
+        raise DataError(f"Percentiles must satisfy 0 <= low < high <= 100, got low={low}, high={high}.")
     array = np.asarray(array)
     if array.dtype == np.uint8:
         return array
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.complexfloating) or not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"Cannot turn an image of dtype {array.dtype} into RGB; give uint8, uint16 or float pixels.")
+        raise DataError(f"Cannot turn an image of dtype {array.dtype} into RGB; give uint8, uint16 or float pixels.")
     if mode == "range":
         return _range_scale(array)
     values = array.astype(np.float64)

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedConfig, SamModel, SamProcessor
 
-from .checks import check_finite, check_loading_info, check_model_folder, check_state_dict
+from .errors import ModelFileError
+from .checks import check_finite, check_loading_info, check_model_folder, check_model_size, check_state_dict
 from .modeling_supersam import SuperSamModel
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def adapter_base(name_or_path: str | os.PathLike) -> str | None:
     try:
         return json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))["base_model_name_or_path"]
     except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path / ADAPTER_CONFIG} is not a valid PEFT adapter config ({error}).") from None
+        raise ModelFileError(f"{path / ADAPTER_CONFIG} is not a valid PEFT adapter config ({error}).") from None
 
 
 def load_config_dict(
@@ -73,7 +74,7 @@ def load_config_dict(
     name = os.fspath(name_or_path)
     local = Path(name).expanduser()
     if local.is_file():
-        raise ValueError(f"{name!r} is a file; give the model folder written by save_pretrained, or a Hub id.")
+        raise ModelFileError(f"{name!r} is a file; give the model folder written by save_pretrained, or a Hub id.")
     if local.is_dir():
         if not (local / subfolder / "config.json").is_file():
             raise FileNotFoundError(
@@ -86,7 +87,7 @@ def load_config_dict(
         config_dict, _ = PreTrainedConfig.get_config_dict(name, **_hub_kwargs(revision, token, subfolder))
     except (OSError, ValueError) as error:
         if local.is_dir():
-            raise ValueError(f"{name!r}: its config.json cannot be read ({error}).") from None
+            raise ModelFileError(f"{name!r}: its config.json cannot be read ({error}).") from None
         where = "the Hugging Face cache (HF_HUB_OFFLINE is set)" if _offline() else "the Hugging Face Hub or cache"
         raise FileNotFoundError(
             f"{name!r} is not a local folder and could not be loaded from {where}: "
@@ -94,7 +95,7 @@ def load_config_dict(
         ) from None
     model_type = config_dict.get("model_type")
     if model_type not in MODEL_TYPES:
-        raise ValueError(
+        raise ModelFileError(
             f"{name!r} holds a model of type {model_type!r}; expected a SAM checkpoint ('sam', e.g. "
             "facebook/sam-vit-base) or a SuperSAM supernet ('supersam')."
         )
@@ -118,7 +119,7 @@ def _from_pretrained(cls, name: str, model_type: str, hub_kwargs: dict) -> SamMo
             _, info = cls.from_pretrained(name, output_loading_info=True, ignore_mismatched_sizes=True, **hub_kwargs)
             check_loading_info(info, f"{name!r}")
         first = " ".join(str(error).split())[:300]
-        raise ValueError(
+        raise ModelFileError(
             f"Could not load the {model_type} model {name!r} ({type(error).__name__}: {first}); re-download or "
             "re-save it."
         ) from error
@@ -156,9 +157,11 @@ def load_model(
         supernet = load_model(base, revision=revision, token=token, device="cpu")
         model = PeftModel.from_pretrained(supernet, name).merge_and_unload()
         return model.to(_device(device)).eval()
-    model_type = load_config_dict(name, revision=revision, token=token, subfolder=subfolder)["model_type"]
+    config_dict = load_config_dict(name, revision=revision, token=token, subfolder=subfolder)
+    model_type = config_dict["model_type"]
+    check_model_size(config_dict, f"{name!r} (config.json)")  # an absurd size is refused before any allocation
     if require_supernet and model_type != "supersam":
-        raise ValueError(
+        raise ModelFileError(
             f"{name!r} is a plain SAM checkpoint, not a supernet: run `supersam convert` (and `supersam train`) "
             "first, and give the supernet folder it writes."
         )

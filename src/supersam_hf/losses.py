@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .errors import SupersamError
+
 LOSS_TYPES = ("focal_dice", "dice", "dice_bce")
 
 
@@ -89,7 +91,7 @@ def sam_loss(
     distil exactly those masks with `mask_distillation_loss`.
     """
     if loss_type not in LOSS_TYPES:
-        raise ValueError(f"Unknown loss_type {loss_type!r}; valid types are {LOSS_TYPES}.")
+        raise SupersamError(f"Unknown loss_type {loss_type!r}; valid types are {LOSS_TYPES}.")
     _check_shapes(pred_masks, iou_scores, labels, instance_mask)
     if instance_mask is None:
         instance_mask = torch.ones(pred_masks.shape[:2], dtype=torch.bool, device=pred_masks.device)

@@ -11,6 +11,8 @@ import os
 from importlib import resources
 from pathlib import Path
 
+import yaml
+
 from .arguments import DEFAULT_PROMPT_TYPE
 from .modeling_supersam import SuperSamModel
 from .onnx_pipeline import onnx_card_section
@@ -115,12 +117,12 @@ def find_license(source: str | None, base_model: str | None) -> str | None:
         elif not constants.HF_HUB_OFFLINE:
             try:
                 cards.append(Path(hf_hub_download(base_model, "README.md")))
-            except Exception as error:  # offline, no card, private repo...: the card then has no license
+            except (OSError, ValueError) as error:  # offline, no card, private repo (Hub errors are OSErrors)
                 logger.info("Could not read the model card of %s for its license (%s).", base_model, error)
     for card in cards:
         try:
             license = ModelCard.load(card).data.license
-        except Exception:
+        except (OSError, ValueError, yaml.YAMLError):  # an unreadable card or card metadata: no license from it
             continue
         if license:
             return license

@@ -46,6 +46,7 @@ from transformers.models.sam.modeling_sam import (
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from .errors import ModelFileError
 from .configuration_supersam import SuperSamConfig
 from .costs import count_sam_macs
 from .search_space import SearchSpace, SubnetConfig, SubnetPlan
@@ -262,7 +263,7 @@ class SuperSamModel(SamModel):
             if isinstance(config, SamConfig):
                 config = SuperSamConfig.from_sam_config(config)
             else:
-                raise ValueError(f"SuperSamModel needs a SuperSamConfig or SamConfig, got {type(config).__name__}.")
+                raise ModelFileError(f"SuperSamModel needs a SuperSamConfig or SamConfig, got {type(config).__name__}.")
         super().__init__(config)
         self.active_subnet: SubnetConfig | None = None
 
@@ -447,7 +448,7 @@ def supersam_config_from_dict(config_dict: dict, source: str = "the checkpoint")
         return SuperSamConfig(**data)
     if model_type == "sam":
         return SuperSamConfig.from_sam_config(SamConfig(**data))
-    raise ValueError(
+    raise ModelFileError(
         f"{source} is not a SAM checkpoint: its config.json has model_type={model_type!r}; SuperSamModel converts "
         "checkpoints with model_type 'sam' (e.g. facebook/sam-vit-base) or loads saved supernets ('supersam')."
     )

@@ -54,6 +54,9 @@ import torch
 from transformers import SamConfig, SamModel
 from transformers.models.sam.modeling_sam import SamImageSegmentationOutput
 
+from .errors import ModelFileError, SupersamError
+from .outputs import record_tool_outputs
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -167,9 +170,9 @@ _IMAGE_AXES = {"image_embeddings": {0: "batch_size"}, "image_positional_embeddin
 def _exportable(model: SamModel) -> SamModel:
     """The model in eval mode, on CPU in float32 (a copy only if it is elsewhere); rejects supernets."""
     if not isinstance(model, SamModel):
-        raise ValueError(f"ONNX export needs a transformers SamModel, got {type(model).__name__}.")
+        raise SupersamError(f"ONNX export needs a transformers SamModel, got {type(model).__name__}.")
     if getattr(model.config, "model_type", "sam") != "sam":
-        raise ValueError(
+        raise SupersamError(
             f"ONNX export needs a plain SamModel, got a {model.config.model_type!r} model; export a subnet of a "
             "supernet with supernet.extract_subnet(cfg) first, so the files hold only the subnet's weights."
         )
@@ -340,7 +343,7 @@ def _config_from_file(path: Path) -> SamConfig:
     proto = onnx.load(str(path), load_external_data=False)
     props = {prop.key: prop.value for prop in proto.metadata_props}
     if CONFIG_METADATA_KEY not in props:
-        raise ValueError(f"{path} has no '{CONFIG_METADATA_KEY}' metadata; re-export it with supersam_hf.export_onnx.")
+        raise ModelFileError(f"{path} has no '{CONFIG_METADATA_KEY}' metadata; re-export it with supersam_hf.export_onnx.")
     return SamConfig(**json.loads(props[CONFIG_METADATA_KEY]))
 
 
@@ -354,6 +357,32 @@ def _run(session, feeds: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
     arrays = {name: value.detach().cpu().numpy().astype(types[name], copy=False) for name, value in feeds.items()
               if name in types}  # files of earlier versions take no image_positional_embeddings
     return [torch.from_numpy(out) for out in session.run(None, arrays)]
+
+
+def _onnx_file_errors(path: Path, read: Any) -> Any:
+    """`read()`; a missing, truncated, random or otherwise unreadable ONNX file is one ModelFileError naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"No {path.name} in {str(path.parent)!r}; export the model again with "
+                                "`supersam export --onnx`.")
+    try:
+        return read()
+    except ModelFileError:
+        raise
+    except Exception as error:  # noqa: BLE001 - protobuf DecodeError, ONNX Runtime's InvalidProtobuf / Fail / ...
+        first = " ".join(str(error).split())[:200]
+        raise ModelFileError(f"{path} is not a readable ONNX model ({type(error).__name__}: {first}); export it "
+                             "again with `supersam export --onnx`.") from error
+
+
+def _checked_session(path: Path, layouts: list[list[str]], threads: int | None, providers: list[str] | None):
+    """An ONNX Runtime session of `path`, which must take exactly the inputs of one of `layouts` (a wrong file of
+    the export is named)."""
+    session = _onnx_file_errors(path, lambda: ort_session(path, threads, providers))
+    found = [arg.name for arg in session.get_inputs()]
+    if found not in layouts:
+        raise ModelFileError(f"{path} is not the ONNX file this export expects there (inputs {found}, expected "
+                             f"{layouts[0]}); export the model again with `supersam export --onnx`.")
+    return session
 
 
 class OnnxSamModel:
@@ -381,14 +410,19 @@ class OnnxSamModel:
         if not encoder.is_file():
             raise FileNotFoundError(f"No {encoder.name} in {str(folder)!r}; create it with quantize_int8({str(folder)!r}).")
         self.folder, self.int8 = folder, int8
-        self.config = _config_from_file(encoder)
-        self.encoder = ort_session(encoder, threads, providers)
+        self.config = _onnx_file_errors(encoder, lambda: _config_from_file(encoder))
+        self.encoder = _checked_session(encoder, [["pixel_values"]], threads, providers)
         decoder = folder / (DECODER_INT8_FILE if int8 else DECODER_FILE)
         if not decoder.is_file():
-            raise FileNotFoundError(f"No {decoder.name} in {str(folder)!r}; export it again (export_onnx, quantize_int8).")
-        self.point_decoder = ort_session(decoder, threads, providers)
+            raise ModelFileError(f"No {decoder.name} in {str(folder)!r}; export it again (export_onnx, quantize_int8).")
+        # The optimum / transformers.js layout takes image_positional_embeddings; files of earlier versions do not.
+        self.point_decoder = _checked_session(
+            decoder, [["image_embeddings", "image_positional_embeddings", "input_points", "input_labels"],
+                      ["image_embeddings", "input_points", "input_labels"]], threads, providers)
         box_file = folder / BOX_DECODER_FILE
-        self.box_decoder = ort_session(box_file, threads, providers) if box_file.is_file() else None
+        self.box_decoder = (_checked_session(box_file, [["image_embeddings", "image_positional_embeddings", "input_boxes"],
+                                                        ["image_embeddings", "input_boxes"]], threads, providers)
+                            if box_file.is_file() else None)
         self._positional: torch.Tensor | None = None  # (1, C, h, w): the same for every image
 
     @classmethod
@@ -408,7 +442,7 @@ class OnnxSamModel:
 
     def train(self, mode: bool = True) -> "OnnxSamModel":
         if mode:
-            raise ValueError("An ONNX Runtime model cannot be trained; train the PyTorch model and export again.")
+            raise SupersamError("An ONNX Runtime model cannot be trained; train the PyTorch model and export again.")
         return self
 
     def to(self, *args, **kwargs) -> "OnnxSamModel":
@@ -418,7 +452,7 @@ class OnnxSamModel:
         """(batch, 3, H, W) pixel values → (batch, C, h, w) image embeddings."""
         size = self.config.vision_config.image_size
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[-2:]) != (size, size):
-            raise ValueError(f"pixel_values must be (batch, 3, {size}, {size}), got {tuple(pixel_values.shape)}; "
+            raise SupersamError(f"pixel_values must be (batch, 3, {size}, {size}), got {tuple(pixel_values.shape)}; "
                              "resize and pad with the model's SamProcessor.")
         embeddings, *positional = _run(self.encoder, {"pixel_values": pixel_values})
         if positional:  # files of earlier versions compute it in the decoder
@@ -436,9 +470,9 @@ class OnnxSamModel:
     def __call__(self, pixel_values=None, input_points=None, input_labels=None, input_boxes=None,
                  image_embeddings=None, multimask_output: bool = True, **unused) -> SamImageSegmentationOutput:
         if (pixel_values is None) == (image_embeddings is None):
-            raise ValueError("Pass exactly one of pixel_values and image_embeddings.")
+            raise SupersamError("Pass exactly one of pixel_values and image_embeddings.")
         if not multimask_output:
-            raise ValueError("The ONNX decoder was exported with multimask_output=True (optimum's convention: three "
+            raise SupersamError("The ONNX decoder was exported with multimask_output=True (optimum's convention: three "
                              "masks); pick one by iou_scores, or run the PyTorch model for multimask_output=False.")
         if image_embeddings is None:
             image_embeddings = self.get_image_embeddings(pixel_values)
@@ -446,12 +480,13 @@ class OnnxSamModel:
         positional = (self.image_positional_embeddings(image_embeddings.shape[0])
                       if "image_positional_embeddings" in needs else None)
         if input_points is not None and input_boxes is not None:
-            raise ValueError("The ONNX export has one decoder for points and one for boxes; pass one prompt kind.")
+            raise SupersamError("The ONNX export has one decoder for points and one for boxes; pass one prompt kind.")
         if input_boxes is not None:
             if self.box_decoder is None:
-                raise ValueError(f"No {BOX_DECODER_FILE} in {str(self.folder)!r}; export with boxes=True.")
+                raise SupersamError(f"No {BOX_DECODER_FILE} in {str(self.folder)!r}; export with boxes=True.")
             iou, masks = _run(self.box_decoder, {"image_embeddings": image_embeddings, "input_boxes": input_boxes,
-                                                 "image_positional_embeddings": positional})
+                                                 **({"image_positional_embeddings": positional}
+                                                    if positional is not None else {})})
         elif input_points is not None:
             if input_labels is None:  # as SamModel: every point is a foreground point
                 input_labels = torch.ones(input_points.shape[:-1], dtype=torch.int64)
@@ -459,7 +494,7 @@ class OnnxSamModel:
                      "input_points": input_points, "input_labels": input_labels}
             iou, masks = _run(self.point_decoder, feeds)
         else:
-            raise ValueError("Pass input_points (+ input_labels) or input_boxes: the ONNX decoder needs a prompt.")
+            raise SupersamError("Pass input_points (+ input_labels) or input_boxes: the ONNX decoder needs a prompt.")
         return SamImageSegmentationOutput(iou_scores=iou, pred_masks=masks)
 
 
@@ -474,7 +509,7 @@ def _encoder_input_shape(session, image_size: int | None, batch_size: int) -> tu
     if image_size is not None:
         static[-2:] = [image_size, image_size]
     if None in static[1:]:
-        raise ValueError(f"The encoder's input shape {shape} is not fixed; pass image_size.")
+        raise SupersamError(f"The encoder's input shape {shape} is not fixed; pass image_size.")
     return (batch_size, *static[1:])
 
 
@@ -487,7 +522,7 @@ def ort_latency_ms(model_or_path: SamModel | str | os.PathLike, image_size: int 
     encoder's input size.
     """
     if repeats < 1 or warmup < 0:
-        raise ValueError(f"Need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}.")
+        raise SupersamError(f"Need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}.")
     if isinstance(model_or_path, SamModel):
         with tempfile.TemporaryDirectory() as tmp:
             path = export_vision_encoder(model_or_path, Path(tmp) / ENCODER_FILE)
@@ -554,6 +589,7 @@ class OrtLatencyCache:
         tmp = self.path.with_suffix(self.path.suffix + ".tmp")
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
         tmp.replace(self.path)
+        record_tool_outputs(self.path.parent, [self.path.absolute()], tool="supersam search")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from transformers import SamConfig, SamModel
 
+from .errors import SupersamError
 from .arguments import DEFAULT_PROMPT_TYPE
 from .onnx_export import (
     BOX_DECODER_FILE,
@@ -55,16 +56,16 @@ PARITY_KINDS = ("points", "boxes")
 def check_onnx_options(onnx: bool, quantize: str | None, eval_data: Any, processor: Any) -> None:
     """Refuse inconsistent ONNX options before anything is written; check the `[onnx]` extra is installed."""
     if quantize is not None and quantize not in QUANTIZATIONS:
-        raise ValueError(f"Unknown quantization {quantize!r}; choose one of {QUANTIZATIONS}.")
+        raise SupersamError(f"Unknown quantization {quantize!r}; choose one of {QUANTIZATIONS}.")
     if quantize is not None and not onnx:
-        raise ValueError(f"quantize={quantize!r} quantizes the ONNX encoder: also pass onnx=True (--onnx).")
+        raise SupersamError(f"quantize={quantize!r} quantizes the ONNX encoder: also pass onnx=True (--onnx).")
     if quantize is not None and eval_data is None:
-        raise ValueError(
+        raise SupersamError(
             f"quantize={quantize!r} needs evaluation data: the card records the INT8 encoder's measured mIoU next to "
             "fp32's. Pass eval_data=... (--dataset_name with its split flags)."
         )
     if eval_data is not None and processor is None:
-        raise ValueError("Measuring the exported model's mIoU on eval_data needs its SamProcessor (processor=...).")
+        raise SupersamError("Measuring the exported model's mIoU on eval_data needs its SamProcessor (processor=...).")
     if onnx:
         require_onnx()
 
@@ -74,7 +75,7 @@ def parity_inputs(config: SamConfig, kind: str, seed: int = 0) -> dict[str, torc
     model coordinates. More than the single image and prompt the files were traced with, so dynamic axes are
     exercised too."""
     if kind not in PARITY_KINDS:
-        raise ValueError(f"Unknown parity input kind {kind!r}; choose one of {PARITY_KINDS}.")
+        raise SupersamError(f"Unknown parity input kind {kind!r}; choose one of {PARITY_KINDS}.")
     size = config.vision_config.image_size
     generator = torch.Generator().manual_seed(seed)
     inputs = {"pixel_values": torch.randn(2, config.vision_config.num_channels, size, size, generator=generator)}

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .errors import DataError, SupersamError
 from .data import IMAGE_COLUMN_CANDIDATES, to_rgb_image
 from .modeling_supersam import SuperSamModel
 from .search_space import check_search_space
@@ -150,7 +151,7 @@ def find_image_column(dataset, image_column: str | None = None) -> str:
     columns = list(dataset.column_names)
     if image_column is not None:
         if image_column not in columns:
-            raise ValueError(f"image_column={image_column!r} is not a column of the dataset; its columns are {columns}.")
+            raise DataError(f"image_column={image_column!r} is not a column of the dataset; its columns are {columns}.")
         return image_column
     for name in IMAGE_COLUMN_CANDIDATES:
         if name in columns:
@@ -163,7 +164,7 @@ def find_image_column(dataset, image_column: str | None = None) -> str:
                 return name
     except (ImportError, AttributeError):
         pass
-    raise ValueError(
+    raise DataError(
         f"Could not find an image column in the dataset; its columns are {columns}. Looked for "
         f"{list(IMAGE_COLUMN_CANDIDATES)} and for an Image feature; name the column with image_column."
     )
@@ -568,7 +569,7 @@ def embedding_order_from(model: SuperSamModel, recorder: _EmbeddingRecorder, app
     encoder = model.vision_encoder
     layers = list(encoder.layers)
     if not recorder.attn_sq:
-        raise ValueError("reorder_embedding got no calibration batch; pass at least one batch of pixel_values.")
+        raise SupersamError("reorder_embedding got no calibration batch; pass at least one batch of pixel_values.")
     channel_scores = embedding_channel_scores([recorder.norm_abs[key] for key in sorted(recorder.norm_abs)])
     channel_order = torch.sort(channel_scores, descending=True, stable=True).indices
     head_scores = [attention_head_scores(recorder.attn_sq[i], layer.attn.num_attention_heads) for i, layer in enumerate(layers)]
@@ -711,19 +712,19 @@ def _check_prioritize_arguments(model, dataset, num_images: int, batch_size: int
     """Refuse what `prioritize` cannot work with before anything runs: not a supernet, a drop probability outside
     [0, 1), no images or batch, a DatasetDict or anything without columns."""
     if not isinstance(model, SuperSamModel):
-        raise ValueError(
+        raise SupersamError(
             f"prioritize needs a SuperSamModel, got {type(model).__name__}; convert with SuperSamModel.from_sam(model) "
             "or load with SuperSamModel.from_pretrained(path)."
         )
     if not 0.0 <= max_drop_prob < 1.0:
-        raise ValueError(f"max_drop_prob={max_drop_prob} must be in [0, 1).")
+        raise SupersamError(f"max_drop_prob={max_drop_prob} must be in [0, 1).")
     if num_images < 1:
-        raise ValueError(f"num_images={num_images} must be at least 1.")
+        raise SupersamError(f"num_images={num_images} must be at least 1.")
     if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be at least 1.")
+        raise SupersamError(f"batch_size={batch_size} must be at least 1.")
     if isinstance(dataset, dict) or not hasattr(dataset, "column_names"):
         splits = f" of splits {list(dataset.keys())}; pick one" if hasattr(dataset, "keys") else ""
-        raise ValueError(f"Expected a datasets.Dataset with an image column, got a {type(dataset).__name__}{splits}.")
+        raise DataError(f"Expected a datasets.Dataset with an image column, got a {type(dataset).__name__}{splits}.")
 
 
 def _elastic_candidates(num_layers: int, num_elastic_layers: int | None, keep_first_layer: bool) -> tuple[list[int], int]:
@@ -733,7 +734,7 @@ def _elastic_candidates(num_layers: int, num_elastic_layers: int | None, keep_fi
     if num_elastic_layers is None:
         num_elastic_layers = default_num_elastic_layers(num_layers, keep_first_layer)
     if not 0 <= num_elastic_layers <= len(candidates):
-        raise ValueError(
+        raise DataError(
             f"num_elastic_layers={num_elastic_layers} must be between 0 and {len(candidates)} (the layers that may be "
             f"made elastic{' with keep_first_layer=True' if keep_first_layer else ''})."
         )
@@ -745,7 +746,7 @@ def _calibration_column(model: SuperSamModel, dataset, image_column: str | None,
     `num_images` or the model was already prioritized (measured again, its depth settings replaced)."""
     column = find_image_column(dataset, image_column)
     if len(dataset) == 0:
-        raise ValueError("The calibration dataset is empty; prioritize needs at least one image.")
+        raise DataError("The calibration dataset is empty; prioritize needs at least one image.")
     if num_images > len(dataset):
         logger.warning(
             "num_images=%d but the dataset has only %d rows: calibrating on all of them.", num_images, len(dataset)
@@ -783,7 +784,7 @@ def _measure(model: SuperSamModel, dataset, processor, column: str, recorders: t
 
     used = stats["used"]
     if used == 0:
-        raise ValueError(
+        raise SupersamError(
             f"No usable image in column {column!r}: {stats['skipped']} row(s) examined, none held a decodable "
             "image (PIL image, image bytes/path, or an (H, W) / (H, W, C) / (C, H, W) array)."
         )

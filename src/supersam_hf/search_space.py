@@ -15,6 +15,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
+from .errors import SupersamError
+
 
 SUBNET_FIELDS = ("kept_layers", "mlp_dims", "hidden_size")
 
@@ -23,12 +25,12 @@ def _int_field(name: str, value: Any) -> int:
     """`value` as an int, or a `ValueError` naming the field: bools, floats (even 2.0), strings and None are refused."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return int(value)
-    raise ValueError(f"{name} must hold integers, got {value!r} ({type(value).__name__}); write whole numbers, e.g. 3.")
+    raise SupersamError(f"{name} must hold integers, got {value!r} ({type(value).__name__}); write whole numbers, e.g. 3.")
 
 
 def _int_tuple(name: str, values: Any) -> tuple[int, ...]:
     if values is None or isinstance(values, (str, bytes, dict)) or not isinstance(values, Iterable):
-        raise ValueError(f"{name} must be a list of integers, got {values!r}.")
+        raise SupersamError(f"{name} must be a list of integers, got {values!r}.")
     return tuple(_int_field(name, v) for v in values)
 
 
@@ -76,16 +78,16 @@ class SubnetConfig:
         results and exported `subnet.json` files write): there they are the record's other fields, and the name
         must match the subnet the fields describe."""
         if not isinstance(data, dict):
-            raise ValueError(f"A subnet must be a JSON object with 'kept_layers' and 'mlp_dims', got {type(data).__name__}.")
+            raise SupersamError(f"A subnet must be a JSON object with 'kept_layers' and 'mlp_dims', got {type(data).__name__}.")
         missing = {"kept_layers", "mlp_dims"} - set(data)
         if missing:
-            raise ValueError(f"Subnet JSON is missing {sorted(missing)}; expected keys 'kept_layers' and 'mlp_dims'.")
+            raise SupersamError(f"Subnet JSON is missing {sorted(missing)}; expected keys 'kept_layers' and 'mlp_dims'.")
         unknown = sorted(set(data) - set(SUBNET_FIELDS))
         if unknown and "name" not in data:
-            raise ValueError(f"Subnet JSON has unknown key(s) {unknown}; the keys are {list(SUBNET_FIELDS)}.")
+            raise SupersamError(f"Subnet JSON has unknown key(s) {unknown}; the keys are {list(SUBNET_FIELDS)}.")
         cfg = cls(kept_layers=data["kept_layers"], mlp_dims=data["mlp_dims"], hidden_size=data.get("hidden_size"))
         if "name" in data and data["name"] != cfg.name:
-            raise ValueError(
+            raise SupersamError(
                 f"Subnet record named {data['name']!r} describes {cfg.name!r}; its fields and name disagree "
                 "(edited by hand?). Fix one of them."
             )
@@ -263,35 +265,35 @@ class SearchSpace:
     def validate(self, cfg: SubnetConfig) -> None:
         """Raise `ValueError` naming the offending field if `cfg` is not a member of this space."""
         if not isinstance(cfg, SubnetConfig):
-            raise ValueError(f"Expected a SubnetConfig, got {type(cfg).__name__}; use SubnetConfig.from_dict for JSON.")
+            raise SupersamError(f"Expected a SubnetConfig, got {type(cfg).__name__}; use SubnetConfig.from_dict for JSON.")
         kept = cfg.kept_layers
         for i in kept:
             if not 0 <= i < self.num_layers:
-                raise ValueError(f"kept_layers: layer index {i} is out of range; the encoder has layers 0..{self.num_layers - 1}.")
+                raise SupersamError(f"kept_layers: layer index {i} is out of range; the encoder has layers 0..{self.num_layers - 1}.")
         if list(kept) != sorted(set(kept)):
-            raise ValueError(f"kept_layers must be sorted and without duplicates, got {list(kept)}.")
+            raise SupersamError(f"kept_layers must be sorted and without duplicates, got {list(kept)}.")
         fixed_dropped = [i for i in range(self.num_layers) if i not in kept and i not in self.elastic_layers]
         if fixed_dropped:
-            raise ValueError(
+            raise SupersamError(
                 f"kept_layers drops layer(s) {fixed_dropped}, which are not elastic; droppable layers are {list(self.elastic_layers)}."
             )
         if len(kept) < self.min_layers:
-            raise ValueError(f"kept_layers keeps {len(kept)} layer(s); this search space needs at least min_layers={self.min_layers}.")
+            raise SupersamError(f"kept_layers keeps {len(kept)} layer(s); this search space needs at least min_layers={self.min_layers}.")
         if len(cfg.mlp_dims) != len(kept):
-            raise ValueError(
+            raise SupersamError(
                 f"mlp_dims has {len(cfg.mlp_dims)} entries but kept_layers has {len(kept)}; give one width per kept layer."
             )
         for i, d in zip(kept, cfg.mlp_dims):
             if d <= 0 or d > self.mlp_dim:
-                raise ValueError(f"mlp_dims: width {d} for layer {i} must be in 1..{self.mlp_dim} (the full mlp_dim).")
+                raise SupersamError(f"mlp_dims: width {d} for layer {i} must be in 1..{self.mlp_dim} (the full mlp_dim).")
             if d not in self.mlp_dim_choices[i]:
-                raise ValueError(f"mlp_dims: width {d} for layer {i} is not among its choices {list(self.mlp_dim_choices[i])}.")
+                raise SupersamError(f"mlp_dims: width {d} for layer {i} is not among its choices {list(self.mlp_dim_choices[i])}.")
         if cfg.hidden_size is not None and cfg.hidden_size not in self.hidden_size_choices:
             if not self.hidden_size_choices:
-                raise ValueError(
+                raise SupersamError(
                     f"hidden_size={cfg.hidden_size}: this search space has no embedding-width dimension; leave it None."
                 )
-            raise ValueError(
+            raise SupersamError(
                 f"hidden_size={cfg.hidden_size} is not among the embedding widths {list(self.hidden_size_choices)} "
                 f"(multiples of the head size {self.head_dim}); None means the full width."
             )
@@ -364,48 +366,48 @@ def check_search_space(
     """Validate a search-space description; shared by `SearchSpace` and `SuperSamConfig`."""
     for i in elastic_layers:
         if not 0 <= i < num_layers:
-            raise ValueError(f"elastic_layers: layer index {i} is out of range; the encoder has layers 0..{num_layers - 1}.")
+            raise SupersamError(f"elastic_layers: layer index {i} is out of range; the encoder has layers 0..{num_layers - 1}.")
     if len(set(elastic_layers)) != len(elastic_layers):
-        raise ValueError(f"elastic_layers has duplicates: {list(elastic_layers)}.")
+        raise SupersamError(f"elastic_layers has duplicates: {list(elastic_layers)}.")
     if len(layer_drop_probs) != len(elastic_layers):
-        raise ValueError(
+        raise SupersamError(
             f"layer_drop_probs has {len(layer_drop_probs)} entries but there are {len(elastic_layers)} elastic layers; "
             "give one probability per elastic layer."
         )
     for i, p in zip(elastic_layers, layer_drop_probs):
         if not 0.0 <= p < 1.0:
-            raise ValueError(f"layer_drop_probs: probability {p} for layer {i} is outside [0, 1).")
+            raise SupersamError(f"layer_drop_probs: probability {p} for layer {i} is outside [0, 1).")
     if len(mlp_dim_choices) != num_layers:
-        raise ValueError(f"mlp_dim_choices has {len(mlp_dim_choices)} entries; give one list of widths per encoder layer ({num_layers}).")
+        raise SupersamError(f"mlp_dim_choices has {len(mlp_dim_choices)} entries; give one list of widths per encoder layer ({num_layers}).")
     for i, choices in enumerate(mlp_dim_choices):
         if not choices:
-            raise ValueError(f"mlp_dim_choices: layer {i} has no allowed width.")
+            raise SupersamError(f"mlp_dim_choices: layer {i} has no allowed width.")
         for d in choices:
             if d <= 0 or d > mlp_dim:
-                raise ValueError(f"mlp_dim_choices: width {d} for layer {i} must be in 1..{mlp_dim} (the full mlp_dim).")
+                raise SupersamError(f"mlp_dim_choices: width {d} for layer {i} must be in 1..{mlp_dim} (the full mlp_dim).")
     if not 1 <= min_layers <= num_layers:
-        raise ValueError(f"min_layers={min_layers} must be between 1 and the number of layers ({num_layers}).")
+        raise SupersamError(f"min_layers={min_layers} must be between 1 and the number of layers ({num_layers}).")
     if hidden_size is not None:
         _check_hidden_size_choices(hidden_size, num_attention_heads, hidden_size_choices)
 
 
 def _check_hidden_size_choices(hidden_size: int, num_attention_heads: int | None, choices) -> None:
     if not num_attention_heads or hidden_size % num_attention_heads:
-        raise ValueError(
+        raise SupersamError(
             f"hidden_size={hidden_size} must be a positive multiple of num_attention_heads={num_attention_heads}."
         )
     head_dim = hidden_size // num_attention_heads
     choices = list(choices or [])
     if len(set(choices)) != len(choices):
-        raise ValueError(f"hidden_size_choices has duplicates: {choices}.")
+        raise SupersamError(f"hidden_size_choices has duplicates: {choices}.")
     for h in choices:
         if h <= 0 or h > hidden_size or h % head_dim:
-            raise ValueError(
+            raise SupersamError(
                 f"hidden_size_choices: width {h} must be a multiple of the head size {head_dim} in "
                 f"{head_dim}..{hidden_size} (whole heads of the encoder)."
             )
     if hidden_size not in choices:
-        raise ValueError(
+        raise SupersamError(
             f"hidden_size_choices {choices} must include the full width {hidden_size} (the largest subnet is the "
             "whole supernet)."
         )

@@ -22,7 +22,7 @@ from transformers import HfArgumentParser
 
 from ..arguments import RunArguments
 from ..checks import read_args_file, strict_dataclass_from_dict
-from ..errors import run_stage
+from ..errors import SupersamError, run_stage
 
 # subcommand -> one-line help
 STAGES = {
@@ -38,7 +38,7 @@ STAGES = {
 SINGLE_PROCESS_STAGES = ("export", "demo")
 
 
-class UsageError(ValueError):
+class UsageError(SupersamError):
     """A command line that cannot be parsed: unknown flag, missing required flag, bad value, bad argument file."""
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +51,19 @@ def data_kwargs(data_args: DataArguments) -> dict[str, Any]:
     }
 
 
-def load_data(data_args: DataArguments, split: str | None):
-    """The dataset of `--dataset_name` (map-style, or a `datasets.IterableDataset` with `--streaming`)."""
+def load_data(data_args: DataArguments, split: str | None, split_flag: str | None = None):
+    """The dataset of `--dataset_name` (map-style, or a `datasets.IterableDataset` with `--streaming`); a map-style
+    dataset (or split) of 0 rows is refused in one line naming `split_flag`."""
+    from ..checks import load_dataset_rows
     from ..data import load_segmentation_dataset
 
     if data_args.shuffle_buffer_size < 1:
         raise SupersamError(f"--shuffle_buffer_size must be >= 1, got {data_args.shuffle_buffer_size}.")
-    return load_segmentation_dataset(data_args.dataset_name, split=split, config_name=data_args.dataset_config_name,
-                                     streaming=data_args.streaming, image_dir=data_args.image_dir)
+    loader = functools.partial(load_segmentation_dataset, streaming=data_args.streaming, image_dir=data_args.image_dir)
+    if data_args.streaming:
+        return loader(data_args.dataset_name, split=split, config_name=data_args.dataset_config_name)
+    return load_dataset_rows(loader, data_args.dataset_name, split=split, config_name=data_args.dataset_config_name,
+                             split_flag=split_flag)
 
 
 def refuse_streaming(data_args: DataArguments, stage: str) -> None:

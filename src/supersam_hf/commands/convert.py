@@ -10,7 +10,7 @@ from ..data import load_segmentation_dataset, streamed_rows
 from ..distributed import process_state
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..prioritization import PrioritizationReport, prioritize
-from ..checks import check_positive
+from ..checks import check_positive, load_dataset_rows
 from ..outputs import atomic_output_dir
 from .common import load_data, prepare_output
 
@@ -46,7 +46,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
     state = process_state("convert")  # under accelerate launch: calibration images split, statistics gathered
     if args.device is None and state.num_processes > 1:
         args.device = str(state.device)
-    dataset = load_data(data_args, data_args.train_split_name)
+    dataset = load_data(data_args, data_args.train_split_name, split_flag="--train_split_name")
     if data_args.streaming:  # read only the calibration rows: a seeded shuffle buffer over the stream, then N rows
         if data_args.max_train_images is not None:
             dataset = dataset.take(data_args.max_train_images)

@@ -31,6 +31,7 @@ import datasets
 import torch
 from transformers import SamModel
 
+from ..errors import DataError, OutputFolderError, SupersamError
 from ..arguments import prompt_type_field
 from ..configuration_supersam import build_sam_config
 from ..data import SamSegmentationData, build_sam_processor, load_segmentation_dataset, make_hard_shapes
@@ -178,7 +179,7 @@ class DemoState:
 def _prepare_output(args: DemoArguments) -> Path:
     output = Path(args.output_dir)
     if args.overwrite_output_dir and args.resume:
-        raise ValueError("--overwrite_output_dir and --resume contradict each other; pass one of them.")
+        raise SupersamError("--overwrite_output_dir and --resume contradict each other; pass one of them.")
     if output.exists() and any(output.iterdir()):
         is_demo_run = (output / STATE_FILE).exists()
         if args.resume and is_demo_run:
@@ -186,10 +187,10 @@ def _prepare_output(args: DemoArguments) -> Path:
         if args.overwrite_output_dir and is_demo_run:
             remove_tool_outputs(output)  # only what an earlier demo wrote; the user's files stay
         elif args.overwrite_output_dir or args.resume:
-            raise ValueError(f"{output} is not empty and holds no earlier demo run ({STATE_FILE} missing); "
+            raise OutputFolderError(f"{output} is not empty and holds no earlier demo run ({STATE_FILE} missing); "
                              "choose another --output_dir so nothing in it is lost.")
         else:
-            raise ValueError(f"{output} already holds an earlier run; pass --resume to continue it, "
+            raise OutputFolderError(f"{output} already holds an earlier run; pass --resume to continue it, "
                              "--overwrite_output_dir to start afresh, or another --output_dir.")
     output.mkdir(parents=True, exist_ok=True)
     return output
@@ -316,11 +317,11 @@ class _DemoRun:
 def run_demo(args: DemoArguments) -> dict:
     """Run (or resume) the demo; returns the summary rows."""
     if args.prompt_type not in ("point", "box", "mixed"):
-        raise ValueError(f"--prompt_type must be point, box or mixed, got {args.prompt_type!r}.")
+        raise SupersamError(f"--prompt_type must be point, box or mixed, got {args.prompt_type!r}.")
     if args.size_metric not in ("params", "macs"):
-        raise ValueError(f"--size_metric must be params or macs, got {args.size_metric!r}.")
+        raise SupersamError(f"--size_metric must be params or macs, got {args.size_metric!r}.")
     if args.learning_rate is not None and not args.learning_rate > 0:
-        raise ValueError(f"--learning_rate must be > 0, got {args.learning_rate}.")
+        raise SupersamError(f"--learning_rate must be > 0, got {args.learning_rate}.")
     if args.model_name_or_path is not None:
         load_config_dict(args.model_name_or_path)  # refuse anything but a SAM checkpoint before anything runs
     preset = PRESETS["default"]
@@ -441,7 +442,7 @@ def dataset_splits(name: str, processor, n_eval: int, seed: int) -> tuple[dict, 
     carve = [role for role in ("search", "test") if role not in found]
     if carve:
         if len(train) < len(carve) + 1:
-            raise ValueError(f"--dataset_name {name!r} has {len(train)} training rows and no {' or '.join(carve)} split; "
+            raise DataError(f"--dataset_name {name!r} has {len(train)} training rows and no {' or '.join(carve)} split; "
                              "the demo needs at least one image per split it carves.")
         train = train.shuffle(seed=seed)
         take = min(n_eval, max(1, len(train) // 5))
@@ -475,12 +476,13 @@ def _stage_base(run: _DemoRun) -> str | Path:
             torch.manual_seed(args.seed)
             SamModel(_stand_in_config(args, sizes)).save_pretrained(init_dir)
             run.processor.save_pretrained(init_dir)
+            record_tool_outputs(output, [init_dir.absolute()], tool="supersam demo")
         _train(output / "base_training", init_dir, run.data_a, sizes["base_steps"], run, largest_only=True,
                learning_rate=BASE_LEARNING_RATE, prompt_type=BASE_PROMPT_TYPE, point_fraction=BASE_POINT_FRACTION)
         trained = load_supernet(output / "base_training", device="cpu")
         trained.extract_subnet().save_pretrained(base_dir)
         run.processor.save_pretrained(base_dir)
-        shutil.rmtree(init_dir)
+        remove_tool_outputs(output, within=init_dir.name)  # only what this demo wrote there (the one removal rule)
         result = run.evaluate(load_sam_model(base_dir), load_segmentation_dataset(run.data_a, split="test"))
         on_a = result["by_prompt"]
         state.record("base", {"path": str(base_dir), "miou_domain_A": result["miou"], "domain_A": on_a,
@@ -557,7 +559,7 @@ def _stage_search(run: _DemoRun, supernet: SuperSamModel, reduction: float, base
                             prompt=run.search_prompt, show_progress=True)
     best = result.best
     if best is None:
-        raise ValueError(f"The search found no subnet with {reduction:.0%} fewer {unit} within its budget; "
+        raise SupersamError(f"The search found no subnet with {reduction:.0%} fewer {unit} within its budget; "
                          "raise --search_budget or drop this entry of --size_reductions.")
     extracted = supernet.extract_subnet(best.subnet)  # exactly what export writes
     test = run.evaluate(extracted, b_test)

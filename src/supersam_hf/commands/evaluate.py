@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+from ..errors import SupersamError
 from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
 from ..checks import check_positive
 from ..data import SamSegmentationData, SamStreamingData, load_segmentation_dataset
@@ -90,7 +91,7 @@ def _subnet(args: EvaluateArguments):
     spec = args.subnet.strip()
     if spec == "best" or spec.startswith("pareto:"):
         if args.search_dir is None:
-            raise ValueError(f"--subnet {spec} needs --search_dir (the output folder of `supersam search`).")
+            raise SupersamError(f"--subnet {spec} needs --search_dir (the output folder of `supersam search`).")
         return select_subnet(spec, args.search_dir)
     return parse_subnet(spec)
 
@@ -101,13 +102,13 @@ def _onnx_model(model_args: ModelArguments, args: EvaluateArguments, subnet):
 
     require_onnx()
     if subnet is not None:
-        raise ValueError("--onnx evaluates an exported model's ONNX files; --subnet selects a subnet of a supernet. "
+        raise SupersamError("--onnx evaluates an exported model's ONNX files; --subnet selects a subnet of a supernet. "
                          "Export the subnet with `supersam export --onnx` and evaluate that folder.")
     if not Path(model_args.model_name_or_path).is_dir():
         raise FileNotFoundError(f"--onnx needs --model_name_or_path to be an export folder holding onnx/; "
                                 f"{model_args.model_name_or_path!r} is not a folder.")
     if args.device not in (None, "cpu"):
-        raise ValueError(f"--onnx runs on ONNX Runtime's CPU provider; --device {args.device} is not supported.")
+        raise SupersamError(f"--onnx runs on ONNX Runtime's CPU provider; --device {args.device} is not supported.")
     return OnnxSamModel(model_args.model_name_or_path, int8=args.onnx_int8)
 
 
@@ -118,14 +119,16 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
     Under `accelerate launch` the images are split across the processes and the statistics gathered (the result
     equals the one-process run); only the main process writes and prints."""
     if args.mask_selection not in MASK_SELECTIONS:
-        raise ValueError(f"--mask_selection must be one of {MASK_SELECTIONS}, got {args.mask_selection!r}.")
+        raise SupersamError(f"--mask_selection must be one of {MASK_SELECTIONS}, got {args.mask_selection!r}.")
     if args.prompt_type not in PROMPTS:
-        raise ValueError(f"--prompt_type must be one of {PROMPTS}, got {args.prompt_type!r}.")
+        raise SupersamError(f"--prompt_type must be one of {PROMPTS}, got {args.prompt_type!r}.")
     inputs = (model_args.model_name_or_path, data_args.dataset_name, args.search_dir)
     output = prepare_output(output_args, *inputs)  # before any work: writable, not an input, empty or --overwrite
     check_positive("batch_size", args.batch_size)
     if args.max_instances_per_image is not None:
         check_positive("max_instances_per_image", args.max_instances_per_image)
+    if data_args.max_eval_images is not None:  # named as the flag, before the library names it max_images
+        check_positive("max_eval_images", data_args.max_eval_images)
     subnet = _subnet(args)
     state = process_state("evaluate")
     if (args.onnx or args.onnx_int8) and state.num_processes > 1:
@@ -142,7 +145,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
     processor = load_processor(model_args.model_name_or_path, model_args.processor_name_or_path,
                                base_model, revision=model_args.revision, token=model_args.token)
     split = data_args.eval_split_name
-    dataset = load_data(data_args, split)
+    dataset = load_data(data_args, split, split_flag="--eval_split_name")
     wrapper = SamStreamingData if data_args.streaming else SamSegmentationData  # a stream is read once, in order
     data = wrapper(dataset, processor, prompt=args.prompt_type, seed=args.seed, return_full_masks=True,
                    max_instances_per_image=args.max_instances_per_image, **data_kwargs(data_args))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+from ..checks import check_positive, load_dataset_rows
 from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
 from ..evaluation import EvaluationData
 from ..export import SUBNET_FILE, export_subnet
@@ -85,7 +86,7 @@ def _eval_data(data_args: ExportDataArguments, args: ExportArguments, processor)
     if data_args.dataset_name is None:
         return None
     refuse_streaming(data_args, "export")
-    dataset = load_data(data_args, data_args.eval_split_name)
+    dataset = load_data(data_args, data_args.eval_split_name, split_flag="--eval_split_name")
     return EvaluationData.prepare(dataset, processor, prompt=args.prompt_type, max_images=data_args.max_eval_images,
                                   image_column=data_args.image_column, mask_column=data_args.mask_column,
                                   mask_kind=data_args.mask_kind)
@@ -120,6 +121,8 @@ def run(model_args: ModelArguments, data_args: ExportDataArguments, output_args:
     check_onnx_options(args.onnx, args.quantize, data_args.dataset_name, True)  # a missing extra: before any work
     # Before any work: writable, not the supernet folder (nor inside / around it), empty unless --overwrite_output_dir.
     prepare_output(output_args, model_args.model_name_or_path)
+    if data_args.max_eval_images is not None:  # named as the flag, before the library names it max_images
+        check_positive("max_eval_images", data_args.max_eval_images)
     search_dir = _search_dir(model_args, args)
     subnet = select_subnet(args.subnet, search_dir)
     metrics = subnet_metrics(search_dir, subnet)

@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
-from ..checks import check_positive
+from ..checks import check_positive, load_dataset_rows
 from ..data import SamSegmentationData, load_segmentation_dataset
 from ..distributed import process_state
 from ..loading import load_processor, load_supernet, recorded_base_model
-from ..search import BEST_FILE, PARETO_FILE, PARETO_PLOT, RESULTS_FILE, SearchResult, search_subnets
-from ..search.driver import ORT_LATENCY_CACHE
-from ..outputs import record_tool_outputs, remove_tool_outputs
-from ..search.results import OPENTUNER_DB
+from ..search import RESULTS_FILE, SearchResult, search_subnets
+from ..outputs import remove_tool_outputs
+from ..search.driver import check_search_output
 from .common import data_kwargs, load_data, prepare_output, refuse_streaming
 
 
@@ -74,20 +73,6 @@ def format_search(result: SearchResult) -> str:
     return "\n".join(lines)
 
 
-SEARCH_FILES = (RESULTS_FILE, PARETO_FILE, PARETO_PLOT, BEST_FILE, OPENTUNER_DB, ORT_LATENCY_CACHE)
-
-
-def _remove_previous_search(output: Path) -> None:
-    """--overwrite_output_dir without --resume: remove the files an earlier search wrote (its manifest's, and its
-    own result files, which a killed search leaves unrecorded); other files stay. The unrecorded ones are removed
-    only where an earlier search's `search_results.json` shows that a search wrote them."""
-    remove_tool_outputs(output)
-    if not (output / RESULTS_FILE).is_file():
-        return
-    for name in SEARCH_FILES:
-        (output / name).unlink(missing_ok=True)
-
-
 def run(model_args: ModelArguments, data_args: DataArguments, output_args: OutputArguments,
         args: SearchArguments) -> SearchResult:
     """Load supernet, processor and data, search, print a summary.
@@ -101,22 +86,27 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
                               "it, --overwrite_output_dir to start afresh, or choose another --output_dir.")
     # Before any work: writable, not an input, empty unless --overwrite_output_dir or --resume.
     output = prepare_output(output_args, *inputs, overwrite=output_args.overwrite_output_dir or args.resume)
+    # A search replaces its files (a resume included): refused, before any work, where this tool did not write them
+    # or they changed since; an earlier search is replaced only with --overwrite_output_dir (or continued: --resume).
+    check_search_output(output, resume=args.resume or output_args.overwrite_output_dir)
     check_positive("batch_size", args.batch_size)
     check_positive("budget", args.budget)
     state = process_state("search")
     if args.device is None and state.num_processes > 1:
         args.device = str(state.device)
+    if data_args.max_eval_images is not None:  # named as the flag, before the library names it max_images
+        check_positive("max_eval_images", data_args.max_eval_images)
     supernet = load_supernet(model_args.model_name_or_path, require_supernet=True, revision=model_args.revision,
                              token=model_args.token, device=args.device)
     processor = load_processor(model_args.model_name_or_path, model_args.processor_name_or_path,
                                recorded_base_model(supernet), revision=model_args.revision, token=model_args.token)
     split = data_args.eval_split_name
     refuse_streaming(data_args, "search")
-    dataset = load_data(data_args, split)
+    dataset = load_data(data_args, split, split_flag="--eval_split_name")
     data = SamSegmentationData(dataset, processor, prompt=args.prompt_type, seed=args.eval_seed, return_full_masks=True,
                                **data_kwargs(data_args))
     if output_args.overwrite_output_dir and not args.resume and output.is_dir() and state.is_main_process:
-        _remove_previous_search(output)
+        remove_tool_outputs(output)  # only what this tool wrote there, unchanged since; the rest stays (named)
     state.wait_for_everyone()
     result = search_subnets(
         supernet, data, processor,
@@ -130,8 +120,6 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
     if not state.is_main_process:
         state.wait_for_everyone()
         return result
-    record_tool_outputs(output, [output / name for name in SEARCH_FILES if (output / name).is_file()],
-                        tool="supersam search")
     print(f"supersam search: {model_args.model_name_or_path} on {data_args.dataset_name}" + (f" [{split}]" if split else ""))
     print(format_search(result))
     state.wait_for_everyone()

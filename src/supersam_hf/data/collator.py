@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import DataError
+
 PROMPT_TYPES = ("point", "box", "mixed")
 # Keys of a collated batch that `SamModel.forward` accepts (the rest are targets and bookkeeping).
 MODEL_INPUT_KEYS = ("pixel_values", "input_points", "input_labels", "input_boxes")
@@ -28,7 +30,7 @@ class SamCollator:
 
     def __init__(self, prompt: str = "point", seed: int = 0) -> None:
         if prompt not in PROMPT_TYPES:
-            raise ValueError(f"Unknown prompt {prompt!r}; valid prompts are {PROMPT_TYPES}.")
+            raise DataError(f"Unknown prompt {prompt!r}; valid prompts are {PROMPT_TYPES}.")
         self.prompt = prompt
         self.seed = int(seed)
         self.batch_counter = 0
@@ -41,7 +43,7 @@ class SamCollator:
 
     def __call__(self, examples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, Any]:
         if not examples:
-            raise ValueError("SamCollator got an empty list of examples.")
+            raise DataError("SamCollator got an empty list of examples.")
         prompt = self._prompt_for_batch()
         self.batch_counter += 1
         num_prompts = max(int(ex["labels"].shape[0]) for ex in examples)

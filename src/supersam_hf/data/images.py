@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import DataError
 from ..intensity import INTENSITY_MODES, normalize_intensity
 
 DEFAULT_INTENSITY_NORMALIZATION = "percentile"
@@ -27,7 +28,7 @@ def to_rgb_image(image: Any, intensity_normalization: str = DEFAULT_INTENSITY_NO
     A string is refused: decode paths first (`SamSegmentationData` casts a column of image paths to `datasets.Image`).
     """
     if isinstance(image, (str, bytes)):
-        raise ValueError(
+        raise DataError(
             f"Got the string {str(image)[:80]!r} where an image was expected: the image column holds file paths or "
             "text, not decoded images. Cast it with dataset.cast_column(column, datasets.Image())."
         )
@@ -46,7 +47,7 @@ def to_rgb_image(image: Any, intensity_normalization: str = DEFAULT_INTENSITY_NO
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
-        raise ValueError(
+        raise DataError(
             f"Cannot read an image of shape {tuple(array.shape)}: expected (H, W), (H, W, C) or (C, H, W) with C in 1..4."
         )
     channels = array.shape[-1]

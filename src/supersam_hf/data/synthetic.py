@@ -13,6 +13,8 @@ import datasets
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import SupersamError
+
 SYNTHETIC_DOMAINS = ("A", "B")
 
 
@@ -115,11 +117,11 @@ def make_synthetic_shapes(
     every label is learnable; every image has at least one instance. Round-trips through `save_to_disk`.
     """
     if domain not in SYNTHETIC_DOMAINS:
-        raise ValueError(f"Unknown synthetic domain {domain!r}; choose one of {SYNTHETIC_DOMAINS}.")
+        raise SupersamError(f"Unknown synthetic domain {domain!r}; choose one of {SYNTHETIC_DOMAINS}.")
     if num_images < 0 or image_size < 8:
-        raise ValueError(f"Need num_images >= 0 and image_size >= 8, got {num_images} and {image_size}.")
+        raise SupersamError(f"Need num_images >= 0 and image_size >= 8, got {num_images} and {image_size}.")
     if not 1 <= min_shapes <= max_shapes:
-        raise ValueError(f"Need 1 <= min_shapes <= max_shapes, got min_shapes={min_shapes}, max_shapes={max_shapes}.")
+        raise SupersamError(f"Need 1 <= min_shapes <= max_shapes, got min_shapes={min_shapes}, max_shapes={max_shapes}.")
     yy, xx = np.mgrid[0:image_size, 0:image_size].astype(np.float32)
     min_area = max(1, int(min_area_fraction * image_size * image_size))
     images, labels = [], []
@@ -352,13 +354,13 @@ def make_hard_shapes(
     `min_shapes` / `max_shapes` override the domain's instance count range.
     """
     if domain not in SYNTHETIC_DOMAINS:
-        raise ValueError(f"Unknown synthetic domain {domain!r}; choose one of {SYNTHETIC_DOMAINS}.")
+        raise SupersamError(f"Unknown synthetic domain {domain!r}; choose one of {SYNTHETIC_DOMAINS}.")
     if num_images < 0 or image_size < 32:
-        raise ValueError(f"Need num_images >= 0 and image_size >= 32, got {num_images} and {image_size}.")
+        raise SupersamError(f"Need num_images >= 0 and image_size >= 32, got {num_images} and {image_size}.")
     low, high = HARD_INSTANCES[domain]
     low, high = low if min_shapes is None else min_shapes, high if max_shapes is None else max_shapes
     if not 1 <= low <= high:
-        raise ValueError(f"Need 1 <= min_shapes <= max_shapes, got min_shapes={low}, max_shapes={high}.")
+        raise SupersamError(f"Need 1 <= min_shapes <= max_shapes, got min_shapes={low}, max_shapes={high}.")
     yy, xx = np.mgrid[0:image_size, 0:image_size].astype(np.float32)
     min_area = max(1, int(min_area_fraction * image_size * image_size))
     images, labels = [], []

@@ -41,7 +41,8 @@ from ..arguments import DEFAULT_PROMPT_TYPE
 from ..checks import is_finite_metric
 from ..evaluation import MASK_SELECTIONS, PROMPTS, EvaluationData, evaluate_model
 from ..modeling_supersam import SuperSamModel
-from ..outputs import read_json_file
+from ..errors import OutputFolderError, SupersamError, interrupt_checkpoints
+from ..outputs import read_json_file, record_tool_outputs, remove_tool_outputs, unverified_files
 from ..search_space import SearchSpace, SubnetConfig
 from .opentuner_compat import check_technique, quiet_opentuner
 from .proposals import STRATEGIES, make_proposals
@@ -97,11 +98,11 @@ class Constraints:
 
     def check(self) -> None:
         if self.min_size_reduction is not None and not 0.0 <= self.min_size_reduction < 1.0:
-            raise ValueError(f"min_size_reduction must be in [0, 1), got {self.min_size_reduction}.")
+            raise SupersamError(f"min_size_reduction must be in [0, 1), got {self.min_size_reduction}.")
         for name in ("max_params", "max_macs", "max_latency_ms"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}.")
+                raise SupersamError(f"{name} must be positive, got {value}.")
 
 
 @torch.no_grad()
@@ -131,6 +132,15 @@ def measure_latency(supernet: SuperSamModel, cfg: SubnetConfig, data: Evaluation
 
 LATENCY_BACKENDS = ("torch", "onnxruntime")
 ORT_LATENCY_CACHE = "ort_latency_cache.json"
+TOOL = "supersam search"
+# A search's recorded settings, named as the flags that set them (a resume with other values is refused, named).
+RESUME_SETTING_FLAGS = {"dataset": "--dataset_name", "split": "--eval_split_name", "prompt": "--prompt_type",
+                        "mask_selection": "--mask_selection", "eval_seed": "--eval_seed",
+                        "num_images": "the number of images (--max_eval_images)", "max_images": "--max_eval_images",
+                        "search_space": "the supernet's search space", "largest_params": "the supernet's size",
+                        "latency_backend": "--latency_backend"}
+# What a search writes in its output_dir (a resume replaces them, an overwrite removes them): only this tool's.
+SEARCH_FILES = (RESULTS_FILE, PARETO_FILE, PARETO_PLOT, BEST_FILE, OPENTUNER_DB, ORT_LATENCY_CACHE)
 LATENCY_LABELS = {"torch": "latency, ms (PyTorch forward, one image)",
                   "onnxruntime": "encoder latency, ms (ONNX Runtime, CPU)"}
 
@@ -152,7 +162,7 @@ def subnet_latency_ms(supernet: SuperSamModel, cfg: SubnetConfig, data: Evaluati
     if backend == "torch":
         return measure_latency(supernet, cfg, data, repeats)
     if backend != "onnxruntime":
-        raise ValueError(f"Unknown latency backend {backend!r}; choose one of {LATENCY_BACKENDS}.")
+        raise SupersamError(f"Unknown latency backend {backend!r}; choose one of {LATENCY_BACKENDS}.")
     if ort_cache is None:
         from ..onnx_export import OrtLatencyCache
 
@@ -230,12 +240,12 @@ def check_cheap_budgets(space: SearchSpace, costs: CheapCosts, constraints: Cons
     if constraints.max_params is not None or constraints.min_size_reduction is not None:
         _, fewest = cheapest_subnet(space, lambda c: costs(c)["params"])
         if constraints.max_params is not None and fewest > constraints.max_params:
-            raise ValueError(
+            raise SupersamError(
                 f"max_params={constraints.max_params:,} is below the smallest subnet's {int(fewest):,} parameters."
             )
         reduction = constraints.min_size_reduction
         if reduction is not None and 1.0 - fewest / largest_params < reduction:
-            raise ValueError(
+            raise SupersamError(
                 f"min_size_reduction={reduction} is above the largest achievable reduction "
                 f"{1.0 - fewest / largest_params:.4f} (the smallest subnet has {int(fewest):,} of {largest_params:,} "
                 "parameters)."
@@ -243,7 +253,7 @@ def check_cheap_budgets(space: SearchSpace, costs: CheapCosts, constraints: Cons
     if constraints.max_macs is not None:
         _, fewest_macs = cheapest_subnet(space, lambda c: costs(c)["macs"])
         if fewest_macs > constraints.max_macs:
-            raise ValueError(f"max_macs={constraints.max_macs:,} is below the smallest subnet's {int(fewest_macs):,} MACs.")
+            raise SupersamError(f"max_macs={constraints.max_macs:,} is below the smallest subnet's {int(fewest_macs):,} MACs.")
 
 
 @dataclass
@@ -310,9 +320,10 @@ class SubnetSearch:
             if before.get(k) != v and not (k in optional and (v is None or before.get(k) is None))
         ]
         if differing:
-            raise ValueError(
+            raise SupersamError(
                 f"Cannot resume the search in {str(self.output)!r}: it was measured with different "
-                + ", ".join(f"{k} ({before.get(k)!r} vs now {self.settings[k]!r})" for k in differing)
+                + ", ".join(f"{RESUME_SETTING_FLAGS.get(k, k)} ({before.get(k)!r} vs now {self.settings[k]!r})"
+                            for k in differing)
                 + ". Use the same settings, or a new output_dir."
             )
         for entry in previous.get("evaluations", []):
@@ -329,8 +340,18 @@ class SubnetSearch:
 
     # -- costs and scores -----------------------------------------------------------------------------------------
     def _latency(self, cfg: SubnetConfig) -> float:
-        return agreed(self.state, lambda: subnet_latency_ms(self.supernet, cfg, self.data, self.options.latency_backend,
-                                                            self.options.latency_repeats, self.ort_cache))
+        latency = agreed(self.state, lambda: subnet_latency_ms(self.supernet, cfg, self.data,
+                                                               self.options.latency_backend,
+                                                               self.options.latency_repeats, self.ort_cache))
+        self._record(self.output / ORT_LATENCY_CACHE)
+        return latency
+
+    def _record(self, *paths: Path) -> None:
+        """These files are this search's (as they now read): an overwrite may remove them, a resume replace them.
+        Only the main process writes (and records)."""
+        present = [path for path in paths if path.is_file()]
+        if present and self.is_main:
+            record_tool_outputs(self.output, [path.absolute() for path in present], tool=TOOL)
 
     def full_cost(self, cfg: SubnetConfig, force_latency: bool = False) -> dict[str, Any]:
         """Cheap costs plus the latency (measured only under a latency budget, and only past the cheap checks)."""
@@ -392,6 +413,7 @@ class SubnetSearch:
             "seed": self.options.seed, "budget": self.options.budget, "best": best["name"] if best else None,
             "evaluations": evaluations, "rejected": list(self.rejected.values()),
         })
+        self._record(self.results_path)
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -407,17 +429,29 @@ class SubnetSearch:
         scratch = None if self.is_main else Path(tempfile.mkdtemp(prefix="supersam_search_"))
         try:
             self.score(self.largest, self.full_cost(self.largest, force_latency=True))  # feasible or not
+            # OpenTuner's database is written under a temporary name and becomes opentuner.db when the search ends
+            # (a resume replays the search from its cache, so a killed run's database is never needed).
+            database = (scratch or self.output) / f".{OPENTUNER_DB}.tmp-{os.getpid()}"
             proposals = make_proposals(options.strategy, self.supernet.search_space, options.seed, options.technique,
-                                       (scratch or self.output) / OPENTUNER_DB)
-            with quiet_opentuner():
+                                       database)
+            completed = False
+            with quiet_opentuner(), interrupt_checkpoints() as interrupts:
                 try:
                     cfg = next(proposals)
                     while len(self.evaluated) < budget and self.num_proposals < max_proposals:
+                        interrupts.check()
                         self.num_proposals += 1
                         value = self.objective(cfg) if cfg is not None else None
                         cfg = proposals.send(value) if cfg is not None else next(proposals)
+                    interrupts.check()
+                    completed = True
                 finally:
                     proposals.close()
+                    if completed and self.is_main and database.is_file():
+                        os.replace(database, self.output / OPENTUNER_DB)
+                        self._record(self.output / OPENTUNER_DB)
+                    for leftover in database.parent.glob(f"{database.name}*"):
+                        leftover.unlink(missing_ok=True)
             if len(self.evaluated) < budget:
                 logger.warning(
                     "The search stopped after %d proposals with %d of %d subnets scored: the feasible space is smaller "
@@ -459,13 +493,14 @@ class SubnetSearch:
         best_path = self.output / BEST_FILE
         if best is not None:
             write_json(best_path, best)
-        elif best_path.exists():
-            best_path.unlink()
+        else:  # an earlier best of this search (never a file this tool did not write, or one changed since)
+            remove_tool_outputs(self.output, within=BEST_FILE)
         title = f"{self.options.strategy} search, {len(evaluations)} subnets scored" + (
             f", best feasible mIoU {best['miou']:.4f}" if best else ", no feasible subnet"
         )
         plot_pareto(evaluations, front, self.output / PARETO_PLOT, self.constraints, self.costs.largest_params, title,
                     latency_label=LATENCY_LABELS[self.options.latency_backend])
+        self._record(self.output / PARETO_FILE, best_path, self.output / PARETO_PLOT)
 
     def _candidate(self, best: dict[str, Any] | None) -> SearchCandidate | None:
         if best is None:
@@ -479,20 +514,43 @@ class SubnetSearch:
         return SearchCandidate(subnet=subnet, metrics=metrics, entry=best)
 
 
-def _check_output(output: Path, resume: bool) -> None:
+def check_search_output(output: Path, resume: bool) -> None:
+    """Refuse, before any work, an output_dir whose search files a search would replace but this tool may not:
+    files it did not write, changed since, or behind a symbolic link (a resume included); and an earlier search
+    without `resume`. A killed search's temporary database (a process that no longer runs) is removed."""
     if output.exists() and not output.is_dir():
         raise FileExistsError(f"output_dir {str(output)!r} exists and is not a folder.")
-    if (output / RESULTS_FILE).exists() and not resume:
+    if (output / RESULTS_FILE).exists() and not resume and not unverified_files(output, [RESULTS_FILE]):
         raise FileExistsError(
             f"{str(output)!r} already holds a search ({RESULTS_FILE}); pass resume=True (--resume) to continue it, "
             "or choose a new output_dir."
         )
+    problems = unverified_files(output, SEARCH_FILES)
+    if problems:
+        raise OutputFolderError(
+            f"{output} holds files a search would replace that this tool may not: {', '.join(problems)}; move them "
+            "away or choose another --output_dir."
+        )
+    for leftover in output.glob(f".{OPENTUNER_DB}.tmp-*") if output.is_dir() else ():
+        pid = leftover.name.split(".tmp-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _ort_cache(output: Path, backend: str, repeats: int):
     """The ORT latency cache of a search's output folder (None for the torch backend); needs the [onnx] extra."""
     if backend not in LATENCY_BACKENDS:
-        raise ValueError(f"Unknown latency_backend {backend!r}; choose one of {LATENCY_BACKENDS}.")
+        raise SupersamError(f"Unknown latency_backend {backend!r}; choose one of {LATENCY_BACKENDS}.")
     if backend != "onnxruntime":
         return None
     from ..onnx_export import OrtLatencyCache
@@ -568,19 +626,19 @@ def search_subnets(
     The largest subnet is always scored first, as the reference, and marked so (feasible or not).
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"Unknown strategy {strategy!r}; choose one of {STRATEGIES}.")
+        raise SupersamError(f"Unknown strategy {strategy!r}; choose one of {STRATEGIES}.")
     if budget < 1:
-        raise ValueError(f"budget must be >= 1 (the number of subnets to score), got {budget}.")
+        raise SupersamError(f"budget must be >= 1 (the number of subnets to score), got {budget}.")
     if prompt not in PROMPTS or mask_selection not in MASK_SELECTIONS:
-        raise ValueError(f"prompt must be one of {PROMPTS} and mask_selection one of {MASK_SELECTIONS}.")
+        raise SupersamError(f"prompt must be one of {PROMPTS} and mask_selection one of {MASK_SELECTIONS}.")
     constraints = Constraints(max_params, max_macs, max_latency_ms, min_size_reduction)
     constraints.check()
     if strategy == "opentuner":
         check_technique(technique)
     if not isinstance(supernet, SuperSamModel):
-        raise ValueError(f"search_subnets needs a SuperSamModel (a supernet), got {type(supernet).__name__}.")
+        raise SupersamError(f"search_subnets needs a SuperSamModel (a supernet), got {type(supernet).__name__}.")
     output = Path(output_dir)
-    _check_output(output, resume)
+    check_search_output(output, resume)
     ort_cache = _ort_cache(output, latency_backend, latency_repeats)  # a missing [onnx] extra fails here
     if ort_cache is not None and state is not None and not state.is_main_process:
         ort_cache = None  # latencies are measured (and cached in output_dir) by the main process only
@@ -593,7 +651,7 @@ def search_subnets(
         image_column=image_column, mask_column=mask_column, mask_kind=mask_kind,
     )
     if data.prompt != prompt:
-        raise ValueError(f"The EvaluationData was prepared with prompt={data.prompt!r}, not {prompt!r}.")
+        raise SupersamError(f"The EvaluationData was prepared with prompt={data.prompt!r}, not {prompt!r}.")
     if max_latency_ms is not None:
         fastest, _ = cheapest_subnet(space, lambda c: costs(c)["macs"])
         latency = agreed(state, lambda: subnet_latency_ms(supernet, fastest, data, latency_backend, latency_repeats,
@@ -601,7 +659,7 @@ def search_subnets(
         if latency > max_latency_ms:
             where = ("ONNX Runtime, CPU" if latency_backend == "onnxruntime"
                      else f"PyTorch on {next(supernet.parameters()).device}")
-            raise ValueError(
+            raise SupersamError(
                 f"max_latency_ms={max_latency_ms} is below the smallest subnet's measured {latency:.2f} ms "
                 f"({fastest.name}, median of {latency_repeats} runs, {where})."
             )

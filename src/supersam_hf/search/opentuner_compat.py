@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SupersamError
 from ..search_space import SearchSpace, SubnetConfig
 
 
@@ -177,7 +178,7 @@ def check_technique(technique: str) -> None:
 
     names = sorted(t.name for t in all_techniques()[0])
     if technique not in names:
-        raise ValueError(f"Unknown OpenTuner technique {technique!r}; registered techniques: {', '.join(names)}.")
+        raise SupersamError(f"Unknown OpenTuner technique {technique!r}; registered techniques: {', '.join(names)}.")
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SupersamError, interrupts_deferred
 from ..search_space import SearchSpace, SubnetConfig
 from .opentuner_compat import HIDDEN_PARAMETER, IsolatedRandom, import_opentuner, make_interface, reset_member_counter
 
@@ -57,25 +58,30 @@ def opentuner_proposals(space: SearchSpace, seed: int, technique: str, database:
     args = opentuner.default_argparser().parse_args(argv)
     rng = IsolatedRandom(seed)
     reset_member_counter()
-    with rng.active():
+    # Every call into OpenTuner (its SQLAlchemy database) runs with Ctrl-C deferred to the call's end: a
+    # KeyboardInterrupt inside the database layer can be swallowed there (the search would run on) or leave its
+    # session half-done; deferred, it is raised here, between calls, and the search ends (exit 130).
+    with rng.active(), interrupts_deferred():
         api = TuningRunManager(make_interface(opentuner, space, args), args)
     try:
         while True:
-            with rng.active():
+            with rng.active(), interrupts_deferred():
                 desired = api.get_next_desired_result()
             if desired is None:
                 yield None  # nothing new this generation; counts as a proposal
                 continue
             value = yield decode_opentuner_config(space, desired.configuration.data)
-            with rng.active():
+            with rng.active(), interrupts_deferred():
                 api.report_result(desired, Result(time=float(value)))
     finally:
-        with rng.active():
-            if api.get_best_result() is not None:
-                api.finish()
-            else:
-                api.session.close()
-        api.engine.dispose()
+        with rng.active(), interrupts_deferred():
+            try:
+                if api.get_best_result() is not None:
+                    api.finish()
+                else:
+                    api.session.close()
+            finally:
+                api.engine.dispose()
 
 
 def random_proposals(space: SearchSpace, seed: int):
@@ -97,7 +103,7 @@ def make_proposals(
     """The proposal generator of `strategy`; OpenTuner's database starts afresh (a resume replays from the start,
     its answers come from the driver's cache)."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"Unknown strategy {strategy!r}; choose one of {STRATEGIES}.")
+        raise SupersamError(f"Unknown strategy {strategy!r}; choose one of {STRATEGIES}.")
     if strategy == "random":
         return random_proposals(space, seed)
     if database.exists():

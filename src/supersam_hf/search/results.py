@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import SupersamError
 from ..checks import is_finite_metric
 from ..evaluation import parse_subnet
 from ..search_space import SubnetConfig
@@ -97,7 +98,7 @@ def select_subnet(spec: str | os.PathLike | dict | SubnetConfig, search_dir: str
         text = os.fspath(spec).strip()
         if text == "best" or text.startswith("pareto:"):
             if search_dir is None:
-                raise ValueError(f"Subnet {text!r} refers to a search: pass the search's output folder as search_dir.")
+                raise SupersamError(f"Subnet {text!r} refers to a search: pass the search's output folder as search_dir.")
             if text == "best":
                 path = Path(search_dir) / BEST_FILE
                 if not path.is_file():
@@ -112,9 +113,9 @@ def select_subnet(spec: str | os.PathLike | dict | SubnetConfig, search_dir: str
             try:
                 index = int(index_text)
             except ValueError:
-                raise ValueError(f"{text!r}: the index must be an integer; valid: {valid}.") from None
+                raise SupersamError(f"{text!r}: the index must be an integer; valid: {valid}.") from None
             if not 0 <= index < len(front):
-                raise ValueError(
+                raise SupersamError(
                     f"{text!r} is out of range: the Pareto front in {str(search_dir)!r} has {len(front)} subnet(s); "
                     f"valid: {valid}."
                 )

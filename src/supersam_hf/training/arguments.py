@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from ..errors import SupersamError
 from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
 from ..data import MASK_KINDS, PROMPT_TYPES
 from ..losses import LOSS_TYPES
@@ -195,33 +196,33 @@ class SupernetTrainingArguments(OutputArguments, DataArguments, ModelArguments):
 
         def need(ok: bool, message: str) -> None:
             if not ok:
-                raise ValueError(message)
+                raise SupersamError(message)
 
-        need(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}.")
-        need(self.per_device_train_batch_size >= 1, "per_device_train_batch_size must be >= 1.")
-        need(self.per_device_eval_batch_size >= 1, "per_device_eval_batch_size must be >= 1.")
-        need(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1.")
-        need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}.")
+        need(self.max_steps >= 1, f"--max_steps must be >= 1, got {self.max_steps}.")
+        need(self.per_device_train_batch_size >= 1, "--per_device_train_batch_size must be >= 1.")
+        need(self.per_device_eval_batch_size >= 1, "--per_device_eval_batch_size must be >= 1.")
+        need(self.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps must be >= 1.")
+        need(self.learning_rate > 0, f"--learning_rate must be > 0, got {self.learning_rate}.")
         need(self.weight_decay >= 0 and self.warmup_steps >= 0 and self.max_grad_norm >= 0,
-             "weight_decay, warmup_steps and max_grad_norm must be >= 0.")
+             "--weight_decay, --warmup_steps and --max_grad_norm must be >= 0.")
         need(self.num_random_subnets >= 0,
-             f"num_random_subnets must be >= 0 (sampled subnets besides the largest and smallest), got {self.num_random_subnets}.")
-        need(self.distill_weight >= 0, f"distill_weight must be >= 0, got {self.distill_weight}.")
-        need(self.loss_type in LOSS_TYPES, f"Unknown loss_type {self.loss_type!r}; valid types are {LOSS_TYPES}.")
-        need(self.prompt_type in PROMPT_TYPES, f"Unknown prompt_type {self.prompt_type!r}; valid types are {PROMPT_TYPES}.")
+             f"--num_random_subnets must be >= 0 (sampled subnets besides the largest and smallest), got {self.num_random_subnets}.")
+        need(self.distill_weight >= 0, f"--distill_weight must be >= 0, got {self.distill_weight}.")
+        need(self.loss_type in LOSS_TYPES, f"Unknown --loss_type {self.loss_type!r}; valid types are {LOSS_TYPES}.")
+        need(self.prompt_type in PROMPT_TYPES, f"Unknown --prompt_type {self.prompt_type!r}; valid types are {PROMPT_TYPES}.")
         need(0.0 <= self.point_fraction <= 1.0,
-             f"point_fraction must be between 0 and 1 (the share of point-prompted micro-batches), got {self.point_fraction}.")
+             f"--point_fraction must be between 0 and 1 (the share of point-prompted micro-batches), got {self.point_fraction}.")
         need(self.mask_kind is None or self.mask_kind in MASK_KINDS,
-             f"Unknown mask_kind {self.mask_kind!r}; valid kinds are {MASK_KINDS} (or None to auto-detect).")
-        need(self.lr_scheduler_type in SCHEDULERS, f"Unknown lr_scheduler_type {self.lr_scheduler_type!r}; choose one of {SCHEDULERS}.")
-        need(self.mixed_precision in MIXED_PRECISION, f"Unknown mixed_precision {self.mixed_precision!r}; choose one of {MIXED_PRECISION}.")
+             f"Unknown --mask_kind {self.mask_kind!r}; valid kinds are {MASK_KINDS} (or None to auto-detect).")
+        need(self.lr_scheduler_type in SCHEDULERS, f"Unknown --lr_scheduler_type {self.lr_scheduler_type!r}; choose one of {SCHEDULERS}.")
+        need(self.mixed_precision in MIXED_PRECISION, f"Unknown --mixed_precision {self.mixed_precision!r}; choose one of {MIXED_PRECISION}.")
         _check_trackers(self.trackers())
         parts = self.trainable_parts()
         unknown = [p for p in parts if p not in TRAINABLE_PARTS]
-        need(bool(parts) and not unknown, f"trainable={self.trainable!r}: give a comma-separated subset of {TRAINABLE_PARTS}.")
+        need(bool(parts) and not unknown, f"--trainable {self.trainable!r}: give a comma-separated subset of {TRAINABLE_PARTS}.")
         if self.lora_r:
-            need(self.lora_r > 0 and self.lora_alpha > 0, "lora_r and lora_alpha must be > 0 (lora_r=0 turns LoRA off).")
-            need(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+            need(self.lora_r > 0 and self.lora_alpha > 0, "--lora_r and --lora_alpha must be > 0 (lora_r=0 turns LoRA off).")
+            need(0 <= self.lora_dropout < 1, f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
         if self.lora_r and self.lora_config:
             from ..errors import SupersamError
 
@@ -229,19 +230,19 @@ class SupernetTrainingArguments(OutputArguments, DataArguments, ModelArguments):
                                 "--lora_dropout, not both.")
         lora_fields = self.lora_config_fields()
         if self.uses_lora() and not lora_fields.get("target_modules"):
-            need(any(p in LORA_TARGETS for p in parts), "LoRA adapts attention of the encoder/decoder: put one of them in trainable.")
-        need(0 <= self.validation_fraction < 1, f"validation_fraction must be in [0, 1), got {self.validation_fraction}.")
+            need(any(p in LORA_TARGETS for p in parts), "LoRA adapts attention of the encoder/decoder: put one of them in --trainable.")
+        need(0 <= self.validation_fraction < 1, f"--validation_fraction must be in [0, 1), got {self.validation_fraction}.")
         need(not (self.eval_split_name and self.validation_fraction),
-             "Give eval_split_name or validation_fraction, not both.")
-        need(self.max_train_images is None or self.max_train_images >= 1, "max_train_images must be >= 1 (or None for all).")
-        need(self.max_instances_per_image >= 1, "max_instances_per_image must be >= 1.")
-        need(self.shuffle_buffer_size >= 1, f"shuffle_buffer_size must be >= 1, got {self.shuffle_buffer_size}.")
-        need(self.min_mask_area >= 0, f"min_mask_area must be >= 0, got {self.min_mask_area}.")
-        need(self.max_eval_images is None or self.max_eval_images >= 1, "max_eval_images must be >= 1 (or None for all).")
+             "Give --eval_split_name or --validation_fraction, not both.")
+        need(self.max_train_images is None or self.max_train_images >= 1, "--max_train_images must be >= 1 (or None for all).")
+        need(self.max_instances_per_image >= 1, "--max_instances_per_image must be >= 1.")
+        need(self.shuffle_buffer_size >= 1, f"--shuffle_buffer_size must be >= 1, got {self.shuffle_buffer_size}.")
+        need(self.min_mask_area >= 0, f"--min_mask_area must be >= 0, got {self.min_mask_area}.")
+        need(self.max_eval_images is None or self.max_eval_images >= 1, "--max_eval_images must be >= 1 (or None for all).")
         need(self.save_total_limit is None or self.save_total_limit >= 1,
-             f"save_total_limit must be >= 1 (or None to keep every checkpoint), got {self.save_total_limit}.")
+             f"--save_total_limit must be >= 1 (or None to keep every checkpoint), got {self.save_total_limit}.")
         need(min(self.logging_steps, self.save_steps, self.eval_steps, self.dataloader_num_workers) >= 0,
-             "logging_steps, save_steps, eval_steps and dataloader_num_workers must be >= 0.")
+             "--logging_steps, --save_steps, --eval_steps and --dataloader_num_workers must be >= 0.")
 
 
 def _check_trackers(names: list[str]) -> None:

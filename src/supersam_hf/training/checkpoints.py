@@ -15,9 +15,18 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from ..errors import ModelFileError
 from ..checks import named_load_errors
 from ..errors import DataError
-from ..outputs import read_json_file, read_manifest, record_tool_outputs, remove_tool_outputs, repair_jsonl
+from ..outputs import (
+    read_json_file,
+    read_manifest,
+    record_tool_outputs,
+    remove_tool_outputs,
+    repair_jsonl,
+    unverified_files,
+    write_failure,
+)
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "training_state.json"
@@ -35,7 +44,7 @@ def read_training_state(checkpoint: Path) -> dict:
     """A checkpoint's training_state.json; a corrupt one is an error naming it and the way out."""
     state = read_json_file(checkpoint / STATE_FILE, what="training state", remedy=RESTART_HINT, expect=dict)
     if not isinstance(state.get("global_step"), int) or isinstance(state.get("global_step"), bool):
-        raise ValueError(f"training state {checkpoint / STATE_FILE} is corrupt (no integer 'global_step'); "
+        raise ModelFileError(f"training state {checkpoint / STATE_FILE} is corrupt (no integer 'global_step'); "
                          f"{RESTART_HINT}.")
     return state
 
@@ -87,19 +96,20 @@ def previous_run_files(output_dir: Path) -> list[str]:
     return [m for m in markers if (output_dir / m).exists()] if output_dir.is_dir() else []
 
 
-def foreign_files(output_dir: Path) -> list[str]:
-    """Files a run would write over or into but that this tool did not record writing (another tool's
-    `checkpoints/`, a user's config.json): training refuses to start rather than replace or mix with them."""
+def foreign_files(output_dir: Path, final_only: bool = False) -> list[str]:
+    """Files a run would write over or into but that this tool may not replace: not recorded in the manifest (another
+    tool's `checkpoints/`, a user's config.json), changed since it wrote them, or behind a symbolic link; each with
+    the reason. Training refuses to start rather than replace or mix with them. `final_only`: only the files the
+    end of a run writes (a resume, whose checkpoints and metrics log are its own)."""
     if not output_dir.is_dir():
         return []
-    ours = set(read_manifest(output_dir))
-    names = [name for name in (*FINAL_FILES, METRICS_FILE) if (output_dir / name).is_file()]
+    names = [name for name in (*FINAL_FILES, *(() if final_only else (METRICS_FILE,))) if (output_dir / name).is_file()]
     root = output_dir / CHECKPOINTS_DIR
-    if root.is_dir():  # step_N.tmp: this tool's interrupted saves, removed on overwrite
+    if root.is_dir() and not final_only:  # step_N.tmp: this tool's interrupted saves, removed on overwrite
         staged = [p for p in root.iterdir() if re.fullmatch(r"step_\d+\.tmp", p.name)]
         names += [p.relative_to(output_dir).as_posix() for p in root.rglob("*")
                   if p.is_file() and not any(folder in p.parents for folder in staged)]
-    return [name for name in names if name not in ours]
+    return unverified_files(output_dir, names)
 
 
 def adopt_run_files(output_dir: Path) -> None:
@@ -111,9 +121,12 @@ def adopt_run_files(output_dir: Path) -> None:
         names += [p.relative_to(output_dir).as_posix() for p in root.iterdir()
                   if re.fullmatch(r"step_\d+", p.name) and (p / STATE_FILE).is_file()]
     recorded = set(read_manifest(output_dir))
-    missing = [name for name in names if name not in recorded]
+    files = [p.relative_to(output_dir).as_posix() for name in names
+             for p in ([output_dir / name] if (output_dir / name).is_file() else (output_dir / name).rglob("*"))
+             if p.is_file() and not p.is_symlink()]
+    missing = [name for name in files if name not in recorded]  # a recorded file keeps its recorded content
     if missing:
-        record_tool_outputs(output_dir, [(output_dir / name).resolve() for name in missing], tool=TOOL)
+        record_tool_outputs(output_dir, missing, tool=TOOL)
 
 
 def remove_previous_run(output_dir: Path) -> None:
@@ -147,15 +160,16 @@ class MetricsLog:
                 repair_jsonl(path)
                 keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
                 path.write_text("".join(line + "\n" for line in keep))
+                if path == self.main:
+                    record_tool_outputs(self.output_dir, [path.absolute()], tool=TOOL)
 
     def write(self, record: dict, rank_record: dict | None = None) -> None:
         for path, rec in ((self.main, record), (self.rank, rank_record)):
             if path is not None and rec is not None:
-                new = not path.exists()
                 with path.open("a") as handle:
                     handle.write(json.dumps(rec) + "\n")
-                if new and self.accelerator.is_main_process:  # ours: an overwrite may remove it (one writer)
-                    record_tool_outputs(self.output_dir, [path.resolve()], tool=TOOL)
+                if path == self.main:  # ours, as it now reads: an overwrite may remove it (one writer of the manifest)
+                    record_tool_outputs(self.output_dir, [path.absolute()], tool=TOOL)
 
 
 def save_checkpoint(accelerator: Accelerator, args, output_dir: Path, step: int, data_state: dict | None = None) -> Path:
@@ -183,11 +197,15 @@ def save_checkpoint(accelerator: Accelerator, args, output_dir: Path, step: int,
                 raise FileExistsError(f"{path} holds files this tool did not write; move them away and rerun.")
             os.replace(staging, path)
             rank_logs = sorted(output_dir.glob("metrics_rank*.jsonl"))  # created by other processes
-            record_tool_outputs(output_dir, [path.resolve(), *(log.resolve() for log in rank_logs)], tool=TOOL)
-    except BaseException:
+            record_tool_outputs(output_dir, [p.absolute() for p in (path, *rank_logs)], tool=TOOL)
+    except BaseException as error:
         if accelerator.is_main_process:
             with contextlib.suppress(OSError):
                 clear_checkpoint_folder(staging)
+        failure = write_failure(error, path, "; the partial checkpoint was removed; then resume from the last complete "
+                                "one (--resume_from_checkpoint latest)")
+        if failure is not None and not isinstance(error, OSError):
+            raise failure from error
         raise
     accelerator.wait_for_everyone()
     return path
@@ -258,24 +276,35 @@ def rotate_checkpoints(output_dir: str | os.PathLike, limit: int, keep: Iterable
 
 
 def clear_checkpoint_folder(path: Path) -> bool:
-    """Delete what accelerate's save_state and `save_checkpoint` write in a checkpoint folder (training_state.json
-    first, so a half-deleted folder is never resumed from), and the folder if that empties it; anything else stays
-    (with a warning). True when the folder is gone."""
-    if not path.is_dir():
-        return True
-    with contextlib.suppress(FileNotFoundError):
-        (path / STATE_FILE).unlink()
-    for entry in path.iterdir():
-        if entry.is_file() and _CHECKPOINT_FILES.fullmatch(entry.name):
-            entry.unlink()
-        elif entry.is_dir() and _CHECKPOINT_DIRS.fullmatch(entry.name):
-            shutil.rmtree(entry)
+    """Delete this tool's files in a checkpoint folder `output_dir/checkpoints/step_N[.tmp]` (training_state.json
+    first, so a half-deleted folder is never resumed from), and the folder if that empties it; True when it is gone.
+
+    A complete checkpoint goes through `outputs.remove_tool_outputs`: only the files the output folder's manifest
+    lists with unchanged content are removed. A `step_N.tmp` folder (a save in progress, never recorded: this tool
+    creates it just before accelerate writes into it) loses only the files accelerate's `save_state` writes. No
+    symbolic link is followed; anything else stays (named in a warning)."""
+    if path.is_symlink() or not path.is_dir():
+        return not os.path.lexists(path)
+    output_dir = path.parent.parent
+    if path.name.endswith(".tmp"):
+        for entry in list(os.scandir(path)):
+            if entry.is_file(follow_symlinks=False) and _CHECKPOINT_FILES.fullmatch(entry.name):
+                os.unlink(entry.path)
+            elif entry.is_dir(follow_symlinks=False) and _CHECKPOINT_DIRS.fullmatch(entry.name):
+                shutil.rmtree(entry.path)  # never follows links inside
+    else:
+        name = path.relative_to(output_dir).as_posix()
+        remove_tool_outputs(output_dir, within=f"{name}/{STATE_FILE}")
+        remove_tool_outputs(output_dir, within=name)  # an emptied folder goes with its last file
+        if not os.path.lexists(path):
+            return True
     try:
         path.rmdir()
         return True
     except OSError:
         logging.getLogger(__name__).warning(
-            "Kept %s: it holds files this tool did not write (%s).", path, sorted(p.name for p in path.iterdir()))
+            "Kept %s: it holds files this tool did not write or that changed since (%s).", path,
+            sorted(p.name for p in path.iterdir()))
         return False
 
 

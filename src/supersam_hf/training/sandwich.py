@@ -16,12 +16,13 @@ import torch
 from accelerate import Accelerator
 
 from ..data import SamCollator, model_inputs
+from ..errors import SupersamError
 from ..losses import mask_distillation_loss, sam_loss
 from ..modeling_supersam import SuperSamModel
 from ..search_space import SearchSpace, SubnetConfig
 
 
-class NonFiniteLossError(ValueError):
+class NonFiniteLossError(SupersamError):
     """Training produced a NaN/inf loss or gradient; raised before the optimizer step, so no weight is touched."""
 
 

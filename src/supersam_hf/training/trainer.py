@@ -16,6 +16,7 @@ the subnets of each sandwich slot. So a resumed run reproduces the straight run 
 
 from __future__ import annotations
 
+import functools
 import dataclasses
 import json
 import logging
@@ -33,6 +34,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import SamProcessor, get_scheduler
 
+from ..checks import load_dataset_rows
 from ..data import SamSegmentationData, SamStreamingData, load_segmentation_dataset
 from ..errors import DataError, SupersamError, UnsupportedSetupError
 from ..hub import push_folder, resolve_token
@@ -96,13 +98,15 @@ def build_datasets(args: SupernetTrainingArguments, processor: SamProcessor, tra
         return _build_streaming_datasets(args, processor, train_dataset, eval_dataset)
     raw = train_dataset
     if raw is None:
-        raw = load_segmentation_dataset(args.dataset_name, split=args.train_split_name, config_name=args.dataset_config_name,
-                                        image_dir=args.image_dir)
+        raw = load_dataset_rows(functools.partial(load_segmentation_dataset, image_dir=args.image_dir), args.dataset_name,
+                                split=args.train_split_name, config_name=args.dataset_config_name,
+                                split_flag="--train_split_name")
     validation = eval_dataset
     source = "the given eval_dataset" if eval_dataset is not None else None
     if validation is None and args.eval_split_name:
-        validation = load_segmentation_dataset(args.dataset_name, split=args.eval_split_name,
-                                               config_name=args.dataset_config_name, image_dir=args.image_dir)
+        validation = load_dataset_rows(functools.partial(load_segmentation_dataset, image_dir=args.image_dir),
+                                       args.dataset_name, split=args.eval_split_name,
+                                       config_name=args.dataset_config_name, split_flag="--eval_split_name")
         source = f"split {args.eval_split_name!r}"
     elif validation is None and args.validation_fraction > 0:
         parts = raw.train_test_split(test_size=args.validation_fraction, seed=args.seed, shuffle=True)
@@ -227,7 +231,7 @@ def _optimizer(model: torch.nn.Module, args: SupernetTrainingArguments) -> torch
         if param.requires_grad:
             (decay if param.dim() >= 2 else no_decay).append(param)
     if not decay and not no_decay:
-        raise ValueError(f"Nothing to train: trainable={args.trainable!r} selects no parameter.")
+        raise SupersamError(f"Nothing to train: trainable={args.trainable!r} selects no parameter.")
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=args.learning_rate)
 
@@ -252,10 +256,11 @@ def _check_output_dir(args: SupernetTrainingArguments) -> tuple[Path, Path | Non
         )
     if resume_dir is not None and output_dir.resolve() in resume_dir.resolve().parents:
         adopt_run_files(output_dir)  # continuing the run of this folder: its files are this tool's
-    foreign = foreign_files(output_dir) if resume_dir is None else []
+    foreign = foreign_files(output_dir, final_only=resume_dir is not None)
     if foreign:
         raise FileExistsError(
-            f"output_dir {str(output_dir)!r} holds files this tool did not write ({', '.join(foreign[:3])}"
+            f"output_dir {str(output_dir)!r} holds files this tool did not write or that changed since it wrote them "
+            f"({', '.join(foreign[:3])}"
             f"{' …' if len(foreign) > 3 else ''}); training would write over or into them. Move them away or choose "
             "another output_dir."
         )

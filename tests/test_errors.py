@@ -127,7 +127,7 @@ def test_errors_by_type_a_bare_library_error_is_a_bug(monkeypatch):
 
 
 def test_a_check_of_the_dataset_module_is_still_the_users(monkeypatch, tmp_path):
-    """data/dataset.py's checks raise ValueError with a message for the user (until they raise DataError)."""
+    """data/dataset.py's checks raise DataError / SupersamError: a user error, one line."""
     from supersam_hf.data import load_segmentation_dataset
 
     monkeypatch.delenv(DEBUG_ENV, raising=False)

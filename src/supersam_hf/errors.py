@@ -90,18 +90,7 @@ def is_user_error(error: BaseException) -> bool:
         return True
     if {cls.__name__ for cls in type(error).__mro__} & LIBRARY_USER_ERRORS:
         return True
-    return _raised_by_data_checks(error)
-
-
-def _raised_by_data_checks(error: BaseException) -> bool:
-    """A bare ValueError raised by a `raise` statement of `supersam_hf/data/dataset.py`, whose checks still raise
-    ValueError with a message for the user (until they raise DataError): the innermost frame is that file."""
-    if type(error) is not ValueError or error.__traceback__ is None:
-        return False
-    frame = error.__traceback__
-    while frame.tb_next is not None:
-        frame = frame.tb_next
-    return frame.tb_frame.f_code.co_filename.endswith(os.path.join("supersam_hf", "data", "dataset.py"))
+    return False
 
 
 def user_error_message(error: BaseException) -> str:

@@ -169,17 +169,17 @@ def _check_data_arguments(
     if mask_kind is not None and mask_kind not in MASK_KINDS:
         raise DataError(f"Unknown mask_kind {mask_kind!r}; valid kinds are {MASK_KINDS} (or None to auto-detect).")
     if prompt not in PROMPT_TYPES:
-        raise ValueError(f"Unknown prompt {prompt!r}; valid prompts are {PROMPT_TYPES}.")
+        raise SupersamError(f"Unknown prompt {prompt!r}; valid prompts are {PROMPT_TYPES}.")
     if intensity_normalization not in INTENSITY_MODES:
-        raise ValueError(f"Unknown intensity_normalization {intensity_normalization!r}; choose one of "
+        raise SupersamError(f"Unknown intensity_normalization {intensity_normalization!r}; choose one of "
                          f"{INTENSITY_MODES} (--intensity_normalization).")
     if num_positive_points < 1 or num_negative_points < 0:
-        raise ValueError(
+        raise SupersamError(
             f"Need num_positive_points >= 1 and num_negative_points >= 0, got {num_positive_points} and "
             f"{num_negative_points}."
         )
     if box_jitter < 0 or min_mask_area < 0 or seed < 0:
-        raise ValueError("box_jitter, min_mask_area and seed must be >= 0.")
+        raise SupersamError("box_jitter, min_mask_area and seed must be >= 0.")
     if max_instances_per_image is not None and max_instances_per_image < 1:
         raise SupersamError(f"--max_instances_per_image must be >= 1 (or unset: every instance), got "
                             f"{max_instances_per_image}.")
@@ -192,7 +192,7 @@ def _pad_and_low_res_sizes(processor: Any, low_res_size: int | None) -> tuple[tu
     image_processor = getattr(processor, "image_processor", processor)
     pad_size = getattr(image_processor, "pad_size", None)
     if not getattr(image_processor, "do_pad", False) or pad_size is None:
-        raise ValueError("The SAM processor must pad images to a square (do_pad=True, pad_size={'height','width'}).")
+        raise SupersamError("The SAM processor must pad images to a square (do_pad=True, pad_size={'height','width'}).")
     pad_size = (int(pad_size["height"]), int(pad_size["width"]))
     if low_res_size is None:
         # The processor's mask_pad_size is the decoder's output size (SAM: 256 for 1024 px, patch 16).
@@ -200,7 +200,7 @@ def _pad_and_low_res_sizes(processor: Any, low_res_size: int | None) -> tuple[tu
         low_res_size = mask_pad["height"]
     low_res_size = int(low_res_size)
     if any(side % low_res_size for side in pad_size):
-        raise ValueError(f"pad_size {pad_size} must be a multiple of low_res_size {low_res_size}.")
+        raise SupersamError(f"pad_size {pad_size} must be a multiple of low_res_size {low_res_size}.")
     return pad_size, low_res_size
 
 

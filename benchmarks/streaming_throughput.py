@@ -12,7 +12,7 @@ over the time to the last image). Goal: streaming within 10 % of map-style. The 
 indexing pass) and the wait at the end of a pass are reported apart.
 
     python benchmarks/streaming_throughput.py                 # 1024 px -> results/streaming_throughput.md
-    python benchmarks/streaming_throughput.py --smoke         # seconds: 128 px, 12 images, 1 pass (no results file)
+    python benchmarks/streaming_throughput.py --smoke         # seconds: 128 px, 12 images, 1 pass (report in a temporary folder)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import write_result
+from _common import smoke_folder, write_result
 
 
 def make_shards(folder: Path, num_images: int, size: int, num_shards: int) -> None:
@@ -64,7 +64,7 @@ def one_pass(loader) -> tuple[list[float], float]:
     return arrivals, time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image_size", type=int, default=1024)
     parser.add_argument("--num_images", type=int, default=96)
@@ -72,9 +72,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="passes per reader (alternating)")
     parser.add_argument("--shuffle_buffer_size", type=int, default=8)
-    parser.add_argument("--smoke", action="store_true", help="128 px, 12 images, 1 pass; no results file")
+    parser.add_argument("--smoke", action="store_true", help="128 px, 12 images, 1 pass; the report goes to a temporary folder")
     parser.add_argument("--output", default=None, help="results file (default results/streaming_throughput.md)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.smoke:
         args.image_size, args.num_images, args.repeats, args.num_shards, args.shuffle_buffer_size = 128, 12, 1, 2, 2
     load_before = os.getloadavg()[0]
@@ -151,7 +151,9 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    if args.output or not args.smoke:
+    if args.smoke and not args.output:
+        print(f"wrote {write_result('streaming_throughput.md', text, folder=smoke_folder('streaming_throughput'))}")
+    else:
         path = Path(args.output) if args.output else None
         if path is None:
             header = not (Path(__file__).parent / "results" / "streaming_throughput.md").exists()

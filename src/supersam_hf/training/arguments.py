@@ -224,8 +224,6 @@ class SupernetTrainingArguments(OutputArguments, DataArguments, ModelArguments):
             need(self.lora_r > 0 and self.lora_alpha > 0, "--lora_r and --lora_alpha must be > 0 (lora_r=0 turns LoRA off).")
             need(0 <= self.lora_dropout < 1, f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
         if self.lora_r and self.lora_config:
-            from ..errors import SupersamError
-
             raise SupersamError("Give --lora_config (a LoraConfig JSON, rank included) or --lora_r/--lora_alpha/"
                                 "--lora_dropout, not both.")
         lora_fields = self.lora_config_fields()

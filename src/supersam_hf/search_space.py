@@ -2,8 +2,9 @@
 
 A `SubnetConfig` names which encoder layers are kept, how wide each kept layer's MLP is and how wide the encoder's
 embedding is (uniform across layers, whole attention heads). A `SearchSpace` knows which layers may be dropped, with
-what probability, and which widths are allowed. `SearchSpace.layer_plan` is the one place that maps a subnet onto
-the encoder's weights (a `SubnetPlan`); forward, parameter and MAC counting and export all use it.
+what probability, and which widths are allowed. `SearchSpace.layer_plan` validates a subnet and resolves it into a
+`SubnetPlan`; the rules in `elastic/` (one per elastic kind) map that plan onto the weights for forward, export,
+prioritization and costs.
 """
 
 from __future__ import annotations

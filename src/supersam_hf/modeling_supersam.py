@@ -40,6 +40,7 @@ from .configuration_supersam import SuperSamConfig
 from .costs import subnet_macs, subnet_params
 from .elastic.depth import ElasticSamVisionLayer
 from .elastic.embedding import ElasticSamPatchEmbeddings, ElasticSamVisionNeck, pos_embed_view
+from .elastic.resolution import RESOLUTION
 from .search_space import SearchSpace, SubnetConfig
 
 export_sam_config = elastic.export_sam_config
@@ -48,6 +49,8 @@ export_sam_config = elastic.export_sam_config
 class ElasticSamVisionEncoder(SamVisionEncoder):
     """SAM's image encoder built from elastic blocks. Dropped layers are not run at all, so `output_hidden_states`
     and `output_attentions` list exactly the layers that ran (as the extracted model's do)."""
+
+    active_image_size: int | None = None  # the resolution rule's (None: the configured size)
 
     def post_init(self):
         # Swap in elastic blocks before transformers initialises weights; parameter names stay SAM's.
@@ -66,6 +69,8 @@ class ElasticSamVisionEncoder(SamVisionEncoder):
             count = sum(layer.active for layer in self.layers) + 1
             indices = [selection] if isinstance(selection, int) else list(selection)
             kwargs["output_hidden_states"] = [i % count for i in indices if -count <= i < count]
+        if pixel_values is not None:
+            pixel_values = RESOLUTION.pixels(self, pixel_values)
         return self._forward(pixel_values, **kwargs)
 
     @merge_with_config_defaults
@@ -75,7 +80,7 @@ class ElasticSamVisionEncoder(SamVisionEncoder):
             raise ValueError("You have to specify pixel_values")
         hidden_states = self.patch_embed(pixel_values)
         if self.pos_embed is not None:
-            hidden_states = hidden_states + pos_embed_view(self.pos_embed, hidden_states)
+            hidden_states = hidden_states + RESOLUTION.pos_embed(pos_embed_view(self.pos_embed, hidden_states), hidden_states)
         for layer in self.layers:
             if layer.active:
                 hidden_states = layer(hidden_states)
@@ -130,6 +135,28 @@ class SuperSamModel(SamModel):
         param = next(sam.parameters())
         return model.to(device=param.device, dtype=param.dtype).train(sam.training)
 
+    # -- forward (the resolution rule's prompt frame) ------------------------------------------------------------
+    def get_image_wide_positional_embeddings(self):
+        """SAM's image-wide positional encoding at the active token grid (the prompt encoder's)."""
+        size = self.prompt_encoder.image_embedding_size[0]
+        if size == self.config.prompt_encoder_config.image_embedding_size:
+            return super().get_image_wide_positional_embeddings()
+        weight = self.shared_image_embedding.positional_embedding
+        grid = torch.ones((size, size), device=weight.device, dtype=weight.dtype)
+        coords = torch.stack([(grid.cumsum(dim=1) - 0.5) / size, (grid.cumsum(dim=0) - 0.5) / size], dim=-1)
+        return self.shared_image_embedding(coords).permute(2, 0, 1).unsqueeze(0)
+
+    def forward(self, pixel_values=None, input_points=None, input_labels=None, input_boxes=None, input_masks=None,
+                image_embeddings=None, **kwargs):
+        """`SamModel.forward`; under a subnet of smaller input resolution, prompts given in the frame of
+        `pixel_values` (of the full size when `image_embeddings` are given) are rescaled with the image, and
+        `pred_masks` come at that subnet's low resolution (4x its token grid), as its exported checkpoint's do."""
+        scale = RESOLUTION.prompt_scale(self, pixel_values)
+        input_points, input_boxes, input_masks = RESOLUTION.prompts(self, scale, input_points, input_boxes, input_masks)
+        return super().forward(pixel_values=pixel_values, input_points=input_points, input_labels=input_labels,
+                               input_boxes=input_boxes, input_masks=input_masks, image_embeddings=image_embeddings,
+                               **kwargs)
+
     # -- subnet activation ------------------------------------------------------------------------------------
     @property
     def search_space(self) -> SearchSpace:
@@ -168,7 +195,7 @@ class SuperSamModel(SamModel):
 
     def count_macs(self, cfg: SubnetConfig | None = None, num_prompts: int = 1) -> int:
         """Multiply-accumulates of one image through the exported checkpoint of `cfg` (encoder + prompt encoder +
-        decoder with `num_prompts` point prompts), at the config's image size. Zero-padded MLP neurons count,
+        decoder with `num_prompts` point prompts), at the subnet's input resolution. Zero-padded MLP neurons count,
         since the exported model computes them."""
         return subnet_macs(self.export_config(cfg), num_prompts=num_prompts)
 

@@ -1,7 +1,7 @@
 """One rule per elastic kind: how a `SubnetPlan` maps onto the weights of a SAM image encoder.
 
-`depth` (the kept layer list), `mlp` (per-layer MLP width) and `embedding` (channels + heads) each own, for a
-subnet: the forward view (`activate`), the edits to the exported `SamConfig` (`export_config`), the plain-SAM
+`depth` (the kept layer list), `mlp` (per-layer MLP width), `embedding` (channels + heads) and `resolution`
+(input size, position tables) each own, for a subnet: the forward view (`activate`), the edits to the exported `SamConfig` (`export_config`), the plain-SAM
 tensors export writes (`export_state`), the permutation prioritization applies, and their share of the parameter
 and MAC cost (summed by `costs.subnet_params` / `costs.subnet_macs`). `modeling_supersam`, `prioritization` and
 `costs` call these; nothing else slices weights for a subnet. A new elastic dimension is one new rule here plus
@@ -16,9 +16,10 @@ from .base import ElasticRule, StateDict
 from .depth import DEPTH, DepthRule
 from .embedding import EMBEDDING, EmbeddingRule
 from .mlp import MLP, MlpRule
+from .resolution import RESOLUTION, ResolutionRule
 
 # Export order matters: depth renumbers the layers, so it runs after the rules that index them as the supernet does.
-RULES: tuple[ElasticRule, ...] = (EMBEDDING, MLP, DEPTH)
+RULES: tuple[ElasticRule, ...] = (EMBEDDING, MLP, RESOLUTION, DEPTH)
 
 
 def activate(model, plan) -> None:
@@ -30,12 +31,13 @@ def activate(model, plan) -> None:
 def export_sam_config(config, plan) -> SamConfig:
     """The `SamConfig` of a subnet's exported checkpoint: kept layers (attention kinds kept, `global_attn_indexes`
     remapped), `mlp_dim` = the widest kept MLP width (narrower layers are zero-padded), `hidden_size` = the kept
-    embedding width and `num_attention_heads` = the kept heads (head size unchanged)."""
+    embedding width and `num_attention_heads` = the kept heads (head size unchanged), `image_size` (encoder and
+    prompt encoder) = the subnet's input resolution."""
     overrides: dict[str, dict] = {}
     for rule in RULES:
         for section, values in rule.export_config(config, plan).items():
             overrides.setdefault(section, {}).update(values)
-    sam_config = config.to_sam_config(**overrides.get("vision_config", {}))
+    sam_config = config.to_sam_config(overrides.get("prompt_encoder_config"), **overrides.get("vision_config", {}))
     sam_config._attn_implementation = config._attn_implementation
     return sam_config
 
@@ -51,11 +53,13 @@ __all__ = [
     "DEPTH",
     "EMBEDDING",
     "MLP",
+    "RESOLUTION",
     "RULES",
     "DepthRule",
     "ElasticRule",
     "EmbeddingRule",
     "MlpRule",
+    "ResolutionRule",
     "activate",
     "export_sam_config",
     "export_state",

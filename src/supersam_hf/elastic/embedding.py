@@ -46,20 +46,23 @@ def linear_blocks(module: nn.Module, hidden_states: torch.Tensor, starts: tuple[
 
 
 class ElasticSamPatchEmbeddings(SamPatchEmbeddings):
-    """SAM's patch embedding that can write only the first `active_hidden_size` channels (None = all)."""
+    """SAM's patch embedding that can write only the first `active_hidden_size` channels (None = all) and accepts
+    images of `active_image_size` pixels (the resolution rule's; None = the configured size)."""
 
     def __init__(self, config):
         super().__init__(config)
         self.active_hidden_size: int | None = None
+        self.active_image_size: int | None = None
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         h = self.active_hidden_size
         conv = self.projection
-        if h is None or h == conv.out_channels:
+        if (h is None or h == conv.out_channels) and self.active_image_size is None:
             return super().forward(pixel_values)
-        if pixel_values.shape[1] != self.num_channels or tuple(pixel_values.shape[2:]) != tuple(self.image_size):
+        size = tuple(self.image_size) if self.active_image_size is None else (self.active_image_size,) * 2
+        if pixel_values.shape[1] != self.num_channels or tuple(pixel_values.shape[2:]) != size:
             return super().forward(pixel_values)  # the parent raises its own clear error
-        bias = conv.bias[:h] if conv.bias is not None else None
+        bias = conv.bias[:h] if conv.bias is not None else None  # [:None]: every channel
         embeddings = F.conv2d(pixel_values, conv.weight[:h], bias, stride=conv.stride, padding=conv.padding)
         return embeddings.permute(0, 2, 3, 1)
 

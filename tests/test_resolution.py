@@ -123,6 +123,8 @@ def test_export_with_processor_reloads_and_matches(supernet, tmp_path):
     assert ip.size["longest_edge"] == 48 and (ip.pad_size["height"], ip.pad_size["width"]) == (48, 48)
     assert (ip.mask_pad_size["height"], ip.mask_size["longest_edge"]) == (12, 12)  # 4 x the 3 x 3 token grid
     assert tiny_processor(S).image_processor.size["longest_edge"] == S  # the given processor is not changed
+    in_memory = RESOLUTION.export_processor(tiny_processor(S), supernet.search_space.layer_plan(cfg))
+    assert in_memory.target_size == processor.target_size == 48  # prompts are scaled to 48 px, in memory and reloaded
     model = SamModel.from_pretrained(out).eval()
     record = json.loads((out / "subnet.json").read_text())
     assert SubnetConfig.from_dict(record) == cfg and "48 px" in record["macs_per"]
@@ -201,3 +203,15 @@ def test_losses_see_every_resolution_at_the_targets_size(supernet):
         supernet(**prompt_inputs("points", seed=3)).pred_masks.sum().backward()
     assert supernet.vision_encoder.pos_embed.grad.abs().sum() > 0
     supernet.zero_grad()
+
+
+def test_floor_benchmark_smoke():
+    """benchmarks/floor.py --smoke runs (its imports and the analytic floor of a tiny space)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    done = subprocess.run([sys.executable, "floor.py", "--smoke"], cwd=bench, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "narrow + resolution" in done.stdout and "R64-H16-L2-w32x2" in done.stdout

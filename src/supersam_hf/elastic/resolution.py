@@ -14,8 +14,6 @@ exported config; the tables' parameters shrink with it).
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 
@@ -156,24 +154,16 @@ class ResolutionRule(ElasticRule):
         factor. The given processor is not changed."""
         if processor is None or not plan.resized:
             return processor
-        processor = copy.deepcopy(processor)
         image_processor = processor.image_processor
-
-        def resize(name: str, **sizes) -> None:  # keep the attribute's own type (a dict or transformers' SizeDict)
-            current = getattr(image_processor, name, None)
-            if current is not None:
-                setattr(image_processor, name, sizes if isinstance(current, dict) else type(current)(**sizes))
-
+        data = image_processor.to_dict()
         size = plan.image_size
-        resize("size", longest_edge=size)
-        resize("pad_size", height=size, width=size)
-        mask_pad = getattr(image_processor, "mask_pad_size", None)
-        if mask_pad is not None:
-            height = mask_pad["height"] if isinstance(mask_pad, dict) else mask_pad.height
-            mask = round(height * size / plan.full_image_size)
-            resize("mask_size", longest_edge=mask)
-            resize("mask_pad_size", height=mask, width=mask)
-        return processor
+        data.update(size={"longest_edge": size}, pad_size={"height": size, "width": size})
+        mask_pad = data.get("mask_pad_size")
+        if mask_pad:
+            mask = round(mask_pad["height"] * size / plan.full_image_size)
+            data.update(mask_size={"longest_edge": mask}, mask_pad_size={"height": mask, "width": mask})
+        # Rebuilt through the classes' own constructors: SamProcessor derives its prompt scaling from these sizes.
+        return type(processor)(image_processor=type(image_processor).from_dict(data))
 
 
 RESOLUTION = ResolutionRule()

@@ -181,7 +181,10 @@ def timing_section(threads: int, repeats: int, targets=(0.30, 0.10, 0.05)) -> st
 
 Median wall-clock seconds of {repeats} interleaved repeats (eager and ONNX Runtime fp32 of every subnet in turn). **The
 machine was shared with other jobs while this ran**, so absolute times and ratios carry their noise; the goal
-(time ÷ MACs ≤ 1.10, ORT ≤ eager) needs an idle machine to be judged.
+(time ÷ MACs ≤ 1.10, ORT ≤ eager) needs an idle machine to be judged. Time ÷ MACs above 1 means a subnet is slower
+than its MACs promise: work the MAC count does not see (LayerNorms, GELU, softmax, window padding and partitioning,
+per-layer dispatch) shrinks less than the matrix products. Subnets are the uniform ones (layers dropped from the end,
+one MLP width, one embedding width, one resolution) whose encoder MACs are closest to each target. INT8 is not timed.
 
 | target | subnet | encoder MACs ratio | eager s | ORT s | eager time ÷ MACs | ORT time ÷ MACs | ORT ÷ eager |
 |---|---|---|---|---|---|---|---|

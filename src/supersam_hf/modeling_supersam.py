@@ -15,7 +15,8 @@
 
 Elastic depth: any encoder layer listed in `config.elastic_layers` can be skipped. Elastic MLP width: each encoder MLP
 runs on a prefix slice of its (importance-ordered) hidden neurons. Elastic embedding width: the whole encoder runs
-on the leading `hidden_size` channels (whole attention heads, the leading heads). Each kind is one rule in
+on the leading `hidden_size` channels (whole attention heads, the leading heads). Elastic input resolution: the
+encoder sees its input resized to the subnet's `image_size`, prompts follow. Each kind is one rule in
 `elastic/` (its modules, forward view, exported tensors, permutation and cost); this file assembles them. The
 elastic modules subclass transformers' own SAM blocks and keep their parameter names, so SAM checkpoints load
 unchanged. Activating a subnet only sets attributes on the modules; its forward uses views of the shared weights:

@@ -112,6 +112,8 @@ def test_subnet_equals_extracted_and_rescales_prompts(supernet, cfg):
         with supernet.subnet(cfg):
             small = supernet(**prompt_inputs("points", seed=1))
     assert full.pred_masks.shape[-1] == 16 and small.pred_masks.shape[-1] == 4 * grid  # the switch really happened
+    with supernet.subnet(cfg), pytest.raises(ValueError, match="doesn't match model"):  # neither full nor subnet size
+        supernet(**prompt_inputs("points", image_size=40))
     assert supernet.prompt_encoder.input_image_size == S  # the context manager restored the full model
 
 

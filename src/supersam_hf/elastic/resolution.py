@@ -87,9 +87,10 @@ class ResolutionRule(ElasticRule):
 
     @staticmethod
     def pixels(encoder, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The encoder's input at the active resolution (resized only when given at another size)."""
-        size = encoder.active_image_size
-        if size is None or pixel_values.dim() != 4 or tuple(pixel_values.shape[-2:]) == (size, size):
+        """The encoder's input at the active resolution: resized when given at the supernet's full size, as is
+        otherwise (at the subnet's size it is used directly; any other size meets the patch embedding's own error)."""
+        size, full = encoder.active_image_size, encoder.config.image_size
+        if size is None or pixel_values.dim() != 4 or tuple(pixel_values.shape[-2:]) != (full, full):
             return pixel_values
         return resize_pixels(pixel_values, size)
 

@@ -8,6 +8,7 @@ from transformers import SamModel, SamProcessor
 
 from supersam_hf import SuperSamModel, build_sam_config
 from supersam_hf.data import build_sam_processor
+from supersam_hf.elastic.resolution import resize_pixels
 
 
 def tiny_sam(num_layers: int = 6, image_size: int = 64, seed: int = 0, **config_kwargs) -> SamModel:
@@ -49,6 +50,19 @@ def prompt_inputs(kind: str, batch: int = 2, prompts: int = 3, image_size: int =
         corners = torch.rand(batch, prompts, 2, 2, generator=g) * image_size
         inputs["input_boxes"] = torch.cat([corners.min(dim=2).values, corners.max(dim=2).values], dim=-1)
     return inputs
+
+
+def at_resolution(inputs: dict, cfg, image_size: int = 64) -> dict:
+    """`inputs` (pixel_values + prompts at `image_size`) as the exported checkpoint of `cfg` takes them: resized to
+    the subnet's input resolution (the supernet's own resize), prompts rescaled with the image."""
+    size = getattr(cfg, "image_size", None)
+    if size is None or size == image_size:
+        return inputs
+    out = dict(inputs, pixel_values=resize_pixels(inputs["pixel_values"], size))
+    for key in ("input_points", "input_boxes"):
+        if key in out:
+            out[key] = out[key] * (size / image_size)
+    return out
 
 
 def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):

@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModel, SamModel, ViTConfig, ViTModel
 
 from supersam_hf import SubnetConfig, SuperSamConfig, SuperSamModel
-from helpers import CUSTOM_MAPPING, prompt_inputs, tiny_sam, tiny_supernet
+from helpers import CUSTOM_MAPPING, at_resolution, prompt_inputs, tiny_sam, tiny_supernet
 
 TOL = 1e-5
 
@@ -73,8 +73,8 @@ def test_random_subnets_equal_extracted_and_reloaded(tmp_path):
             with torch.no_grad():
                 with model.subnet(cfg):
                     active = model(**inputs)
-                from_extracted = extracted(**inputs)
-                from_disk = reloaded(**inputs)
+                from_extracted = extracted(**at_resolution(inputs, cfg))
+                from_disk = reloaded(**at_resolution(inputs, cfg))
             assert max_diff(active, from_extracted) <= TOL, cfg
             assert max_diff(active, from_disk) <= TOL, cfg
     # The context manager restores the full model.

@@ -97,10 +97,10 @@ def test_params_budget_is_met_and_outputs_are_written(supernet, processor, data,
 
 
 def test_impossible_budgets_name_the_smallest_value(supernet, processor, data, tmp_path, counted):
-    smallest = supernet.count_parameters(supernet.search_space.smallest())
+    smallest = cheapest_subnet(supernet.search_space, supernet.count_parameters)[1]
     with pytest.raises(ValueError, match=f"max_params=1,000 is below the smallest subnet's {smallest:,} parameters"):
         search_subnets(supernet, data, processor, max_params=1000, output_dir=tmp_path)
-    macs = supernet.count_macs(supernet.search_space.smallest())
+    macs = cheapest_subnet(supernet.search_space, supernet.count_macs)[1]
     with pytest.raises(ValueError, match=f"below the smallest subnet's {macs:,} MACs"):
         search_subnets(supernet, data, processor, max_macs=10, output_dir=tmp_path)
     with pytest.raises(ValueError, match="min_size_reduction=0.9 is above the largest achievable reduction"):
@@ -259,7 +259,7 @@ def test_both_strategies_propose_every_embedding_width(supernet, tmp_path, strat
     space = supernet.search_space
     first = _proposed_widths(strategy, space, tmp_path)
     widths = {cfg.hidden_size or space.hidden_size for cfg in first}
-    assert widths == set(space.hidden_size_choices) and len(widths) == 3
+    assert widths == set(space.hidden_size_choices) and len(widths) == 4
     for cfg in first:
         space.validate(cfg)
         assert cfg.hidden_size != space.hidden_size  # the full width is written None (canonical, one cache key)
@@ -275,7 +275,7 @@ def test_opentuner_configuration_round_trip_covers_the_width(supernet):
         data = opentuner_compat.seed_configuration(space, cfg)
         assert data["hidden_size"] == space.hidden_size_choices.index(cfg.hidden_size or space.hidden_size)
         assert decode_opentuner_config(space, data) == cfg
-    assert opentuner_compat.seed_configuration(space, space.largest())["hidden_size"] == 2
+    assert opentuner_compat.seed_configuration(space, space.largest())["hidden_size"] == 3
     assert repair(space, {}, {i: 32 for i in range(6)}, hidden_size=space.hidden_size).hidden_size is None
 
 

@@ -102,7 +102,7 @@ def test_bad_search_space_is_rejected(overrides, message):
 def test_config_defaults_and_round_trip(tmp_path):
     config = SuperSamConfig.from_sam_config(build_sam_config(num_hidden_layers=6, hidden_size=32))
     assert config.elastic_layers == [1, 2, 3, 4, 5]
-    assert config.mlp_dim_choices[0] == [32, 64, 96, 128]
+    assert config.mlp_dim_choices[0] == [16, 32, 64, 96, 128]
     assert config.min_layers == 3 and config.prioritized is False
     config.save_pretrained(tmp_path)
     loaded = SuperSamConfig.from_pretrained(tmp_path)

@@ -266,7 +266,11 @@ def test_subnet_slots_are_a_function_of_seed_and_step():
     # the sandwich's bread spans the embedding width too: full width on top, the narrowest at the bottom
     assert a[0][1].hidden_size is None and a[1][1].hidden_size == space.hidden_size_choices[0] < space.hidden_size
     sampled = {cfg.hidden_size for step in range(12) for _, cfg in sandwich_subnets(space, 0, step, 3)[2:]}
-    assert len(sampled) == len(space.hidden_size_choices) == 3  # sampled slots draw every width
+    assert len(sampled) == len(space.hidden_size_choices) == 4  # sampled slots draw every width
+    # ... and the input resolution: the smallest at the bottom, every resolution among the sampled slots
+    assert a[0][1].image_size is None and a[1][1].image_size == space.image_size_choices[0] < space.image_size
+    assert {cfg.image_size or space.image_size for step in range(12) for _, cfg in sandwich_subnets(space, 0, step, 3)[2:]} \
+        == set(space.image_size_choices)
 
 
 # -- bad input: a clear error, nothing written ------------------------------------------------------------------
@@ -340,7 +344,7 @@ def test_nan_loss_stops_naming_step_and_subnet_and_keeps_checkpoint(assets, tmp_
 
     monkeypatch.setattr(training, "sam_loss", poisoned)
     out = tmp_path / "nan"
-    with pytest.raises(NonFiniteLossError, match=r"step 3 in subnet 'smallest' \(H16-L2-w32x2") as error:
+    with pytest.raises(NonFiniteLossError, match=r"step 3 in subnet 'smallest' \(R32-H8-L2-w16x2") as error:
         train_supernet(make_args(assets, out, max_steps=4, save_steps=2))
     assert "checkpoints/step_2" in str(error.value)
     checkpoint = out / "checkpoints" / "step_2"

@@ -43,17 +43,18 @@ NARROW = [
 
 
 # -- search space -------------------------------------------------------------------------------------------------
-def test_config_defaults_to_half_three_quarters_and_all_heads():
+def test_config_defaults_to_a_quarter_half_three_quarters_and_all_heads():
     model = tiny_supernet()
-    assert model.config.hidden_size_choices == [16, 24, 32]  # 2, 3, 4 heads of 8
+    assert model.config.hidden_size_choices == [8, 16, 24, 32]  # 1, 2, 3, 4 heads of 8
     space = model.search_space
-    assert space.hidden_size_choices == (16, 24, 32) and space.head_dim == 8
+    assert space.hidden_size_choices == (8, 16, 24, 32) and space.head_dim == 8
     assert space.largest().hidden_size is None  # the full width is written as None
-    assert space.smallest().hidden_size == 16
+    assert space.smallest().hidden_size == 8
     vit_b = SuperSamConfig.from_sam_config(build_sam_config(hidden_size=768, num_attention_heads=12))
-    assert vit_b.hidden_size_choices == [384, 576, 768]
+    assert vit_b.hidden_size_choices == [192, 384, 576, 768]
+    assert vit_b.mlp_dim_choices[0] == [384, 768, 1536, 2304, 3072]  # MLP width down to 12.5 %
     odd = SuperSamConfig.from_sam_config(build_sam_config(hidden_size=40, num_attention_heads=5))
-    assert odd.hidden_size_choices == [16, 32, 40]  # round(2.5) = 2 heads, round(3.75) = 4 heads (of 8)
+    assert odd.hidden_size_choices == [8, 16, 32, 40]  # round(1.25) = 1, round(2.5) = 2, round(3.75) = 4 heads of 8
 
 
 @pytest.mark.parametrize(
@@ -72,7 +73,7 @@ def test_old_configs_and_subnet_json_still_load(tmp_path):
     data = json.loads((tmp_path / "config.json").read_text())
     del data["hidden_size_choices"]  # a supernet saved before the width dimension existed
     (tmp_path / "config.json").write_text(json.dumps(data))
-    assert SuperSamConfig.from_pretrained(tmp_path).hidden_size_choices == [16, 24, 32]
+    assert SuperSamConfig.from_pretrained(tmp_path).hidden_size_choices == [8, 16, 24, 32]
 
     old = SubnetConfig.from_json('{"kept_layers": [0, 1, 3], "mlp_dims": [64, 32, 128]}')
     assert old == SubnetConfig((0, 1, 3), (64, 32, 128)) and old.hidden_size is None
@@ -115,7 +116,7 @@ def test_subnet_json_is_strictly_typed(data, message):
 
 def test_validate_names_the_width_problem():
     space = tiny_supernet().search_space
-    with pytest.raises(ValueError, match=r"hidden_size=20 is not among the embedding widths \[16, 24, 32\]"):
+    with pytest.raises(ValueError, match=r"hidden_size=20 is not among the embedding widths \[8, 16, 24, 32\]"):
         space.validate(SubnetConfig(tuple(range(6)), (128,) * 6, hidden_size=20))
     assert space.canonical(SubnetConfig(tuple(range(6)), (128,) * 6, hidden_size=32)) == space.largest()
     no_width = SearchSpace(6, 128, [1, 2], [0.2, 0.2], [[64, 128]] * 6, 4)
@@ -126,7 +127,7 @@ def test_validate_names_the_width_problem():
 def test_sampling_covers_widths_and_runs_on_the_generators_device():
     space = tiny_supernet().search_space
     draws = [space.sample(torch.Generator().manual_seed(k)) for k in range(60)]
-    assert {c.hidden_size for c in draws} == {16, 24, None}
+    assert {c.hidden_size for c in draws} == {8, 16, 24, None}
     assert draws[:10] == [space.sample(torch.Generator().manual_seed(k)) for k in range(10)]
     with torch.device("meta"):  # a default device the generator is not on
         assert [space.sample(torch.Generator().manual_seed(k)) for k in range(10)] == draws[:10]

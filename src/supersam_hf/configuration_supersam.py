@@ -18,11 +18,19 @@ from __future__ import annotations
 from transformers import SamConfig
 from transformers.models.sam.configuration_sam import SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
 
-from .search_space import check_search_space, default_hidden_size_choices
+from .search_space import (
+    check_image_size_choices,
+    check_search_space,
+    default_hidden_size_choices,
+    default_image_size_choices,
+)
 
-DEFAULT_WIDTH_RATIOS = (0.25, 0.5, 0.75, 1.0)
-# Embedding width: fractions of the attention heads (rounded to whole heads; head size unchanged).
-DEFAULT_HEAD_RATIOS = (0.5, 0.75, 1.0)
+# MLP width: fractions of `mlp_dim` (down to 12.5 %).
+DEFAULT_WIDTH_RATIOS = (0.125, 0.25, 0.5, 0.75, 1.0)
+# Embedding width: fractions of the attention heads (rounded to whole heads; head size unchanged; down to 25 %).
+DEFAULT_HEAD_RATIOS = (0.25, 0.5, 0.75, 1.0)
+# Input resolution: fractions of the image size (rounded to whole patches), e.g. 512 / 768 / 1024 px.
+DEFAULT_RESOLUTION_RATIOS = (0.5, 0.75, 1.0)
 
 
 class SuperSamConfig(SamConfig):
@@ -35,13 +43,17 @@ class SuperSamConfig(SamConfig):
         Probability, in [0, 1), that a sampled subnet drops each elastic layer (aligned with `elastic_layers`).
         Defaults to 0.25 for each; `prioritize` replaces it with probabilities measured from data.
     mlp_dim_choices (`list[list[int]]`, *optional*):
-        Allowed MLP hidden widths per encoder layer. Defaults to 25/50/75/100 % of `vision_config.mlp_dim`.
+        Allowed MLP hidden widths per encoder layer. Defaults to 12.5/25/50/75/100 % of `vision_config.mlp_dim`.
     min_layers (`int`, *optional*):
         No subnet keeps fewer encoder layers. Defaults to half the layers.
     hidden_size_choices (`list[int]`, *optional*):
         Allowed embedding widths of the encoder (uniform across layers), multiples of the head size
         `vision_config.hidden_size / vision_config.num_attention_heads`, the full width included. Defaults to
-        50/75/100 % of the heads, rounded to whole heads.
+        25/50/75/100 % of the heads, rounded to whole heads.
+    image_size_choices (`list[int]`, *optional*):
+        Allowed input resolutions (square, in pixels, multiples of `vision_config.patch_size`), the full
+        `vision_config.image_size` included. A subnet at a smaller resolution resizes its input (antialiased) and
+        exports as a standard SAM at that size. Defaults to 50/75/100 % of the image size.
     prioritized (`bool`, *optional*, defaults to `False`):
         Whether MLP neurons, embedding channels and heads were importance-ordered and drop probabilities measured
         (see `prioritize`).
@@ -56,6 +68,7 @@ class SuperSamConfig(SamConfig):
     mlp_dim_choices: list[list[int]] | None = None
     min_layers: int | None = None
     hidden_size_choices: list[int] | None = None
+    image_size_choices: list[int] | None = None
     prioritized: bool = False
     base_model: str | None = None
 
@@ -83,6 +96,11 @@ class SuperSamConfig(SamConfig):
             num_layers, mlp_dim, self.elastic_layers, self.layer_drop_probs, self.mlp_dim_choices, self.min_layers,
             hidden_size, num_heads, self.hidden_size_choices,
         )
+        image_size, patch_size = self.vision_config.image_size, self.vision_config.patch_size
+        if self.image_size_choices is None:  # also for configs saved before the resolution dimension existed
+            self.image_size_choices = default_image_size_choices(image_size, patch_size, DEFAULT_RESOLUTION_RATIOS)
+        self.image_size_choices = sorted(int(s) for s in self.image_size_choices)
+        check_image_size_choices(image_size, self.image_size_choices, patch_size)
 
     @classmethod
     def from_sam_config(cls, sam_config: SamConfig, **search_space) -> "SuperSamConfig":
@@ -93,17 +111,21 @@ class SuperSamConfig(SamConfig):
         data.update(search_space)
         return cls(**data)
 
-    def to_sam_config(self, **vision_overrides) -> SamConfig:
-        """The plain `SamConfig` of this model, without the search space; `vision_overrides` edit the encoder."""
+    def to_sam_config(self, prompt_encoder_overrides: dict | None = None, **vision_overrides) -> SamConfig:
+        """The plain `SamConfig` of this model, without the search space; `vision_overrides` edit the encoder,
+        `prompt_encoder_overrides` the prompt encoder."""
         data = self.to_dict()
         for key in ("model_type", "architectures", "transformers_version", *SUPERNET_ONLY_FIELDS):
             data.pop(key, None)
         data["vision_config"] = {**data["vision_config"], **vision_overrides}
+        data["prompt_encoder_config"] = {**data["prompt_encoder_config"], **(prompt_encoder_overrides or {})}
+        data["prompt_encoder_config"].pop("image_embedding_size", None)  # derived from image_size / patch_size
         return SamConfig(**data)
 
 
 SUPERNET_ONLY_FIELDS = (
-    "elastic_layers", "layer_drop_probs", "mlp_dim_choices", "min_layers", "hidden_size_choices", "prioritized", "base_model"
+    "elastic_layers", "layer_drop_probs", "mlp_dim_choices", "min_layers", "hidden_size_choices", "image_size_choices",
+    "prioritized", "base_model",
 )
 
 

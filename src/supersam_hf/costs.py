@@ -29,6 +29,7 @@ from transformers import SamConfig
 from transformers.models.sam.configuration_sam import SamMaskDecoderConfig, SamVisionConfig
 
 __all__ = [
+    "attention_macs",
     "count_sam_macs",
     "encoder_macs",
     "encoder_layer_macs",
@@ -36,6 +37,9 @@ __all__ = [
     "neck_macs",
     "prompt_encoder_macs",
     "mask_decoder_macs",
+    "mlp_macs",
+    "subnet_macs",
+    "subnet_params",
 ]
 
 
@@ -82,7 +86,7 @@ def neck_macs(vision_config: SamVisionConfig, hidden_size: int | None = None) ->
     return grid_h * grid_w * out * (_width(vision_config, hidden_size) + 9 * out)
 
 
-def _attention_macs(vision_config: SamVisionConfig, window_size: int, hidden_size: int | None = None) -> int:
+def attention_macs(vision_config: SamVisionConfig, window_size: int, hidden_size: int | None = None) -> int:
     """One `SamVisionAttention` call (qkv, attention products, relative positions, proj) over the grid, at
     embedding width `hidden_size` (heads of the config's head size; products summed over heads scale with it).
 
@@ -110,6 +114,13 @@ def _attention_macs(vision_config: SamVisionConfig, window_size: int, hidden_siz
     return macs
 
 
+def mlp_macs(vision_config: SamVisionConfig, mlp_width: int | None = None, hidden_size: int | None = None) -> int:
+    """One encoder MLP (`lin1` + `lin2`) of hidden width `mlp_width` over the unpadded token grid."""
+    grid_h, grid_w = _token_grid(vision_config)
+    width = vision_config.mlp_dim if mlp_width is None else int(mlp_width)
+    return 2 * _linear(grid_h * grid_w, _width(vision_config, hidden_size), width)
+
+
 def encoder_layer_macs(
     vision_config: SamVisionConfig,
     layer_index: int,
@@ -128,9 +139,7 @@ def encoder_layer_macs(
     if global_attn is None:
         global_attn = layer_index in vision_config.global_attn_indexes
     window_size = 0 if global_attn else vision_config.window_size
-    grid_h, grid_w = _token_grid(vision_config)
-    mlp = 2 * _linear(grid_h * grid_w, _width(vision_config, hidden_size), mlp_width)  # lin1 + lin2, unpadded grid
-    return _attention_macs(vision_config, window_size, hidden_size) + mlp
+    return attention_macs(vision_config, window_size, hidden_size) + mlp_macs(vision_config, mlp_width, hidden_size)
 
 
 def encoder_macs(
@@ -276,3 +285,33 @@ def count_sam_macs(
             "total": total,
         }
     return total
+
+
+# ------------------------------------------------------------------------------------------ subnets, from the rules
+
+
+def subnet_macs(sam_config: SamConfig, num_prompts: int = 1) -> int:
+    """MACs of one image (with `num_prompts` point prompts) through a subnet's exported checkpoint, whose config
+    `elastic.export_sam_config` composed from the rules: each rule's share (embedding: patch embedding, neck and
+    each kept layer's attention; MLP: each kept layer's MLP at the exported width; depth: which layers, each at its
+    attention kind) plus the prompt encoder and the mask decoder."""
+    from .elastic import DEPTH, EMBEDDING, MLP
+
+    vision = sam_config.vision_config
+    encoder = EMBEDDING.stem_macs(vision)
+    for global_attn in DEPTH.layers(vision):
+        encoder += EMBEDDING.layer_macs(vision, global_attn) + MLP.layer_macs(vision)
+    return encoder + prompt_encoder_macs(sam_config, num_prompts) + mask_decoder_macs(sam_config, num_prompts)
+
+
+def subnet_params(sam_config: SamConfig, fixed_params: int) -> int:
+    """Parameters of a subnet's exported checkpoint: the rules' shares of the image encoder (embedding: patch
+    embedding, `pos_embed`, neck, each kept layer's LayerNorms, attention and position tables; MLP: each kept
+    layer's MLP) plus `fixed_params`, the parameters no elastic kind changes (prompt encoder, mask decoder)."""
+    from .elastic import DEPTH, EMBEDDING, MLP
+
+    vision = sam_config.vision_config
+    encoder = EMBEDDING.stem_params(vision)
+    for global_attn in DEPTH.layers(vision):
+        encoder += EMBEDDING.layer_params(vision, global_attn) + MLP.layer_params(vision)
+    return encoder + fixed_params

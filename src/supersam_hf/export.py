@@ -18,6 +18,8 @@ from typing import Any
 
 from .errors import SupersamError
 from .checks import check_finite, is_finite_metric
+from .elastic import RESOLUTION
+from .errors import UnsupportedSetupError
 from .model_card import (dataset_label, find_license, hub_id, metrics_by_prompt, recorded_hub_base_model,
                          write_model_card)
 from .modeling_supersam import SuperSamModel
@@ -103,6 +105,9 @@ def export_subnet(
     sizes = _subnet_sizes(model, subnet)
     recorded, provenance = _provenance(model, source, base_model, license, datasets)
     sam = _extract_checked(model, subnet, source, metrics)
+    # A subnet at a smaller input resolution needs a processor that resizes and pads to that size.
+    processor = RESOLUTION.export_processor(processor, model.search_space.layer_plan(subnet))
+    _check_eval_resolution(eval_data, sam)
     subnet_record = _subnet_record(model, subnet, sizes, recorded or provenance["base_model"], metrics)
     card_args = dict(model=model, subnet=subnet, sizes=sizes, metrics=metrics, **provenance, output=output)
     card_repo_id = repo_id or (output.resolve().name if push_to_hub else None)
@@ -151,6 +156,19 @@ def _checked_export_inputs(supernet, subnet: SubnetConfig | dict, onnx: bool, qu
     model.search_space.validate(subnet)  # before anything is written
     check_onnx_options(onnx, quantize, eval_data, processor)
     return model, subnet
+
+
+def _check_eval_resolution(eval_data, sam) -> None:
+    """Prepared evaluation batches (`EvaluationData`) must hold images at the exported checkpoint's input size."""
+    batches = getattr(eval_data, "batches", None)
+    if not batches:
+        return
+    size, expected = batches[0]["pixel_values"].shape[-1], sam.config.vision_config.image_size
+    if size != expected:
+        raise UnsupportedSetupError(
+            f"eval_data holds {size} px images but the subnet exports at {expected} px; prepare it with the export's "
+            "processor (supersam_hf.elastic.RESOLUTION.export_processor(processor, plan)) or pass the raw dataset."
+        )
 
 
 def _subnet_sizes(model: SuperSamModel, subnet: SubnetConfig) -> dict[str, int]:
@@ -222,7 +240,7 @@ def _subnet_record(model: SuperSamModel, subnet: SubnetConfig, sizes: dict[str, 
         **subnet.to_dict(),
         "name": subnet.name,
         **sizes,
-        "macs_per": f"one image at {model.config.vision_config.image_size} px with one point prompt",
+        "macs_per": f"one image at {subnet.image_size or model.config.vision_config.image_size} px with one point prompt",
         "base_model": base_model,
         "metrics": metrics,
     }

@@ -184,7 +184,8 @@ def write_model_card(
         base_params=_count(base_params),
         macs=format_macs(macs),
         base_macs=format_macs(base_macs),
-        image_size=vision.image_size,
+        image_size=(f"{subnet.image_size} px vs. {vision.image_size}" if subnet.image_size not in (None, vision.image_size)
+                    else vision.image_size),
         size_reduction=(
             f"This model has {params / base_params:.1%} of the base's parameters ({1 - params / base_params:.1%} "
             f"fewer) and needs {macs / base_macs:.1%} of its MACs ({1 - macs / base_macs:.1%} fewer)."

@@ -42,6 +42,8 @@ from tqdm.auto import tqdm
 
 from .errors import DataError, SupersamError
 from .data import IMAGE_COLUMN_CANDIDATES, to_rgb_image
+from .elastic.embedding import permute_attention_heads, permute_embedding_channels
+from .elastic.mlp import permute_mlp_neurons
 from .modeling_supersam import SuperSamModel
 from .search_space import check_search_space
 
@@ -280,18 +282,6 @@ def neuron_scores(mlp, input_norm: torch.Tensor, hidden_norm: torch.Tensor, inpu
     return input_weight * score_in + (1.0 - input_weight) * score_out
 
 
-@torch.no_grad()
-def permute_mlp_neurons(mlp, order: torch.Tensor) -> None:
-    """Reorder an MLP's hidden neurons in place: new neuron k is old neuron `order[k]` (rows and bias of `lin1`,
-    columns of `lin2`). Exact: the MLP computes the same function. Parameters keep their identity (optimisers and
-    tied references stay valid)."""
-    order = order.to(mlp.lin1.weight.device)
-    mlp.lin1.weight.copy_(mlp.lin1.weight[order])
-    if mlp.lin1.bias is not None:
-        mlp.lin1.bias.copy_(mlp.lin1.bias[order])
-    mlp.lin2.weight.copy_(mlp.lin2.weight[:, order])
-
-
 def _score_summary(scores: torch.Tensor, order: torch.Tensor) -> dict[str, float]:
     ranked = scores[order]
     top = ranked[: math.ceil(len(ranked) / 2)].sum()
@@ -504,49 +494,6 @@ def embedding_channel_scores(norm_abs_sums: list[torch.Tensor]) -> torch.Tensor:
 def attention_head_scores(attn_output_sq: torch.Tensor, num_heads: int) -> torch.Tensor:
     """Importance of each head of one layer: the L2 norm of its output (its `head_dim` channels of the proj input)."""
     return attn_output_sq.double().cpu().reshape(num_heads, -1).sum(dim=1).sqrt()
-
-
-@torch.no_grad()
-def permute_embedding_channels(encoder, order: torch.Tensor) -> None:
-    """Reorder the residual channels of a SAM image encoder in place: new channel k is old channel `order[k]`, in
-    the patch embedding, `pos_embed`, every LayerNorm, every `qkv` (input columns), `proj` and MLP `lin2` (output
-    rows), MLP `lin1` (input columns) and the neck's first conv (input channels). Exact: LayerNorm and every
-    product are equivariant to a consistent permutation. Parameters keep their identity."""
-
-    def take(param: torch.Tensor | None, dim: int) -> None:
-        if param is not None:
-            param.copy_(param.index_select(dim, order.to(param.device)))
-
-    take(encoder.patch_embed.projection.weight, 0)
-    take(encoder.patch_embed.projection.bias, 0)
-    if encoder.pos_embed is not None:
-        take(encoder.pos_embed, encoder.pos_embed.dim() - 1)
-    for layer in encoder.layers:
-        for norm in (layer.layer_norm1, layer.layer_norm2):
-            take(norm.weight, 0)
-            take(norm.bias, 0)
-        take(layer.attn.qkv.weight, 1)
-        take(layer.attn.proj.weight, 0)
-        take(layer.attn.proj.bias, 0)
-        take(layer.mlp.lin1.weight, 1)
-        take(layer.mlp.lin2.weight, 0)
-        take(layer.mlp.lin2.bias, 0)
-    take(encoder.neck.conv1.weight, 1)
-
-
-@torch.no_grad()
-def permute_attention_heads(attn, order: torch.Tensor) -> None:
-    """Reorder the heads of one SAM vision attention in place: new head k is old head `order[k]` (its rows in each
-    of the q, k, v blocks of `qkv`, its input columns of `proj`). The relative-position tables are shared by all
-    heads and stay as they are. Exact."""
-    hidden = attn.proj.in_features
-    head_dim = hidden // attn.num_attention_heads
-    within = (order.cpu()[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
-    rows = torch.cat([within + block * hidden for block in range(3)]).to(attn.qkv.weight.device)
-    attn.qkv.weight.copy_(attn.qkv.weight[rows])
-    if attn.qkv.bias is not None:
-        attn.qkv.bias.copy_(attn.qkv.bias[rows])
-    attn.proj.weight.copy_(attn.proj.weight[:, within.to(attn.proj.weight.device)])
 
 
 def reorder_embedding(model: SuperSamModel, pixel_batches: Iterable[torch.Tensor], apply: bool = True) -> EmbeddingOrder:

@@ -1,9 +1,10 @@
 """Subnet descriptions and the space they are drawn from.
 
-A `SubnetConfig` names which encoder layers are kept, how wide each kept layer's MLP is and how wide the encoder's
-embedding is (uniform across layers, whole attention heads). A `SearchSpace` knows which layers may be dropped, with
-what probability, and which widths are allowed. `SearchSpace.layer_plan` is the one place that maps a subnet onto
-the encoder's weights (a `SubnetPlan`); forward, parameter and MAC counting and export all use it.
+A `SubnetConfig` names which encoder layers are kept, how wide each kept layer's MLP is, how wide the encoder's
+embedding is (uniform across layers, whole attention heads) and the input resolution (`image_size`). A `SearchSpace` knows which layers may be dropped, with
+what probability, and which widths are allowed. `SearchSpace.layer_plan` validates a subnet and resolves it into a
+`SubnetPlan`; the rules in `elastic/` (one per elastic kind) map that plan onto the weights for forward, export,
+prioritization and costs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from .errors import SupersamError
 
 
-SUBNET_FIELDS = ("kept_layers", "mlp_dims", "hidden_size")
+SUBNET_FIELDS = ("kept_layers", "mlp_dims", "hidden_size", "image_size")
 
 
 def _int_field(name: str, value: Any) -> int:
@@ -36,12 +37,14 @@ def _int_tuple(name: str, values: Any) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class SubnetConfig:
-    """One subnetwork: the kept encoder layers (sorted indices), the MLP width of each (aligned with them) and the
-    encoder's embedding width `hidden_size` (a multiple of the head size; None = the full width)."""
+    """One subnetwork: the kept encoder layers (sorted indices), the MLP width of each (aligned with them), the
+    encoder's embedding width `hidden_size` (a multiple of the head size; None = the full width) and the input
+    resolution `image_size` (pixels of the square input, a multiple of the patch size; None = the full one)."""
 
     kept_layers: tuple[int, ...]
     mlp_dims: tuple[int, ...]
     hidden_size: int | None = None
+    image_size: int | None = None
 
     def __post_init__(self):
         # Accept lists (e.g. from JSON) but store tuples so the config stays hashable; only integers are accepted.
@@ -49,11 +52,14 @@ class SubnetConfig:
         object.__setattr__(self, "mlp_dims", _int_tuple("mlp_dims", self.mlp_dims))
         if self.hidden_size is not None:
             object.__setattr__(self, "hidden_size", _int_field("hidden_size", self.hidden_size))
+        if self.image_size is not None:
+            object.__setattr__(self, "image_size", _int_field("image_size", self.image_size))
 
     @property
     def name(self) -> str:
         """Short readable name, e.g. `L10-w1536x4-w3072x6` (layer count, then run-length encoded MLP widths),
-        prefixed with `H384-` when the embedding width is not the full one."""
+        prefixed with `H384-` when the embedding width is not the full one and `R512-` when the input resolution is
+        not the full one."""
         runs: list[list[int]] = []
         for d in self.mlp_dims:
             if runs and runs[-1][0] == d:
@@ -62,14 +68,17 @@ class SubnetConfig:
                 runs.append([d, 1])
         widths = "-".join(f"w{d}x{n}" if n > 1 else f"w{d}" for d, n in runs)
         name = f"L{len(self.kept_layers)}-{widths}" if widths else f"L{len(self.kept_layers)}"
-        return name if self.hidden_size is None else f"H{self.hidden_size}-{name}"
+        name = name if self.hidden_size is None else f"H{self.hidden_size}-{name}"
+        return name if self.image_size is None else f"R{self.image_size}-{name}"
 
     def to_dict(self) -> dict:
-        """JSON-ready dict; `hidden_size` is written only when it is not the full width (so older readers and
-        files stay as they were)."""
+        """JSON-ready dict; `hidden_size` / `image_size` are written only when they are not the full ones (so older
+        readers and files stay as they were)."""
         data = {"kept_layers": list(self.kept_layers), "mlp_dims": list(self.mlp_dims)}
         if self.hidden_size is not None:
             data["hidden_size"] = self.hidden_size
+        if self.image_size is not None:
+            data["image_size"] = self.image_size
         return data
 
     @classmethod
@@ -85,7 +94,8 @@ class SubnetConfig:
         unknown = sorted(set(data) - set(SUBNET_FIELDS))
         if unknown and "name" not in data:
             raise SupersamError(f"Subnet JSON has unknown key(s) {unknown}; the keys are {list(SUBNET_FIELDS)}.")
-        cfg = cls(kept_layers=data["kept_layers"], mlp_dims=data["mlp_dims"], hidden_size=data.get("hidden_size"))
+        cfg = cls(kept_layers=data["kept_layers"], mlp_dims=data["mlp_dims"], hidden_size=data.get("hidden_size"),
+                  image_size=data.get("image_size"))
         if "name" in data and data["name"] != cfg.name:
             raise SupersamError(
                 f"Subnet record named {data['name']!r} describes {cfg.name!r}; its fields and name disagree "
@@ -109,12 +119,21 @@ class SubnetPlan:
     Iterating (or indexing) a plan yields, per encoder layer, its MLP width if kept or None if dropped.
     `hidden_size` is the kept embedding width (the leading channels) and `num_heads` the kept attention heads (the
     leading heads), each of `head_dim` channels; None when the space does not know the encoder's width.
+    `image_size` is the input resolution and `full_image_size` the supernet's (None when the space has no
+    resolution dimension).
     """
 
     mlp_widths: tuple[int | None, ...]
     hidden_size: int | None = None
     num_heads: int | None = None
     head_dim: int | None = None
+    image_size: int | None = None
+    full_image_size: int | None = None
+
+    @property
+    def resized(self) -> bool:
+        """Whether the subnet runs at a resolution other than the supernet's."""
+        return self.image_size is not None and self.image_size != self.full_image_size
 
     @property
     def kept_layers(self) -> tuple[int, ...]:
@@ -131,7 +150,7 @@ class SubnetPlan:
 
 
 class SearchSpace:
-    """Elastic depth, MLP width and embedding width of a SAM image encoder.
+    """Elastic depth, MLP width, embedding width and input resolution of a SAM image encoder.
 
     Args:
         num_layers: encoder layers of the full model.
@@ -144,6 +163,8 @@ class SearchSpace:
         num_attention_heads: attention heads of the full encoder; the head size is `hidden_size / heads`.
         hidden_size_choices: allowed embedding widths, multiples of the head size, the full width among them
             (default: the full width only).
+        image_size: full input resolution of the supernet (None: the space has no resolution dimension).
+        image_size_choices: allowed input resolutions, the full one among them (default: the full one only).
     """
 
     def __init__(
@@ -157,6 +178,8 @@ class SearchSpace:
         hidden_size: int | None = None,
         num_attention_heads: int | None = None,
         hidden_size_choices: Sequence[int] | None = None,
+        image_size: int | None = None,
+        image_size_choices: Sequence[int] | None = None,
     ):
         self.num_layers = int(num_layers)
         self.mlp_dim = int(mlp_dim)
@@ -169,10 +192,15 @@ class SearchSpace:
         if hidden_size_choices is None:
             hidden_size_choices = () if self.hidden_size is None else (self.hidden_size,)
         self.hidden_size_choices = tuple(sorted(int(h) for h in hidden_size_choices))
+        self.image_size = None if image_size is None else int(image_size)
+        if image_size_choices is None:
+            image_size_choices = () if self.image_size is None else (self.image_size,)
+        self.image_size_choices = tuple(sorted(int(s) for s in image_size_choices))
         check_search_space(
             self.num_layers, self.mlp_dim, self.elastic_layers, self.layer_drop_probs, self.mlp_dim_choices,
             self.min_layers, self.hidden_size, self.num_attention_heads, self.hidden_size_choices,
         )
+        check_image_size_choices(self.image_size, self.image_size_choices)
 
     @classmethod
     def from_config(cls, config) -> "SearchSpace":
@@ -187,6 +215,8 @@ class SearchSpace:
             hidden_size=config.vision_config.hidden_size,
             num_attention_heads=config.vision_config.num_attention_heads,
             hidden_size_choices=config.hidden_size_choices,
+            image_size=config.vision_config.image_size,
+            image_size_choices=config.image_size_choices,
         )
 
     @property
@@ -197,10 +227,12 @@ class SearchSpace:
         return self.hidden_size // self.num_attention_heads
 
     def canonical(self, cfg: SubnetConfig) -> SubnetConfig:
-        """`cfg` with an explicit full embedding width written as None (the form `largest`/`sample` produce), so
-        equal subnets compare and hash equal."""
-        if cfg.hidden_size is not None and cfg.hidden_size == self.hidden_size:
-            return SubnetConfig(cfg.kept_layers, cfg.mlp_dims)
+        """`cfg` with an explicit full embedding width or resolution written as None (the form `largest`/`sample`
+        produce), so equal subnets compare and hash equal."""
+        hidden = None if cfg.hidden_size is not None and cfg.hidden_size == self.hidden_size else cfg.hidden_size
+        image = None if cfg.image_size is not None and cfg.image_size == self.image_size else cfg.image_size
+        if (hidden, image) != (cfg.hidden_size, cfg.image_size):
+            return SubnetConfig(cfg.kept_layers, cfg.mlp_dims, hidden, image)
         return cfg
 
     # -- canonical subnets -------------------------------------------------------------------------------------
@@ -209,18 +241,20 @@ class SearchSpace:
         return self._with_width(kept, tuple(self.mlp_dim_choices[i][-1] for i in kept), self._widest())
 
     def smallest(self) -> SubnetConfig:
-        """Fewest layers (the most droppable go first) at the narrowest MLP width of each and the narrowest
-        embedding width."""
+        """Fewest layers (the most droppable go first) at the narrowest MLP width of each, the narrowest
+        embedding width and the smallest input resolution."""
         droppable = self.num_layers - self.min_layers
         by_drop_prob = sorted(zip(self.layer_drop_probs, self.elastic_layers), key=lambda pi: (-pi[0], pi[1]))
         dropped = {i for _, i in by_drop_prob[: max(0, droppable)]}
         kept = tuple(i for i in range(self.num_layers) if i not in dropped)
         narrowest = self.hidden_size_choices[0] if self.hidden_size_choices else None
-        return self._with_width(kept, tuple(self.mlp_dim_choices[i][0] for i in kept), narrowest)
+        smallest_image = self.image_size_choices[0] if self.image_size_choices else None
+        return self._with_width(kept, tuple(self.mlp_dim_choices[i][0] for i in kept), narrowest, smallest_image)
 
     def sample(self, generator: torch.Generator | None = None) -> SubnetConfig:
         """Drop each elastic layer with its probability, draw each kept layer's MLP width uniformly, then the
-        embedding width uniformly among `hidden_size_choices`.
+        embedding width uniformly among `hidden_size_choices`, then the input resolution uniformly among
+        `image_size_choices` (each only when it has more than one choice).
 
         If the draw leaves fewer than `min_layers`, dropped layers are restored (in random order) until it does not.
         Every draw happens on the generator's device (CPU without one), whatever the default device, so a seeded
@@ -237,29 +271,32 @@ class SearchSpace:
         kept = tuple(i for i in range(self.num_layers) if i not in set(dropped))
         dims = tuple(self._draw(self.mlp_dim_choices[i], generator, device) for i in kept)
         hidden = self._draw(self.hidden_size_choices, generator, device) if len(self.hidden_size_choices) > 1 else None
-        return self._with_width(kept, dims, hidden)
+        image = self._draw(self.image_size_choices, generator, device) if len(self.image_size_choices) > 1 else None
+        return self._with_width(kept, dims, hidden, image)
 
     @staticmethod
     def _draw(choices: Sequence[int], generator: torch.Generator | None, device: torch.device) -> int:
         return choices[int(torch.randint(len(choices), (1,), generator=generator, device=device))]
 
     def uniform(
-        self, width_fraction: float, kept_layers: Iterable[int] | None = None, hidden_size: int | None = None
+        self, width_fraction: float, kept_layers: Iterable[int] | None = None, hidden_size: int | None = None,
+        image_size: int | None = None,
     ) -> SubnetConfig:
         """All kept layers at the allowed MLP width closest to `width_fraction` of `mlp_dim` (a handy hand-made
-        subnet), at embedding width `hidden_size` (None = full)."""
+        subnet), at embedding width `hidden_size` and input resolution `image_size` (None = full)."""
         kept = tuple(range(self.num_layers)) if kept_layers is None else tuple(kept_layers)
         target = width_fraction * self.mlp_dim
         dims = tuple(min(self.mlp_dim_choices[i], key=lambda d: (abs(d - target), -d)) for i in kept)
-        cfg = self._with_width(kept, dims, hidden_size)
+        cfg = self._with_width(kept, dims, hidden_size, image_size)
         self.validate(cfg)
         return cfg
 
     def _widest(self) -> int | None:
         return self.hidden_size_choices[-1] if self.hidden_size_choices else None
 
-    def _with_width(self, kept: tuple[int, ...], dims: tuple[int, ...], hidden_size: int | None) -> SubnetConfig:
-        return self.canonical(SubnetConfig(kept, dims, hidden_size))
+    def _with_width(self, kept: tuple[int, ...], dims: tuple[int, ...], hidden_size: int | None,
+                    image_size: int | None = None) -> SubnetConfig:
+        return self.canonical(SubnetConfig(kept, dims, hidden_size, image_size))
 
     # -- checks ------------------------------------------------------------------------------------------------
     def validate(self, cfg: SubnetConfig) -> None:
@@ -297,19 +334,30 @@ class SearchSpace:
                 f"hidden_size={cfg.hidden_size} is not among the embedding widths {list(self.hidden_size_choices)} "
                 f"(multiples of the head size {self.head_dim}); None means the full width."
             )
+        if cfg.image_size is not None and cfg.image_size not in self.image_size_choices:
+            if not self.image_size_choices:
+                raise SupersamError(
+                    f"image_size={cfg.image_size}: this search space has no input-resolution dimension; leave it None."
+                )
+            raise SupersamError(
+                f"image_size={cfg.image_size} is not among the input resolutions {list(self.image_size_choices)}; "
+                "None means the full resolution."
+            )
 
     def layer_plan(self, cfg: SubnetConfig) -> SubnetPlan:
-        """The single subnet → weights mapping: per encoder layer its MLP width if kept (None if dropped), and the
-        kept embedding width and heads. Validates `cfg` first."""
+        """The subnet resolved for the rules in `elastic/`: per encoder layer its MLP width if kept (None if
+        dropped), the kept embedding width and heads, and the input resolution. Validates `cfg` first."""
         self.validate(cfg)
         widths: list[int | None] = [None] * self.num_layers
         for i, d in zip(cfg.kept_layers, cfg.mlp_dims):
             widths[i] = d
+        image = self.image_size if cfg.image_size is None else cfg.image_size
         if self.hidden_size is None:
-            return SubnetPlan(tuple(widths))
+            return SubnetPlan(tuple(widths), image_size=image, full_image_size=self.image_size)
         hidden = self.hidden_size if cfg.hidden_size is None else cfg.hidden_size
         head_dim = self.head_dim
-        return SubnetPlan(tuple(widths), hidden, hidden // head_dim if head_dim else None, head_dim)
+        return SubnetPlan(tuple(widths), hidden, hidden // head_dim if head_dim else None, head_dim, image,
+                          self.image_size)
 
     def to_dict(self) -> dict:
         data = {
@@ -326,6 +374,8 @@ class SearchSpace:
                 num_attention_heads=self.num_attention_heads,
                 hidden_size_choices=list(self.hidden_size_choices),
             )
+        if self.image_size is not None:
+            data.update(image_size=self.image_size, image_size_choices=list(self.image_size_choices))
         return data
 
     @classmethod
@@ -350,6 +400,34 @@ def default_hidden_size_choices(hidden_size: int, num_attention_heads: int, rati
     """Embedding widths at `ratios` of the heads, each rounded to whole heads (at least one), sorted, distinct."""
     head_dim = hidden_size // num_attention_heads
     return sorted({max(1, round(r * num_attention_heads)) * head_dim for r in ratios})
+
+
+def default_image_size_choices(image_size: int, patch_size: int, ratios: Sequence[float]) -> list[int]:
+    """Input resolutions at `ratios` of `image_size`, each rounded to whole patches (at least one), sorted, distinct."""
+    return sorted({max(1, round(r * image_size / patch_size)) * patch_size for r in ratios})
+
+
+def check_image_size_choices(image_size: int | None, choices: Sequence[int], patch_size: int | None = None) -> None:
+    """Validate the input resolutions of a space: positive, at most the full one (which is among them), whole
+    patches when `patch_size` is known."""
+    if image_size is None:
+        if choices:
+            raise SupersamError(f"image_size_choices {list(choices)} need the full image_size of the supernet.")
+        return
+    choices = list(choices)
+    if len(set(choices)) != len(choices):
+        raise SupersamError(f"image_size_choices has duplicates: {choices}.")
+    for s in choices:
+        if s <= 0 or s > image_size or (patch_size and s % patch_size):
+            unit = f"a multiple of the patch size {patch_size} " if patch_size else ""
+            raise SupersamError(
+                f"image_size_choices: resolution {s} must be {unit}in 1..{image_size} (the supernet's input size)."
+            )
+    if image_size not in choices:
+        raise SupersamError(
+            f"image_size_choices {choices} must include the full resolution {image_size} (the largest subnet is the "
+            "whole supernet)."
+        )
 
 
 def check_search_space(

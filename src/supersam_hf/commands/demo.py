@@ -35,6 +35,7 @@ from ..errors import DataError, OutputFolderError, SupersamError
 from ..arguments import prompt_type_field
 from ..configuration_supersam import build_sam_config
 from ..data import SamSegmentationData, build_sam_processor, load_segmentation_dataset, make_hard_shapes
+from ..elastic import RESOLUTION
 from ..evaluation import box_reference_miou, evaluate_model
 from ..export import export_subnet
 from ..loading import load_config_dict, load_processor, load_sam_model, load_supernet
@@ -301,13 +302,14 @@ class _DemoRun:
     def data_b(self) -> Path:
         return self.output / "data" / "domain_B"
 
-    def evaluate(self, model, data) -> dict:
-        """mIoU as the summary reports it: one prompt per object, the model's own mask choice, box and point.
+    def evaluate(self, model, data, processor=None) -> dict:
+        """mIoU as the summary reports it: one prompt per object, the model's own mask choice, box and point
+        (`processor`: the model's own, default the run's).
 
         The search's prompt type is the primary result (its keys at the top level, as before); `by_prompt` holds
         both, and the box result carries `box_reference_miou` (the box itself as the mask, same pass)."""
         by_prompt = {
-            prompt: evaluate_model(model, data, self.processor, prompt=prompt, mask_selection="single",
+            prompt: evaluate_model(model, data, processor or self.processor, prompt=prompt, mask_selection="single",
                                    seed=self.args.seed, show_progress=False, box_reference=prompt == "box")
             for prompt in EVAL_PROMPTS
         }
@@ -562,7 +564,8 @@ def _stage_search(run: _DemoRun, supernet: SuperSamModel, reduction: float, base
         raise SupersamError(f"The search found no subnet with {reduction:.0%} fewer {unit} within its budget; "
                          "raise --search_budget or drop this entry of --size_reductions.")
     extracted = supernet.extract_subnet(best.subnet)  # exactly what export writes
-    test = run.evaluate(extracted, b_test)
+    # The export's own processor (a smaller-input subnet takes its images at its resolution), as a user would run it.
+    test = run.evaluate(extracted, b_test, RESOLUTION.export_processor(run.processor, supernet.search_space.layer_plan(best.subnet)))
     card_metrics = {p: {**r, "dataset": "domain B", "split": "test"} for p, r in test["by_prompt"].items()}
     folder = run.output / "exports" / f"supersam-{int(reduction * 100)}pct-smaller"
     export_subnet(supernet, best.subnet, folder, processor=run.processor, metrics=card_metrics, overwrite=True,

@@ -9,6 +9,7 @@ from typing import Literal, Optional
 
 from ..checks import check_positive, load_dataset_rows
 from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
+from ..elastic import RESOLUTION
 from ..evaluation import EvaluationData
 from ..export import SUBNET_FILE, export_subnet
 from ..onnx_export import INT8_MIOU_DROP_THRESHOLD
@@ -130,7 +131,8 @@ def run(model_args: ModelArguments, data_args: ExportDataArguments, output_args:
                              device="cpu")
     processor = load_processor(model_args.model_name_or_path, model_args.processor_name_or_path,
                                recorded_base_model(supernet), revision=model_args.revision, token=model_args.token)
-    eval_data = _eval_data(data_args, args, processor)
+    # ONNX mIoU is measured on the exported files: images prepared at the subnet's resolution (its processor).
+    eval_data = _eval_data(data_args, args, RESOLUTION.export_processor(processor, supernet.search_space.layer_plan(subnet)))
     repo_id, private = hub_repo_flags(args.hub_model_id, args.hub_private_repo or None, args.repo_id, args.private)
     output = export_subnet(
         supernet, subnet, output_args.output_dir, processor=processor, metrics=metrics,

@@ -39,6 +39,7 @@ from transformers import SamProcessor
 
 from ..arguments import DEFAULT_PROMPT_TYPE
 from ..checks import is_finite_metric
+from ..elastic import RESOLUTION
 from ..evaluation import MASK_SELECTIONS, PROMPTS, EvaluationData, evaluate_model
 from ..modeling_supersam import SuperSamModel
 from ..errors import OutputFolderError, SupersamError, interrupt_checkpoints
@@ -117,6 +118,7 @@ def measure_latency(supernet: SuperSamModel, cfg: SubnetConfig, data: Evaluation
         if key in batch:
             value = batch[key][:1].to(param.device)
             inputs[key] = value.to(param.dtype) if value.is_floating_point() else value
+    inputs = RESOLUTION.export_inputs(inputs, supernet.search_space.layer_plan(cfg))  # at the subnet's resolution
     sync = torch.cuda.synchronize if param.device.type == "cuda" else (lambda: None)
     sam(**inputs)
     times = []
@@ -186,14 +188,16 @@ def agreed(state, compute: Callable[[], Any]) -> Any:
 
 
 def _narrowest_all_kept(space: SearchSpace) -> SubnetConfig:
-    """Every layer, each at its narrowest MLP width, at the narrowest embedding width."""
+    """Every layer, each at its narrowest MLP width, at the narrowest embedding width and smallest resolution."""
     return _narrowest(space, tuple(range(space.num_layers)))
 
 
 def _narrowest(space: SearchSpace, kept: tuple[int, ...]) -> SubnetConfig:
-    """`kept` at every layer's narrowest MLP width and the narrowest embedding width."""
+    """`kept` at every layer's narrowest MLP width, the narrowest embedding width and the smallest resolution."""
     narrowest = space.hidden_size_choices[0] if space.hidden_size_choices else None
-    return space.canonical(SubnetConfig(kept, tuple(space.mlp_dim_choices[i][0] for i in kept), narrowest))
+    smallest_image = space.image_size_choices[0] if space.image_size_choices else None
+    return space.canonical(SubnetConfig(kept, tuple(space.mlp_dim_choices[i][0] for i in kept), narrowest,
+                                        smallest_image))
 
 
 def cheapest_subnet(space: SearchSpace, cost: Callable[[SubnetConfig], float]) -> tuple[SubnetConfig, float]:

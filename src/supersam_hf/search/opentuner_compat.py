@@ -123,6 +123,7 @@ def _quiet_logger(name: str, level: int = logging.WARNING):
 
 
 HIDDEN_PARAMETER = "hidden_size"  # OpenTuner parameter of the embedding width (an index into hidden_size_choices)
+IMAGE_PARAMETER = "image_size"  # OpenTuner parameter of the input resolution (an index into image_size_choices)
 
 
 def seed_configuration(space: SearchSpace, cfg: SubnetConfig) -> dict[str, Any]:
@@ -136,6 +137,8 @@ def seed_configuration(space: SearchSpace, cfg: SubnetConfig) -> dict[str, Any]:
             data[f"width_{i}"] = choices.index(plan[i]) if plan[i] is not None else len(choices) - 1
     if len(space.hidden_size_choices) > 1:
         data[HIDDEN_PARAMETER] = space.hidden_size_choices.index(plan.hidden_size)
+    if len(space.image_size_choices) > 1:
+        data[IMAGE_PARAMETER] = space.image_size_choices.index(plan.image_size)
     return data
 
 
@@ -143,7 +146,7 @@ def make_interface(opentuner, space: SearchSpace, args):
     """The `MeasurementInterface` over `space`: a BooleanParameter `keep_<i>` per elastic layer, an
     IntegerParameter `width_<i>` (index into the layer's sorted width choices, so neighbours are similar widths)
     per layer with more than one choice, and an IntegerParameter `hidden_size` (index into the sorted embedding
-    widths) when the space has more than one. The search starts from the largest subnet (its seed
+    widths) when the space has more than one, and likewise `image_size` for the input resolutions. The search starts from the largest subnet (its seed
     configuration). Measurements are made by the search driver's loop (TuningRunManager)."""
     from opentuner.search.manipulator import BooleanParameter, ConfigurationManipulator, IntegerParameter
 
@@ -157,6 +160,8 @@ def make_interface(opentuner, space: SearchSpace, args):
                     manipulator.add_parameter(IntegerParameter(f"width_{i}", 0, len(choices) - 1))
             if len(space.hidden_size_choices) > 1:
                 manipulator.add_parameter(IntegerParameter(HIDDEN_PARAMETER, 0, len(space.hidden_size_choices) - 1))
+            if len(space.image_size_choices) > 1:
+                manipulator.add_parameter(IntegerParameter(IMAGE_PARAMETER, 0, len(space.image_size_choices) - 1))
             return manipulator
 
         def seed_configurations(self):
@@ -191,6 +196,7 @@ def quiet_opentuner():
 
 __all__ = [
     "HIDDEN_PARAMETER",
+    "IMAGE_PARAMETER",
     "IsolatedRandom",
     "check_technique",
     "import_opentuner",

@@ -2,7 +2,8 @@
 
 A proposal generator yields `SubnetConfig`s (or None: "nothing new this round", which still counts as a proposal);
 the driver sends back each proposal's objective (minimised). Both strategies cover the whole space: which elastic
-layers are kept, each layer's MLP width and the encoder's embedding width (uniform across layers); both repair a
+layers are kept, each layer's MLP width, the encoder's embedding width (uniform across layers) and the input
+resolution; both repair a
 proposal keeping fewer than `min_layers` layers the same way (`repair`).
 """
 
@@ -16,16 +17,17 @@ import numpy as np
 
 from ..errors import SupersamError, interrupts_deferred
 from ..search_space import SearchSpace, SubnetConfig
-from .opentuner_compat import HIDDEN_PARAMETER, IsolatedRandom, import_opentuner, make_interface, reset_member_counter
+from .opentuner_compat import HIDDEN_PARAMETER, IMAGE_PARAMETER, IsolatedRandom, import_opentuner, make_interface, reset_member_counter
 
 STRATEGIES = ("opentuner", "random")
 
 
 def repair(
-    space: SearchSpace, keep: dict[int, bool], widths: dict[int, int], hidden_size: int | None = None
+    space: SearchSpace, keep: dict[int, bool], widths: dict[int, int], hidden_size: int | None = None,
+    image_size: int | None = None,
 ) -> SubnetConfig:
-    """A subnet from per-layer keep flags (elastic layers), widths (every layer) and the embedding width
-    (`hidden_size`, None or the full width = full). Keeping fewer than `min_layers` is repaired: dropped elastic
+    """A subnet from per-layer keep flags (elastic layers), widths (every layer), the embedding width
+    (`hidden_size`, None or the full width = full) and the input resolution (`image_size`, likewise). Keeping fewer than `min_layers` is repaired: dropped elastic
     layers with the lowest drop probability (ties: lower index) are restored first."""
     dropped = [i for i in space.elastic_layers if not keep.get(i, True)]
     shortfall = space.min_layers - (space.num_layers - len(dropped))
@@ -34,18 +36,19 @@ def repair(
         restored = set(sorted(dropped, key=lambda i: (prob[i], i))[:shortfall])
         dropped = [i for i in dropped if i not in restored]
     kept = tuple(i for i in range(space.num_layers) if i not in set(dropped))
-    return space.canonical(SubnetConfig(kept, tuple(widths[i] for i in kept), hidden_size))
+    return space.canonical(SubnetConfig(kept, tuple(widths[i] for i in kept), hidden_size, image_size))
 
 
 def decode_opentuner_config(space: SearchSpace, data: dict[str, Any]) -> SubnetConfig:
     """The subnet of an OpenTuner configuration (`opentuner_compat.make_interface`'s parameters): keep flags,
-    per-layer width indices and the embedding-width index (absent when the space has a single width)."""
+    per-layer width indices, the embedding-width and resolution indices (absent when the space has a single one)."""
     keep = {i: bool(data.get(f"keep_{i}", True)) for i in space.elastic_layers}
     widths = {}
     for i, choices in enumerate(space.mlp_dim_choices):
         widths[i] = choices[int(data[f"width_{i}"])] if len(choices) > 1 else choices[0]
     hidden = space.hidden_size_choices[int(data[HIDDEN_PARAMETER])] if len(space.hidden_size_choices) > 1 else None
-    return repair(space, keep, widths, hidden)
+    image = space.image_size_choices[int(data[IMAGE_PARAMETER])] if len(space.image_size_choices) > 1 else None
+    return repair(space, keep, widths, hidden, image)
 
 
 def opentuner_proposals(space: SearchSpace, seed: int, technique: str, database: Path):
@@ -86,7 +89,8 @@ def opentuner_proposals(space: SearchSpace, seed: int, technique: str, database:
 
 def random_proposals(space: SearchSpace, seed: int):
     """Generator of uniformly random subnets: each elastic layer kept with probability 1/2, each MLP width uniform
-    over its choices, the embedding width uniform over `hidden_size_choices`, repaired to `min_layers` like
+    over its choices, the embedding width uniform over `hidden_size_choices`, the resolution uniform over
+    `image_size_choices`, repaired to `min_layers` like
     OpenTuner's proposals."""
     rng = np.random.default_rng(seed)
     hidden_choices = space.hidden_size_choices
@@ -94,7 +98,9 @@ def random_proposals(space: SearchSpace, seed: int):
         keep = {i: bool(rng.random() < 0.5) for i in space.elastic_layers}
         widths = {i: c[int(rng.integers(len(c)))] for i, c in enumerate(space.mlp_dim_choices)}
         hidden = hidden_choices[int(rng.integers(len(hidden_choices)))] if len(hidden_choices) > 1 else None
-        yield repair(space, keep, widths, hidden)
+        images = space.image_size_choices
+        image = images[int(rng.integers(len(images)))] if len(images) > 1 else None
+        yield repair(space, keep, widths, hidden, image)
 
 
 def make_proposals(

@@ -16,6 +16,7 @@ import torch
 from accelerate import Accelerator
 
 from ..data import SamCollator, model_inputs
+from ..elastic import RESOLUTION
 from ..errors import SupersamError
 from ..losses import mask_distillation_loss, sam_loss
 from ..modeling_supersam import SuperSamModel
@@ -36,8 +37,8 @@ def sandwich_subnets(space: SearchSpace, seed: int, step: int, num_random: int) 
     """The (slot name, subnet) pairs of one sandwich step: largest, smallest, then `num_random` sampled subnets.
 
     The bread spans every elastic dimension: the largest is the full supernet, the smallest (`space.smallest()`)
-    keeps `min_layers` layers at the narrowest MLP width and the narrowest embedding width; the sampled subnets
-    draw depth, MLP widths and embedding width (`space.sample`).
+    keeps `min_layers` layers at the narrowest MLP width, the narrowest embedding width and the smallest input
+    resolution; the sampled subnets draw depth, MLP widths, embedding width and resolution (`space.sample`).
 
     Slot k's subnet comes from `torch.Generator().manual_seed(stable_seed(seed, step, k))`, never from a process's
     global RNG, so all processes of a distributed run (and a resumed run) train the same subnets at each step.
@@ -145,6 +146,7 @@ def sandwich_backward(
             with contextlib.nullcontext() if last else accelerator.no_sync(model):
                 supernet.set_subnet(cfg)
                 outputs = model(**inputs, multimask_output=True)
+                outputs.pred_masks = RESOLUTION.masks_like(outputs.pred_masks, labels)  # a smaller-input subnet's
                 terms = sam_loss(
                     outputs.pred_masks, outputs.iou_scores, labels, instance_mask,
                     loss_type=loss_type, return_mask_index=distill_weight > 0 and teacher is None,

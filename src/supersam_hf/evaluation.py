@@ -11,6 +11,8 @@ Which of SAM's three multimask outputs is scored (`mask_selection`):
   user gets from the model without ground truth, so it is the honest deployment number (and the default).
 * ``"oracle"``: the output with the highest IoU against the ground truth, as the SuperSAM reference code reports.
   Always >= "single"; use it to compare with numbers from the paper.
+* ``"single_output"``: SAM called with ``multimask_output=False``: its one single-mask output, the convention of
+  box-prompt users (HF's SAM fine-tuning guide, SAM's own advice for boxes and several points).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from .search_space import SubnetConfig
 logger = logging.getLogger(__name__)
 
 PROMPTS = ("point", "box")
-MASK_SELECTIONS = ("single", "oracle")
+MASK_SELECTIONS = ("single", "oracle", "single_output")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -262,8 +264,8 @@ def _model_masks(model, batch, processor, mask_selection: str) -> list[torch.Ten
     for key in ("pixel_values", "input_boxes", "input_points"):
         if key in inputs:
             inputs[key] = inputs[key].to(dtype)
-    outputs = model(**inputs, multimask_output=True)
-    low_res = outputs.pred_masks.float()  # (B, P, 3, L, L) logits
+    outputs = model(**inputs, multimask_output=mask_selection != "single_output")
+    low_res = outputs.pred_masks.float()  # (B, P, 3, L, L) logits, or (B, P, 1, L, L) for "single_output"
     if mask_selection == "single":
         best = outputs.iou_scores.float().argmax(dim=-1)  # (B, P): the model's own choice
         index = best[..., None, None, None].expand(-1, -1, 1, *low_res.shape[-2:])
@@ -276,7 +278,7 @@ def _model_masks(model, batch, processor, mask_selection: str) -> list[torch.Ten
     chosen = []
     for image_masks, truth in zip(masks, batch["full_masks"]):
         truth = truth.to(image_masks.device)
-        picks = [0 if mask_selection == "single" else int(_pairwise_iou(image_masks[k], truth[k]).argmax())
+        picks = [0 if mask_selection != "oracle" else int(_pairwise_iou(image_masks[k], truth[k]).argmax())
                  for k in range(truth.shape[0])]
         chosen.append(torch.stack([image_masks[k, pick] for k, pick in enumerate(picks)]) if picks
                       else torch.zeros(0, *truth.shape[1:], dtype=torch.bool))
@@ -389,8 +391,9 @@ def evaluate_model(
         subnet: evaluate this subnet of a `SuperSamModel` (under `model.subnet(subnet)`); None = the model as it
             is (its active subnet, if any, else the full model).
         prompt: "point" (one positive point per instance) or "box" (the instance's bounding box).
-        mask_selection: "single" (the output with the highest predicted IoU, what the model itself would return)
-            or "oracle" (the best of the three outputs against the ground truth, as the SuperSAM code reports).
+        mask_selection: "single" (the output with the highest predicted IoU, what the model itself would return),
+            "oracle" (the best of the three outputs against the ground truth, as the SuperSAM code reports) or
+            "single_output" (the model called with `multimask_output=False`: its single-mask output).
         batch_size: images per forward; every instance of an image is decoded in the same forward.
         max_images: score only the first `max_images` images (in dataset order).
         seed: prompts are drawn reproducibly from this seed (a ready `SamSegmentationData` keeps its own).

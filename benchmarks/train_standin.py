@@ -103,6 +103,9 @@ def finish_from_checkpoint(output_dir: Path, seed: int, step: int, threads: int)
     checkpoint = output_dir / "training" / "checkpoints" / f"step_{step}"
     supernet = SuperSamModel.from_sam(SamModel.from_pretrained(output_dir / "init"))
     missing, unexpected = supernet.load_state_dict(load_file(checkpoint / "model.safetensors"), strict=False)
+    tensors = supernet.state_dict()
+    stored = {tensors[k].data_ptr() for k in tensors if k not in missing}
+    missing = [k for k in missing if tensors[k].data_ptr() not in stored]  # tied weights are saved once
     if missing or unexpected:
         raise RuntimeError(f"{checkpoint} does not fit the run's model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     base = supernet.extract_subnet()

@@ -50,7 +50,7 @@ from ..standin import STANDIN_REPO_ID, load_standin, shipped_scores
 from ..training import SupernetTrainingArguments, train_supernet
 from ..training.checkpoints import find_latest_checkpoint
 from .demo_plan import DEFAULT_TIME_BUDGET_MINUTES, MODEL_BATCH, PRESETS, DemoPlan, describe, estimate_seconds
-from .demo_plan import pick_num_threads, size_to_budget, time_forward
+from .demo_plan import pick_num_threads, size_to_budget, time_forward, time_train_step
 
 logger = logging.getLogger(__name__)
 
@@ -236,12 +236,17 @@ def _make_plan(args: DemoArguments, processor) -> DemoPlan:
         preset.update(MODEL_BATCH)
     explicit = {key for key in SIZE_FIELDS if getattr(args, key) is not None}
     sizes = {**preset, **{key: getattr(args, key) for key in explicit}}
-    image = _shapes(1, 256 if args.model_name_or_path else sizes["image_size"], args.seed, "B")[0]["image"]
-    if base_source(args) == "trained":
+    started = time.perf_counter()
+    sample = _shapes(4, 256 if args.model_name_or_path else sizes["image_size"], args.seed, "B")
+    per_image = (time.perf_counter() - started) / 4  # generating a synthetic image (the data stage's cost)
+    image = sample[0]["image"]
+    step = None
+    if base_source(args) in ("trained", "shipped"):  # a small model: time a real training step too
         torch.manual_seed(args.seed)
-        forward = time_forward(SamModel(_stand_in_config(args, sizes)), processor, image, sizes["batch_size"])
-    elif base_source(args) == "shipped":
-        forward = time_forward(load_standin(device="cpu")[0], processor, image, sizes["batch_size"])
+        model = (SamModel(_stand_in_config(args, sizes)) if base_source(args) == "trained"
+                 else load_standin(device="cpu")[0])
+        forward = time_forward(model, processor, image, sizes["batch_size"])
+        step = time_train_step(model, processor, sample, sizes["batch_size"])
     else:
         model = load_sam_model(args.model_name_or_path, device="cpu")
         forward = time_forward(model, processor, image, sizes["batch_size"])
@@ -249,7 +254,10 @@ def _make_plan(args: DemoArguments, processor) -> DemoPlan:
         sizes = size_to_budget(sizes, forward, minutes * 60.0, explicit, args.gradient_checkpointing,
                                len(args.size_reductions))
     estimate = estimate_seconds(sizes, forward, base_source(args), args.gradient_checkpointing,
-                                len(args.size_reductions))
+                                len(args.size_reductions), train_step=step)
+    if args.dataset_name is None:
+        images = sizes["num_train_images"] * (2 if base_source(args) == "trained" else 1) + 4 * sizes["num_eval_images"]
+        estimate["data"] = round(images * per_image, 1)
     return DemoPlan(sizes, round(forward, 4), estimate, threads=torch.get_num_threads())
 
 
@@ -386,7 +394,7 @@ def _run_demo(args: DemoArguments) -> dict:
     if not state.done("plan"):
         state.record("plan", _make_plan(args, processor).to_dict())
     plan = DemoPlan.from_dict(state.stages["plan"])
-    _print(describe(plan, {"given": args.model_name_or_path, "trained": None, "shipped": STANDIN_REPO_ID}[base_source(args)],
+    _print(describe(plan, {"given": args.model_name_or_path, "trained": None, "shipped": f"{STANDIN_REPO_ID} (shipped with supersam_hf, from the HF cache)"}[base_source(args)],
                     len(args.size_reductions), args.gradient_checkpointing, threads=threads.reason))
     torch.manual_seed(args.seed)
     run = _DemoRun(args, plan, processor, output, state, search_prompt="box" if args.prompt_type == "mixed" else args.prompt_type)

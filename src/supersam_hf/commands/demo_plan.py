@@ -36,6 +36,9 @@ MIN_SEARCH_BUDGET = 4
 # Forward-equivalents (of the full model on one image) per unit of work.
 TRAIN_PASSES = 3.0  # forward + backward of the full model
 SANDWICH_PASSES = 2.6  # largest (1) + smallest (~0.3) + two random subnets (~0.65 each), in full-model units
+# A sandwich step over a measured full training step (`time_train_step`): data, optimizer and per-step overheads are
+# paid once, not per subnet. Measured on the stand-in's quick demo: 321 s / 204 s for 150 steps each = 1.57.
+SANDWICH_STEP_RATIO = 1.6
 CHECKPOINTING_OVERHEAD = 4.0 / 3.0  # one more forward per backward
 CALIBRATION_PASSES = 6.5  # convert: 78 encoder-layer calls per image at 12 layers
 SUBNET_FORWARD = 0.6  # an average searched subnet's share of the full model's forward
@@ -114,20 +117,53 @@ def time_forward(model, processor, image, batch_size: int = 1) -> float:
     return sorted(times[1:])[1]
 
 
+def time_train_step(model, processor, dataset, batch_size: int) -> float:
+    """Seconds of one real training step of a copy of `model` (collating a micro-batch of `dataset` rows with box
+    prompts, forward, SAM's loss with both calling conventions, backward, AdamW): the mean of 2 after a warm-up.
+    For a small model (the stand-in) the per-step overheads around the forward dominate, which a forward alone
+    misses; `model` itself is not changed."""
+    import copy
+
+    from ..data import SamCollator, SamSegmentationData, model_inputs
+    from ..losses import sam_loss
+    from ..training.mask_outputs import capture_single_output, single_output
+
+    student = copy.deepcopy(model).train()
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-6)
+    data = SamSegmentationData(dataset, processor, prompt="box", seed=0)
+    collate = SamCollator(prompt="box")
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        batch = collate([data[i % len(data)] for i in range(batch_size)])
+        with capture_single_output(student.mask_decoder) as captured:
+            outputs = student(**model_inputs(batch), multimask_output=True)
+        masks, scores = single_output(student.mask_decoder, captured)
+        loss = sam_loss(outputs.pred_masks, outputs.iou_scores, batch["labels"], batch["instance_mask"],
+                        loss_type="dice_bce", single_masks=masks, single_iou_scores=scores)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter() - started)
+    return sum(times[1:]) / len(times[1:])
+
+
 def estimate_seconds(sizes: dict[str, Any], forward: float, stand_in: bool | str, gradient_checkpointing: bool,
-                     num_searches: int) -> dict[str, float]:
+                     num_searches: int, train_step: float | None = None) -> dict[str, float]:
     """Rough seconds per stage of a demo run with `sizes`, from the forward time of one micro-batch (`forward`;
     evaluation and search are counted per image, as that time over the batch size). `stand_in`: where the base
-    comes from, "trained" here (True), "shipped" (only scored on A) or "given" (False)."""
+    comes from, "trained" here (True), "shipped" (only scored on A) or "given" (False). `train_step`: the measured
+    seconds of one training step of a micro-batch (`time_train_step`), used instead of 3 forwards when given."""
     stand_in = {True: "trained", False: "given"}.get(stand_in, stand_in)
     micro, forward = forward, forward / sizes["batch_size"]
-    full_step = TRAIN_PASSES * micro * sizes["gradient_accumulation_steps"]
+    full_step = (train_step or TRAIN_PASSES * micro) * sizes["gradient_accumulation_steps"]
     full_step *= CHECKPOINTING_OVERHEAD if gradient_checkpointing else 1.0
     n_eval = sizes["num_eval_images"]
     evaluations = (4 + 2 * num_searches) * n_eval * forward  # 2 prompts x (zero-shot, fine-tuned, each export)
     estimate = {
         "calibration": sizes["num_calibration_images"] * CALIBRATION_PASSES * forward,
-        "training": sizes["train_steps"] * full_step * (1.0 + SANDWICH_PASSES),  # fine-tuning baseline + sandwich
+        # the fine-tuning baseline + the sandwich
+        "training": sizes["train_steps"] * full_step * (1.0 + (SANDWICH_STEP_RATIO if train_step else SANDWICH_PASSES)),
         "search": num_searches * sizes["search_budget"] * n_eval * SUBNET_FORWARD * forward,
         "evaluation": evaluations,
     }
@@ -186,4 +222,4 @@ def describe(plan: DemoPlan, model_name: str | None, num_searches: int, gradient
 
 
 __all__ = ["DEFAULT_TIME_BUDGET_MINUTES", "DemoPlan", "MODEL_BATCH", "PRESETS", "ThreadChoice", "describe",
-           "estimate_seconds", "pick_num_threads", "size_to_budget", "time_forward"]
+           "estimate_seconds", "pick_num_threads", "size_to_budget", "time_forward", "time_train_step"]

@@ -59,6 +59,7 @@ def test_shipped_weights_load_are_finite_and_score_what_the_card_says(hf_cache):
 def test_placed_in_the_hf_cache_and_loaded_by_repo_id_offline(hf_cache):
     model, processor, snapshot = load_standin()
     assert snapshot.parent.parent == hf_cache / ENTRY and (hf_cache / ENTRY / "refs" / "main").read_text() == snapshot.name
+    assert SamModel.from_pretrained(STANDIN_REPO_ID, local_files_only=True).config.to_dict() == model.config.to_dict()
     for name in CHECKPOINT_FILES + (CARD_FILE,):
         assert (snapshot / name).read_bytes() == (STANDIN_DIR / name).read_bytes()
     reference = SamModel.from_pretrained(STANDIN_DIR)
@@ -86,7 +87,17 @@ def test_cache_placement_never_touches_another_entry(hf_cache):
     assert sorted(p.name for p in (hf_cache / ENTRY / "snapshots").iterdir()) == [snapshot.name]  # no temporary left
 
 
-def test_a_differing_entry_of_its_name_is_refused_not_overwritten(hf_cache):
+def test_an_existing_entry_of_its_name_is_never_overwritten(hf_cache):
+    # an earlier stand-in's entry: its snapshot and refs/main stay, the shipped one is added and loads by revision
+    entry = hf_cache / ENTRY
+    (entry / "snapshots" / ("1" * 40)).mkdir(parents=True)
+    (entry / "snapshots" / ("1" * 40) / "config.json").write_text("{}")
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text("1" * 40)
+    model, _, snapshot = load_standin()
+    assert (entry / "refs" / "main").read_text() == "1" * 40 and (entry / "snapshots" / ("1" * 40) / "config.json").is_file()
+    assert snapshot.name != "1" * 40 and model.config.vision_config.image_size == 128
+    # a snapshot of the shipped revision whose files differ (edited by the user): refused, left as it is
     snapshot = place_in_hf_cache()
     (snapshot / "config.json").write_text(json.dumps({"edited": "by the user"}))
     with pytest.raises(ModelFileError, match="differ from the stand-in"):

@@ -135,10 +135,11 @@ def place_in_hf_cache(cache_dir: str | os.PathLike | None = None) -> Path:
     """Place the shipped stand-in in the HF hub cache as `STANDIN_REPO_ID` (models--supersam-hf--sam-standin-shapes/
     snapshots/<revision>/ and refs/main) and return the snapshot folder.
 
-    Only that entry is written: nothing else of the cache is touched. A snapshot already there with identical files
-    is reused; one of the same revision with other content is refused (a user's files are never overwritten); refs/main
-    is pointed at the shipped revision (written atomically). Files are copied into a temporary folder inside the entry
-    and renamed into place, so a kill never leaves a half-written snapshot.
+    Only that entry is written: nothing else of the cache is touched. The snapshot's name is a content hash of the
+    shipped files: one already there with identical files is reused; one with other content is refused (a user's
+    files are never overwritten). refs/main is written only where the entry has none (an existing one, e.g. of an
+    earlier stand-in, is left alone: `load_standin` loads by the revision itself). Files are copied into a temporary
+    folder inside the entry and renamed into place, so a kill never leaves a half-written snapshot.
     """
     from huggingface_hub.constants import HF_HUB_CACHE
 
@@ -156,19 +157,32 @@ def place_in_hf_cache(cache_dir: str | os.PathLike | None = None) -> Path:
             raise ModelFileError(
                 f"{snapshot} exists but its {', '.join(different)} differ from the stand-in shipped with supersam_hf; "
                 f"move that folder away (it is not overwritten) or pass --model_name_or_path.")
-    else:
+        return _add_main(entry, revision, snapshot)
+    try:
         (entry / "snapshots").mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry / "snapshots"))
         try:
             for name in files:
                 shutil.copyfile(STANDIN_DIR / name, staging / name)
-            os.replace(staging, snapshot)
+            try:
+                os.replace(staging, snapshot)
+            except OSError:
+                if not snapshot.is_dir():  # else another process placed the same snapshot meanwhile: checked below
+                    raise
         finally:
             if staging.exists():
                 shutil.rmtree(staging)
+    except OSError as error:
+        raise ModelFileError(f"Cannot place the stand-in SAM in the HF cache at {cache} ({error.strerror or error}); "
+                             "set HF_HUB_CACHE (or HF_HOME) to a writable folder, or pass --model_name_or_path.") from None
+    return place_in_hf_cache(cache)  # checks what is there now, and adds refs/main
+
+
+def _add_main(entry: Path, revision: str, snapshot: Path) -> Path:
+    """refs/main -> `revision` where the entry has no refs/main yet (written to a temporary file and renamed)."""
     refs = entry / "refs"
     refs.mkdir(exist_ok=True)
-    if not (refs / "main").is_file() or (refs / "main").read_text().strip() != revision:
+    if not (refs / "main").exists():
         temporary = refs / f".main.tmp-{os.getpid()}"
         temporary.write_text(revision)
         os.replace(temporary, refs / "main")
@@ -196,19 +210,20 @@ def hub_offline():
 
 def load_standin(cache_dir: str | os.PathLike | None = None, device: str = "cpu"):
     """(model, processor, snapshot folder): the shipped stand-in placed in the HF cache (`place_in_hf_cache`) and
-    loaded from it by its repo id with `from_pretrained` under `HF_HUB_OFFLINE=1`, as a cached Hub checkpoint is."""
+    loaded from it by its repo id (at the shipped revision) with `from_pretrained` under `HF_HUB_OFFLINE=1`, as a
+    cached Hub checkpoint is."""
     from ..loading import load_processor, load_sam_model
 
     snapshot = place_in_hf_cache(cache_dir)
     with hub_offline():
         if cache_dir is None:
-            model = load_sam_model(STANDIN_REPO_ID, device=device)
-            processor = load_processor(STANDIN_REPO_ID)
-        else:  # an explicit cache (tests): transformers' own loaders, pointed at it
+            model = load_sam_model(STANDIN_REPO_ID, revision=snapshot.name, device=device)
+            processor = load_processor(STANDIN_REPO_ID, revision=snapshot.name)
+        else:  # an explicit cache: transformers' own loaders, pointed at it
             from transformers import SamModel, SamProcessor
 
-            model = SamModel.from_pretrained(STANDIN_REPO_ID, cache_dir=cache_dir).to(device)
-            processor = SamProcessor.from_pretrained(STANDIN_REPO_ID, cache_dir=cache_dir)
+            model = SamModel.from_pretrained(STANDIN_REPO_ID, revision=snapshot.name, cache_dir=cache_dir).to(device)
+            processor = SamProcessor.from_pretrained(STANDIN_REPO_ID, revision=snapshot.name, cache_dir=cache_dir)
     return model.eval(), processor, snapshot
 
 

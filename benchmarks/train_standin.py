@@ -57,18 +57,20 @@ SMOKE_TRAIN = dict(TRAIN, max_steps=3, per_device_train_batch_size=2)
 
 
 def train(output_dir: Path, seed: int, model_kwargs: dict, train_kwargs: dict, num_train: int, threads: int,
-          eval_every: int) -> dict:
+          eval_every: int, init_from: Path | None = None, data_seed: int | None = None) -> dict:
     """Train one stand-in in `output_dir` (base/ holds the plain SamModel + processor) and return its run record."""
     torch.set_num_threads(threads)
     output_dir.mkdir(parents=True, exist_ok=True)
     data_dir = output_dir / "domain_A"
-    train_split = make_hard_shapes(num_train, model_kwargs["image_size"], seed=TRAIN_DATA_SEED + seed, domain="A")
+    data_seed = seed if data_seed is None else data_seed
+    train_split = make_hard_shapes(num_train, model_kwargs["image_size"], seed=TRAIN_DATA_SEED + data_seed, domain="A")
     validation = heldout_a(image_size=model_kwargs["image_size"], num_images=16)
     datasets.DatasetDict({"train": train_split, "validation": validation}).save_to_disk(data_dir)
     processor = build_sam_processor(model_kwargs["image_size"], model_kwargs["patch_size"])
     init_dir = output_dir / "init"
     torch.manual_seed(seed)
-    SamModel(build_sam_config(**model_kwargs)).save_pretrained(init_dir)
+    # from scratch, or (a second phase) from a stand-in trained earlier
+    (SamModel.from_pretrained(init_from) if init_from else SamModel(build_sam_config(**model_kwargs))).save_pretrained(init_dir)
     processor.save_pretrained(init_dir)
     kwargs = dict(train_kwargs)
     steps = kwargs["max_steps"]
@@ -91,6 +93,7 @@ def train(output_dir: Path, seed: int, model_kwargs: dict, train_kwargs: dict, n
     scores = score_standin(SamModel.from_pretrained(output_dir / "base"), processor)
     return {"seed": seed, "model": model_kwargs, "train": train_kwargs, "num_train_images": num_train,
             "train_seconds": round(seconds, 1), "threads": threads, **scores, "curve": curve,
+            "init_from": str(init_from) if init_from else None, "train_data_seed": TRAIN_DATA_SEED + data_seed,
             "machine": platform.machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "folder": str(output_dir / "base")}
 
 
@@ -143,6 +146,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ship", default=None, metavar="RUN_DIR",
                         help="Copy the trained stand-in of this run folder into supersam_hf/standin/ (its record from "
                              "the log) instead of training.")
+    parser.add_argument("--init_from", default=None, metavar="SAM_DIR",
+                        help="A second phase: start from this trained stand-in (a SAM folder) instead of random weights.")
+    parser.add_argument("--point_fraction", type=float, default=None, help="Override the recipe's point share.")
+    parser.add_argument("--learning_rate", type=float, default=None, help="Override the recipe's peak learning rate.")
+    parser.add_argument("--data_seed_offset", type=int, default=0,
+                        help="Shift the training images' seed (a second phase on images the first did not see).")
     parser.add_argument("--finish_from_step", type=int, default=None,
                         help="Do not train: take the stand-in of --output_dir's unfinished run from its checkpoint at "
                              "this step (scored and logged like a finished run).")
@@ -168,8 +177,12 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(record))
         return
     train_kwargs = dict(TRAIN, max_steps=args.steps or TRAIN["max_steps"])
+    for key in ("point_fraction", "learning_rate"):
+        if getattr(args, key) is not None:
+            train_kwargs[key] = getattr(args, key)
     output_dir = Path(args.output_dir or f"runs/standin_seed{args.seed}")
-    record = train(output_dir, args.seed, MODEL, train_kwargs, NUM_TRAIN_IMAGES, args.threads, args.eval_every)
+    record = train(output_dir, args.seed, MODEL, train_kwargs, NUM_TRAIN_IMAGES, args.threads, args.eval_every,
+                   init_from=Path(args.init_from) if args.init_from else None, data_seed=args.seed + args.data_seed_offset)
     RESULTS.mkdir(parents=True, exist_ok=True)
     with LOG.open("a") as handle:
         handle.write(json.dumps(record) + "\n")

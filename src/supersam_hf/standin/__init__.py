@@ -72,6 +72,11 @@ def write_model_card(target: Path, record: dict[str, Any]) -> None:
     stopped = (f" (stopped at step {train['max_steps']} of a {train['schedule_steps']}-step cosine schedule, whose "
                f"learning rate was then {0.5 * (1 + math.cos(math.pi * train['max_steps'] / train['schedule_steps'])):.0%} "
                "of its peak)" if train.get("schedule_steps", train["max_steps"]) != train["max_steps"] else "")
+    first = record.get("first_phase")
+    phases = (f", continuing a first phase of {first['train']['max_steps']} steps from scratch (lr "
+              f"{first['train']['learning_rate']}, {first['train']['point_fraction']:.0%} point prompts, box "
+              f"{first['box_miou']:.3f} / point {first['point_miou']:.3f} on the held-out set below) on other images"
+              if first else "")
     card = f"""---
 library_name: transformers
 pipeline_tag: mask-generation
@@ -83,10 +88,10 @@ tags: [sam, supersam, synthetic, stand-in]
 **What it is.** A small `SamModel` (transformers' SAM architecture, {size_mb:.1f} MB of float32 safetensors:
 {model['image_size']} px images, patch {model['patch_size']}, {model['num_hidden_layers']} encoder layers of width
 {model['hidden_size']}, window {model['window_size']}, a {model['output_channels']}-channel prompt encoder and mask
-decoder) trained from scratch for {train['max_steps']} steps{stopped} on {record['num_train_images']} synthetic images of
+decoder) trained {'further' if first else 'from scratch'} for {train['max_steps']} steps{stopped} on {record['num_train_images']} synthetic images of
 `supersam_hf.data.make_hard_shapes` domain A (rings, crescents, stars, L-shapes, crosses, thin bars and small
-shapes on smooth gradients), with one point (3 micro-batches in 4) or a box per object, seed {record['seed']}
-(`benchmarks/train_standin.py`). It ships with `supersam_hf` so that `supersam demo` starts, as a real user does,
+shapes on smooth gradients), with one point ({train['point_fraction']:.0%} of the micro-batches) or a box per
+object, seed {record['seed']} (`benchmarks/train_standin.py`){phases}. It ships with `supersam_hf` so that `supersam demo` starts, as a real user does,
 from a pretrained checkpoint loaded with `from_pretrained` from the HF cache, offline.
 
 **What it is not.** It is not SAM and not a distillation of SAM: it has never seen a natural image and segments

@@ -37,8 +37,11 @@ MIN_SEARCH_BUDGET = 4
 TRAIN_PASSES = 3.0  # forward + backward of the full model
 SANDWICH_PASSES = 2.6  # largest (1) + smallest (~0.3) + two random subnets (~0.65 each), in full-model units
 # A sandwich step over a measured full training step (`time_train_step`): data, optimizer and per-step overheads are
-# paid once, not per subnet. Measured on the stand-in's quick demo: 321 s / 204 s for 150 steps each = 1.57.
-SANDWICH_STEP_RATIO = 1.6
+# paid once, not per subnet. Measured on the stand-in's quick demo (150 steps each, shared machine): 321 s / 204 s
+# = 1.57 and 170 s / 80 s = 2.13.
+SANDWICH_STEP_RATIO = 1.9
+# With a small base (measured steps): Python and library imports, model loads, dataset saving, export writes.
+STARTUP_SECONDS = 20.0
 CHECKPOINTING_OVERHEAD = 4.0 / 3.0  # one more forward per backward
 CALIBRATION_PASSES = 6.5  # convert: 78 encoder-layer calls per image at 12 layers
 SUBNET_FORWARD = 0.6  # an average searched subnet's share of the full model's forward
@@ -167,6 +170,8 @@ def estimate_seconds(sizes: dict[str, Any], forward: float, stand_in: bool | str
         "search": num_searches * sizes["search_budget"] * n_eval * SUBNET_FORWARD * forward,
         "evaluation": evaluations,
     }
+    if train_step:
+        estimate["startup"] = STARTUP_SECONDS
     if stand_in == "trained":
         estimate["stand-in base"] = sizes["base_steps"] * full_step + 2 * n_eval * forward
     elif stand_in == "shipped":

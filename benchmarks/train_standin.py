@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> None:
         run_dir = Path(args.ship)
         rows = [json.loads(line) for line in LOG.read_text().splitlines() if line.strip()]
         record = next(r for r in reversed(rows) if Path(r["folder"]).resolve() == (run_dir / "base").resolve())
+        if record.get("init_from"):  # a second phase: its card names the first
+            record["first_phase"] = next(r for r in reversed(rows)
+                                         if Path(r["folder"]).resolve() == Path(record["init_from"]).resolve())
         print(f"shipped to {ship(run_dir / 'base', record)}")
         return
     if args.smoke:

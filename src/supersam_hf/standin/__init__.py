@@ -67,8 +67,9 @@ def write_model_card(target: Path, record: dict[str, Any]) -> None:
     train, model = record["train"], record["model"]
     scores = {key: record[key] for key in ("box_miou", "point_miou", "box_single_output_miou", "box_reference_miou",
                                            "num_objects", "num_images")}
-    (target / SCORES_FILE).write_text(json.dumps({**scores, "seed": record["seed"], "steps": train["max_steps"]},
-                                                 indent=2) + "\n")
+    first_steps = record["first_phase"]["train"]["max_steps"] if record.get("first_phase") else 0
+    (target / SCORES_FILE).write_text(json.dumps({**scores, "seed": record["seed"],
+                                                  "steps": first_steps + train["max_steps"]}, indent=2) + "\n")
     stopped = (f" (stopped at step {train['max_steps']} of a {train['schedule_steps']}-step cosine schedule, whose "
                f"learning rate was then {0.5 * (1 + math.cos(math.pi * train['max_steps'] / train['schedule_steps'])):.0%} "
                "of its peak)" if train.get("schedule_steps", train["max_steps"]) != train["max_steps"] else "")

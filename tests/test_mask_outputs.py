@@ -107,3 +107,27 @@ def test_box_training_improves_both_calling_conventions():
     after = {selection: miou(selection) for selection in ("single_output", "single")}
     assert before["single_output"] < 0.2 and after["single_output"] > before["single_output"] + 0.2, (before, after)
     assert after["single"] > before["single"] + 0.2, (before, after)
+
+
+def test_evaluate_scores_the_single_output_on_request(tmp_path):
+    """`supersam evaluate --mask_selection single_output` scores what multimask_output=False returns."""
+    import json
+
+    from supersam_hf.cli import main
+
+    sam = tiny_sam(num_layers=1)
+    sam.save_pretrained(tmp_path / "sam")
+    tiny_processor(64).save_pretrained(tmp_path / "sam")
+    images = make_synthetic_shapes(2, image_size=64, seed=0, max_shapes=2)
+    images.save_to_disk(str(tmp_path / "data"))
+    results = {}
+    for selection in ("single", "single_output"):
+        out = tmp_path / selection
+        assert main(["evaluate", "--model_name_or_path", str(tmp_path / "sam"), "--dataset_name", str(tmp_path / "data"),
+                     "--prompt_type", "box", "--mask_selection", selection, "--output_dir", str(out)]) == 0
+        results[selection] = json.loads((out / "eval_results.json").read_text())
+    assert results["single_output"]["mask_selection"] == "single_output"
+    direct = evaluate_model(sam, images, tiny_processor(64), prompt="box", mask_selection="single_output",
+                            show_progress=False)
+    assert results["single_output"]["miou"] == pytest.approx(direct["miou"], abs=1e-12)
+    assert results["single_output"]["miou"] != results["single"]["miou"]  # another output of the decoder

@@ -12,8 +12,9 @@ setup(
     python_requires=">=3.10",
     package_dir={"": "src"},
     packages=find_packages("src"),
-    # The evaluate metric script and the model-card template ship inside the package.
-    package_data={"supersam_hf": ["metrics/sam_miou/*.py", "metrics/sam_miou/*.md", "templates/*.md"]},
+    # The evaluate metric script, the model-card template and the pretrained stand-in SAM ship inside the package.
+    package_data={"supersam_hf": ["metrics/sam_miou/*.py", "metrics/sam_miou/*.md", "templates/*.md",
+                                  "standin/*.json", "standin/*.safetensors", "standin/*.md"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.1,<=2.14.1",

@@ -53,6 +53,7 @@ def measure_seed(out: Path, seed: int, resume: bool, sizes: dict) -> dict:
     """Run the demo pipeline for one seed, then score every model with box and point prompts next to the box reference."""
     started = time.time()
     run_demo(DemoArguments(output_dir=str(out), seed=seed, resume=resume, overwrite_output_dir=not resume and out.exists(),
+                           train_base=True,  # this proxy trains its own base (PROXY_SIZES)
                            prompt_type="mixed", size_metric="macs", size_reductions=list(REDUCTIONS),
                            **sizes))
     state = json.loads((out / "demo_state.json").read_text())

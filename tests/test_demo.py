@@ -14,9 +14,14 @@ from supersam_hf.commands import demo as demo_module
 from supersam_hf.commands.demo import DemoArguments, dataset_splits
 from supersam_hf.data import make_synthetic_shapes
 
-TINY = ["--image_size", "64", "--hidden_size", "64", "--num_layers", "6", "--decoder_channels", "16",
+TINY = ["--train_base", "--image_size", "64", "--hidden_size", "64", "--num_layers", "6", "--decoder_channels", "16",
         "--num_train_images", "8", "--num_eval_images", "4", "--base_steps", "3", "--train_steps", "2",
         "--search_budget", "4", "--batch_size", "2", "--size_reductions", "0.3", "0.5", "0.6"]
+
+
+# Domain-B sizes only (no flag of a base trained here): the shipped stand-in's or a given model's run, tiny.
+QUICK_SHIPPED = ["--num_train_images", "8", "--num_eval_images", "4", "--train_steps", "2", "--search_budget", "4",
+                 "--batch_size", "2", "--size_reductions", "0.3"]
 
 
 @pytest.fixture(scope="module")
@@ -59,19 +64,48 @@ def test_stand_in_base_is_scored_against_the_box_reference_on_hard_shapes(demo_r
     assert "Quick mode" not in (demo_run / "summary.md").read_text()  # only --quick adds that line
 
 
-def test_quick_demo_says_in_one_line_when_its_models_miss_the_bars(tmp_path, capsys):
+def test_quick_demo_starts_from_the_shipped_stand_in_and_says_when_its_models_miss_the_bars(tmp_path, capsys,
+                                                                                             monkeypatch):
+    from huggingface_hub import constants
+
+    from supersam_hf.standin import STANDIN_DIR, STANDIN_REPO_ID, shipped_scores
+
+    cache = tmp_path / "hub"
+    mine = cache / "models--me--my-sam" / "refs" / "main"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # the user's HF cache
     output = tmp_path / "quick"
-    assert main(["demo", "--quick", "--output_dir", str(output), *TINY[:-4], "--size_reductions", "0.3",
-                 "--size_metric", "macs"]) == 0
+    assert main(["demo", "--quick", "--output_dir", str(output), *QUICK_SHIPPED, "--size_metric", "macs"]) == 0
+    printed = capsys.readouterr().out
     state = json.loads((output / "demo_state.json").read_text())
     base = state["base"]
+    # the base is the shipped stand-in, placed in the HF cache under its own name and loaded from there
+    assert base["repo_id"] == STANDIN_REPO_ID and base["card"] == shipped_scores()
+    assert base["path"].startswith(str(cache / "models--supersam-hf--sam-standin-shapes" / "snapshots"))
+    assert mine.read_text() == "0" * 40 and sorted(p.name for p in cache.iterdir()) == [
+        "models--me--my-sam", "models--supersam-hf--sam-standin-shapes"]
+    assert not (output / "base").exists() and not (output / "base_training").exists()  # nothing trained on A
+    assert f"box {base['domain_A']['box']['miou']:.3f}, point {base['point_miou_domain_A']:.3f}" in printed
+    assert f"the box itself as the mask: {base['box_reference_domain_A']:.3f}" in printed
+    assert STANDIN_REPO_ID in (output / "summary.md").read_text()
+    card = (output / "exports" / "supersam-30pct-smaller" / "README.md").read_text()
+    assert STANDIN_REPO_ID in card  # the export names its base as a Hub id, not a cache path
+    assert "torch thread" in printed  # the plan says how many threads it timed and runs with
+    assert state["plan"]["threads"] >= 1 and (STANDIN_DIR / "model.safetensors").is_file()
     assert state["search_30"]["macs"] <= 0.7 * state["summary"]["base_macs"]  # --size_metric macs: MACs, not parameters
     notes = [line for line in (output / "summary.md").read_text().splitlines() if line.startswith("Quick mode")]
-    assert len(notes) == 1 and notes[0] in capsys.readouterr().out
-    # A 3-step base is nowhere near the bars: the line names where it stands, with the measured numbers.
-    assert "shows the mechanics" in notes[0] and ("below the box reference" in notes[0] or "near" in notes[0])
+    assert len(notes) == 1 and notes[0] in printed
+    # 2 steps on B leave the winners below B's box reference: the line names where they stand, with the numbers.
+    assert "shows the mechanics" in notes[0] and "below the box reference" in notes[0]
     assert f"{base['miou_domain_A']:.3f}" in notes[0] and f"{base['box_reference_domain_A']:.3f}" in notes[0]
     assert f"point {base['point_miou_domain_A']:.3f}" in notes[0]
+    # size flags of a base trained here are refused with the shipped stand-in, before anything is written
+    assert main(["demo", "--output_dir", str(tmp_path / "bad"), "--hidden_size", "64"]) == 2
+    assert "--hidden_size size a base trained here" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_quick_demo_refuses_bad_flags(tmp_path, capsys):
     assert main(["demo", "--quick", "--output_dir", str(tmp_path / "bad"), *TINY, "--size_metric", "flops"]) == 2
     assert "--size_metric must be params or macs" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main(["demo", "--quick", "--output_dir", str(tmp_path / "bad"), *TINY, "--learning_rate", "0"]) == 2
@@ -105,7 +139,8 @@ def test_demo_refuses_an_earlier_run_and_resumes_it(demo_run, capsys):
 
 def test_demo_refuses_a_foreign_model(tmp_path, capsys):
     ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path / "vit")
-    assert main(["demo", "--output_dir", str(tmp_path / "out"), "--model_name_or_path", str(tmp_path / "vit"), *TINY]) == 2
+    assert main(["demo", "--output_dir", str(tmp_path / "out"), "--model_name_or_path", str(tmp_path / "vit"),
+                 *QUICK_SHIPPED]) == 2
     assert "model of type 'vit'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 

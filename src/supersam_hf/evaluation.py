@@ -11,6 +11,8 @@ Which of SAM's three multimask outputs is scored (`mask_selection`):
   user gets from the model without ground truth, so it is the honest deployment number (and the default).
 * ``"oracle"``: the output with the highest IoU against the ground truth, as the SuperSAM reference code reports.
   Always >= "single"; use it to compare with numbers from the paper.
+* ``"single_output"``: SAM called with ``multimask_output=False``: its one single-mask output, the convention of
+  box-prompt users (HF's SAM fine-tuning guide, SAM's own advice for boxes and several points).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from .search_space import SubnetConfig
 logger = logging.getLogger(__name__)
 
 PROMPTS = ("point", "box")
-MASK_SELECTIONS = ("single", "oracle")
+MASK_SELECTIONS = ("single", "oracle", "single_output")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -325,19 +327,19 @@ def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
 PROMPTS_PER_FORWARD = 64
 
 
-def _forward(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pred_masks (B, P, 3, L, L), iou_scores (B, P, 3)) of one batch; above `PROMPTS_PER_FORWARD` prompts the
-    image is encoded once and its prompts decoded in chunks (SAM decodes every prompt independently)."""
+def _forward(model, inputs: dict[str, torch.Tensor], multimask_output: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pred_masks (B, P, 3 or 1, L, L), iou_scores (B, P, 3 or 1)) of one batch; above `PROMPTS_PER_FORWARD`
+    prompts the image is encoded once and its prompts decoded in chunks (SAM decodes every prompt independently)."""
     prompt_key = "input_boxes" if "input_boxes" in inputs else "input_points"
     count = inputs[prompt_key].shape[1]
     if count <= PROMPTS_PER_FORWARD:
-        outputs = model(**inputs, multimask_output=True)
+        outputs = model(**inputs, multimask_output=multimask_output)
         return outputs.pred_masks, outputs.iou_scores
     embeddings = model.get_image_embeddings(inputs["pixel_values"])
     masks, scores = [], []
     for start in range(0, count, PROMPTS_PER_FORWARD):
         chunk = {k: v[:, start:start + PROMPTS_PER_FORWARD] for k, v in inputs.items() if k != "pixel_values"}
-        outputs = model(image_embeddings=embeddings, **chunk, multimask_output=True)
+        outputs = model(image_embeddings=embeddings, **chunk, multimask_output=multimask_output)
         masks.append(outputs.pred_masks)
         scores.append(outputs.iou_scores)
     return torch.cat(masks, dim=1), torch.cat(scores, dim=1)
@@ -352,8 +354,8 @@ def _model_masks(model, batch, processor, mask_selection: str) -> list[torch.Ten
     for key in ("pixel_values", "input_boxes", "input_points"):
         if key in inputs:
             inputs[key] = inputs[key].to(dtype)
-    pred_masks, iou_scores = _forward(model, inputs)
-    low_res = pred_masks.float()  # (B, P, 3, L, L) logits
+    pred_masks, iou_scores = _forward(model, inputs, multimask_output=mask_selection != "single_output")
+    low_res = pred_masks.float()  # (B, P, 3, L, L) logits, or (B, P, 1, L, L) for "single_output"
     if mask_selection == "single":
         best = iou_scores.float().argmax(dim=-1)  # (B, P): the model's own choice
         index = best[..., None, None, None].expand(-1, -1, 1, *low_res.shape[-2:])
@@ -368,7 +370,7 @@ def _model_masks(model, batch, processor, mask_selection: str) -> list[torch.Ten
                 mask_threshold=0.0, binarize=True,
             )[0]
             part = truth[start:stop].to(image_masks.device)
-            picks = [0 if mask_selection == "single" else int(_pairwise_iou(image_masks[k], part[k]).argmax())
+            picks = [0 if mask_selection != "oracle" else int(_pairwise_iou(image_masks[k], part[k]).argmax())
                      for k in range(part.shape[0])]
             picked += [image_masks[k, pick] for k, pick in enumerate(picks)]
         chosen.append(torch.stack(picked) if picked else torch.zeros(0, *truth.shape[1:], dtype=torch.bool))
@@ -485,8 +487,9 @@ def evaluate_model(
         subnet: evaluate this subnet of a `SuperSamModel` (under `model.subnet(subnet)`); None = the model as it
             is (its active subnet, if any, else the full model).
         prompt: "point" (one positive point per instance) or "box" (the instance's bounding box).
-        mask_selection: "single" (the output with the highest predicted IoU, what the model itself would return)
-            or "oracle" (the best of the three outputs against the ground truth, as the SuperSAM code reports).
+        mask_selection: "single" (the output with the highest predicted IoU, what the model itself would return),
+            "oracle" (the best of the three outputs against the ground truth, as the SuperSAM code reports) or
+            "single_output" (the model called with `multimask_output=False`: its single-mask output).
         batch_size: images per forward; every instance of an image is decoded in the same forward.
         max_images: score only the first `max_images` images (in dataset order).
         seed: prompts are drawn reproducibly from this seed (a ready `SamSegmentationData` keeps its own).

@@ -75,6 +75,8 @@ def sam_loss(
     iou_weight: float = 1.0,
     bce_weight: float = 1.0,
     return_mask_index: bool = False,
+    single_masks: torch.Tensor | None = None,
+    single_iou_scores: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """SAM's loss, averaged over real (non-padded) instances.
 
@@ -86,6 +88,11 @@ def sam_loss(
     (detached). With M > 1 masks per prompt only the mask with the lowest mask loss is back-propagated (SAM's
     ambiguity-aware training); the IoU loss covers all M masks.
 
+    `single_masks` (B, P, 1, h, w) and `single_iou_scores` (B, P, 1): SAM's single-mask output (what
+    `multimask_output=False` returns, see `training.mask_outputs`), given for unambiguous prompts (a box, several
+    points). Its mask loss is added in full (no selection) and its IoU prediction joins the MSE, so the output
+    that box-prompt users call trains too; the result then also holds "single" (its unweighted mask loss).
+
     Returns a dict of scalars: "loss" (total), the unweighted components ("focal"/"bce", "dice", "iou"), and, when
     `return_mask_index`, "mask_index" (B, P) long: the selected mask per instance (-1 on padded slots), e.g. to
     distil exactly those masks with `mask_distillation_loss`.
@@ -93,6 +100,12 @@ def sam_loss(
     if loss_type not in LOSS_TYPES:
         raise SupersamError(f"Unknown loss_type {loss_type!r}; valid types are {LOSS_TYPES}.")
     _check_shapes(pred_masks, iou_scores, labels, instance_mask)
+    if (single_masks is None) != (single_iou_scores is None):
+        raise ValueError("Pass single_masks and single_iou_scores together (the single-mask output and its IoU score).")
+    if single_masks is not None:
+        _check_shapes(single_masks, single_iou_scores, labels, instance_mask)
+        if single_masks.shape[2] != 1:
+            raise ValueError(f"single_masks must hold one mask per prompt (B, P, 1, h, w), got {tuple(single_masks.shape)}.")
     if instance_mask is None:
         instance_mask = torch.ones(pred_masks.shape[:2], dtype=torch.bool, device=pred_masks.device)
     instance_mask = instance_mask.to(device=pred_masks.device, dtype=torch.bool)
@@ -107,7 +120,11 @@ def sam_loss(
 
     if logits.shape[0] == 0:  # no real instance: a zero that still touches the graph (keeps DDP in step)
         zero = pred_masks.sum() * 0 + iou_scores.sum() * 0
+        if single_masks is not None:
+            zero = zero + single_masks.sum() * 0 + single_iou_scores.sum() * 0
         out = {"loss": zero, **{name: zero.detach() for name in names}, "iou": zero.detach()}
+        if single_masks is not None:
+            out["single"] = zero.detach()
         if return_mask_index:
             out["mask_index"] = torch.full(pred_masks.shape[:2], -1, dtype=torch.long, device=pred_masks.device)
         return out
@@ -118,8 +135,16 @@ def sam_loss(
     rows = torch.arange(len(best), device=best.device)
     components = {name: per_mask[name][rows, best].mean() for name in names}
     iou_target = mask_iou(logits.detach(), targets)
+    total = mask_loss[rows, best].mean()
+    if single_masks is not None:  # the single output: its full mask loss, and its IoU score in the MSE
+        single_logits = single_masks[instance_mask].float()  # (N, 1, h, w)
+        single_loss = sum(weights[name] * functions[name](single_logits, targets[:, :1]) for name in names)[:, 0]
+        components["single"] = single_loss.detach().mean()
+        total = total + single_loss.mean()
+        scores = torch.cat([scores, single_iou_scores[instance_mask].float()], dim=-1)
+        iou_target = torch.cat([iou_target, mask_iou(single_logits.detach(), targets[:, :1])], dim=-1)
     components["iou"] = F.mse_loss(scores, iou_target)
-    total = mask_loss[rows, best].mean() + iou_weight * components["iou"]
+    total = total + iou_weight * components["iou"]
 
     out = {"loss": total, **components}
     if return_mask_index:

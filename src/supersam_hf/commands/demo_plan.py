@@ -10,6 +10,7 @@ image) and multiplies them by the measured forward time.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,14 @@ MIN_SEARCH_BUDGET = 4
 # Forward-equivalents (of the full model on one image) per unit of work.
 TRAIN_PASSES = 3.0  # forward + backward of the full model
 SANDWICH_PASSES = 2.6  # largest (1) + smallest (~0.3) + two random subnets (~0.65 each), in full-model units
+# A sandwich step over a measured full training step (`time_train_step`): data, optimizer and per-step overheads are
+# paid once, not per subnet. Measured with the stand-in on a shared machine: quick demo (150 steps each) 321 s /
+# 204 s = 1.57 and 170 s / 80 s = 2.13; default demo (400 steps) 361 s / 135 s = 2.68 (the load changed within
+# runs). 1.9 puts the whole-run estimates of three measured runs within 25 % of their wall time (+22 %, -12 %,
+# -19 %; benchmarks/results/standin_base.md), where 2.1 would put the fastest one at +28 %.
+SANDWICH_STEP_RATIO = 1.9
+# With a small base (measured steps): Python and library imports, model loads, dataset saving, export writes.
+STARTUP_SECONDS = 20.0
 CHECKPOINTING_OVERHEAD = 4.0 / 3.0  # one more forward per backward
 CALIBRATION_PASSES = 6.5  # convert: 78 encoder-layer calls per image at 12 layers
 SUBNET_FORWARD = 0.6  # an average searched subnet's share of the full model's forward
@@ -47,17 +56,49 @@ class DemoPlan:
     sizes: dict[str, Any]
     forward_seconds: float
     estimate_seconds: dict[str, float] = field(default_factory=dict)
+    threads: int | None = None  # torch's intra-op threads the forward was timed with (the run's)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sizes": self.sizes, "forward_seconds": self.forward_seconds, "estimate_seconds": self.estimate_seconds}
+        return {"sizes": self.sizes, "forward_seconds": self.forward_seconds, "estimate_seconds": self.estimate_seconds,
+                "threads": self.threads}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DemoPlan":
-        return cls(dict(data["sizes"]), float(data["forward_seconds"]), dict(data.get("estimate_seconds", {})))
+        return cls(dict(data["sizes"]), float(data["forward_seconds"]), dict(data.get("estimate_seconds", {})),
+                   data.get("threads"))
 
     @property
     def total_minutes(self) -> float:
         return sum(self.estimate_seconds.values()) / 60.0
+
+
+@dataclass
+class ThreadChoice:
+    count: int
+    reason: str
+
+
+# A small model (the stand-in: 128 px, 4 layers) gains little from a second intra-op thread, and on a busy CPU
+# torch's threads spin against other processes (measured: 17x slower training with one other busy process): so at
+# most this many threads for it, and never more than the cores free now.
+SMALL_MODEL_MAX_THREADS = 2
+
+
+def pick_num_threads(small_model: bool, cores: int | None = None, load: float | None = None) -> ThreadChoice:
+    """torch's intra-op thread count for this run: the cores this process may use (`os.sched_getaffinity`) minus
+    those busy now (the 1-minute load average, `os.getloadavg`), at least 1; for a small model at most
+    `SMALL_MODEL_MAX_THREADS`. An explicit `OMP_NUM_THREADS` is kept. Returns the count and one line saying why."""
+    explicit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if explicit.isdigit() and int(explicit) > 0:
+        return ThreadChoice(int(explicit), f"{explicit} torch thread{'s' if explicit != '1' else ''} (OMP_NUM_THREADS)")
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    free = max(1, int(cores - load + 0.5))
+    count = min(free, SMALL_MODEL_MAX_THREADS) if small_model else free
+    return ThreadChoice(count, f"{count} torch thread{'s' if count > 1 else ''} ({cores} cores, load {load:.1f}: "
+                               f"{free} free{'; a small model' if small_model else ''})")
 
 
 @torch.no_grad()
@@ -81,23 +122,62 @@ def time_forward(model, processor, image, batch_size: int = 1) -> float:
     return sorted(times[1:])[1]
 
 
-def estimate_seconds(sizes: dict[str, Any], forward: float, stand_in: bool, gradient_checkpointing: bool,
-                     num_searches: int) -> dict[str, float]:
+def time_train_step(model, processor, dataset, batch_size: int) -> float:
+    """Seconds of one real training step of a copy of `model` (collating a micro-batch of `dataset` rows with box
+    prompts, forward, SAM's loss with both calling conventions, backward, AdamW): the mean of 2 after a warm-up.
+    For a small model (the stand-in) the per-step overheads around the forward dominate, which a forward alone
+    misses; `model` itself is not changed."""
+    import copy
+
+    from ..data import SamCollator, SamSegmentationData, model_inputs
+    from ..losses import sam_loss
+    from ..training.mask_outputs import capture_single_output, single_output
+
+    student = copy.deepcopy(model).train()
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-6)
+    data = SamSegmentationData(dataset, processor, prompt="box", seed=0)
+    collate = SamCollator(prompt="box")
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        batch = collate([data[i % len(data)] for i in range(batch_size)])
+        with capture_single_output(student.mask_decoder) as captured:
+            outputs = student(**model_inputs(batch), multimask_output=True)
+        masks, scores = single_output(student.mask_decoder, captured)
+        loss = sam_loss(outputs.pred_masks, outputs.iou_scores, batch["labels"], batch["instance_mask"],
+                        loss_type="dice_bce", single_masks=masks, single_iou_scores=scores)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter() - started)
+    return sum(times[1:]) / len(times[1:])
+
+
+def estimate_seconds(sizes: dict[str, Any], forward: float, stand_in: bool | str, gradient_checkpointing: bool,
+                     num_searches: int, train_step: float | None = None) -> dict[str, float]:
     """Rough seconds per stage of a demo run with `sizes`, from the forward time of one micro-batch (`forward`;
-    evaluation and search are counted per image, as that time over the batch size)."""
+    evaluation and search are counted per image, as that time over the batch size). `stand_in`: where the base
+    comes from, "trained" here (True), "shipped" (only scored on A) or "given" (False). `train_step`: the measured
+    seconds of one training step of a micro-batch (`time_train_step`), used instead of 3 forwards when given."""
+    stand_in = {True: "trained", False: "given"}.get(stand_in, stand_in)
     micro, forward = forward, forward / sizes["batch_size"]
-    full_step = TRAIN_PASSES * micro * sizes["gradient_accumulation_steps"]
+    full_step = (train_step or TRAIN_PASSES * micro) * sizes["gradient_accumulation_steps"]
     full_step *= CHECKPOINTING_OVERHEAD if gradient_checkpointing else 1.0
     n_eval = sizes["num_eval_images"]
     evaluations = (4 + 2 * num_searches) * n_eval * forward  # 2 prompts x (zero-shot, fine-tuned, each export)
     estimate = {
         "calibration": sizes["num_calibration_images"] * CALIBRATION_PASSES * forward,
-        "training": sizes["train_steps"] * full_step * (1.0 + SANDWICH_PASSES),  # fine-tuning baseline + sandwich
+        # the fine-tuning baseline + the sandwich
+        "training": sizes["train_steps"] * full_step * (1.0 + (SANDWICH_STEP_RATIO if train_step else SANDWICH_PASSES)),
         "search": num_searches * sizes["search_budget"] * n_eval * SUBNET_FORWARD * forward,
         "evaluation": evaluations,
     }
-    if stand_in:
+    if train_step:
+        estimate["startup"] = STARTUP_SECONDS
+    if stand_in == "trained":
         estimate["stand-in base"] = sizes["base_steps"] * full_step + 2 * n_eval * forward
+    elif stand_in == "shipped":
+        estimate["stand-in base"] = 2 * n_eval * forward  # scored on A (box and point)
     return {k: round(v, 1) for k, v in estimate.items()}
 
 
@@ -128,13 +208,14 @@ def size_to_budget(sizes: dict[str, Any], forward: float, budget_seconds: float,
     return sized
 
 
-def describe(plan: DemoPlan, model_name: str | None, num_searches: int, gradient_checkpointing: bool) -> str:
+def describe(plan: DemoPlan, model_name: str | None, num_searches: int, gradient_checkpointing: bool,
+             threads: str | None = None) -> str:
     """What the run will do and roughly how long, in a few lines (printed before anything long starts)."""
     s = plan.sizes
     batch = (f"{s['batch_size']} image{'s' if s['batch_size'] > 1 else ''} x {s['gradient_accumulation_steps']} "
              "accumulated" if s["gradient_accumulation_steps"] > 1 else f"{s['batch_size']} images")
     base = (f"train a stand-in base on domain A ({s['base_steps']} steps); " if model_name is None
-            else f"base {model_name} (one forward of a micro-batch: {plan.forward_seconds:.2f} s here); ")
+            else f"base {model_name} (one forward of a micro-batch: {plan.forward_seconds:.3f} s here); ")
     parts = "; ".join(f"{name} ~{seconds / 60:.1f}" for name, seconds in plan.estimate_seconds.items())
     return (
         f"plan: {base}convert on {s['num_calibration_images']} calibration images; {s['train_steps']} training steps "
@@ -142,9 +223,10 @@ def describe(plan: DemoPlan, model_name: str | None, num_searches: int, gradient
         f"{' (gradient checkpointing)' if gradient_checkpointing else ''}; {num_searches} searches x "
         f"{s['search_budget']} subnets on {s['num_eval_images']} search images; every model evaluated with box and "
         f"point prompts on {s['num_eval_images']} test images.\n"
-        f"[supersam demo] estimated ~{plan.total_minutes:.0f} min on this machine (rough; minutes: {parts})"
+        f"[supersam demo] estimated ~{plan.total_minutes:.0f} min on this machine"
+        f"{' with ' + threads if threads else ''} (rough; minutes: {parts})"
     )
 
 
-__all__ = ["DEFAULT_TIME_BUDGET_MINUTES", "DemoPlan", "MODEL_BATCH", "PRESETS", "describe", "estimate_seconds",
-           "size_to_budget", "time_forward"]
+__all__ = ["DEFAULT_TIME_BUDGET_MINUTES", "DemoPlan", "MODEL_BATCH", "PRESETS", "ThreadChoice", "describe",
+           "estimate_seconds", "pick_num_threads", "size_to_budget", "time_forward", "time_train_step"]

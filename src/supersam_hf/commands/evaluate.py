@@ -36,10 +36,12 @@ class EvaluateArguments:
     )
     search_dir: Optional[str] = field(default=None, metadata={"help": "Output folder of `supersam search`."})
     prompt_type: Literal["point", "box"] = prompt_type_field("point or box")
-    mask_selection: Literal["single", "oracle"] = field(
+    mask_selection: Literal["single", "oracle", "single_output"] = field(
         default="single",
-        metadata={"help": "single: the output with the highest predicted IoU (the model's own choice); oracle: the best "
-                  "of the three outputs against the ground truth (as the SuperSAM paper reports)."},
+        metadata={"help": "single: of the three multimask outputs, the one with the highest predicted IoU (the model's "
+                  "own choice); oracle: the best of the three against the ground truth (as the SuperSAM paper "
+                  "reports); single_output: the model called with multimask_output=False (its one mask, the usual "
+                  "call with a box prompt)."},
     )
     batch_size: int = field(default=4, metadata={"help": "Images per forward."})
     max_instances_per_image: Optional[int] = field(

@@ -21,6 +21,7 @@ from ..errors import SupersamError
 from ..losses import mask_distillation_loss, sam_loss
 from ..modeling_supersam import SuperSamModel
 from ..search_space import SearchSpace, SubnetConfig
+from .mask_outputs import capture_single_output, single_output, unambiguous_prompts
 
 
 class NonFiniteLossError(SupersamError):
@@ -134,22 +135,33 @@ def sandwich_backward(
     With `distill_weight > 0` the first slot (the largest) is the teacher: every later slot adds
     `distill_weight · mask_distillation_loss` towards the teacher's detached logits of the mask that SAM's loss
     selected for the teacher. Returns per slot the detached "loss" (total) and, with distillation, "distill".
+
+    Both of SAM's calling conventions train (SAM's recipe): the best of the three multimask outputs always, and for
+    unambiguous prompts (a box, several points) also the single-mask output that `multimask_output=False` returns
+    (read from the same forward, `training.mask_outputs`).
     """
     supernet = unwrap_supernet(accelerator.unwrap_model(model))
     if distill_weight > 0 and slots[0][0] != "largest":
         raise ValueError("In-place distillation needs the largest subnet in the first slot (the teacher).")
     results: dict[str, dict[str, torch.Tensor]] = {}
     teacher = None
+    single = unambiguous_prompts(inputs)  # SAM's recipe: also train the multimask_output=False output
     try:
         for index, (name, cfg) in enumerate(slots):
             last = sync and index == len(slots) - 1
             with contextlib.nullcontext() if last else accelerator.no_sync(model):
                 supernet.set_subnet(cfg)
-                outputs = model(**inputs, multimask_output=True)
-                outputs.pred_masks = RESOLUTION.masks_like(outputs.pred_masks, labels)  # a smaller-input subnet's
+                with capture_single_output(supernet.mask_decoder) if single else contextlib.nullcontext() as captured:
+                    outputs = model(**inputs, multimask_output=True)
+                single_masks, single_scores = single_output(supernet.mask_decoder, captured) if single else (None, None)
+                # A smaller-input subnet's low-resolution masks, upsampled to the targets' size.
+                outputs.pred_masks = RESOLUTION.masks_like(outputs.pred_masks, labels)
+                if single_masks is not None:
+                    single_masks = RESOLUTION.masks_like(single_masks, labels)
                 terms = sam_loss(
                     outputs.pred_masks, outputs.iou_scores, labels, instance_mask,
                     loss_type=loss_type, return_mask_index=distill_weight > 0 and teacher is None,
+                    single_masks=single_masks, single_iou_scores=single_scores,
                 )
                 loss = terms["loss"]
                 record = {}
@@ -163,7 +175,7 @@ def sandwich_backward(
                 accelerator.backward(loss)
                 record["loss"] = loss.detach()
                 results[name] = record
-                del outputs, terms, loss
+                del outputs, terms, loss, single_masks, single_scores
     finally:
         supernet.reset_subnet()
     return results

@@ -3,6 +3,7 @@ streaming (in-order equality with map-style, exact resume), every instance score
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -377,7 +378,8 @@ def test_streaming_in_order_equals_map_style(shapes, processor, tmp_path):
 
 def _collate(examples):
     """Each example by its image (the stream's row numbers restart in every worker)."""
-    return {"images": [hash(e["pixel_values"].numpy().tobytes()) for e in examples],
+    # A content digest, not hash(): DataLoader workers started by spawn / forkserver salt str/bytes hashes anew.
+    return {"images": [hashlib.sha1(e["pixel_values"].numpy().tobytes()).hexdigest() for e in examples],
             "points": torch.cat([e["input_points"] for e in examples])}
 
 
@@ -394,7 +396,7 @@ def test_streaming_resume_sees_the_same_examples(shapes, processor, workers):
     straight = list(loader())
     order = [image for batch in straight for image in batch["images"]]
     mapped = SamSegmentationData(shapes, processor)
-    everything = [hash(mapped[i]["pixel_values"].numpy().tobytes()) for i in range(len(mapped))]
+    everything = [hashlib.sha1(mapped[i]["pixel_values"].numpy().tobytes()).hexdigest() for i in range(len(mapped))]
     assert sorted(order) == sorted(everything) and order != everything  # every row once, shuffled
     first = loader()
     iterator = iter(first)

@@ -38,11 +38,12 @@ from .errors import UnsupportedSetupError
 from .metrics import load_sam_miou
 from .modeling_supersam import SuperSamModel
 from .search_space import SubnetConfig
+from .types import EvaluationPromptType, MaskSelection
 
 logger = logging.getLogger(__name__)
 
-PROMPTS = ("point", "box")
-MASK_SELECTIONS = ("single", "oracle")
+PROMPTS = EvaluationPromptType.values()
+MASK_SELECTIONS = MaskSelection.values()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from ..prioritization import default_num_elastic_layers, prioritize
 from ..search import RESULTS_FILE, search_subnets
 from ..training import SupernetTrainingArguments, train_supernet
 from ..training.checkpoints import find_latest_checkpoint
+from ..types import PromptType
 from .demo_plan import DEFAULT_TIME_BUDGET_MINUTES, MODEL_BATCH, PRESETS, DemoPlan, describe, estimate_seconds
 from .demo_plan import size_to_budget, time_forward
 
@@ -54,7 +55,7 @@ STATE_FILE = "demo_state.json"
 DEMO_OUTPUTS = ("data", "base", "base_init", "base_training", "finetuned", "supernet_init", "supernet", "search",
                 "exports", "summary.md", "pareto.png", STATE_FILE)
 SIZE_REDUCTIONS = (0.3, 0.5, 0.7)  # the demo's budgets: at least this fraction fewer parameters than the base
-EVAL_PROMPTS = ("box", "point")  # every model is reported with both (a point gives no box-filling shortcut)
+EVAL_PROMPTS = (PromptType.BOX.value, PromptType.POINT.value)  # every model is reported with both (a point gives no box-filling shortcut)
 VALIDATION_SPLITS = ("validation", "valid", "val", "dev")
 SIZE_FIELDS = ("image_size", "patch_size", "window_size", "hidden_size", "num_layers", "num_train_images", "num_eval_images",
                "num_calibration_images", "base_steps", "train_steps", "search_budget", "batch_size",
@@ -96,7 +97,7 @@ class DemoArguments:
                   "resumes from its last checkpoint and an interrupted search from its scored subnets."},
     )
     seed: int = field(default=0, metadata={"help": "Seed of data, training and search."})
-    prompt_type: str = prompt_type_field("point, box or mixed (training; the search uses box for mixed; every model is "
+    prompt_type: PromptType = prompt_type_field("point, box or mixed (training; the search uses box for mixed; every model is "
                                          "reported with box and point prompts)")
     # Sizes. None = the preset (stand-in) or sized to the machine (given model); tests set tiny values.
     image_size: int | None = field(default=None, metadata={"help": "Image size of the stand-in base."})
@@ -140,7 +141,7 @@ class DemoArguments:
 # The stand-in base's recipe (benchmarks/results/base_recipe.md): patch 8 (a 16x16 token grid and 64x64 masks at
 # 128 px), 4 layers, mixed point/box prompts (3 points in 4), lr 1e-3 with cosine decay.
 BASE_LEARNING_RATE = 1e-3
-BASE_PROMPT_TYPE = "mixed"  # a base trained on boxes alone never learns to follow a single point
+BASE_PROMPT_TYPE = PromptType.MIXED.value  # a base trained on boxes alone never learns to follow a single point
 # Three point-prompted micro-batches in four: at 2000 steps, point mIoU on A 0.633 (vs 0.570 at 2400 steps with half
 # points) with box mIoU unchanged (0.688 vs 0.679): one point is the harder prompt to learn.
 BASE_POINT_FRACTION = 0.75
@@ -316,7 +317,7 @@ class _DemoRun:
 
 def run_demo(args: DemoArguments) -> dict:
     """Run (or resume) the demo; returns the summary rows."""
-    if args.prompt_type not in ("point", "box", "mixed"):
+    if args.prompt_type not in PromptType.values():
         raise SupersamError(f"--prompt_type must be point, box or mixed, got {args.prompt_type!r}.")
     if args.size_metric not in ("params", "macs"):
         raise SupersamError(f"--size_metric must be params or macs, got {args.size_metric!r}.")
@@ -339,7 +340,7 @@ def run_demo(args: DemoArguments) -> dict:
     plan = DemoPlan.from_dict(state.stages["plan"])
     _print(describe(plan, args.model_name_or_path, len(args.size_reductions), args.gradient_checkpointing))
     torch.manual_seed(args.seed)
-    run = _DemoRun(args, plan, processor, output, state, search_prompt="box" if args.prompt_type == "mixed" else args.prompt_type)
+    run = _DemoRun(args, plan, processor, output, state, search_prompt="box" if args.prompt_type == PromptType.MIXED else args.prompt_type)
     _stage_data(run)
     b_search, b_test = (load_segmentation_dataset(run.data_b, split=s) for s in ("search", "test"))
     base_dir = _stage_base(run)

@@ -137,3 +137,21 @@ def test_arguments_from_flags_and_files_stay_plain_strings(tmp_path, suffix):
     path.write_text(json.dumps({**values, "mask_selection": "best"}), encoding="utf-8")
     with pytest.raises(SupersamError, match="'mask_selection' must be one of 'single', 'oracle', got 'best'"):
         parse_stage_arguments("evaluate", [str(path)])
+
+
+def test_library_functions_take_members_and_record_plain_strings():
+    """An enum member works wherever its string does, and results keep plain strings (they go into YAML card
+    metadata, where a member would be written as a Python object)."""
+    from helpers import tiny_processor, tiny_supernet
+
+    from supersam_hf.data import make_synthetic_shapes
+    from supersam_hf.evaluation import evaluate_model
+
+    model, processor = tiny_supernet(num_layers=2, image_size=64), tiny_processor(64)
+    dataset = make_synthetic_shapes(2, image_size=64, seed=1)
+    plain = evaluate_model(model, dataset, processor, prompt="point", mask_selection="oracle", show_progress=False)
+    member = evaluate_model(model, dataset, processor, prompt=PromptType.POINT, mask_selection=MaskSelection.ORACLE,
+                            show_progress=False)
+    assert member == plain
+    assert type(member["prompt"]) is str and type(member["mask_selection"]) is str
+    assert yaml.safe_load(yaml.safe_dump(member)) == json.loads(json.dumps(member))

@@ -25,10 +25,11 @@ from supersam_hf.types import (
     MixedPrecision,
     PromptType,
     SearchStrategy,
+    SizeMetric,
 )
 
 ENUMS = (EvaluationPromptType, IntensityNormalization, LatencyBackend, LogLevel, LossType, LrSchedulerType, MaskKind,
-         MaskSelection, MixedPrecision, PromptType, SearchStrategy)
+         MaskSelection, MixedPrecision, PromptType, SearchStrategy, SizeMetric)
 
 # (stage, flag, enum): every flag whose values are one of the choice sets.
 FLAGS = [
@@ -48,6 +49,7 @@ FLAGS = [
     ("train", "--loss_type", LossType),
     ("train", "--lr_scheduler_type", LrSchedulerType),
     ("train", "--mixed_precision", MixedPrecision),
+    ("demo", "--size_metric", SizeMetric),
 ]
 
 

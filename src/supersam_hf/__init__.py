@@ -17,6 +17,7 @@ from .types import (
     MixedPrecision,
     PromptType,
     SearchStrategy,
+    SizeMetric,
 )
 
 __version__ = "0.1.0"
@@ -53,4 +54,5 @@ def __getattr__(name: str):
 
 __all__ = ["SuperSamConfig", "SuperSamModel", "SubnetConfig", "SearchSpace", "build_sam_config", "__version__", *_LAZY]
 __all__ += ["EvaluationPromptType", "IntensityNormalization", "LatencyBackend", "LogLevel", "LossType", "LrSchedulerType",
-            "MaskKind", "MaskSelection", "MixedPrecision", "PromptType", "SearchStrategy"]
+            "MaskKind", "MaskSelection", "MixedPrecision", "PromptType", "SearchStrategy",
+            "SizeMetric"]

@@ -122,6 +122,13 @@ class SearchStrategy(ExplicitEnum):
     RANDOM = "random"
 
 
+class SizeMetric(ExplicitEnum):
+    """What the demo's size budgets reduce: the encoder's MACs per image or the checkpoint's parameters."""
+
+    PARAMS = "params"
+    MACS = "macs"
+
+
 __all__ = [
     "EvaluationPromptType",
     "ExplicitEnum",
@@ -135,4 +142,5 @@ __all__ = [
     "MixedPrecision",
     "PromptType",
     "SearchStrategy",
+    "SizeMetric",
 ]

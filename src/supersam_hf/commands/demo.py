@@ -45,7 +45,7 @@ from ..prioritization import default_num_elastic_layers, prioritize
 from ..search import RESULTS_FILE, search_subnets
 from ..training import SupernetTrainingArguments, train_supernet
 from ..training.checkpoints import find_latest_checkpoint
-from ..types import PromptType
+from ..types import PromptType, SizeMetric
 from .demo_plan import DEFAULT_TIME_BUDGET_MINUTES, MODEL_BATCH, PRESETS, DemoPlan, describe, estimate_seconds
 from .demo_plan import size_to_budget, time_forward
 
@@ -131,8 +131,8 @@ class DemoArguments:
                   "1e-3 with the stand-in base, which scores ~0 on B zero-shot and must nearly learn B; 2e-4 with a "
                   "given pretrained checkpoint)."},
     )
-    size_metric: str = field(
-        default="macs",
+    size_metric: SizeMetric = field(
+        default=SizeMetric.MACS.value,
         metadata={"help": "What --size_reductions reduce: macs (default: what makes a subnet faster, and the stand-in's "
                   "smallest subnet reaches 19 %% of its MACs but only 30 %% of its parameters) or params."},
     )
@@ -319,7 +319,7 @@ def run_demo(args: DemoArguments) -> dict:
     """Run (or resume) the demo; returns the summary rows."""
     if args.prompt_type not in PromptType.values():
         raise SupersamError(f"--prompt_type must be point, box or mixed, got {args.prompt_type!r}.")
-    if args.size_metric not in ("params", "macs"):
+    if args.size_metric not in SizeMetric.values():
         raise SupersamError(f"--size_metric must be params or macs, got {args.size_metric!r}.")
     if args.learning_rate is not None and not args.learning_rate > 0:
         raise SupersamError(f"--learning_rate must be > 0, got {args.learning_rate}.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .types import IntensityNormalization, LogLevel, MaskKind, PromptType
+from .types import IntensityNormalization, LogLevel, PromptType
 
 PROMPT_CHOICES = PromptType.values()
 # One default everywhere (train, search, evaluate, demo, the model card): a box is what SAM users mostly give, and
@@ -66,7 +66,7 @@ class DataArguments:
     )
     image_column: Optional[str] = field(default=None, metadata={"help": "Image column (default: auto-detect)."})
     mask_column: Optional[str] = field(default=None, metadata={"help": "Mask column (default: auto-detect)."})
-    mask_kind: Optional[MaskKind] = field(
+    mask_kind: Optional[str] = field(  # not MaskKind: a bad kind gets the data stage's message, not argparse's
         default=None,
         metadata={"help": "How masks are stored: instance (id map), masks (binary stack), semantic (class map) or "
                   "coco (objects with polygons / RLE); default: auto-detect from the first row. A kind that "

@@ -97,7 +97,7 @@ class DemoArguments:
                   "resumes from its last checkpoint and an interrupted search from its scored subnets."},
     )
     seed: int = field(default=0, metadata={"help": "Seed of data, training and search."})
-    prompt_type: PromptType = prompt_type_field("point, box or mixed (training; the search uses box for mixed; every model is "
+    prompt_type: str = prompt_type_field("point, box or mixed (training; the search uses box for mixed; every model is "
                                          "reported with box and point prompts)")
     # Sizes. None = the preset (stand-in) or sized to the machine (given model); tests set tiny values.
     image_size: int | None = field(default=None, metadata={"help": "Image size of the stand-in base."})
@@ -131,7 +131,7 @@ class DemoArguments:
                   "1e-3 with the stand-in base, which scores ~0 on B zero-shot and must nearly learn B; 2e-4 with a "
                   "given pretrained checkpoint)."},
     )
-    size_metric: SizeMetric = field(
+    size_metric: str = field(  # checked by run_demo (its message), values from SizeMetric
         default=SizeMetric.MACS.value,
         metadata={"help": "What --size_reductions reduce: macs (default: what makes a subnet faster, and the stand-in's "
                   "smallest subnet reaches 19 %% of its MACs but only 30 %% of its parameters) or params."},

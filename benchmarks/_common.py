@@ -44,10 +44,11 @@ def smoke_folder(name: str) -> Path:
 
 
 def smoke_demo_run(folder: Path, seed: int = 0, reductions=(0.3, 0.5, 0.7)) -> Path:
-    """A finished tiny `supersam demo` run in `folder` (SMOKE_DEMO_SIZES), as the paper proxy runs it."""
+    """A finished tiny `supersam demo` run in `folder` (SMOKE_DEMO_SIZES), as the paper proxy runs it (a base trained
+    here, `--train_base`: the shipped stand-in has its own, larger sizes)."""
     from supersam_hf.commands.demo import DemoArguments, run_demo
 
-    run_demo(DemoArguments(output_dir=str(folder), seed=seed, prompt_type="mixed", size_metric="macs",
+    run_demo(DemoArguments(output_dir=str(folder), seed=seed, train_base=True, prompt_type="mixed", size_metric="macs",
                            size_reductions=list(reductions), **SMOKE_DEMO_SIZES))
     return folder
 

@@ -12,7 +12,7 @@ each with the default depth space (`min_layers` = half the layers) and with `pri
 but 2 elastic, as `supersam convert` makes them).
 
     python benchmarks/floor.py            # writes benchmarks/results/floor.md
-    python benchmarks/floor.py --smoke    # tiny shapes, prints only (seconds)
+    python benchmarks/floor.py --smoke    # tiny shape (seconds); report in a temporary folder
     OMP_NUM_THREADS=2 python benchmarks/floor.py --timing --threads 2   # + the timing table (slow: minutes)
 """
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from transformers import SamConfig
 
-from _common import describe_machine, write_result
+from _common import RESULTS, SMOKE_HELP, describe_machine, smoke_folder, write_result
 from supersam_hf import SuperSamConfig, SuperSamModel, build_sam_config
 from supersam_hf.configuration_supersam import DEFAULT_RESOLUTION_RATIOS
 from supersam_hf.search import cheapest_subnet
@@ -191,41 +191,41 @@ one MLP width, one embedding width, one resolution) whose encoder MACs are close
 """ + "\n".join(rows) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="Tiny shapes only; print, write nothing.")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP + " The --timing table is not run.")
     parser.add_argument("--timing", action="store_true", help="Also time subnets near 30 / 10 / 5 %% of the MACs (slow).")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    text, found = floor_section(SMOKE_SHAPES if args.smoke else SHAPES)
-    if args.smoke:
-        print(text)
-        return
-    vit_b = found["ViT-B"]
-    best = min(vit_b.values(), key=lambda c: c[1])
-    default = vit_b[("min_layers 6 (config default)", "narrow + resolution ≥ 50 % (default space)")]
-    narrow = vit_b[("min_layers 6 (config default)", "narrow (embedding ≥ 25 %, MLP ≥ 12.5 %)")]
-    out = f"""# The floor: smallest reachable subnets ({datetime.date.today()})
+    shapes = SMOKE_SHAPES if args.smoke else SHAPES
+    text, found = floor_section(shapes)
+    shape = next(iter(shapes))  # the summary's shape: ViT-B (the smoke run's tiny one)
+    num_layers = shapes[shape]().vision_config.num_hidden_layers
+    first = found[shape]
+    best = min(first.values(), key=lambda c: c[1])
+    default = first[(f"min_layers {num_layers // 2} (config default)", "narrow + resolution ≥ 50 % (default space)")]
+    narrow = first[(f"min_layers {num_layers // 2} (config default)", "narrow (embedding ≥ 25 %, MLP ≥ 12.5 %)")]
+    out = f"""# The floor: smallest reachable subnets ({datetime.date.today()}{", --smoke: tiny shape" if args.smoke else ""})
 
 Analytic, from the elastic rules (`count_macs`: one image, one point prompt, whole model; `count_parameters`: the
 exported checkpoint), each the cheapest subnet of its space (`supersam_hf.search.cheapest_subnet`, exact for these
 uniform spaces). Reference points (issue 22, not measured here): {REFERENCES}
 
 {text}
-**ViT-B**: the default space (with resolution) reaches **{default[1]:.2%}** of the MACs (`{default[0].name}`) with its
+**{shape}**: the default space (with resolution) reaches **{default[1]:.2%}** of the MACs (`{default[0].name}`) with its
 default depth space and **{best[1]:.2%}** (`{best[0].name}`) with `prioritize`'s; the goal was ≤ 5 % (≤ 23 GMACs) and
 ≤ 2.5 % as the stretch point. Narrower widths alone reach {narrow[1]:.2%} (`{narrow[0].name}`); the resolution
 dimension divides the token count (and the global layers' quadratic attention) by up to 4.
 Parameters stop near the prompt encoder + mask decoder (≈ 4 M, untouched by any elastic kind).
 """
-    if args.timing:
+    if args.timing and not args.smoke:
         out += timing_section(args.threads, args.repeats)
     else:
         out += "\nThe time ÷ MACs table (`--timing`) was not run for this file.\n"
     print(out)
-    print(f"wrote {write_result('floor.md', out)}")
+    print(f"wrote {write_result('floor.md', out, folder=smoke_folder('floor') if args.smoke else RESULTS)}")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,9 @@ def measure_seed(out: Path, seed: int, resume: bool, sizes: dict) -> dict:
         s = state[f"search_{int(reduction * 100)}"]
         rows.append({"model": f"SuperSAM ≥{reduction:.0%} fewer MACs", "macs": s["macs"] / base_macs,
                      "params": s["params"] / base_params, "subnet": s["subnet"],
-                     **_scores(load_sam_model(s["folder"]), b_test, processor, seed)})
+                     # The export with its own processor saved next to it (a smaller-input subnet takes its
+                     # images at its resolution), as a user would run it.
+                     **_scores(load_sam_model(s["folder"]), b_test, load_processor(s["folder"]), seed)})
     return {"seed": seed, "rows": rows, "base_on_A": _scores(base, a_test, processor, seed),
             "box_reference_A": box_reference_miou(a_test, processor, seed=seed)["miou"],
             "num_objects_B": evaluate_model(base, b_test, processor, prompt="box", seed=seed, show_progress=False)["num_objects"],

@@ -32,6 +32,7 @@ from accelerate import Accelerator
 
 from _common import PRESETS, SMOKE_HELP, describe_machine, interleaved_medians, smoke_folder, write_result
 from supersam_hf import SuperSamModel, build_sam_config
+from supersam_hf.elastic import RESOLUTION
 from supersam_hf.losses import sam_loss
 from supersam_hf.training import sandwich_backward, sandwich_subnets
 
@@ -66,7 +67,9 @@ def setup(args):
                 return
             with model.subnet(dict(slots)[mode]):
                 out = model(**inputs, multimask_output=True)
-                sam_loss(out.pred_masks, out.iou_scores, labels, instance_mask)["loss"].backward()
+                # As sandwich_backward: a smaller-input subnet's masks upsampled to the targets' size.
+                pred_masks = RESOLUTION.masks_like(out.pred_masks, labels)
+                sam_loss(pred_masks, out.iou_scores, labels, instance_mask)["loss"].backward()
 
         return step
 

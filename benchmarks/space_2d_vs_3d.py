@@ -26,6 +26,7 @@ import torch
 
 from _common import RESULTS, SMOKE_HELP, describe_machine, smoke_demo_run, smoke_folder, write_result
 from supersam_hf.data import load_segmentation_dataset
+from supersam_hf.elastic import RESOLUTION
 from supersam_hf.evaluation import evaluate_model
 from supersam_hf.loading import load_processor, load_supernet
 from supersam_hf.search import search_subnets
@@ -84,7 +85,9 @@ def measure_run(run: Path, seed: int, learning_rate: float) -> dict:
             best = result.best
             row["2d"] = None if best is None else {
                 "macs": supernet_2d.count_macs(best.subnet) / base_macs, "subnet": best.subnet.to_dict(),
-                **_scores(supernet_2d.extract_subnet(best.subnet), b_test, processor, seed)}
+                # With the processor its export would carry (a smaller-input subnet takes its images at its size).
+                **_scores(supernet_2d.extract_subnet(best.subnet), b_test,
+                          RESOLUTION.export_processor(processor, supernet_2d.search_space.layer_plan(best.subnet)), seed)}
         rows.append(row)
     floors = {name: net.count_macs(net.search_space.smallest()) / base_macs
               for name, net in (("3d", supernet_3d), ("2d", supernet_2d))}

@@ -5,6 +5,20 @@ from transformers import AutoConfig, AutoModel
 from .configuration_supersam import SuperSamConfig, build_sam_config
 from .modeling_supersam import SuperSamModel
 from .search_space import SearchSpace, SubnetConfig
+from .types import (
+    EvaluationPromptType,
+    IntensityNormalization,
+    LatencyBackend,
+    LogLevel,
+    LossType,
+    LrSchedulerType,
+    MaskKind,
+    MaskSelection,
+    MixedPrecision,
+    PromptType,
+    SearchStrategy,
+    SizeMetric,
+)
 
 __version__ = "0.1.0"
 
@@ -39,3 +53,6 @@ def __getattr__(name: str):
 
 
 __all__ = ["SuperSamConfig", "SuperSamModel", "SubnetConfig", "SearchSpace", "build_sam_config", "__version__", *_LAZY]
+__all__ += ["EvaluationPromptType", "IntensityNormalization", "LatencyBackend", "LogLevel", "LossType", "LrSchedulerType",
+            "MaskKind", "MaskSelection", "MixedPrecision", "PromptType", "SearchStrategy",
+            "SizeMetric"]

@@ -9,13 +9,15 @@ keyword-only: give every field by name.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Optional
 
-PROMPT_CHOICES = ("point", "box", "mixed")
+from .types import IntensityNormalization, LogLevel, PromptType
+
+PROMPT_CHOICES = PromptType.values()
 # One default everywhere (train, search, evaluate, demo, the model card): a box is what SAM users mostly give, and
 # it is unambiguous (a single point may mean a part or the whole object), so scores measured with it are stable.
-DEFAULT_PROMPT_TYPE = "box"
-LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_PROMPT_TYPE = PromptType.BOX.value
+LOG_LEVELS = LogLevel.values()
 
 
 def prompt_type_field(choices: str = "point, box or mixed") -> "field":
@@ -64,7 +66,7 @@ class DataArguments:
     )
     image_column: Optional[str] = field(default=None, metadata={"help": "Image column (default: auto-detect)."})
     mask_column: Optional[str] = field(default=None, metadata={"help": "Mask column (default: auto-detect)."})
-    mask_kind: Optional[str] = field(
+    mask_kind: Optional[str] = field(  # not MaskKind: a bad kind gets the data stage's message, not argparse's
         default=None,
         metadata={"help": "How masks are stored: instance (id map), masks (binary stack), semantic (class map) or "
                   "coco (objects with polygons / RLE); default: auto-detect from the first row. A kind that "
@@ -95,8 +97,8 @@ class DataArguments:
         metadata={"help": "With --streaming: training shuffles rows in blocks of this many (and the shards per "
                   "epoch); memory is that many undecoded rows per data worker."},
     )
-    intensity_normalization: Literal["percentile", "range", "minmax"] = field(
-        default="percentile",
+    intensity_normalization: IntensityNormalization = field(
+        default=IntensityNormalization.PERCENTILE.value,
         metadata={"help": "How images that are not 8-bit (16-bit, 12-bit, float microscopy) reach 0-255: percentile "
                   "(per image, 1st-99.8th percentile, as microscopy tools do), range (dtype range: 16-bit /257) or "
                   "minmax. The same in every stage."},
@@ -119,8 +121,8 @@ class OutputArguments:
 class RunArguments:
     """How the command runs (not recorded with results)."""
 
-    log_level: Literal["debug", "info", "warning", "error"] = field(
-        default="info", metadata={"help": "Logging level of supersam_hf's messages."}
+    log_level: LogLevel = field(
+        default=LogLevel.INFO.value, metadata={"help": "Logging level of supersam_hf's messages."}
     )
     debug: bool = field(default=False, metadata={"help": "Show the full traceback of an error (also SUPERSAM_DEBUG=1)."})
 

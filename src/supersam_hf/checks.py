@@ -336,7 +336,8 @@ def _coerce(value: Any, expected: Any) -> Any:
             return value
         expected = options[0]
     if isinstance(expected, type) and issubclass(expected, enum.Enum) and not isinstance(value, expected):
-        return expected(value)
+        member = expected(value)
+        return member.value if isinstance(member, str) else member  # str enums stay plain strings, as parsed flags are
     if expected is float and isinstance(value, int):
         return float(value)
     if expected is Path and isinstance(value, str):

@@ -40,11 +40,12 @@ from .errors import UnsupportedSetupError
 from .metrics import load_sam_miou
 from .modeling_supersam import SuperSamModel
 from .search_space import SubnetConfig
+from .types import EvaluationPromptType, MaskSelection
 
 logger = logging.getLogger(__name__)
 
-PROMPTS = ("point", "box")
-MASK_SELECTIONS = ("single", "oracle", "single_output")
+PROMPTS = EvaluationPromptType.values()
+MASK_SELECTIONS = MaskSelection.values()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -624,8 +625,8 @@ def _result(computed: dict[str, dict], prompt: str, mask_selection: str, seed: i
         "mean_dice": float(scores["mean_dice"]),
         "num_objects": int(scores["num_objects"]),
         "num_images": int(scores["num_images"]),
-        "prompt": prompt,
-        "mask_selection": mask_selection,
+        "prompt": str(prompt),  # a plain string also when given as PromptType / MaskSelection (YAML card metadata)
+        "mask_selection": str(mask_selection),
         "resolution": "original",
         "seed": int(seed),
         "subnet": active.name if active is not None else None,

@@ -20,8 +20,9 @@ import warnings
 import numpy as np
 
 from .errors import DataError
+from .types import IntensityNormalization
 
-INTENSITY_MODES = ("percentile", "range", "minmax")
+INTENSITY_MODES = IntensityNormalization.values()
 HISTOGRAM_SPAN = 1 << 20  # integer images spanning at most this many values get their percentiles from a histogram
 MIN_LEVELS = 16  # fewer distinct intensity levels than this between the percentiles: warn (posterised, noisy input)
 

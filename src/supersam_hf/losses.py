@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from .errors import SupersamError
+from .types import LossType
 
-LOSS_TYPES = ("focal_dice", "dice", "dice_bce")
+LOSS_TYPES = LossType.values()
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:

@@ -17,12 +17,13 @@ from .arguments import DEFAULT_PROMPT_TYPE
 from .modeling_supersam import SuperSamModel
 from .onnx_pipeline import onnx_card_section
 from .search_space import SubnetConfig
+from .types import EvaluationPromptType
 
 logger = logging.getLogger(__name__)
 
 CARD_TAGS = ["supersam", "sam", "segment-anything", "pruning", "nas"]
 # The card always has one row per prompt type (a measured result, or a line saying how to measure it).
-CARD_PROMPTS = ("point", "box")
+CARD_PROMPTS = EvaluationPromptType.values()
 # Float metrics of `evaluate_model` results, with their display names: the table's columns come first.
 METRIC_NAMES = {
     "miou": "mIoU",

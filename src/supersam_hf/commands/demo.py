@@ -51,6 +51,7 @@ from ..search import RESULTS_FILE, search_subnets
 from ..standin import STANDIN_REPO_ID, load_standin, shipped_scores
 from ..training import SupernetTrainingArguments, train_supernet
 from ..training.checkpoints import find_latest_checkpoint
+from ..types import PromptType, SizeMetric
 from .demo_plan import DEFAULT_TIME_BUDGET_MINUTES, MODEL_BATCH, PRESETS, DemoPlan, describe, estimate_seconds
 from .demo_plan import pick_num_threads, size_to_budget, time_forward, time_train_step
 
@@ -60,7 +61,7 @@ STATE_FILE = "demo_state.json"
 DEMO_OUTPUTS = ("data", "base", "base_init", "base_training", "finetuned", "supernet_init", "supernet", "search",
                 "exports", "summary.md", "pareto.png", STATE_FILE)
 SIZE_REDUCTIONS = (0.3, 0.5, 0.7)  # the demo's budgets: at least this fraction fewer parameters than the base
-EVAL_PROMPTS = ("box", "point")  # every model is reported with both (a point gives no box-filling shortcut)
+EVAL_PROMPTS = (PromptType.BOX.value, PromptType.POINT.value)  # every model is reported with both (a point gives no box-filling shortcut)
 VALIDATION_SPLITS = ("validation", "valid", "val", "dev")
 SIZE_FIELDS = ("image_size", "patch_size", "window_size", "hidden_size", "num_layers", "num_train_images", "num_eval_images",
                "num_calibration_images", "base_steps", "train_steps", "search_budget", "batch_size",
@@ -144,8 +145,8 @@ class DemoArguments:
                   "1e-3 with the stand-in base, which scores ~0 on B zero-shot and must nearly learn B; 2e-4 with a "
                   "given pretrained checkpoint)."},
     )
-    size_metric: str = field(
-        default="macs",
+    size_metric: str = field(  # checked by run_demo (its message), values from SizeMetric
+        default=SizeMetric.MACS.value,
         metadata={"help": "What --size_reductions reduce: macs (default: what makes a subnet faster, and the stand-in's "
                   "smallest subnet reaches 19 %% of its MACs but only 30 %% of its parameters) or params."},
     )
@@ -166,7 +167,7 @@ def base_source(args: "DemoArguments") -> str:
 # The stand-in base's recipe (benchmarks/results/base_recipe.md): patch 8 (a 16x16 token grid and 64x64 masks at
 # 128 px), 4 layers, mixed point/box prompts (3 points in 4), lr 1e-3 with cosine decay.
 BASE_LEARNING_RATE = 1e-3
-BASE_PROMPT_TYPE = "mixed"  # a base trained on boxes alone never learns to follow a single point
+BASE_PROMPT_TYPE = PromptType.MIXED.value  # a base trained on boxes alone never learns to follow a single point
 # Three point-prompted micro-batches in four: at 2000 steps, point mIoU on A 0.633 (vs 0.570 at 2400 steps with half
 # points) with box mIoU unchanged (0.688 vs 0.679): one point is the harder prompt to learn.
 BASE_POINT_FRACTION = 0.75
@@ -362,9 +363,9 @@ def run_demo(args: DemoArguments) -> dict:
 
 
 def _run_demo(args: DemoArguments) -> dict:
-    if args.prompt_type not in ("point", "box", "mixed"):
+    if args.prompt_type not in PromptType.values():
         raise SupersamError(f"--prompt_type must be point, box or mixed, got {args.prompt_type!r}.")
-    if args.size_metric not in ("params", "macs"):
+    if args.size_metric not in SizeMetric.values():
         raise SupersamError(f"--size_metric must be params or macs, got {args.size_metric!r}.")
     if args.learning_rate is not None and not args.learning_rate > 0:
         raise SupersamError(f"--learning_rate must be > 0, got {args.learning_rate}.")
@@ -400,7 +401,7 @@ def _run_demo(args: DemoArguments) -> dict:
     _print(describe(plan, {"given": args.model_name_or_path, "trained": None, "shipped": f"{STANDIN_REPO_ID} (shipped with supersam_hf, from the HF cache)"}[base_source(args)],
                     len(args.size_reductions), args.gradient_checkpointing, threads=threads.reason))
     torch.manual_seed(args.seed)
-    run = _DemoRun(args, plan, processor, output, state, search_prompt="box" if args.prompt_type == "mixed" else args.prompt_type)
+    run = _DemoRun(args, plan, processor, output, state, search_prompt="box" if args.prompt_type == PromptType.MIXED else args.prompt_type)
     _stage_data(run)
     b_search, b_test = (load_segmentation_dataset(run.data_b, split=s) for s in ("search", "test"))
     base_dir = _stage_base(run)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 from ..errors import SupersamError
 from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
@@ -20,6 +20,7 @@ from ..evaluation import MASK_SELECTIONS, PROMPTS, evaluate_model, parse_subnet
 from ..loading import load_processor, load_sam_model, recorded_base_model
 from ..outputs import atomic_output_dir
 from ..search.results import select_subnet
+from ..types import EvaluationPromptType, MaskSelection
 from .common import data_kwargs, load_data, prepare_output
 
 RESULTS_FILE = "eval_results.json"
@@ -35,9 +36,9 @@ class EvaluateArguments:
                   "or 'best' / 'pareto:N' together with --search_dir. Default: the whole model."},
     )
     search_dir: Optional[str] = field(default=None, metadata={"help": "Output folder of `supersam search`."})
-    prompt_type: Literal["point", "box"] = prompt_type_field("point or box")
-    mask_selection: Literal["single", "oracle", "single_output"] = field(
-        default="single",
+    prompt_type: EvaluationPromptType = prompt_type_field("point or box")
+    mask_selection: MaskSelection = field(
+        default=MaskSelection.SINGLE.value,
         metadata={"help": "single: of the three multimask outputs, the one with the highest predicted IoU (the model's "
                   "own choice); oracle: the best of the three against the ground truth (as the SuperSAM paper "
                   "reports); single_output: the model called with multimask_output=False (its one mask, the usual "

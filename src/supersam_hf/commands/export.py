@@ -17,6 +17,7 @@ from ..onnx_pipeline import check_onnx_options
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..search.results import select_subnet, subnet_metrics
 from ..model_card import metrics_by_prompt
+from ..types import EvaluationPromptType
 from .common import hub_repo_flags, load_data, prepare_output, refuse_streaming
 
 
@@ -65,7 +66,7 @@ class ExportArguments:
     int8_max_miou_drop: float = field(
         default=INT8_MIOU_DROP_THRESHOLD, metadata={"help": "Warn when INT8 loses more mIoU than this against fp32."}
     )
-    prompt_type: Literal["point", "box"] = prompt_type_field("point or box")
+    prompt_type: EvaluationPromptType = prompt_type_field("point or box")
 
 
 @dataclass(kw_only=True)

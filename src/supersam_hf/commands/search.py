@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
 from ..checks import check_positive, load_dataset_rows
@@ -14,6 +14,7 @@ from ..loading import load_processor, load_supernet, recorded_base_model
 from ..search import RESULTS_FILE, SearchResult, search_subnets
 from ..outputs import remove_tool_outputs
 from ..search.driver import check_search_output
+from ..types import EvaluationPromptType, LatencyBackend, MaskSelection, SearchStrategy
 from .common import data_kwargs, load_data, prepare_output, refuse_streaming
 
 
@@ -30,21 +31,21 @@ class SearchArguments:
     min_size_reduction: Optional[float] = field(
         default=None, metadata={"help": "At least this fraction fewer parameters than the largest subnet (0.5 = half)."}
     )
-    strategy: Literal["opentuner", "random"] = field(
-        default="opentuner", metadata={"help": "opentuner, or random (uniform sampling, for comparison)."}
+    strategy: SearchStrategy = field(
+        default=SearchStrategy.OPENTUNER.value, metadata={"help": "opentuner, or random (uniform sampling, for comparison)."}
     )
     technique: str = field(default="AUCBanditMetaTechniqueA", metadata={"help": "OpenTuner technique (--technique)."})
     seed: int = field(default=0, metadata={"help": "Seed of the search strategy."})
     resume: bool = field(default=False, metadata={"help": "Continue the search in --output_dir, reusing its scored subnets."})
-    prompt_type: Literal["point", "box"] = prompt_type_field("point or box")
-    mask_selection: Literal["single", "oracle"] = field(
-        default="single", metadata={"help": "single (highest predicted IoU) or oracle (best of three vs ground truth)."}
+    prompt_type: EvaluationPromptType = prompt_type_field("point or box")
+    mask_selection: MaskSelection = field(
+        default=MaskSelection.SINGLE.value, metadata={"help": "single (highest predicted IoU) or oracle (best of three vs ground truth)."}
     )
     batch_size: int = field(default=4, metadata={"help": "Images per forward when scoring."})
     eval_seed: int = field(default=0, metadata={"help": "Seed of the evaluation prompts."})
     latency_repeats: int = field(default=5, metadata={"help": "Timed forwards per latency measurement."})
-    latency_backend: Literal["torch", "onnxruntime"] = field(
-        default="torch",
+    latency_backend: LatencyBackend = field(
+        default=LatencyBackend.TORCH.value,
         metadata={"help": "What --max_latency_ms bounds: torch (the extracted subnet's PyTorch forward on --device) "
                   "or onnxruntime (the exported subnet's image encoder in ONNX Runtime on this CPU, cached per subnet "
                   "in --output_dir/ort_latency_cache.json; needs `pip install supersam_hf[onnx]`)."},

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..types import PromptType
 
-PROMPT_TYPES = ("point", "box", "mixed")
+PROMPT_TYPES = PromptType.values()
 # Keys of a collated batch that `SamModel.forward` accepts (the rest are targets and bookkeeping).
 MODEL_INPUT_KEYS = ("pixel_values", "input_points", "input_labels", "input_boxes")
 POINT_PAD_VALUE = -10  # SAM's "not a point": the prompt encoder zeroes these embeddings

@@ -25,6 +25,7 @@ from .coco import CocoStats, coco_rles, decode_rles, is_coco_objects, rle_areas
 from .collator import POINT_PAD_VALUE, PROMPT_TYPES, SamCollator
 from ..errors import DataError, SupersamError
 from ..intensity import INTENSITY_MODES
+from ..types import MaskKind
 from .images import DEFAULT_INTENSITY_NORMALIZATION, to_rgb_image
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ MASK_COLUMN_CANDIDATES = (
     "semantic_map",
     "objects",
 )
-MASK_KINDS = ("instance", "masks", "semantic", "coco")
+MASK_KINDS = MaskKind.values()
 
 
 def _as_array(value: Any) -> np.ndarray:

@@ -10,8 +10,9 @@ from PIL import Image
 
 from ..errors import DataError
 from ..intensity import INTENSITY_MODES, normalize_intensity
+from ..types import IntensityNormalization
 
-DEFAULT_INTENSITY_NORMALIZATION = "percentile"
+DEFAULT_INTENSITY_NORMALIZATION = IntensityNormalization.PERCENTILE.value
 
 
 def to_rgb_image(image: Any, intensity_normalization: str = DEFAULT_INTENSITY_NORMALIZATION) -> Image.Image:

@@ -45,6 +45,7 @@ from ..modeling_supersam import SuperSamModel
 from ..errors import OutputFolderError, SupersamError, interrupt_checkpoints
 from ..outputs import read_json_file, record_tool_outputs, remove_tool_outputs, unverified_files
 from ..search_space import SearchSpace, SubnetConfig
+from ..types import LatencyBackend
 from .opentuner_compat import check_technique, quiet_opentuner
 from .proposals import STRATEGIES, make_proposals
 from .results import (
@@ -132,7 +133,7 @@ def measure_latency(supernet: SuperSamModel, cfg: SubnetConfig, data: Evaluation
     return float(statistics.median(times))
 
 
-LATENCY_BACKENDS = ("torch", "onnxruntime")
+LATENCY_BACKENDS = LatencyBackend.values()
 ORT_LATENCY_CACHE = "ort_latency_cache.json"
 TOOL = "supersam search"
 # A search's recorded settings, named as the flags that set them (a resume with other values is refused, named).

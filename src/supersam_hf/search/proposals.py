@@ -17,9 +17,10 @@ import numpy as np
 
 from ..errors import SupersamError, interrupts_deferred
 from ..search_space import SearchSpace, SubnetConfig
+from ..types import SearchStrategy
 from .opentuner_compat import HIDDEN_PARAMETER, IMAGE_PARAMETER, IsolatedRandom, import_opentuner, make_interface, reset_member_counter
 
-STRATEGIES = ("opentuner", "random")
+STRATEGIES = SearchStrategy.values()
 
 
 def repair(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Optional
 
 from ..errors import SupersamError
 from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
 from ..data import MASK_KINDS, PROMPT_TYPES
 from ..losses import LOSS_TYPES
+from ..types import LossType, LrSchedulerType, MixedPrecision, PromptType
 
 TRAINABLE_PARTS = ("encoder", "decoder", "prompt_encoder")
 # Module prefixes of each trainable part. SAM's random Fourier positional table (`shared_image_embedding`, a fixed
@@ -26,8 +27,8 @@ LORA_TARGETS = {
     "decoder": r"mask_decoder\.transformer\.(?:layers\.\d+\.(?:self_attn|cross_attn_token_to_image|cross_attn_image_to_token)"
     r"|final_attn_token_to_image)\.(?:q_proj|k_proj|v_proj|out_proj)",
 }
-SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
-MIXED_PRECISION = ("no", "fp16", "bf16")
+SCHEDULERS = LrSchedulerType.values()
+MIXED_PRECISION = MixedPrecision.values()
 # `--report_to`: "none", "all" (every tracker installed) or any of accelerate's trackers (`Accelerator(log_with=)`).
 TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab")
 REPORT_TO = ("none", "all", *TRACKERS)
@@ -74,8 +75,8 @@ class SupernetTrainingArguments(OutputArguments, DataArguments, ModelArguments):
     )
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not applied to biases and norms)."})
-    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = field(
-        default="cosine", metadata={"help": "Learning-rate schedule (transformers.get_scheduler)."}
+    lr_scheduler_type: LrSchedulerType = field(
+        default=LrSchedulerType.COSINE.value, metadata={"help": "Learning-rate schedule (transformers.get_scheduler)."}
     )
     warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the sandwich's summed gradient to this norm (0: off)."})
@@ -90,10 +91,10 @@ class SupernetTrainingArguments(OutputArguments, DataArguments, ModelArguments):
     distill_weight: float = field(
         default=0.0, metadata={"help": "In-place distillation: weight of the smaller subnets' fit to the largest's masks (0: off)."}
     )
-    loss_type: Literal["focal_dice", "dice", "dice_bce"] = field(
-        default="focal_dice", metadata={"help": "Mask loss (SAM's focal+dice by default) plus the IoU-head MSE."}
+    loss_type: LossType = field(
+        default=LossType.FOCAL_DICE.value, metadata={"help": "Mask loss (SAM's focal+dice by default) plus the IoU-head MSE."}
     )
-    prompt_type: Literal["point", "box", "mixed"] = prompt_type_field("point, box, or mixed (point or box per micro-batch, seeded)")
+    prompt_type: PromptType = prompt_type_field("point, box, or mixed (point or box per micro-batch, seeded)")
     point_fraction: float = field(
         default=0.5,
         metadata={"help": "With prompt_type=mixed: the share of micro-batches prompted by one point (the rest by a box)."},
@@ -130,7 +131,7 @@ class SupernetTrainingArguments(OutputArguments, DataArguments, ModelArguments):
     resume_from_checkpoint: Optional[str] = field(
         default=None, metadata={"help": "'latest' (newest under output_dir/checkpoints) or a checkpoint folder."}
     )
-    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={"help": "accelerate mixed precision."})
+    mixed_precision: MixedPrecision = field(default=MixedPrecision.NO.value, metadata={"help": "accelerate mixed precision."})
     report_to: list[str] = field(
         default_factory=lambda: ["none"],
         metadata={"help": f"Experiment trackers, through accelerate: 'none', 'all' (every one installed) or one or more "

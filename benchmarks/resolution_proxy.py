@@ -9,7 +9,7 @@ resolution (`SamProcessor.post_process_masks`), so the rows compare.
     python benchmarks/resolution_proxy.py --seeds 0 1 2             # the default demo sizes (long)
     python benchmarks/resolution_proxy.py --quick --seeds 0         # --quick demo sizes
     python benchmarks/resolution_proxy.py --from_runs /tmp/run_s0   # only read finished runs
-    python benchmarks/resolution_proxy.py --smoke                   # tiny sizes, prints only
+    python benchmarks/resolution_proxy.py --smoke                   # seconds: one tiny demo run; temporary folder
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from _common import write_result
+from _common import RESULTS, SMOKE_DEMO_SIZES, SMOKE_HELP, smoke_folder, write_result
 from supersam_hf.cli import main as cli_main
 
 REDUCTIONS = (0.9, 0.95)
-SMOKE = ["--image_size", "64", "--hidden_size", "64", "--num_layers", "6", "--decoder_channels", "16",
-         "--num_train_images", "8", "--num_eval_images", "4", "--base_steps", "3", "--train_steps", "2",
-         "--search_budget", "6", "--batch_size", "2"]
+# --smoke: the tiny demo run the other benchmarks are smoke-tested on, with a base trained here (the shipped stand-in
+# has its own, larger sizes).
+SMOKE = ["--train_base"] + [str(v) for name, value in SMOKE_DEMO_SIZES.items() for v in (f"--{name}", value)]
 
 
 def run_seed(folder: Path, seed: int, quick: bool, smoke: bool, search_budget: int | None) -> None:
@@ -80,15 +80,18 @@ def table(runs: list[Path]) -> str:
             + "\n".join(lines) + "\n")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="The demo's --quick sizes.")
     parser.add_argument("--search_budget", type=int, default=24, help="Subnets scored per search (demo default: 10 quick).")
     parser.add_argument("--runs_dir", default=None, help="Where the demo runs go (default: a temporary folder).")
     parser.add_argument("--from_runs", nargs="+", default=None, help="Only read these finished demo runs.")
-    parser.add_argument("--smoke", action="store_true", help="Tiny sizes, one seed, print only.")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    args = parser.parse_args(argv)
+    report_folder = smoke_folder("resolution_proxy") if args.smoke else RESULTS
+    if args.smoke:
+        args.from_runs, args.runs_dir = None, str(report_folder / "runs")
 
     if args.from_runs:
         runs = [Path(p) for p in args.from_runs]
@@ -99,9 +102,6 @@ def main() -> None:
         for seed, folder in zip(seeds, runs):
             run_seed(folder, seed, args.quick, args.smoke, args.search_budget)
     text = table(runs)
-    if args.smoke:
-        print(text)
-        return
     out = f"""# Quality at the floor (proxy task, {datetime.date.today()})
 
 {len(runs)} run(s) of `supersam demo --size_metric macs --size_reductions {' '.join(map(str, REDUCTIONS))}`
@@ -110,7 +110,7 @@ per object, the model's own mask choice, scored at the original image size.
 
 {text}"""
     print(out)
-    print(f"wrote {write_result('resolution_proxy.md', out)}")
+    print(f"wrote {write_result('resolution_proxy.md', out, folder=report_folder)}")
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def test_package_tuples_are_derived_from_the_enums():
     assert PROMPTS == CARD_PROMPTS == ("point", "box") == EvaluationPromptType.values()
     assert MASK_KINDS == ("instance", "masks", "semantic", "coco") == MaskKind.values()
     assert INTENSITY_MODES == ("percentile", "range", "minmax") == IntensityNormalization.values()
-    assert MASK_SELECTIONS == ("single", "oracle") == MaskSelection.values()
+    assert MASK_SELECTIONS == ("single", "oracle", "single_output") == MaskSelection.values()
     assert LATENCY_BACKENDS == ("torch", "onnxruntime") == LatencyBackend.values()
     assert LOG_LEVELS == ("debug", "info", "warning", "error") == LogLevel.values()
     assert LOSS_TYPES == ("focal_dice", "dice", "dice_bce") == LossType.values()
@@ -112,7 +112,7 @@ def test_members_are_their_strings_and_unknown_values_name_the_valid_ones(enum):
 
 
 @pytest.mark.parametrize("flag,value,valid", [("--prompt_type", "mixed", "'point', 'box'"),
-                                              ("--mask_selection", "best", "'single', 'oracle'")])
+                                              ("--mask_selection", "best", "'single', 'oracle', 'single_output'")])
 def test_a_flag_outside_the_enum_is_refused_in_one_line(flag, value, valid):
     with pytest.raises(UsageError, match=re.escape(f"invalid choice: '{value}' (choose from {valid})")):
         parse_stage_arguments("evaluate", ["--model_name_or_path", "m", "--dataset_name", "d", "--output_dir", "o",
@@ -141,7 +141,7 @@ def test_arguments_from_flags_and_files_stay_plain_strings(tmp_path, suffix):
         assert all(type(merged[k]) is str for k in values)
         assert yaml.safe_load(yaml.safe_dump(merged)) == json.loads(json.dumps(merged))
     path.write_text(json.dumps({**values, "mask_selection": "best"}), encoding="utf-8")
-    with pytest.raises(SupersamError, match="'mask_selection' must be one of 'single', 'oracle', got 'best'"):
+    with pytest.raises(SupersamError, match="'mask_selection' must be one of 'single', 'oracle', 'single_output', got 'best'"):
         parse_stage_arguments("evaluate", [str(path)])
 
 

@@ -22,15 +22,18 @@ from torch.distributed.fsdp import fully_shard
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import prompt_inputs, tiny_supernet  # noqa: E402
 
+from supersam_hf.elastic import RESOLUTION  # noqa: E402
 from supersam_hf.losses import sam_loss  # noqa: E402
 from supersam_hf.training import sandwich_subnets  # noqa: E402
 
 
 def sandwich_step(model, supernet, inputs, labels, slots) -> None:
-    """Forward + backward of every slot's subnet; gradients accumulate (as `sandwich_backward` does)."""
+    """Forward + backward of every slot's subnet; gradients accumulate (as `sandwich_backward` does, which also
+    upsamples a smaller-input subnet's low-resolution masks to the targets' size)."""
     for _, cfg in slots:
         supernet.set_subnet(cfg)
         outputs = model(**inputs, multimask_output=True)
+        outputs.pred_masks = RESOLUTION.masks_like(outputs.pred_masks, labels)
         instance_mask = torch.ones(outputs.pred_masks.shape[:2], dtype=torch.bool)
         sam_loss(outputs.pred_masks, outputs.iou_scores, labels, instance_mask)["loss"].backward()
     supernet.reset_subnet()

@@ -10,8 +10,8 @@ the shipped weights) with box and point prompts, next to the box reference (the 
     PYTHONPATH=src python benchmarks/train_standin.py --ship runs/standin_s0   # copy a trained one into the package
     PYTHONPATH=src python benchmarks/train_standin.py --smoke                  # a few steps of a tiny model
 
-Each run appends one JSON line to benchmarks/results/standin_base.jsonl. Goal (issue 21): on held-out A, box mIoU
->= box reference + 0.25 and point mIoU >= 0.65.
+Each run appends one JSON line to benchmarks/results/standin_base.jsonl and its scores to train_standin.md (--smoke:
+both in a temporary folder). Goal (issue 21): on held-out A, box mIoU >= box reference + 0.25 and point mIoU >= 0.65.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import json
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import datasets
 import torch
 from transformers import SamModel
 
+from _common import SMOKE_HELP, smoke_folder, write_result
 from supersam_hf.configuration_supersam import build_sam_config
 from supersam_hf.data import build_sam_processor, make_hard_shapes
 from supersam_hf.evaluation import box_reference_miou, evaluate_model
@@ -126,6 +126,22 @@ def finish_from_checkpoint(output_dir: Path, seed: int, step: int, threads: int)
             "note": f"checkpoint step {step} of a {TRAIN['max_steps']}-step cosine schedule (the run was stopped)"}
 
 
+def log_record(record: dict, folder: Path = RESULTS) -> None:
+    """Append `record` to `folder`/standin_base.jsonl and its scores against the goal to `folder`/train_standin.md."""
+    write_result(LOG.name, json.dumps(record) + "\n", append=True, folder=folder)
+    box, point, reference = record["box_miou"], record["point_miou"], record["box_reference_miou"]
+    met = lambda ok: "met" if ok else "not met"  # noqa: E731
+    steps = record["train"]["max_steps"]
+    write_result("train_standin.md", f"""
+## Stand-in, seed {record['seed']}, {steps} steps ({record['date']}, {record['machine']}, {record['threads']} thread(s))
+
+Model {record['model']}; {record['num_train_images']} training images; {record['train_seconds']} s of training;
+base {record['folder']}{'; ' + record['note'] if record.get('note') else ''}.
+Held-out A ({record['num_objects']} objects): box mIoU **{box:.3f}** (box reference {reference:.3f}, goal ≥ reference +
+0.25: {met(box >= reference + 0.25)}), point mIoU **{point:.3f}** (goal ≥ 0.65: {met(point >= 0.65)}).
+""", append=True, folder=folder)
+
+
 def ship(folder: Path, record: dict, target: Path = STANDIN_DIR) -> Path:
     """Copy a trained stand-in (`folder`: model + processor files) into the package with its model card."""
     target.mkdir(parents=True, exist_ok=True)
@@ -142,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output_dir", default=None, help="Folder of the run (default: runs/standin_seed<N>).")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval_every", type=int, default=1000, help="Learning-curve evaluation every N steps.")
-    parser.add_argument("--smoke", action="store_true", help="A few steps of a tiny model in a temporary folder.")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP + " Ships into that folder, not the package.")
     parser.add_argument("--ship", default=None, metavar="RUN_DIR",
                         help="Copy the trained stand-in of this run folder into supersam_hf/standin/ (its record from "
                              "the log) instead of training.")
@@ -159,8 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.finish_from_step is not None:
         output_dir = Path(args.output_dir or f"runs/standin_seed{args.seed}")
         record = finish_from_checkpoint(output_dir, args.seed, args.finish_from_step, args.threads)
-        with LOG.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        log_record(record)
         print(json.dumps(record), flush=True)
         return
     if args.ship:
@@ -173,10 +188,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"shipped to {ship(run_dir / 'base', record)}")
         return
     if args.smoke:
-        with tempfile.TemporaryDirectory(prefix="standin_smoke_") as tmp:
-            record = train(Path(tmp), args.seed, SMOKE_MODEL, SMOKE_TRAIN, 8, args.threads, eval_every=0)
-            ship(Path(tmp) / "base", record, target=Path(tmp) / "shipped")  # the card is written, not the package
-            assert (Path(tmp) / "shipped" / "README.md").is_file()
+        folder = smoke_folder("train_standin")
+        record = train(folder / "run", args.seed, SMOKE_MODEL, SMOKE_TRAIN, 8, args.threads, eval_every=0)
+        ship(folder / "run" / "base", record, target=folder / "shipped")  # the card is written, not the package
+        assert (folder / "shipped" / "README.md").is_file()
+        log_record(record, folder)
         print(json.dumps(record))
         return
     train_kwargs = dict(TRAIN, max_steps=args.steps or TRAIN["max_steps"])
@@ -186,9 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     output_dir = Path(args.output_dir or f"runs/standin_seed{args.seed}")
     record = train(output_dir, args.seed, MODEL, train_kwargs, NUM_TRAIN_IMAGES, args.threads, args.eval_every,
                    init_from=Path(args.init_from) if args.init_from else None, data_seed=args.seed + args.data_seed_offset)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with LOG.open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
+    log_record(record)
     print(json.dumps(record), flush=True)
 
 

@@ -135,7 +135,7 @@ def write_report(results: list[dict], previous: str, sizes: dict, name: str, fol
 Pipeline of `supersam demo` (`prompt_type="mixed"`, `size_metric="macs"`) with {sizes}: a small SAM trained from
 scratch on `make_hard_shapes` domain A as the stand-in base (no pretrained SAM offline), then convert + prioritize,
 sandwich training, OpenTuner search under {" / ".join(f"{r:.0%}" for r in REDUCTIONS)} fewer MACs (depth x MLP width x
-embedding width) and export on domain B. mIoU: B's held-out test split ({objects} objects), one prompt per object, the model's own mask choice,
+embedding width x input resolution, the demo's default space) and export on domain B. mIoU: B's held-out test split ({objects} objects), one prompt per object, the model's own mask choice,
 at the original image size; "box itself as the mask" is `evaluation.box_reference_miou` on the same objects.
 Base recipe at 2400 steps (benchmarks/results/base_recipe.md): 0.679 box / 0.570 point on A; this run: {sizes['base_steps']} steps.
 

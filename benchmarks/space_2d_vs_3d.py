@@ -5,7 +5,8 @@ Takes a finished `supersam demo` run (e.g. one seed of `benchmarks/paper_proxy.p
 (`supernet_init/`), its domain-B data and its sizes. The demo's own supernet is the three-dimensional one; this
 script makes the two-dimensional one from the same prioritized weights (`hidden_size_choices` = the full width only),
 sandwich-trains it with exactly the demo's training arguments and steps, searches it under the same MACs budgets with
-the same search budget and seed, and scores every winner on B's test split with box and point prompts.
+the same search budget and seed, and scores every winner on B's test split with box and point prompts. Both spaces
+also hold the input resolution when the demo's supernet does: the comparison is about the embedding width alone.
 
     python benchmarks/space_2d_vs_3d.py --run runs/paper_proxy/seed0 [...] --seeds 0 [...]
     python benchmarks/space_2d_vs_3d.py --smoke    # seconds: on a tiny demo run of its own; temporary folder
@@ -114,8 +115,8 @@ def write_report(results: list[dict], folder: Path = RESULTS) -> Path:
 
 {describe_machine(torch.device("cpu"))}, load average {os.getloadavg()[0]:.1f} at the end. `benchmarks/space_2d_vs_3d.py` on
 finished `supersam demo` runs (stand-in base on hard-shapes domain A, supernet prioritized and trained on domain B).
-3-D: the demo's supernet (depth x MLP width x embedding width); 2-D: the same prioritized weights with the embedding
-width fixed at full, sandwich-trained with the same arguments and steps ({", ".join(str(r['train_steps']) for r in results)}),
+3-D: the demo's supernet (depth x MLP width x embedding width, and the input resolution when its space has one); 2-D:
+the same prioritized weights with the embedding width fixed at full (the rest of the space as in 3-D), sandwich-trained with the same arguments and steps ({", ".join(str(r['train_steps']) for r in results)}),
 searched by OpenTuner under the same MACs budgets, search budget ({", ".join(str(r['search_budget']) for r in results)}
 subnets) and seed. mIoU on B's held-out test split, one prompt per object, the model's own mask choice.
 Fewest MACs each space can reach (share of the base's): {floors}.

@@ -134,3 +134,21 @@ def test_a_check_of_the_dataset_module_is_still_the_users(monkeypatch, tmp_path)
     (tmp_path / "not_a_dataset.xyz").write_text("?")
     code, text = _run(load_segmentation_dataset, str(tmp_path / "not_a_dataset.xyz"))
     assert code == 2 and text.startswith("supersam evaluate: error: ") and text.count("\n") == 1
+
+
+def test_the_error_line_is_one_write_with_its_newline():
+    """The processes of a multi-process launch share one stderr and fail together: `print` writes a line and its
+    newline apart, which let two processes' lines interleave into one (seen under `accelerate launch`)."""
+
+    class Writes(io.StringIO):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def write(self, text):
+            self.calls.append(text)
+            return super().write(text)
+
+    stream = Writes()
+    assert run_stage("train", check_positive, "batch_size", 0, stderr=stream) == 2
+    assert stream.calls == ["supersam train: error: --batch_size must be a positive integer, got 0.\n"]

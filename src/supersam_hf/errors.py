@@ -123,6 +123,13 @@ def format_error_line(stage: str, error: BaseException) -> str:
     )
 
 
+def _print_line(stream: TextIO, line: str) -> None:
+    """`line` and its newline in one write (`print` writes them apart): the processes of a multi-process launch
+    share one stderr and often fail at the same instant, and two writes let their lines interleave."""
+    stream.write(line + "\n")
+    stream.flush()
+
+
 def run_stage(
     stage: str, entry: Callable[..., Any], *args: Any, debug: bool | None = None, stderr: TextIO | None = None
 ) -> int:
@@ -141,15 +148,15 @@ def run_stage(
     except KeyboardInterrupt:
         if debug_enabled(debug):
             traceback.print_exc(file=stream)
-        print(interrupted, file=stream)
+        _print_line(stream, interrupted)
         return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 - the one place that turns every failure into one line
         if debug_enabled(debug):
             traceback.print_exc(file=stream)
-        print(format_error_line(stage, error), file=stream)
+        _print_line(stream, format_error_line(stage, error))
         return EXIT_USER_ERROR if is_user_error(error) else EXIT_INTERNAL_ERROR
     if swallowed:
-        print(interrupted, file=stream)
+        _print_line(stream, interrupted)
         return EXIT_INTERRUPTED
     return 0
 

@@ -153,6 +153,20 @@ def test_export_with_processor_reloads_and_matches(supernet, tmp_path):
         assert masks[0].shape[-2:] == (50, 30)
 
 
+def test_evaluating_an_export_with_another_processors_size_is_one_clear_error(supernet, tmp_path):
+    from supersam_hf.data import make_synthetic_shapes
+    from supersam_hf.errors import SupersamError
+    from supersam_hf.evaluation import evaluate_model
+
+    out = export_subnet(supernet, SUBNETS[0], tmp_path / "export", processor=tiny_processor(S))
+    data = make_synthetic_shapes(num_images=2, image_size=S, seed=0)
+    with pytest.raises(SupersamError, match="takes 32 px images but the processor pads to 64 px"):
+        evaluate_model(SamModel.from_pretrained(out), data, tiny_processor(S), prompt="box", show_progress=False)
+    result = evaluate_model(SamModel.from_pretrained(out), data, SamProcessor.from_pretrained(out), prompt="box",
+                            show_progress=False)
+    assert 0.0 <= result["miou"] <= 1.0 and result["num_images"] == 2
+
+
 def test_mask_generation_pipeline_loads_a_resolution_export(supernet, tmp_path):
     out = export_subnet(supernet, SUBNETS[0], tmp_path / "export", processor=tiny_processor(S))
     generator = pipeline("mask-generation", model=str(out), device="cpu")

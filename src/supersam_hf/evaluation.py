@@ -651,6 +651,14 @@ def _check_arguments(model, processor, prompt: str, mask_selection: str, box_ref
         raise SupersamError("box_reference compares with box prompts: pass prompt='box' (a point gives no such shortcut).")
     if processor is None:
         raise SupersamError("Pass the model's SamProcessor (processor=...; supersam_hf.loading.load_processor).")
+    if not isinstance(model, SuperSamModel):  # a supernet resizes its input itself; an exported SAM does not
+        pad = getattr(getattr(processor, "image_processor", None), "pad_size", None) or {}
+        size = getattr(getattr(getattr(model, "config", None), "vision_config", None), "image_size", None)
+        if size is not None and pad.get("height") not in (None, size):
+            raise SupersamError(
+                f"The model takes {size} px images but the processor pads to {pad['height']} px: use the processor "
+                "saved next to the model (an export at a smaller input resolution has its own; "
+                "supersam_hf.loading.load_processor(model folder)).")
 
 
 def _active_subnet_and_params(model, subnet) -> tuple[SubnetConfig | None, int | None]:

@@ -39,6 +39,7 @@ from .data import SamCollator, SamSegmentationData, SamStreamingData, model_inpu
 from .errors import UnsupportedSetupError
 from .metrics import load_sam_miou
 from .modeling_supersam import SuperSamModel
+from .results import EvaluationResult
 from .search_space import SubnetConfig
 from .types import EvaluationPromptType, MaskSelection
 
@@ -473,7 +474,7 @@ def evaluate_model(
     box_reference: bool = False,
     max_instances_per_image: int | None = None,
     state=None,
-) -> dict[str, Any]:
+) -> EvaluationResult:
     """Mean IoU of a SAM model (or of one subnet of a supernet) on a segmentation dataset.
 
     Args:
@@ -509,7 +510,7 @@ def evaluate_model(
             scores everything.
 
     Returns:
-        The metric's `miou`, `per_image_miou`, `mean_dice`, `num_objects`, `num_images`, and how they were
+        An `EvaluationResult` (`supersam_hf.results`; `to_dict()` is eval_results.json): the metric's `miou`, `per_image_miou`, `mean_dice`, `num_objects`, `num_images`, and how they were
         measured: `prompt`, `mask_selection`, `resolution` ("original": masks compared at the image's own size),
         `seed`, `subnet` (its name, or None for a whole model), `subnet_config`, `params` (parameters of the
         standard checkpoint that was, or would be, exported); with `box_reference` also `box_reference_miou` /
@@ -549,16 +550,16 @@ def evaluate_model(
         model.train(was_training)
     computed = {n: metrics[n].compute() for n in names} if distributed else _compute(names)
     result = _result(computed, prompt, mask_selection, data_seed, active, params)
-    result.update(_instance_record(all_batches, cap))
+    result.max_instances_per_image, result.num_instances_left_out = _instance_record(all_batches, cap)
     return result
 
 
-def _instance_record(batches, cap: int | None) -> dict[str, Any]:
+def _instance_record(batches, cap: int | None) -> tuple[int | None, int]:
     """The instance cap of a scored pass and how many instances of its images the cap left out."""
     if cap is not None and batches.num_instances_left_out:
         logger.warning("max_instances_per_image=%d: %d instances of the scored images were left out (the smallest).",
                        cap, batches.num_instances_left_out)
-    return {"max_instances_per_image": cap, "num_instances_left_out": int(batches.num_instances_left_out)}
+    return cap, int(batches.num_instances_left_out)
 
 
 class _Share(Sequence):
@@ -611,7 +612,7 @@ class GatheredMetric:
 
 
 def _result(computed: dict[str, dict], prompt: str, mask_selection: str, seed: int, active: SubnetConfig | None,
-            params: int | None) -> dict[str, Any]:
+            params: int | None) -> EvaluationResult:
     """`evaluate_model`'s result from the computed metrics (the model's, and "box_reference" if it was scored) and
     how they were measured, as plain Python numbers."""
     scores = computed["model"]
@@ -619,21 +620,21 @@ def _result(computed: dict[str, dict], prompt: str, mask_selection: str, seed: i
     if "box_reference" in computed:
         extra = {"box_reference_miou": float(computed["box_reference"]["miou"]),
                  "box_reference_per_image_miou": float(computed["box_reference"]["per_image_miou"])}
-    return {
-        "miou": float(scores["miou"]),
-        "per_image_miou": float(scores["per_image_miou"]),
-        "mean_dice": float(scores["mean_dice"]),
-        "num_objects": int(scores["num_objects"]),
-        "num_images": int(scores["num_images"]),
-        "prompt": str(prompt),  # a plain string also when given as PromptType / MaskSelection (YAML card metadata)
-        "mask_selection": str(mask_selection),
-        "resolution": "original",
-        "seed": int(seed),
-        "subnet": active.name if active is not None else None,
-        "subnet_config": active.to_dict() if active is not None else None,
-        "params": int(params) if params is not None else None,
+    return EvaluationResult(
+        miou=float(scores["miou"]),
+        per_image_miou=float(scores["per_image_miou"]),
+        mean_dice=float(scores["mean_dice"]),
+        num_objects=int(scores["num_objects"]),
+        num_images=int(scores["num_images"]),
+        prompt=str(prompt),  # a plain string also when given as PromptType / MaskSelection (YAML card metadata)
+        mask_selection=str(mask_selection),
+        resolution="original",
+        seed=int(seed),
+        subnet=active.name if active is not None else None,
+        subnet_config=active.to_dict() if active is not None else None,
+        params=int(params) if params is not None else None,
         **extra,
-    }
+    )
 
 
 def _check_arguments(model, processor, prompt: str, mask_selection: str, box_reference: bool) -> None:

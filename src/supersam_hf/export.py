@@ -24,6 +24,7 @@ from .model_card import (dataset_label, find_license, hub_id, metrics_by_prompt,
                          write_model_card)
 from .modeling_supersam import SuperSamModel
 from .onnx_export import INT8_MIOU_DROP_THRESHOLD
+from .results import EXPORT_FILE, ExportResult
 from .onnx_pipeline import check_onnx_options, export_checked_onnx, measure_miou, onnx_summary
 from .hub import push_folder
 from .outputs import atomic_output_dir, prepare_output_dir
@@ -31,7 +32,7 @@ from .search_space import SubnetConfig
 
 logger = logging.getLogger(__name__)
 
-SUBNET_FILE = "subnet.json"
+SUBNET_FILE = EXPORT_FILE  # what ExportResult.save writes
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
 
@@ -96,7 +97,8 @@ def export_subnet(
     included) leaves `output_dir` as it was. An output equal to, inside or around the supernet's folder is refused.
 
     Returns:
-        The output folder.
+        The output folder. Its `subnet.json` is an `ExportResult` (`supersam_hf.results`): read it back with
+        `ExportResult.load(folder)`.
     """
     output = Path(output_dir)
     source, inputs = _source_and_inputs(supernet)
@@ -108,18 +110,18 @@ def export_subnet(
     # A subnet at a smaller input resolution needs a processor that resizes and pads to that size.
     processor = RESOLUTION.export_processor(processor, model.search_space.layer_plan(subnet))
     _check_eval_resolution(eval_data, sam)
-    subnet_record = _subnet_record(model, subnet, sizes, recorded or provenance["base_model"], metrics)
+    subnet_record = _subnet_record(model, subnet, sizes, recorded or provenance["base_model"], metrics, output)
     card_args = dict(model=model, subnet=subnet, sizes=sizes, metrics=metrics, **provenance, output=output)
     card_repo_id = repo_id or (output.resolve().name if push_to_hub else None)
     with atomic_output_dir(output, overwrite=overwrite, inputs=inputs, tool="supersam export") as staging:
         onnx_report = _onnx_files(sam, staging, onnx, quantize, eval_data, processor, int8_threshold)
         if onnx_report is not None:
-            subnet_record["onnx"] = onnx_summary(onnx_report)
+            subnet_record.onnx = onnx_summary(onnx_report)
         card_args["onnx_report"] = onnx_report
         if eval_data is not None:
             measured = _measured(sam, subnet, eval_data, processor, onnx_report, eval_dataset, eval_split)
             metrics = _with_measured(metrics, measured)
-            subnet_record["metrics"] = card_args["metrics"] = metrics
+            subnet_record.metrics = card_args["metrics"] = metrics
         _write_export(staging, sam, processor, subnet_record,
                       {**card_args, "output": staging, "location": output.resolve()}, card_repo_id)
     logger.info("Exported subnet %s (%d parameters) to %s", subnet.name, sizes["params"], output)
@@ -233,17 +235,17 @@ def _with_measured(metrics: dict | None, measured: dict) -> dict:
 
 
 def _subnet_record(model: SuperSamModel, subnet: SubnetConfig, sizes: dict[str, int], base_model: str | None,
-                   metrics: dict | None) -> dict[str, Any]:
-    """The content of subnet.json: the subnet (top-level `kept_layers` / `mlp_dims`, so that
+                   metrics: dict | None, output: Path) -> ExportResult:
+    """The record of subnet.json: the subnet (top-level `kept_layers` / `mlp_dims` in the file, so that
     `SubnetConfig.from_json` reads it back), its name, sizes and cost, the base model and the metrics."""
-    return {
-        **subnet.to_dict(),
-        "name": subnet.name,
+    return ExportResult(
+        subnet=subnet,
         **sizes,
-        "macs_per": f"one image at {subnet.image_size or model.config.vision_config.image_size} px with one point prompt",
-        "base_model": base_model,
-        "metrics": metrics,
-    }
+        macs_per=f"one image at {subnet.image_size or model.config.vision_config.image_size} px with one point prompt",
+        base_model=base_model,
+        metrics=metrics,
+        output_dir=output,
+    )
 
 
 def _onnx_files(sam, staging: Path, onnx: bool, quantize: str | None, eval_data, processor,
@@ -256,7 +258,8 @@ def _onnx_files(sam, staging: Path, onnx: bool, quantize: str | None, eval_data,
                                int8_threshold=int8_threshold or INT8_MIOU_DROP_THRESHOLD)
 
 
-def _write_export(folder: Path, sam, processor, subnet_record: dict, card_args: dict, repo_id: str | None) -> None:
+def _write_export(folder: Path, sam, processor, subnet_record: ExportResult, card_args: dict,
+                  repo_id: str | None) -> None:
     """The files of an export: weights + config, processor, subnet.json, model card."""
     sam.save_pretrained(folder)
     if processor is not None:
@@ -267,8 +270,7 @@ def _write_export(folder: Path, sam, processor, subnet_record: dict, card_args: 
             "No processor was given or found with the supernet: the export has no processor files, so pipelines and "
             "SamProcessor.from_pretrained cannot load it. Pass processor=SamProcessor(...) to include one."
         )
-    text = json.dumps(subnet_record, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
-    (folder / SUBNET_FILE).write_text(text + "\n", encoding="utf-8")
+    subnet_record.save(folder)  # SUBNET_FILE
     write_model_card(**card_args, repo_id=repo_id)
 
 

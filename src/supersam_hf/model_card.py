@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import yaml
 from .arguments import DEFAULT_PROMPT_TYPE
 from .modeling_supersam import SuperSamModel
 from .onnx_pipeline import onnx_card_section
+from .results import TrainingResult
 from .search_space import SubnetConfig
 from .types import EvaluationPromptType
 
@@ -39,13 +41,14 @@ TABLE_METRICS = ("miou", "per_image_miou", "mean_dice", "box_reference_miou")
 METRIC_SKIP = {"subnet", "subnet_config", "params", "macs", "description", "per_image"}
 
 
-def metrics_by_prompt(metrics: dict | None) -> dict[str, dict]:
-    """`metrics` as {prompt: result}: one `evaluate_model` result (keyed by its "prompt"; "box" if it names none)
+def metrics_by_prompt(metrics: Mapping | None) -> dict[str, Mapping]:
+    """`metrics` as {prompt: result}: one `evaluate_model` result (an `EvaluationResult` or its dict; keyed by
+    its "prompt"; "box" if it names none)
     or a dict of results keyed by prompt type ("point" / "box")."""
     if not metrics:
         return {}
-    if any(key in CARD_PROMPTS and isinstance(value, dict) for key, value in metrics.items()):
-        return {key: value for key, value in metrics.items() if key in CARD_PROMPTS and isinstance(value, dict)}
+    if any(key in CARD_PROMPTS and isinstance(value, Mapping) for key, value in metrics.items()):
+        return {key: value for key, value in metrics.items() if key in CARD_PROMPTS and isinstance(value, Mapping)}
     return {str(metrics.get("prompt") or DEFAULT_PROMPT_TYPE): metrics}
 
 
@@ -209,7 +212,7 @@ def write_model_card(
 SUPERNET_TAGS = ["supersam", "sam", "segment-anything", "supernet", "nas"]
 
 
-def write_supernet_card(supernet: SuperSamModel, output: Path, *, repo_id: str, summary: dict | None = None,
+def write_supernet_card(supernet: SuperSamModel, output: Path, *, repo_id: str, summary: TrainingResult | None = None,
                         datasets: list[str] | None = None, license: str | None = None):
     """`output/README.md` for a trained supernet pushed to the Hub: it says that this is a supernet (not a SAM
     checkpoint to use as is), how to export a standard SAM subnet from it, its search space and training summary."""
@@ -252,9 +255,9 @@ def write_supernet_card(supernet: SuperSamModel, output: Path, *, repo_id: str, 
         f"{_count(supernet.count_parameters(smallest))}",
     ]
     if summary:
-        final = summary.get("final_eval") or {}
+        final = summary.final_eval or {}
         lines += ["", "## Training", "",
-                  f"Sandwich-rule training, {summary.get('global_step')} steps ({'LoRA' if summary.get('lora') else 'full'}"
+                  f"Sandwich-rule training, {summary.global_step} steps ({'LoRA' if summary.lora else 'full'}"
                   f" fine-tuning of the trainable parts), datasets: {', '.join(map(dataset_label, datasets or [])) or 'not recorded'}."]
         if final.get("miou"):
             lines.append(f"Validation mIoU ({final.get('prompt')} prompts) at the end: " + ", ".join(

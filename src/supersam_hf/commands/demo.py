@@ -45,6 +45,7 @@ from ..export import export_subnet
 from ..loading import load_config_dict, load_processor, load_sam_model, load_supernet
 from ..model_card import format_macs
 from ..modeling_supersam import SuperSamModel
+from ..results import ExportResult
 from ..outputs import prepare_output_dir, record_tool_outputs, remove_tool_outputs
 from ..prioritization import default_num_elastic_layers, prioritize
 from ..search import RESULTS_FILE, search_subnets
@@ -346,9 +347,9 @@ class _DemoRun:
         both, and the box result carries `box_reference_miou` (the box itself as the mask, same pass)."""
         by_prompt = {
             prompt: evaluate_model(model, data, processor or self.processor, prompt=prompt, mask_selection="single",
-                                   seed=self.args.seed, show_progress=False, box_reference=prompt == "box")
+                                   seed=self.args.seed, show_progress=False, box_reference=prompt == "box").to_dict()
             for prompt in EVAL_PROMPTS
-        }
+        }  # plain dicts: the demo's state file records them
         return {**by_prompt[self.search_prompt], "by_prompt": by_prompt}
 
 
@@ -660,8 +661,9 @@ def _stage_search(run: _DemoRun, supernet: SuperSamModel, reduction: float, base
     for name, tensor in extracted.state_dict().items():
         if not torch.equal(reloaded.state_dict()[name], tensor):
             raise RuntimeError(f"The export in {folder} does not reload to the evaluated weights ({name}).")
-    run.state.record(stage, {"folder": str(folder), "subnet": best.subnet.to_dict(),
-                             "params": supernet.count_parameters(best.subnet), "macs": supernet.count_macs(best.subnet),
+    exported = ExportResult.load(folder)  # its subnet.json
+    run.state.record(stage, {"folder": str(folder), "subnet": exported.subnet.to_dict(),
+                             "params": exported.params, "macs": exported.macs,
                              "search_miou": best.metrics["miou"], "test": test})
 
 

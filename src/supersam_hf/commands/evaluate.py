@@ -5,10 +5,9 @@ objects, through the same metric, the trivial reference a box-prompt figure shou
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from ..errors import SupersamError
 from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
@@ -19,11 +18,12 @@ from ..errors import UnsupportedSetupError
 from ..evaluation import MASK_SELECTIONS, PROMPTS, evaluate_model, parse_subnet
 from ..loading import load_processor, load_sam_model, recorded_base_model
 from ..outputs import atomic_output_dir
+from ..results import EVALUATION_FILE, EvaluationResult
 from ..search.results import select_subnet
 from ..types import EvaluationPromptType, MaskSelection
 from .common import data_kwargs, load_data, prepare_output
 
-RESULTS_FILE = "eval_results.json"
+RESULTS_FILE = EVALUATION_FILE  # what EvaluationResult.save writes
 
 
 @dataclass(kw_only=True)
@@ -65,25 +65,25 @@ class EvaluateArguments:
 ARGUMENTS = (ModelArguments, DataArguments, OutputArguments, EvaluateArguments)
 
 
-def format_results(result: dict[str, Any]) -> str:
+def format_results(result: EvaluationResult) -> str:
     """A small two-column text table of an `evaluate_model` result."""
     rows = [
-        ("mIoU", f"{result['miou']:.4f}"),
-        ("per-image mIoU", f"{result['per_image_miou']:.4f}"),
-        ("mean Dice", f"{result['mean_dice']:.4f}"),
-        ("objects / images", f"{result['num_objects']} / {result['num_images']}"),
-        ("prompt", result["prompt"]),
-        ("mask selection", result["mask_selection"]),
-        ("resolution", result["resolution"]),
-        ("seed", str(result["seed"])),
-        ("subnet", result["subnet"] or "(whole model)"),
-        ("instances scored", "all" if result.get("max_instances_per_image") is None else
-         f"at most {result['max_instances_per_image']} per image ({result['num_instances_left_out']} left out)"),
-        *([("runtime", result["runtime"])] if result.get("runtime") else []),
-        ("parameters", f"{result['params']:,}" if result.get("params") is not None else "?"),
+        ("mIoU", f"{result.miou:.4f}"),
+        ("per-image mIoU", f"{result.per_image_miou:.4f}"),
+        ("mean Dice", f"{result.mean_dice:.4f}"),
+        ("objects / images", f"{result.num_objects} / {result.num_images}"),
+        ("prompt", result.prompt),
+        ("mask selection", result.mask_selection),
+        ("resolution", result.resolution),
+        ("seed", str(result.seed)),
+        ("subnet", result.subnet or "(whole model)"),
+        ("instances scored", "all" if result.max_instances_per_image is None else
+         f"at most {result.max_instances_per_image} per image ({result.num_instances_left_out} left out)"),
+        *([("runtime", result.runtime)] if result.runtime else []),
+        ("parameters", f"{result.params:,}" if result.params is not None else "?"),
     ]
-    if "box_reference_miou" in result:
-        rows.insert(1, ("box-as-mask mIoU", f"{result['box_reference_miou']:.4f}  (reference: the box prompt itself)"))
+    if result.box_reference_miou is not None:
+        rows.insert(1, ("box-as-mask mIoU", f"{result.box_reference_miou:.4f}  (reference: the box prompt itself)"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
@@ -116,7 +116,7 @@ def _onnx_model(model_args: ModelArguments, args: EvaluateArguments, subnet):
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, output_args: OutputArguments,
-        args: EvaluateArguments) -> dict[str, Any]:
+        args: EvaluateArguments) -> EvaluationResult:
     """Load model, processor and data, evaluate, print a table and write `<output_dir>/eval_results.json`.
 
     Under `accelerate launch` the images are split across the processes and the statistics gathered (the result
@@ -159,13 +159,13 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
         state=state, show_progress=state.is_local_main_process,
     )
     if args.onnx or args.onnx_int8:
-        result["runtime"] = f"onnxruntime ({'INT8' if args.onnx_int8 else 'fp32'} encoder)"
+        result.runtime = f"onnxruntime ({'INT8' if args.onnx_int8 else 'fp32'} encoder)"
     if not state.is_main_process:
         state.wait_for_everyone()  # the main process writes the one result folder
         return result
     with atomic_output_dir(output, overwrite=output_args.overwrite_output_dir, inputs=[i for i in inputs if i],
                            tool="supersam evaluate") as staging:
-        (staging / RESULTS_FILE).write_text(json.dumps(result, indent=2) + "\n")
+        result.save(staging)
     print(f"supersam evaluate: {model_args.model_name_or_path} on {data_args.dataset_name}" + (f" [{split}]" if split else ""))
     print(format_results(result))
     print(f"wrote {output / RESULTS_FILE}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -11,12 +10,13 @@ from ..checks import check_positive, load_dataset_rows
 from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
 from ..elastic import RESOLUTION
 from ..evaluation import EvaluationData
-from ..export import SUBNET_FILE, export_subnet
+from ..export import export_subnet
 from ..onnx_export import INT8_MIOU_DROP_THRESHOLD
 from ..onnx_pipeline import check_onnx_options
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..search.results import select_subnet, subnet_metrics
 from ..model_card import metrics_by_prompt
+from ..results import ExportResult
 from ..types import EvaluationPromptType
 from .common import hub_repo_flags, load_data, prepare_output, refuse_streaming
 
@@ -143,13 +143,13 @@ def run(model_args: ModelArguments, data_args: ExportDataArguments, output_args:
         onnx=args.onnx, quantize=args.quantize, eval_data=eval_data, int8_threshold=args.int8_max_miou_drop,
         eval_dataset=data_args.dataset_name, eval_split=data_args.eval_split_name,
     )
-    record = json.loads((output / SUBNET_FILE).read_text(encoding="utf-8"))
-    measured = metrics_by_prompt(record.get("metrics")).get(args.prompt_type) if eval_data is not None else metrics
+    record = ExportResult.load(output)  # subnet.json
+    measured = metrics_by_prompt(record.metrics).get(args.prompt_type) if eval_data is not None else metrics
     miou = f", mIoU {measured['miou']:.4f}" if isinstance((measured or {}).get("miou"), float) else ""
     print(
-        f"supersam export: subnet {subnet.name} ({record['params']:,} parameters, "
-        f"{record['params'] / record['base_params']:.1%} of the base{miou}) -> {output}"
+        f"supersam export: subnet {subnet.name} ({record.params:,} parameters, "
+        f"{record.params / record.base_params:.1%} of the base{miou}) -> {output}"
     )
-    if "onnx" in record:
-        print(format_onnx(record["onnx"]))
+    if record.onnx is not None:
+        print(format_onnx(record.onnx))
     return output

@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from ..errors import ModelFileError
 from ..checks import named_load_errors
 from ..errors import DataError
+from ..results import TRAINING_FILE
 from ..outputs import (
     read_json_file,
     read_manifest,
@@ -32,7 +33,7 @@ CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "training_state.json"
 DATA_STATE_FILE = "data_state_{rank}.json"  # streaming: one process's position in its stream
 METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "training_summary.json"
+SUMMARY_FILE = TRAINING_FILE  # what TrainingResult.save writes
 TOOL = "supersam train"
 # What the end of a run writes next to checkpoints/ (a foreign file of these names would be replaced: refused early).
 FINAL_FILES = ("config.json", "model.safetensors", "processor_config.json", "preprocessor_config.json", SUMMARY_FILE)

@@ -42,10 +42,10 @@ from ..model_card import write_supernet_card
 from ..distributed import check_engine_request, check_launch, engine_info, engine_line
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..modeling_supersam import SuperSamModel
+from ..results import TrainingResult
 from .arguments import LORA_TARGETS, PART_PREFIXES, SupernetTrainingArguments
 from ..outputs import atomic_update, prepare_output_dir
 from .checkpoints import (
-    SUMMARY_FILE,
     TOOL,
     MetricsLog,
     adopt_run_files,
@@ -562,7 +562,8 @@ def train_supernet(
 
     Writes into `args.output_dir`: the trained supernet (`SuperSamModel.from_pretrained` loads it), the processor,
     `checkpoints/step_N` (accelerate `save_state` + training_state.json) every `save_steps` and at the end,
-    `metrics.jsonl` and `training_summary.json`. Returns the trained, unwrapped supernet (eval mode).
+    `metrics.jsonl` and `training_summary.json` (a `supersam_hf.results.TrainingResult`: read it back with
+    `TrainingResult.load(output_dir)`). Returns the trained, unwrapped supernet (eval mode).
     Bad input (arguments, columns, data, checkpoints, an output_dir holding another run) raises before anything is
     written; a NaN/inf loss raises `NonFiniteLossError` naming the step and subnet, leaving earlier checkpoints.
     """
@@ -607,11 +608,11 @@ def train_supernet(
             logger.warning("--report_to all: no tracker is installed (pip install 'supersam_hf[trackers]'); "
                            "losses go to metrics.jsonl only.", main_process_only=True)
     summary = _train_loop(run, start_step)
-    summary["engine"] = engine
+    summary.engine = engine
     return _finish(run, summary)
 
 
-def _train_loop(run: _Run, start_step: int) -> dict[str, Any]:
+def _train_loop(run: _Run, start_step: int) -> TrainingResult:
     """Steps start_step … max_steps, with logging, evaluation and checkpoints; the run's summary so far."""
     args, accelerator = run.args, run.accelerator
     subnets_per_step = 1 if args.largest_only else 2 + args.num_random_subnets
@@ -655,26 +656,26 @@ def _train_loop(run: _Run, start_step: int) -> dict[str, Any]:
         last_eval = run.evaluate_and_log(final_step)
     if final_step > start_step or run.last_checkpoint is None:
         run.last_checkpoint = _save(run, final_step)
-    return {
-        "global_step": final_step,
-        "start_step": start_step,
-        "train_runtime_s": round(runtime, 3),
-        "steps_per_second": round((final_step - start_step) / runtime, 4) if runtime > 0 else None,
-        "num_processes": accelerator.num_processes,
-        "subnets_per_step": subnets_per_step,
-        "trainable_parameters": trainable_params,
-        "lora": args.uses_lora(),
-        "final_loss": last_losses,
-        "max_instances_per_image": args.max_instances_per_image,
-        "instances_left_out": (None if isinstance(run.train_data, SamStreamingData)
-                               else run.train_data.num_instances_left_out),
-        "streaming": isinstance(run.train_data, SamStreamingData),
-        "final_eval": last_eval,
-        "last_checkpoint": str(run.last_checkpoint),
-    }
+    return TrainingResult(
+        global_step=final_step,
+        start_step=start_step,
+        train_runtime_s=round(runtime, 3),
+        steps_per_second=round((final_step - start_step) / runtime, 4) if runtime > 0 else None,
+        num_processes=accelerator.num_processes,
+        subnets_per_step=subnets_per_step,
+        trainable_parameters=trainable_params,
+        lora=args.uses_lora(),
+        final_loss=last_losses,
+        max_instances_per_image=args.max_instances_per_image,
+        instances_left_out=(None if isinstance(run.train_data, SamStreamingData)
+                            else run.train_data.num_instances_left_out),
+        streaming=isinstance(run.train_data, SamStreamingData),
+        final_eval=last_eval,
+        last_checkpoint=str(run.last_checkpoint),
+    )
 
 
-def _finish(run: _Run, summary: dict[str, Any]) -> SuperSamModel:
+def _finish(run: _Run, summary: TrainingResult) -> SuperSamModel:
     """Save the final artefact, a plain supernet (LoRA merged, full model active), its processor and the summary."""
     accelerator = run.accelerator
     trained = accelerator.unwrap_model(run.model)
@@ -690,11 +691,11 @@ def _finish(run: _Run, summary: dict[str, Any]) -> SuperSamModel:
         with atomic_update(run.output_dir, tool=TOOL) as staging:
             supernet.save_pretrained(staging, save_function=accelerator.save)
             run.processor.save_pretrained(staging)
-            (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+            summary.save(staging)  # training_summary.json
             if run.args.push_to_hub:
                 write_supernet_card(supernet, staging, repo_id=_hub_repo(run.args), summary=summary,
                                     datasets=[run.args.dataset_name])
-    logger.info(f"Training done: {json.dumps(summary)}", main_process_only=True)
+    logger.info(f"Training done: {json.dumps(summary.to_dict())}", main_process_only=True)
     accelerator.wait_for_everyone()
     _finish_trackers(accelerator)
     if run.args.push_to_hub and accelerator.is_main_process:
@@ -711,7 +712,7 @@ def _hub_repo(args: SupernetTrainingArguments) -> str:
 HUB_IGNORE = ["checkpoints/**", "wandb/**", "*.tmp-*"]
 
 
-def _push_supernet(run: _Run, supernet: SuperSamModel, summary: dict[str, Any]) -> None:
+def _push_supernet(run: _Run, supernet: SuperSamModel, summary: TrainingResult) -> None:
     """Upload the trained supernet (weights, processor, summary, metrics, card) to `hub_model_id`."""
     args = run.args
 
@@ -720,7 +721,7 @@ def _push_supernet(run: _Run, supernet: SuperSamModel, summary: dict[str, Any]) 
             write_supernet_card(supernet, run.output_dir, repo_id=resolved, summary=summary, datasets=[args.dataset_name])
 
     push_folder(run.output_dir, _hub_repo(args), private=args.hub_private_repo or None, token=args.token,
-                commit_message=f"Upload SuperSAM supernet (step {summary['global_step']})", ignore_patterns=HUB_IGNORE,
+                commit_message=f"Upload SuperSAM supernet (step {summary.global_step})", ignore_patterns=HUB_IGNORE,
                 on_repo=rewrite_card)
 
 

@@ -1,0 +1,83 @@
+"""The typed stage results: `to_dict()` is the file the stage writes, `save` / `load` round-trip, and the
+transitional read-only Mapping interface."""
+
+import json
+
+import pytest
+
+from supersam_hf.results import EvaluationResult, ExportResult, TrainingResult
+from supersam_hf.search_space import SubnetConfig
+
+EVAL = dict(miou=0.625, per_image_miou=0.5, mean_dice=0.75, num_objects=8, num_images=3, prompt="box",
+            mask_selection="single", seed=7)
+
+
+def test_evaluation_to_dict_is_the_former_json_in_its_order():
+    result = EvaluationResult(**EVAL, subnet="L1-2_M32-32", subnet_config={"kept_layers": [1, 2], "mlp_dims": [32, 32]},
+                              params=1234, box_reference_miou=0.25, box_reference_per_image_miou=0.2,
+                              max_instances_per_image=4, num_instances_left_out=2)
+    assert list(result.to_dict()) == [
+        "miou", "per_image_miou", "mean_dice", "num_objects", "num_images", "prompt", "mask_selection", "resolution",
+        "seed", "subnet", "subnet_config", "params", "box_reference_miou", "box_reference_per_image_miou",
+        "max_instances_per_image", "num_instances_left_out"]
+    plain = EvaluationResult(**EVAL)
+    assert "box_reference_miou" not in plain and "runtime" not in plain  # absent, as before, when not measured
+    plain.runtime = "onnxruntime (fp32 encoder)"
+    assert list(plain.to_dict())[-1] == "runtime"
+
+
+def test_evaluation_mapping_interface_and_equality():
+    result = EvaluationResult(**EVAL)
+    assert result["miou"] == result.miou == 0.625
+    assert result.get("params") is None and result.get("nope", 3) == 3
+    assert "seed" in result and "nope" not in result
+    assert len(result) == len(result.to_dict()) and list(result) == list(result.to_dict())
+    assert dict(result) == result.to_dict() and {**result} == result.to_dict()
+    assert result == result.to_dict() and result == EvaluationResult(**EVAL)
+    assert result != EvaluationResult(**{**EVAL, "miou": 0.5})
+    with pytest.raises(KeyError):
+        result["nope"]
+    with pytest.raises(TypeError):  # read-only
+        result["miou"] = 1.0
+
+
+def test_evaluation_save_and_load(tmp_path):
+    result = EvaluationResult(**EVAL, max_instances_per_image=None, num_instances_left_out=0)
+    path = result.save(tmp_path)
+    assert path == tmp_path / "eval_results.json"
+    assert path.read_text() == json.dumps(result.to_dict(), indent=2) + "\n"
+    assert EvaluationResult.load(tmp_path) == result
+    with pytest.raises(FileNotFoundError, match="eval_results.json"):
+        EvaluationResult.load(tmp_path / "missing")
+
+
+def test_training_save_writes_the_former_summary(tmp_path):
+    summary = dict(global_step=4, start_step=2, train_runtime_s=1.5, steps_per_second=1.3333, num_processes=1,
+                   subnets_per_step=3, trainable_parameters=100, lora=False, final_loss={"largest": 0.5},
+                   max_instances_per_image=8, instances_left_out=1, streaming=False,
+                   final_eval={"type": "eval", "miou": {"largest": 0.4}}, last_checkpoint="out/checkpoints/step_4",
+                   engine={"engine": "single process"})
+    result = TrainingResult.from_dict(summary)
+    assert result.to_dict() == summary and list(result.to_dict()) == list(summary)
+    result.save(tmp_path)
+    assert (tmp_path / "training_summary.json").read_text() == json.dumps(summary, indent=2)  # byte for byte
+    loaded = TrainingResult.load(tmp_path)
+    assert loaded == result and loaded.final_eval["miou"]["largest"] == 0.4 and loaded["global_step"] == 4
+
+
+def test_export_record_round_trip(tmp_path):
+    subnet = SubnetConfig((0, 1, 3), (32, 16, 32))
+    metrics = {"box": EvaluationResult(**EVAL), "point": {**EVAL, "prompt": "point"}}
+    record = ExportResult(subnet=subnet, params=10, macs=20, base_params=30, base_macs=40, macs_per="one image",
+                          base_model="facebook/sam-vit-base", metrics=metrics)
+    data = record.to_dict()
+    assert data == {**subnet.to_dict(), "name": subnet.name, "params": 10, "macs": 20, "base_params": 30,
+                    "base_macs": 40, "macs_per": "one image", "base_model": "facebook/sam-vit-base",
+                    "metrics": {"box": EvaluationResult(**EVAL).to_dict(), "point": {**EVAL, "prompt": "point"}}}
+    assert "onnx" not in record
+    record.onnx = {"files": ["vision_encoder.onnx"]}
+    record.save(tmp_path)
+    assert SubnetConfig.from_json((tmp_path / "subnet.json").read_text()) == subnet  # the file still names the subnet at its top
+    loaded = ExportResult.load(tmp_path)
+    assert loaded.subnet == subnet and loaded.params == 10 and loaded.onnx == record.onnx
+    assert loaded == record.to_dict() and loaded.output_dir == tmp_path

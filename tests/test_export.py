@@ -18,6 +18,7 @@ from supersam_hf.cli import main as cli_main
 from supersam_hf.export import export_subnet
 from supersam_hf.loading import load_processor, load_supernet
 from supersam_hf.model_card import format_macs, model_card_template
+from supersam_hf.results import ExportResult
 
 # huggingface_hub's own LFS upload passes a file object as `data=`, which httpx deprecates: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
@@ -161,6 +162,9 @@ def test_local_base_model_is_named_but_not_in_metadata(supernet, tmp_path):
     assert "**my-local-sam**" in card.text and str(tmp_path) not in card.text.split("## How to use")[0]
     assert card.data.datasets == ["user/shapes"]
     assert json.loads((out / "subnet.json").read_text())["base_model"] == str(base)  # the recorded string
+    record = ExportResult.load(out)  # the typed record of subnet.json
+    assert record.base_model == str(base) and record.subnet == SUBNET and record.params < record.base_params
+    assert record.to_dict() == json.loads((out / "subnet.json").read_text())
 
 
 def test_local_base_recorded_in_the_supernet_is_not_lost(tmp_path):

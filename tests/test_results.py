@@ -81,3 +81,19 @@ def test_export_record_round_trip(tmp_path):
     loaded = ExportResult.load(tmp_path)
     assert loaded.subnet == subnet and loaded.params == 10 and loaded.onnx == record.onnx
     assert loaded == record.to_dict() and loaded.output_dir == tmp_path
+
+
+def test_evaluate_model_returns_an_evaluation_result(tmp_path):
+    from helpers import tiny_processor, tiny_supernet
+
+    from supersam_hf.data import make_synthetic_shapes
+    from supersam_hf.evaluation import evaluate_model
+
+    supernet = tiny_supernet(num_layers=2, image_size=64)
+    dataset = make_synthetic_shapes(2, image_size=64, seed=1)
+    result = evaluate_model(supernet, dataset, tiny_processor(64), prompt="box", box_reference=True, show_progress=False)
+    assert isinstance(result, EvaluationResult)
+    assert result.miou == result["miou"] and result.prompt == "box" and result.num_images == 2
+    assert result.box_reference_miou is not None and result.params == supernet.count_parameters()
+    result.save(tmp_path)
+    assert EvaluationResult.load(tmp_path) == result

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from supersam_hf import SuperSamModel
 from supersam_hf.data import make_synthetic_shapes
+from supersam_hf.results import TrainingResult
 from supersam_hf.training import (
     NonFiniteLossError,
     SupernetTrainingArguments,
@@ -115,6 +116,8 @@ def test_sandwich_losses_go_down_and_supernet_is_saved(assets, tmp_path):
     assert (out / "checkpoints" / "step_24" / "training_state.json").is_file()
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["global_step"] == 24 and summary["subnets_per_step"] == 2
+    result = TrainingResult.load(out)  # the typed summary reads the file back exactly
+    assert result.to_dict() == summary and result.global_step == 24 and result.final_eval["miou"].keys() == {"largest", "smallest"}
 
 
 def test_resume_reproduces_straight_run(assets, tmp_path):

@@ -160,4 +160,4 @@ def test_library_functions_take_members_and_record_plain_strings():
                             show_progress=False)
     assert member == plain
     assert type(member["prompt"]) is str and type(member["mask_selection"]) is str
-    assert yaml.safe_load(yaml.safe_dump(member)) == json.loads(json.dumps(member))
+    assert yaml.safe_load(yaml.safe_dump(member.to_dict())) == json.loads(json.dumps(member.to_dict()))

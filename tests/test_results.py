@@ -97,3 +97,16 @@ def test_evaluate_model_returns_an_evaluation_result(tmp_path):
     assert result.box_reference_miou is not None and result.params == supernet.count_parameters()
     result.save(tmp_path)
     assert EvaluationResult.load(tmp_path) == result
+
+
+def test_load_of_a_missing_corrupt_or_incomplete_file_is_one_clear_error(tmp_path):
+    from supersam_hf.errors import ModelFileError
+
+    with pytest.raises(FileNotFoundError, match="training_summary.json"):
+        TrainingResult.load(tmp_path)
+    (tmp_path / "training_summary.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match="training_summary.json"):
+        TrainingResult.load(tmp_path)
+    (tmp_path / "subnet.json").write_text(json.dumps({"kept_layers": [0], "mlp_dims": [32], "params": 1}))
+    with pytest.raises(ModelFileError, match="lacks macs, base_params, base_macs, macs_per"):
+        ExportResult.load(tmp_path)

@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .errors import ModelFileError
+from .outputs import read_json_file
 from .search_space import SubnetConfig
 
 TRAINING_FILE = "training_summary.json"
@@ -59,10 +61,17 @@ class _Result(Mapping):
 
     @classmethod
     def read(cls, folder: str | os.PathLike) -> dict[str, Any]:
+        """`<folder>/<FILE>` as a dict with every field the result needs; a missing, corrupt or incomplete file is
+        one clear error naming it."""
         path = Path(folder) / cls.FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"No {cls.FILE} in {str(folder)!r}; is it the output folder of its stage?")
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = read_json_file(path, what=f"{cls.__name__} file", remedy="pass the output folder of its stage",
+                              expect=dict)
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required if name not in data and (cls is not ExportResult or name != "subnet")]
+        if missing:
+            raise ModelFileError(f"{path} lacks {', '.join(missing)}: not a complete {cls.FILE}; write it again with "
+                                 "the stage that makes it.")
+        return data
 
     # -- the read-only Mapping (transitional: dict-style readers of the former plain dicts) --------------------
     def __getitem__(self, key: str) -> Any:

@@ -8,10 +8,12 @@ keyword-only: give every field by name.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
-from .types import IntensityNormalization, LogLevel, PromptType
+from .errors import SupersamError
+from .types import EvaluationPromptType, IntensityNormalization, LogLevel, MaskSelection, PromptType
 
 PROMPT_CHOICES = PromptType.values()
 # One default everywhere (train, search, evaluate, demo, the model card): a box is what SAM users mostly give, and
@@ -127,13 +129,78 @@ class RunArguments:
     debug: bool = field(default=False, metadata={"help": "Show the full traceback of an error (also SUPERSAM_DEBUG=1)."})
 
 
+@dataclass(kw_only=True)
+class EvaluateArguments:
+    """What `supersam evaluate` / `evaluate_model` measures (model, data and output flags are the shared ones)."""
+
+    subnet: Optional[str] = field(
+        default=None,
+        metadata={"help": "Subnet of a supernet to evaluate: a JSON file or inline JSON with kept_layers and mlp_dims, "
+                  "or 'best' / 'pareto:N' together with --search_dir. Default: the whole model."},
+    )
+    search_dir: Optional[str] = field(default=None, metadata={"help": "Output folder of `supersam search`."})
+    prompt_type: EvaluationPromptType = prompt_type_field("point or box")
+    mask_selection: MaskSelection = field(
+        default=MaskSelection.SINGLE.value,
+        metadata={"help": "single: of the three multimask outputs, the one with the highest predicted IoU (the model's "
+                  "own choice); oracle: the best of the three against the ground truth (as the SuperSAM paper "
+                  "reports); single_output: the model called with multimask_output=False (its one mask, the usual "
+                  "call with a box prompt)."},
+    )
+    batch_size: int = field(default=4, metadata={"help": "Images per forward."})
+    max_instances_per_image: Optional[int] = field(
+        default=None,
+        metadata={"help": "Score at most this many instances per image (the largest); default: every instance. The "
+                  "cap and the number of instances it left out are written to eval_results.json."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the prompts (points drawn inside each mask)."})
+    device: Optional[str] = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
+    onnx: bool = field(
+        default=False,
+        metadata={"help": "Evaluate the ONNX files of an export (--model_name_or_path: the export folder, holding "
+                  "onnx/) through ONNX Runtime on CPU, with the same metric. Needs `pip install supersam_hf[onnx]`."},
+    )
+    onnx_int8: bool = field(
+        default=False, metadata={"help": "With --onnx: use onnx/vision_encoder_quantized.onnx (`supersam export --quantize int8`)."}
+    )
+
+
+def with_keywords(args: Any, cls: type, keywords: dict[str, Any], renames: dict[str, str], function: str,
+                  data_args: Any = None, data_renames: dict[str, str] | None = None) -> tuple[Any, dict[str, Any]]:
+    """A stage function's arguments object with its keyword conveniences applied (the caller's object is not changed).
+
+    `args`: the stage dataclass (`cls`) or None (its defaults). `keywords`: the keywords the caller gave besides
+    `args`; `renames` maps each accepted keyword (the library's older names included) onto its field of `cls`,
+    `data_renames` those that are `DataArguments` fields. Returns `(args, data)`: the stage object and a dict of the
+    `DataArguments` fields in `data_renames` (from `data_args` when given, else their defaults, then the keywords).
+    An unknown keyword, or an `args` of another type, is a `SupersamError` naming it."""
+    if args is None:
+        args = cls()
+    elif not isinstance(args, cls):
+        raise SupersamError(f"{function}: args must be a {cls.__name__} (supersam_hf.arguments), got "
+                            f"{type(args).__name__}; pass the other settings by keyword.")
+    data_renames = data_renames or {}
+    unknown = sorted(set(keywords) - set(renames) - set(data_renames))
+    if unknown:
+        accepted = ", ".join(sorted({*renames, *data_renames}))
+        raise SupersamError(f"{function}: unknown keyword argument(s) {', '.join(unknown)}; accepted: {accepted}.")
+    data_fields = {f.name: f.default for f in dataclasses.fields(DataArguments)}
+    data = {name: (getattr(data_args, name) if data_args is not None else data_fields[name])
+            for name in data_renames.values()}
+    data.update({data_renames[k]: v for k, v in keywords.items() if k in data_renames})
+    changes = {renames[k]: v for k, v in keywords.items() if k in renames}
+    return (dataclasses.replace(args, **changes) if changes else args), data
+
+
 __all__ = [
     "DEFAULT_PROMPT_TYPE",
     "DataArguments",
+    "EvaluateArguments",
     "LOG_LEVELS",
     "ModelArguments",
     "OutputArguments",
     "PROMPT_CHOICES",
     "RunArguments",
     "prompt_type_field",
+    "with_keywords",
 ]

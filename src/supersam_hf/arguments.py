@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .errors import SupersamError
-from .types import EvaluationPromptType, IntensityNormalization, LogLevel, MaskSelection, PromptType
+from .types import (EvaluationPromptType, IntensityNormalization, LatencyBackend, LogLevel, MaskSelection, PromptType,
+                    SearchStrategy)
 
 PROMPT_CHOICES = PromptType.values()
 # One default everywhere (train, search, evaluate, demo, the model card): a box is what SAM users mostly give, and
@@ -165,6 +166,46 @@ class EvaluateArguments:
     )
 
 
+@dataclass(kw_only=True)
+class SearchArguments:
+    """Budgets and strategy of `supersam search` / `search_subnets` (model, data and output flags are the shared ones)."""
+
+    budget: int = field(default=40, metadata={"help": "Subnets to score (mIoU evaluations), the largest-subnet reference included."})
+    max_params: Optional[int] = field(default=None, metadata={"help": "Parameter budget of the exported checkpoint."})
+    max_macs: Optional[int] = field(default=None, metadata={"help": "MAC budget per image (one prompt)."})
+    max_latency_ms: Optional[float] = field(
+        default=None, metadata={"help": "Latency budget, median ms on one image, timed as --latency_backend says."}
+    )
+    min_size_reduction: Optional[float] = field(
+        default=None, metadata={"help": "At least this fraction fewer parameters than the largest subnet (0.5 = half)."}
+    )
+    strategy: SearchStrategy = field(
+        default=SearchStrategy.OPENTUNER.value, metadata={"help": "opentuner, or random (uniform sampling, for comparison)."}
+    )
+    technique: str = field(default="AUCBanditMetaTechniqueA", metadata={"help": "OpenTuner technique (--technique)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the search strategy."})
+    resume: bool = field(default=False, metadata={"help": "Continue the search in --output_dir, reusing its scored subnets."})
+    prompt_type: EvaluationPromptType = prompt_type_field("point or box")
+    mask_selection: MaskSelection = field(
+        default=MaskSelection.SINGLE.value, metadata={"help": "single (highest predicted IoU) or oracle (best of three vs ground truth)."}
+    )
+    batch_size: int = field(default=4, metadata={"help": "Images per forward when scoring."})
+    eval_seed: int = field(default=0, metadata={"help": "Seed of the evaluation prompts."})
+    latency_repeats: int = field(default=5, metadata={"help": "Timed forwards per latency measurement."})
+    latency_backend: LatencyBackend = field(
+        default=LatencyBackend.TORCH.value,
+        metadata={"help": "What --max_latency_ms bounds: torch (the extracted subnet's PyTorch forward on --device) "
+                  "or onnxruntime (the exported subnet's image encoder in ONNX Runtime on this CPU, cached per subnet "
+                  "in --output_dir/ort_latency_cache.json; needs `pip install supersam_hf[onnx]`)."},
+    )
+    device: Optional[str] = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
+    max_proposals: Optional[int] = field(
+        default=None,
+        metadata={"help": "Stop after this many proposals even if the budget is not spent (default max(100, 25 x "
+                  "budget)); reached when the feasible space is smaller than the budget."},
+    )
+
+
 def with_keywords(args: Any, cls: type, keywords: dict[str, Any], renames: dict[str, str], function: str,
                   data_args: Any = None, data_renames: dict[str, str] | None = None) -> tuple[Any, dict[str, Any]]:
     """A stage function's arguments object with its keyword conveniences applied (the caller's object is not changed).
@@ -184,7 +225,8 @@ def with_keywords(args: Any, cls: type, keywords: dict[str, Any], renames: dict[
     if unknown:
         accepted = ", ".join(sorted({*renames, *data_renames}))
         raise SupersamError(f"{function}: unknown keyword argument(s) {', '.join(unknown)}; accepted: {accepted}.")
-    data_fields = {f.name: f.default for f in dataclasses.fields(DataArguments)}
+    data_fields = {f.name: None if f.default is dataclasses.MISSING else f.default
+                   for f in dataclasses.fields(DataArguments)}
     data = {name: (getattr(data_args, name) if data_args is not None else data_fields[name])
             for name in data_renames.values()}
     data.update({data_renames[k]: v for k, v in keywords.items() if k in data_renames})
@@ -201,6 +243,7 @@ __all__ = [
     "OutputArguments",
     "PROMPT_CHOICES",
     "RunArguments",
+    "SearchArguments",
     "prompt_type_field",
     "with_keywords",
 ]

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from .errors import SupersamError
+from .onnx_export import INT8_MIOU_DROP_THRESHOLD
 from .types import (EvaluationPromptType, IntensityNormalization, LatencyBackend, LogLevel, MaskSelection, PromptType,
                     SearchStrategy)
 
@@ -206,17 +207,69 @@ class SearchArguments:
     )
 
 
+@dataclass(kw_only=True)
+class ExportArguments:
+    """Which subnet `supersam export` writes and what its card says (model and output flags are the shared ones).
+
+    `export_subnet` reads every field but `subnet` / `search_dir` (the CLI's choice of subnet: the library takes the
+    subnet itself) and `prompt_type` (the prompt of the CLI's evaluation images)."""
+
+    subnet: str = field(
+        metadata={"help": "Which subnet: 'best' (best_subnet.json of the search), 'pareto:N' (the N-th Pareto-front "
+                  "subnet), a JSON file (e.g. a subnet.json) or inline JSON with kept_layers and mlp_dims."}
+    )
+    search_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Search output folder (pareto.json, best_subnet.json, search_results.json); default: the "
+                  "folder of a --subnet JSON file, else the model folder."},
+    )
+    base_model: Optional[str] = field(
+        default=None, metadata={"help": "Hub id of the base SAM for the card (default: recorded in the supernet)."}
+    )
+    license: Optional[str] = field(default=None, metadata={"help": "License for the card (default: the base model's)."})
+    datasets: Optional[list[str]] = field(
+        default=None, metadata={"help": "Hub ids of the training datasets, for the card's metadata."}
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the exported folder to the Hub."})
+    hub_model_id: Optional[str] = field(
+        default=None,
+        metadata={"help": "Hub repo to push to, 'namespace/name' or 'name' (default: the --output_dir folder name, "
+                  "in your namespace)."},
+    )
+    hub_private_repo: bool = field(
+        default=False, metadata={"help": "Create the Hub repo as private (default: public)."}
+    )
+    repo_id: Optional[str] = field(default=None, metadata={"help": "Deprecated alias of --hub_model_id."})
+    private: bool = field(default=False, metadata={"help": "Deprecated alias of --hub_private_repo."})
+    commit_message: Optional[str] = field(default=None, metadata={"help": "Commit message of the upload."})
+    onnx: bool = field(
+        default=False,
+        metadata={"help": "Also write onnx/ (image encoder | prompt encoder + mask decoder, optimum's split), checked "
+                  "against PyTorch (onnx/parity.json). Needs `pip install supersam_hf[onnx]`."},
+    )
+    quantize: Optional[Literal["int8"]] = field(
+        default=None,
+        metadata={"help": "int8: also write a dynamic-INT8 encoder and record its mIoU next to fp32's on the card "
+                  "(needs --onnx and --dataset_name)."},
+    )
+    int8_max_miou_drop: float = field(
+        default=INT8_MIOU_DROP_THRESHOLD, metadata={"help": "Warn when INT8 loses more mIoU than this against fp32."}
+    )
+    prompt_type: EvaluationPromptType = prompt_type_field("point or box")
+
+
 def with_keywords(args: Any, cls: type, keywords: dict[str, Any], renames: dict[str, str], function: str,
-                  data_args: Any = None, data_renames: dict[str, str] | None = None) -> tuple[Any, dict[str, Any]]:
+                  data_args: Any = None, data_renames: dict[str, str] | None = None,
+                  make: Any = None) -> tuple[Any, dict[str, Any]]:
     """A stage function's arguments object with its keyword conveniences applied (the caller's object is not changed).
 
-    `args`: the stage dataclass (`cls`) or None (its defaults). `keywords`: the keywords the caller gave besides
+    `args`: the stage dataclass (`cls`) or None (its defaults: `make()` if given, else `cls()`). `keywords`: the keywords the caller gave besides
     `args`; `renames` maps each accepted keyword (the library's older names included) onto its field of `cls`,
     `data_renames` those that are `DataArguments` fields. Returns `(args, data)`: the stage object and a dict of the
     `DataArguments` fields in `data_renames` (from `data_args` when given, else their defaults, then the keywords).
     An unknown keyword, or an `args` of another type, is a `SupersamError` naming it."""
     if args is None:
-        args = cls()
+        args = make() if make is not None else cls()
     elif not isinstance(args, cls):
         raise SupersamError(f"{function}: args must be a {cls.__name__} (supersam_hf.arguments), got "
                             f"{type(args).__name__}; pass the other settings by keyword.")
@@ -238,6 +291,7 @@ __all__ = [
     "DEFAULT_PROMPT_TYPE",
     "DataArguments",
     "EvaluateArguments",
+    "ExportArguments",
     "LOG_LEVELS",
     "ModelArguments",
     "OutputArguments",

@@ -258,6 +258,32 @@ class ExportArguments:
     prompt_type: EvaluationPromptType = prompt_type_field("point or box")
 
 
+@dataclass(kw_only=True)
+class ConvertArguments:
+    """Calibration settings of `supersam convert` / `prioritize` (model, data and output flags are the shared ones)."""
+
+    num_calibration_images: int = field(default=32, metadata={"help": "Calibration images (from the train split)."})
+    calibration_batch_size: int = field(default=4, metadata={"help": "Images per encoder forward during calibration."})
+    num_elastic_layers: Optional[int] = field(
+        default=None, metadata={"help": "Layers that subnets may drop (the least important; default: all but two, at least half; the demo uses the same)."}
+    )
+    max_drop_prob: float = field(
+        default=0.5,
+        metadata={"help": "Drop probability of the cheapest layer to remove (others scale with importance); in [0, 1)."},
+    )
+    keep_first_layer: bool = field(default=True, metadata={"help": "Never make encoder layer 0 elastic."})
+    reorder: bool = field(
+        default=True, metadata={"help": "Permute each encoder MLP's hidden neurons (and the embedding channels) most "
+                                "important first (--no_reorder: keep their order)."}
+    )
+    measure_layers: bool = field(
+        default=True, metadata={"help": "Measure layer importance and set the elastic layers and their drop "
+                                "probabilities (--no_measure_layers: leave the config's depth settings as they are)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the calibration image selection."})
+    device: Optional[str] = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
+
+
 def with_keywords(args: Any, cls: type, keywords: dict[str, Any], renames: dict[str, str], function: str,
                   data_args: Any = None, data_renames: dict[str, str] | None = None,
                   make: Any = None) -> tuple[Any, dict[str, Any]]:
@@ -288,6 +314,7 @@ def with_keywords(args: Any, cls: type, keywords: dict[str, Any], renames: dict[
 
 
 __all__ = [
+    "ConvertArguments",
     "DEFAULT_PROMPT_TYPE",
     "DataArguments",
     "EvaluateArguments",

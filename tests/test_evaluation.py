@@ -196,3 +196,22 @@ def test_cli_evaluate_writes_the_result_json(supernet, processor, dataset, subne
     assert cli_main(["evaluate", "--model_name_or_path", str(tmp_path / "broken"), "--dataset_name", str(tmp_path / "data"),
                      *out_flag]) == 2
     assert "has config.json but no model.safetensors" in capsys.readouterr().err
+
+
+def test_arguments_object_equals_keywords_and_unknown_keywords_are_refused(supernet, processor, dataset, subnet):
+    from supersam_hf.arguments import DataArguments, EvaluateArguments
+    from supersam_hf.errors import SupersamError
+
+    spec = json.dumps({"kept_layers": list(subnet.kept_layers), "mlp_dims": list(subnet.mlp_dims)})
+    args = EvaluateArguments(prompt_type="point", seed=1, subnet=spec)  # a flag's string, as the CLI parses it
+    data_args = DataArguments(dataset_name="unused", max_eval_images=3)
+    by_object = evaluate_model(supernet, dataset, processor, args, data_args, show_progress=False)
+    by_keywords = evaluate_model(supernet, dataset, processor, prompt="point", seed=1, subnet=subnet, max_images=3,
+                                 show_progress=False)
+    assert by_object == by_keywords and by_object["num_images"] == 3 and by_object["prompt"] == "point"
+    overridden = evaluate_model(supernet, dataset, processor, args, data_args, prompt="box", show_progress=False)
+    assert overridden["prompt"] == "box" and args.prompt_type == "point"  # the caller's object is not changed
+    with pytest.raises(SupersamError, match="unknown keyword argument.*promt"):
+        evaluate_model(supernet, dataset, processor, promt="point")
+    with pytest.raises(SupersamError, match="must be a EvaluateArguments"):
+        evaluate_model(supernet, dataset, processor, subnet)

@@ -378,3 +378,23 @@ def test_example_script_runs_the_same_export(supernet, supernet_dir, tmp_path):
     subnet_json.write_text(SUBNET.to_json())
     example.main(["--model_name_or_path", str(supernet_dir), "--subnet", str(subnet_json), "--output_dir", str(tmp_path / "out")])
     assert SubnetConfig.from_json((tmp_path / "out" / "subnet.json").read_text()) == SUBNET
+
+
+def test_arguments_objects_equal_keywords_and_unknown_keywords_are_refused(supernet, tmp_path):
+    from supersam_hf.arguments import DataArguments, ExportArguments, OutputArguments
+    from supersam_hf.errors import SupersamError
+
+    args = ExportArguments(subnet="best", license="mit", datasets=["user/shapes"])
+    by_object = export_subnet(supernet, SUBNET, args, OutputArguments(output_dir=str(tmp_path / "a")),
+                              DataArguments(dataset_name="user/shapes", eval_split_name="validation"))
+    by_keywords = export_subnet(supernet, SUBNET, tmp_path / "b", license="mit", datasets=["user/shapes"],
+                                eval_dataset="user/shapes", eval_split="validation")
+    for name in ("subnet.json", "model.safetensors"):  # the cards differ only by the folder they name
+        assert (by_object / name).read_bytes() == (by_keywords / name).read_bytes()
+    card_a, card_b = (ModelCard.load(out / "README.md") for out in (by_object, by_keywords))
+    assert card_a.data.license == card_b.data.license == "mit" and card_a.data.datasets == ["user/shapes"]
+    with pytest.raises(SupersamError, match="unknown keyword argument.*licence"):
+        export_subnet(supernet, SUBNET, tmp_path / "c", licence="mit")
+    with pytest.raises(SupersamError, match="needs the folder to write"):
+        export_subnet(supernet, SUBNET, args)
+    assert not (tmp_path / "c").exists()

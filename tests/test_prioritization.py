@@ -430,3 +430,20 @@ def test_progress_moves_per_layer_and_counts_images(calibration, processor, monk
     assert any(f"{calls} encoder-layer calls per image" in m and f"{num_layers} layers" in m for m in messages)
     progress = [m.split(" image(s)")[0] for m in messages if m.startswith("Calibrated ") and "image(s) (" in m]
     assert progress == ["Calibrated 2/5", "Calibrated 4/5", "Calibrated 5/5"]
+
+
+def test_arguments_object_equals_keywords_and_unknown_keywords_are_refused(calibration, processor):
+    from supersam_hf.arguments import ConvertArguments, DataArguments
+    from supersam_hf.errors import SupersamError
+
+    first, second = tiny_supernet(num_layers=4, image_size=S), tiny_supernet(num_layers=4, image_size=S)
+    args = ConvertArguments(num_calibration_images=4, calibration_batch_size=2, max_drop_prob=0.4, seed=1)
+    by_object = prioritize(first, calibration, processor, args, DataArguments(dataset_name="unused"),
+                           show_progress=False)
+    by_keywords = prioritize(second, calibration, processor, num_images=4, batch_size=2, max_drop_prob=0.4, seed=1,
+                             show_progress=False)
+    assert by_object.num_images == by_keywords.num_images == 4
+    assert by_object.permutations == by_keywords.permutations
+    assert by_object.layer_drop_probs == by_keywords.layer_drop_probs
+    with pytest.raises(SupersamError, match="unknown keyword argument.*num_imgs"):
+        prioritize(first, calibration, processor, num_imgs=4)

@@ -285,3 +285,24 @@ def test_cheapest_subnet_takes_the_narrowest_width(supernet):
         cfg, value = cheapest_subnet(space, count)
         assert cfg.hidden_size == space.hidden_size_choices[0] and value == count(cfg)
         assert value < count(_full_width(cfg)), key
+
+
+def test_arguments_object_equals_keywords_and_unknown_keywords_are_refused(supernet, processor, data, tmp_path,
+                                                                           counted):
+    from supersam_hf.arguments import DataArguments, SearchArguments
+    from supersam_hf.errors import SupersamError
+
+    with pytest.raises(SupersamError, match="unknown keyword argument.*budjet"):
+        search_subnets(supernet, data, processor, budjet=3, output_dir=tmp_path / "none")
+    assert counted == [] and not (tmp_path / "none").exists()
+    args = SearchArguments(budget=3, strategy="random", seed=1)
+    data_args = DataArguments(dataset_name="shapes", eval_split_name="validation")
+    by_object = search_subnets(supernet, data, processor, args, data_args, output_dir=tmp_path / "a",
+                               show_progress=False)
+    by_keywords = search_subnets(supernet, data, processor, budget=3, strategy="random", seed=1, dataset_name="shapes",
+                                 split="validation", output_dir=tmp_path / "b", show_progress=False)
+    assert [e["name"] for e in by_object.evaluations] == [e["name"] for e in by_keywords.evaluations]
+    assert [e["miou"] for e in by_object.evaluations] == [e["miou"] for e in by_keywords.evaluations]
+    for run in ("a", "b"):
+        settings = json.loads((tmp_path / run / "search_results.json").read_text())["settings"]
+        assert (settings["dataset"], settings["split"]) == ("shapes", "validation")

@@ -8,10 +8,14 @@ keyword-only: give every field by name.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Literal, Optional
 
-from .types import IntensityNormalization, LogLevel, PromptType
+from .errors import SupersamError
+from .onnx_export import INT8_MIOU_DROP_THRESHOLD
+from .types import (EvaluationPromptType, IntensityNormalization, LatencyBackend, LogLevel, MaskSelection, PromptType,
+                    SearchStrategy)
 
 PROMPT_CHOICES = PromptType.values()
 # One default everywhere (train, search, evaluate, demo, the model card): a box is what SAM users mostly give, and
@@ -127,13 +131,200 @@ class RunArguments:
     debug: bool = field(default=False, metadata={"help": "Show the full traceback of an error (also SUPERSAM_DEBUG=1)."})
 
 
+@dataclass(kw_only=True)
+class EvaluateArguments:
+    """What `supersam evaluate` / `evaluate_model` measures (model, data and output flags are the shared ones)."""
+
+    subnet: Optional[str] = field(
+        default=None,
+        metadata={"help": "Subnet of a supernet to evaluate: a JSON file or inline JSON with kept_layers and mlp_dims, "
+                  "or 'best' / 'pareto:N' together with --search_dir. Default: the whole model."},
+    )
+    search_dir: Optional[str] = field(default=None, metadata={"help": "Output folder of `supersam search`."})
+    prompt_type: EvaluationPromptType = prompt_type_field("point or box")
+    mask_selection: MaskSelection = field(
+        default=MaskSelection.SINGLE.value,
+        metadata={"help": "single: of the three multimask outputs, the one with the highest predicted IoU (the model's "
+                  "own choice); oracle: the best of the three against the ground truth (as the SuperSAM paper "
+                  "reports); single_output: the model called with multimask_output=False (its one mask, the usual "
+                  "call with a box prompt)."},
+    )
+    batch_size: int = field(default=4, metadata={"help": "Images per forward."})
+    max_instances_per_image: Optional[int] = field(
+        default=None,
+        metadata={"help": "Score at most this many instances per image (the largest); default: every instance. The "
+                  "cap and the number of instances it left out are written to eval_results.json."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the prompts (points drawn inside each mask)."})
+    device: Optional[str] = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
+    onnx: bool = field(
+        default=False,
+        metadata={"help": "Evaluate the ONNX files of an export (--model_name_or_path: the export folder, holding "
+                  "onnx/) through ONNX Runtime on CPU, with the same metric. Needs `pip install supersam_hf[onnx]`."},
+    )
+    onnx_int8: bool = field(
+        default=False, metadata={"help": "With --onnx: use onnx/vision_encoder_quantized.onnx (`supersam export --quantize int8`)."}
+    )
+
+
+@dataclass(kw_only=True)
+class SearchArguments:
+    """Budgets and strategy of `supersam search` / `search_subnets` (model, data and output flags are the shared ones)."""
+
+    budget: int = field(default=40, metadata={"help": "Subnets to score (mIoU evaluations), the largest-subnet reference included."})
+    max_params: Optional[int] = field(default=None, metadata={"help": "Parameter budget of the exported checkpoint."})
+    max_macs: Optional[int] = field(default=None, metadata={"help": "MAC budget per image (one prompt)."})
+    max_latency_ms: Optional[float] = field(
+        default=None, metadata={"help": "Latency budget, median ms on one image, timed as --latency_backend says."}
+    )
+    min_size_reduction: Optional[float] = field(
+        default=None, metadata={"help": "At least this fraction fewer parameters than the largest subnet (0.5 = half)."}
+    )
+    strategy: SearchStrategy = field(
+        default=SearchStrategy.OPENTUNER.value, metadata={"help": "opentuner, or random (uniform sampling, for comparison)."}
+    )
+    technique: str = field(default="AUCBanditMetaTechniqueA", metadata={"help": "OpenTuner technique (--technique)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the search strategy."})
+    resume: bool = field(default=False, metadata={"help": "Continue the search in --output_dir, reusing its scored subnets."})
+    prompt_type: EvaluationPromptType = prompt_type_field("point or box")
+    mask_selection: MaskSelection = field(
+        default=MaskSelection.SINGLE.value, metadata={"help": "single (highest predicted IoU) or oracle (best of three vs ground truth)."}
+    )
+    batch_size: int = field(default=4, metadata={"help": "Images per forward when scoring."})
+    eval_seed: int = field(default=0, metadata={"help": "Seed of the evaluation prompts."})
+    latency_repeats: int = field(default=5, metadata={"help": "Timed forwards per latency measurement."})
+    latency_backend: LatencyBackend = field(
+        default=LatencyBackend.TORCH.value,
+        metadata={"help": "What --max_latency_ms bounds: torch (the extracted subnet's PyTorch forward on --device) "
+                  "or onnxruntime (the exported subnet's image encoder in ONNX Runtime on this CPU, cached per subnet "
+                  "in --output_dir/ort_latency_cache.json; needs `pip install supersam_hf[onnx]`)."},
+    )
+    device: Optional[str] = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
+    max_proposals: Optional[int] = field(
+        default=None,
+        metadata={"help": "Stop after this many proposals even if the budget is not spent (default max(100, 25 x "
+                  "budget)); reached when the feasible space is smaller than the budget."},
+    )
+
+
+@dataclass(kw_only=True)
+class ExportArguments:
+    """Which subnet `supersam export` writes and what its card says (model and output flags are the shared ones).
+
+    `export_subnet` reads every field but `subnet` / `search_dir` (the CLI's choice of subnet: the library takes the
+    subnet itself) and `prompt_type` (the prompt of the CLI's evaluation images)."""
+
+    subnet: str = field(
+        metadata={"help": "Which subnet: 'best' (best_subnet.json of the search), 'pareto:N' (the N-th Pareto-front "
+                  "subnet), a JSON file (e.g. a subnet.json) or inline JSON with kept_layers and mlp_dims."}
+    )
+    search_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Search output folder (pareto.json, best_subnet.json, search_results.json); default: the "
+                  "folder of a --subnet JSON file, else the model folder."},
+    )
+    base_model: Optional[str] = field(
+        default=None, metadata={"help": "Hub id of the base SAM for the card (default: recorded in the supernet)."}
+    )
+    license: Optional[str] = field(default=None, metadata={"help": "License for the card (default: the base model's)."})
+    datasets: Optional[list[str]] = field(
+        default=None, metadata={"help": "Hub ids of the training datasets, for the card's metadata."}
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the exported folder to the Hub."})
+    hub_model_id: Optional[str] = field(
+        default=None,
+        metadata={"help": "Hub repo to push to, 'namespace/name' or 'name' (default: the --output_dir folder name, "
+                  "in your namespace)."},
+    )
+    hub_private_repo: bool = field(
+        default=False, metadata={"help": "Create the Hub repo as private (default: public)."}
+    )
+    repo_id: Optional[str] = field(default=None, metadata={"help": "Deprecated alias of --hub_model_id."})
+    private: bool = field(default=False, metadata={"help": "Deprecated alias of --hub_private_repo."})
+    commit_message: Optional[str] = field(default=None, metadata={"help": "Commit message of the upload."})
+    onnx: bool = field(
+        default=False,
+        metadata={"help": "Also write onnx/ (image encoder | prompt encoder + mask decoder, optimum's split), checked "
+                  "against PyTorch (onnx/parity.json). Needs `pip install supersam_hf[onnx]`."},
+    )
+    quantize: Optional[Literal["int8"]] = field(
+        default=None,
+        metadata={"help": "int8: also write a dynamic-INT8 encoder and record its mIoU next to fp32's on the card "
+                  "(needs --onnx and --dataset_name)."},
+    )
+    int8_max_miou_drop: float = field(
+        default=INT8_MIOU_DROP_THRESHOLD, metadata={"help": "Warn when INT8 loses more mIoU than this against fp32."}
+    )
+    prompt_type: EvaluationPromptType = prompt_type_field("point or box")
+
+
+@dataclass(kw_only=True)
+class ConvertArguments:
+    """Calibration settings of `supersam convert` / `prioritize` (model, data and output flags are the shared ones)."""
+
+    num_calibration_images: int = field(default=32, metadata={"help": "Calibration images (from the train split)."})
+    calibration_batch_size: int = field(default=4, metadata={"help": "Images per encoder forward during calibration."})
+    num_elastic_layers: Optional[int] = field(
+        default=None, metadata={"help": "Layers that subnets may drop (the least important; default: all but two, at least half; the demo uses the same)."}
+    )
+    max_drop_prob: float = field(
+        default=0.5,
+        metadata={"help": "Drop probability of the cheapest layer to remove (others scale with importance); in [0, 1)."},
+    )
+    keep_first_layer: bool = field(default=True, metadata={"help": "Never make encoder layer 0 elastic."})
+    reorder: bool = field(
+        default=True, metadata={"help": "Permute each encoder MLP's hidden neurons (and the embedding channels) most "
+                                "important first (--no_reorder: keep their order)."}
+    )
+    measure_layers: bool = field(
+        default=True, metadata={"help": "Measure layer importance and set the elastic layers and their drop "
+                                "probabilities (--no_measure_layers: leave the config's depth settings as they are)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the calibration image selection."})
+    device: Optional[str] = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
+
+
+def with_keywords(args: Any, cls: type, keywords: dict[str, Any], renames: dict[str, str], function: str,
+                  data_args: Any = None, data_renames: dict[str, str] | None = None,
+                  make: Any = None) -> tuple[Any, dict[str, Any]]:
+    """A stage function's arguments object with its keyword conveniences applied (the caller's object is not changed).
+
+    `args`: the stage dataclass (`cls`) or None (its defaults: `make()` if given, else `cls()`). `keywords`: the keywords the caller gave besides
+    `args`; `renames` maps each accepted keyword (the library's older names included) onto its field of `cls`,
+    `data_renames` those that are `DataArguments` fields. Returns `(args, data)`: the stage object and a dict of the
+    `DataArguments` fields in `data_renames` (from `data_args` when given, else their defaults, then the keywords).
+    An unknown keyword, or an `args` of another type, is a `SupersamError` naming it."""
+    if args is None:
+        args = make() if make is not None else cls()
+    elif not isinstance(args, cls):
+        raise SupersamError(f"{function}: args must be a {cls.__name__} (supersam_hf.arguments), got "
+                            f"{type(args).__name__}; pass the other settings by keyword.")
+    data_renames = data_renames or {}
+    unknown = sorted(set(keywords) - set(renames) - set(data_renames))
+    if unknown:
+        accepted = ", ".join(sorted({*renames, *data_renames}))
+        raise SupersamError(f"{function}: unknown keyword argument(s) {', '.join(unknown)}; accepted: {accepted}.")
+    data_fields = {f.name: None if f.default is dataclasses.MISSING else f.default
+                   for f in dataclasses.fields(DataArguments)}
+    data = {name: (getattr(data_args, name) if data_args is not None else data_fields[name])
+            for name in data_renames.values()}
+    data.update({data_renames[k]: v for k, v in keywords.items() if k in data_renames})
+    changes = {renames[k]: v for k, v in keywords.items() if k in renames}
+    return (dataclasses.replace(args, **changes) if changes else args), data
+
+
 __all__ = [
+    "ConvertArguments",
     "DEFAULT_PROMPT_TYPE",
     "DataArguments",
+    "EvaluateArguments",
+    "ExportArguments",
     "LOG_LEVELS",
     "ModelArguments",
     "OutputArguments",
     "PROMPT_CHOICES",
     "RunArguments",
+    "SearchArguments",
     "prompt_type_field",
+    "with_keywords",
 ]

@@ -34,7 +34,7 @@ import torch
 from transformers import SamModel, SamProcessor
 
 from .errors import SupersamError
-from .arguments import DEFAULT_PROMPT_TYPE
+from .arguments import DEFAULT_PROMPT_TYPE, DataArguments, EvaluateArguments, with_keywords
 from .data import SamCollator, SamSegmentationData, SamStreamingData, model_inputs
 from .errors import UnsupportedSetupError
 from .metrics import load_sam_miou
@@ -456,24 +456,40 @@ def _compute(names: list[str]) -> dict[str, dict]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+# evaluate_model's keyword conveniences: keyword -> its EvaluateArguments field (the library's older names
+# included: `prompt` is --prompt_type), and keyword -> its DataArguments field (`max_images` is --max_eval_images).
+EVALUATE_KEYWORDS = {"prompt": "prompt_type", "prompt_type": "prompt_type", "subnet": "subnet",
+                     "search_dir": "search_dir", "mask_selection": "mask_selection", "batch_size": "batch_size",
+                     "seed": "seed", "device": "device", "max_instances_per_image": "max_instances_per_image"}
+EVALUATE_DATA_KEYWORDS = {"max_images": "max_eval_images", "max_eval_images": "max_eval_images",
+                          "image_column": "image_column", "mask_column": "mask_column", "mask_kind": "mask_kind"}
+
+
+def resolve_subnet(spec, search_dir: str | os.PathLike | None = None) -> SubnetConfig | None:
+    """The subnet an `EvaluateArguments.subnet` names: None, a `SubnetConfig`, a dict, a JSON file or inline JSON
+    (`parse_subnet`), or 'best' / 'pareto:N' of the `supersam search` folder `search_dir`."""
+    if spec is None:
+        return None
+    if isinstance(spec, str) and (spec.strip() == "best" or spec.strip().startswith("pareto:")):
+        if search_dir is None:
+            raise SupersamError(f"--subnet {spec.strip()} needs --search_dir (the output folder of `supersam search`).")
+        from .search.results import select_subnet  # search imports this module
+
+        return select_subnet(spec.strip(), search_dir)
+    return parse_subnet(spec)
+
+
 def evaluate_model(
     model: SamModel,
     dataset,
     processor: SamProcessor | None = None,
-    subnet: SubnetConfig | dict | None = None,
-    prompt: str = DEFAULT_PROMPT_TYPE,
-    mask_selection: str = "single",
-    batch_size: int = 4,
-    max_images: int | None = None,
-    seed: int = 0,
-    image_column: str | None = None,
-    mask_column: str | None = None,
-    mask_kind: str | None = None,
+    args: EvaluateArguments | None = None,
+    data_args: DataArguments | None = None,
+    *,
     show_progress: bool = True,
-    device: str | torch.device | None = None,
     box_reference: bool = False,
-    max_instances_per_image: int | None = None,
     state=None,
+    **keywords,
 ) -> EvaluationResult:
     """Mean IoU of a SAM model (or of one subnet of a supernet) on a segmentation dataset.
 
@@ -486,14 +502,22 @@ def evaluate_model(
             `SamStreamingData`: the same scores as the map-style rows), a ready `SamSegmentationData` (its own
             rows, prompts, seed and instance cap), or an `EvaluationData` prepared once for many evaluations.
         processor: the model's `SamProcessor` (`supersam_hf.loading.load_processor`).
+        args: the `EvaluateArguments` the CLI parses (`supersam evaluate`'s flags; None: their defaults). Its
+            `onnx` / `onnx_int8` choose the model the CLI loads and are not read here.
+        data_args: the `DataArguments` the CLI parses; read: `max_eval_images`, and `image_column` /
+            `mask_column` / `mask_kind` when `dataset` is a raw dataset. None: their defaults.
+        **keywords: conveniences for the fields of `args` / `data_args` (see `EVALUATE_KEYWORDS` and
+            `EVALUATE_DATA_KEYWORDS`), e.g. `prompt="point", max_images=8`; they override `args` / `data_args`
+            (neither object is changed). An unknown keyword is refused. The fields:
         subnet: evaluate this subnet of a `SuperSamModel` (under `model.subnet(subnet)`); None = the model as it
             is (its active subnet, if any, else the full model).
-        prompt: "point" (one positive point per instance) or "box" (the instance's bounding box).
+        subnet: (also a JSON file, inline JSON, or 'best' / 'pareto:N' with `search_dir`).
+        prompt / prompt_type: "point" (one positive point per instance) or "box" (the instance's bounding box).
         mask_selection: "single" (the output with the highest predicted IoU, what the model itself would return),
             "oracle" (the best of the three outputs against the ground truth, as the SuperSAM code reports) or
             "single_output" (the model called with `multimask_output=False`: its single-mask output).
         batch_size: images per forward; every instance of an image is decoded in the same forward.
-        max_images: score only the first `max_images` images (in dataset order).
+        max_images / max_eval_images: score only the first `max_images` images (in dataset order).
         seed: prompts are drawn reproducibly from this seed (a ready `SamSegmentationData` keeps its own).
         image_column / mask_column / mask_kind: passed to `SamSegmentationData` (default: auto-detected).
         show_progress: tqdm bar over batches.
@@ -519,12 +543,18 @@ def evaluate_model(
 
     Runs under `torch.no_grad` in eval mode; the model's train/eval mode and active subnet are restored afterwards.
     """
+    args, data = with_keywords(args, EvaluateArguments, keywords, EVALUATE_KEYWORDS, "evaluate_model", data_args,
+                               EVALUATE_DATA_KEYWORDS)
+    prompt, mask_selection, batch_size, seed = args.prompt_type, args.mask_selection, args.batch_size, args.seed
+    device, max_instances_per_image = args.device, args.max_instances_per_image
+    subnet = resolve_subnet(args.subnet, args.search_dir)
     _check_arguments(model, processor, prompt, mask_selection, box_reference)
     if device is not None:
         model = model.to(device)
     active, params = _active_subnet_and_params(model, subnet)
-    batches, data_seed, cap = _batches(dataset, processor, prompt, batch_size, max_images, seed, image_column,
-                                       mask_column, mask_kind, max_instances_per_image)
+    batches, data_seed, cap = _batches(dataset, processor, prompt, batch_size, data["max_eval_images"], seed,
+                                       data["image_column"], data["mask_column"], data["mask_kind"],
+                                       max_instances_per_image)
     names = ["model", "box_reference"] if box_reference else ["model"]
     distributed = state is not None and state.num_processes > 1
     all_batches = batches

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .arguments import DataArguments, ExportArguments, OutputArguments, with_keywords
 from .errors import SupersamError
 from .checks import check_finite, is_finite_metric
 from .elastic import RESOLUTION
@@ -36,27 +37,31 @@ SUBNET_FILE = EXPORT_FILE  # what ExportResult.save writes
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
 
+# export_subnet's keyword conveniences: keyword -> its ExportArguments field (the library's older names included:
+# `repo_id` is --hub_model_id, `int8_threshold` --int8_max_miou_drop), and keyword -> its DataArguments field (the
+# evaluation dataset named on the card).
+EXPORT_KEYWORDS = {name: name for name in (
+    "base_model", "license", "datasets", "push_to_hub", "hub_model_id", "hub_private_repo", "commit_message", "onnx",
+    "quantize", "int8_max_miou_drop")} | {"repo_id": "hub_model_id", "private": "hub_private_repo",
+                                          "int8_threshold": "int8_max_miou_drop"}
+EXPORT_DATA_KEYWORDS = {"eval_dataset": "dataset_name", "dataset_name": "dataset_name", "eval_split": "eval_split_name",
+                        "eval_split_name": "eval_split_name"}
+
+
 def export_subnet(
     supernet: SuperSamModel | Any,
     subnet: SubnetConfig | dict,
-    output_dir: str | os.PathLike,
+    args: ExportArguments | str | os.PathLike | None = None,
+    output_args: OutputArguments | None = None,
+    data_args: DataArguments | None = None,
+    *,
     processor=None,
     metrics: dict | None = None,
-    base_model: str | None = None,
-    license: str | None = None,
-    datasets: list[str] | str | None = None,
-    overwrite: bool = False,
-    push_to_hub: bool = False,
-    repo_id: str | None = None,
-    private: bool = False,
-    token: str | None = None,
-    commit_message: str | None = None,
-    onnx: bool = False,
-    quantize: str | None = None,
     eval_data=None,
-    int8_threshold: float | None = None,
-    eval_dataset: str | None = None,
-    eval_split: str | None = None,
+    token: str | None = None,
+    output_dir: str | os.PathLike | None = None,
+    overwrite: bool | None = None,
+    **keywords,
 ) -> Path:
     """Write `subnet` of `supernet` as a standard SAM folder (weights, config, processor, `subnet.json`, model card).
 
@@ -64,6 +69,14 @@ def export_subnet(
         supernet: a `SuperSamModel` (a PEFT-wrapped one or one with LoRA layers is merged on a copy first; the
             caller's model is not modified). Load a folder or Hub id with `supersam_hf.loading.load_supernet`.
         subnet: the subnet to export (a `SubnetConfig` or its dict); must belong to the supernet's search space.
+        args: the `ExportArguments` the CLI parses (`supersam export`'s flags; None: their defaults; its `subnet`,
+            `search_dir` and `prompt_type` choose the CLI's subnet and evaluation images and are not read here).
+            A path here is the output folder (`export_subnet(supernet, subnet, "sam-small", ...)`).
+        output_args: the `OutputArguments` the CLI parses: `output_dir` and `overwrite_output_dir`.
+        data_args: the `DataArguments` the CLI parses: `dataset_name` / `eval_split_name` name `eval_data` on the card.
+        **keywords: conveniences for the fields of `args` / `data_args` (see `EXPORT_KEYWORDS` and
+            `EXPORT_DATA_KEYWORDS`), e.g. `license="mit", onnx=True`; they override `args` / `data_args` (neither
+            object is changed). An unknown keyword is refused. The settings:
         output_dir: the folder to write. If it exists and is not empty, `FileExistsError` unless `overwrite`.
         processor: the `SamProcessor` to save alongside (`supersam_hf.loading.load_processor`); without one the
             folder has no processor files (a warning says so).
@@ -75,22 +88,23 @@ def export_subnet(
             the card's `base_model` metadata, a local path is only named (by its folder) in the card's text.
         license: the card's license; default: the license of the supernet's or the base model's card, if known.
         datasets: Hub ids of the datasets the supernet was trained on, for the card's metadata.
-        overwrite: replace an earlier export in a non-empty `output_dir`: only the files this tool wrote there
+        overwrite (overwrite_output_dir): replace an earlier export in a non-empty `output_dir`: only the files this tool wrote there
             (listed in its `.supersam-manifest.json`) are removed; other files are kept, never replaced.
-        push_to_hub: after writing the folder, upload it to `repo_id` (created if needed; default: the folder name
+        push_to_hub: after writing the folder, upload it to `repo_id` (hub_model_id) (created if needed; default: the folder name
             in your namespace). The token comes from `token`, else `HF_TOKEN` / the stored login.
-        private: create the repo as private.
+        private (hub_private_repo): create the repo as private.
         commit_message: message of the upload commit.
         onnx: also write `onnx/` (encoder, point and box decoders; `supersam_hf.onnx_pipeline`), check them against
             PyTorch on deterministic inputs (`onnx/parity.json`) and add an ONNX Runtime section to the card.
             Needs the `[onnx]` extra.
         quantize: "int8": also write `onnx/vision_encoder_quantized.onnx` (dynamic INT8) and measure its mIoU on
-            `eval_data` next to fp32's (required; a drop over `int8_threshold`, default 0.01, is a warning).
+            `eval_data` next to fp32's (required; a drop over `int8_threshold` (int8_max_miou_drop), default 0.01, is a
+            warning).
         eval_data: evaluation images (anything `evaluate_model` takes; an `EvaluationData` keeps its prompt): the
             exported checkpoint is scored on them (PyTorch; with `onnx` also the fp32 ONNX files and INT8, on the
             same prompts) and the card shows that measurement (with `model-index` metadata) for its prompt type,
             in place of a `metrics` entry of the same prompt type.
-        eval_dataset / eval_split: the Hub name of `eval_data`'s dataset and its split, for the card (a local
+        eval_dataset / eval_split (dataset_name / eval_split_name): the Hub name of `eval_data`'s dataset and its split, for the card (a local
             folder or none is recorded as "local data").
 
     The folder is written into a temporary sibling and moved into place when complete, so a failure (a full disk
@@ -100,6 +114,18 @@ def export_subnet(
         The output folder. Its `subnet.json` is an `ExportResult` (`supersam_hf.results`): read it back with
         `ExportResult.load(folder)`.
     """
+    if isinstance(args, (str, os.PathLike)):  # export_subnet(supernet, subnet, "folder", ...)
+        args, output_dir = None, args if output_dir is None else output_dir
+    args, data = with_keywords(args, ExportArguments, keywords, EXPORT_KEYWORDS, "export_subnet", data_args,
+                               EXPORT_DATA_KEYWORDS, make=lambda: ExportArguments(subnet=""))
+    output_dir = output_dir if output_dir is not None else getattr(output_args, "output_dir", None)
+    if output_dir is None:
+        raise SupersamError("export_subnet needs the folder to write: pass output_args (OutputArguments) or output_dir.")
+    overwrite = overwrite if overwrite is not None else bool(getattr(output_args, "overwrite_output_dir", False))
+    base_model, license, datasets, push_to_hub = args.base_model, args.license, args.datasets, args.push_to_hub
+    repo_id, private, commit_message = args.hub_model_id, args.hub_private_repo, args.commit_message
+    onnx, quantize, int8_threshold = args.onnx, args.quantize, args.int8_max_miou_drop
+    eval_dataset, eval_split = data["dataset_name"], data["eval_split_name"]
     output = Path(output_dir)
     source, inputs = _source_and_inputs(supernet)
     prepare_output_dir(output, overwrite=overwrite, inputs=inputs)  # before any work

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .arguments import ConvertArguments, DataArguments, with_keywords
 from .errors import DataError, SupersamError
 from .data import IMAGE_COLUMN_CANDIDATES, to_rgb_image
 from .elastic.embedding import permute_attention_heads, permute_embedding_channels
@@ -551,22 +552,25 @@ def default_num_elastic_layers(num_layers: int, keep_first_layer: bool = True) -
     return max(0, min(wanted, num_layers - (1 if keep_first_layer else 0)))
 
 
+# prioritize's keyword conveniences: keyword -> its ConvertArguments field (the library's older names included:
+# `num_images` is --num_calibration_images), and keyword -> its DataArguments field.
+PRIORITIZE_KEYWORDS = {name: name for name in (
+    "num_calibration_images", "calibration_batch_size", "reorder", "measure_layers", "num_elastic_layers",
+    "max_drop_prob", "keep_first_layer", "seed")} | {"num_images": "num_calibration_images",
+                                                     "batch_size": "calibration_batch_size"}
+PRIORITIZE_DATA_KEYWORDS = {"image_column": "image_column", "intensity_normalization": "intensity_normalization"}
+
+
 def prioritize(
     model: SuperSamModel,
     dataset,
     processor,
-    num_images: int = 32,
-    batch_size: int = 4,
-    reorder: bool = True,
-    measure_layers: bool = True,
-    num_elastic_layers: int | None = None,
-    max_drop_prob: float = 0.5,
-    keep_first_layer: bool = True,
-    image_column: str | None = None,
-    seed: int = 0,
+    args: ConvertArguments | None = None,
+    data_args: DataArguments | None = None,
+    *,
     show_progress: bool = True,
-    intensity_normalization: str = "percentile",
     state=None,
+    **keywords,
 ) -> PrioritizationReport:
     """Measure `model`'s image encoder on calibration images and write the search space into `model.config`.
 
@@ -574,8 +578,14 @@ def prioritize(
         model: the supernet (`SuperSamModel`); modified in place (MLP neuron order, config).
         dataset: a `datasets.Dataset` with an image column.
         processor: the model's `SamProcessor` (resizes, normalises and pads the images).
-        num_images: calibration images, drawn in a seeded random order (all of them if the dataset has fewer).
-        batch_size: images per encoder forward.
+        args: the `ConvertArguments` the CLI parses (`supersam convert`'s flags; None: their defaults; `device` is
+            where the CLI loads the model and is not read here).
+        data_args: the `DataArguments` the CLI parses; read: `image_column`, `intensity_normalization`.
+        **keywords: conveniences for the fields of `args` / `data_args` (see `PRIORITIZE_KEYWORDS` and
+            `PRIORITIZE_DATA_KEYWORDS`), e.g. `num_images=32`; they override `args` / `data_args` (neither object is
+            changed). An unknown keyword is refused. The fields:
+        num_images (num_calibration_images): calibration images, drawn in a seeded random order (all of them if the dataset has fewer).
+        batch_size (calibration_batch_size): images per encoder forward.
         reorder: permute each encoder MLP's hidden neurons most important first (see `neuron_scores`).
         measure_layers: measure layer importance and set `elastic_layers` / `layer_drop_probs` / `min_layers`;
             if False the config's depth settings are left as they are.
@@ -601,6 +611,12 @@ def prioritize(
     Everything runs at the full model under `torch.no_grad` on the model's device and dtype, in eval mode; the
     previous subnet and train/eval mode are restored afterwards. Statistics live only inside this call.
     """
+    args, data = with_keywords(args, ConvertArguments, keywords, PRIORITIZE_KEYWORDS, "prioritize", data_args,
+                               PRIORITIZE_DATA_KEYWORDS)
+    num_images, batch_size, seed = args.num_calibration_images, args.calibration_batch_size, args.seed
+    reorder, measure_layers, max_drop_prob = args.reorder, args.measure_layers, args.max_drop_prob
+    num_elastic_layers, keep_first_layer = args.num_elastic_layers, args.keep_first_layer
+    image_column, intensity_normalization = data["image_column"], data["intensity_normalization"]
     _check_prioritize_arguments(model, dataset, num_images, batch_size, max_drop_prob)
     layers = list(model.vision_encoder.layers)
     num_layers = len(layers)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
-
-from ..arguments import DataArguments, ModelArguments, OutputArguments
+from ..arguments import ConvertArguments, DataArguments, ModelArguments, OutputArguments
 from ..data import load_segmentation_dataset, streamed_rows
 from ..distributed import process_state
 from ..loading import load_processor, load_supernet, recorded_base_model
@@ -13,24 +10,6 @@ from ..prioritization import PrioritizationReport, prioritize
 from ..checks import check_positive, load_dataset_rows
 from ..outputs import atomic_output_dir
 from .common import load_data, prepare_output
-
-
-@dataclass(kw_only=True)
-class ConvertArguments:
-    """Calibration settings of `supersam convert` (model, data and output flags are the shared ones)."""
-
-    num_calibration_images: int = field(default=32, metadata={"help": "Calibration images (from the train split)."})
-    calibration_batch_size: int = field(default=4, metadata={"help": "Images per encoder forward during calibration."})
-    num_elastic_layers: Optional[int] = field(
-        default=None, metadata={"help": "Layers that subnets may drop (the least important; default: all but two, at least half; the demo uses the same)."}
-    )
-    max_drop_prob: float = field(
-        default=0.5,
-        metadata={"help": "Drop probability of the cheapest layer to remove (others scale with importance); in [0, 1)."},
-    )
-    keep_first_layer: bool = field(default=True, metadata={"help": "Never make encoder layer 0 elastic."})
-    seed: int = field(default=0, metadata={"help": "Seed of the calibration image selection."})
-    device: Optional[str] = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
 
 
 ARGUMENTS = (ModelArguments, DataArguments, OutputArguments, ConvertArguments)
@@ -58,14 +37,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
                           device=args.device)
     processor = load_processor(model_args.model_name_or_path, model_args.processor_name_or_path,
                                recorded_base_model(model), revision=model_args.revision, token=model_args.token)
-    report = prioritize(
-        model, dataset, processor,
-        num_images=args.num_calibration_images, batch_size=args.calibration_batch_size,
-        num_elastic_layers=args.num_elastic_layers, max_drop_prob=args.max_drop_prob,
-        keep_first_layer=args.keep_first_layer, image_column=data_args.image_column, seed=args.seed,
-        intensity_normalization=data_args.intensity_normalization, state=state,
-        show_progress=state.is_local_main_process,
-    )
+    report = prioritize(model, dataset, processor, args, data_args, state=state,
+                        show_progress=state.is_local_main_process)
     if not state.is_main_process:  # every process holds the same supernet; the main process writes it
         state.wait_for_everyone()
         return report

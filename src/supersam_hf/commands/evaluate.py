@@ -5,61 +5,21 @@ objects, through the same metric, the trivial reference a box-prompt figure shou
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from ..errors import SupersamError
-from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
+from ..arguments import DataArguments, EvaluateArguments, ModelArguments, OutputArguments
 from ..checks import check_positive
-from ..data import SamSegmentationData, SamStreamingData, load_segmentation_dataset
+from ..data import SamSegmentationData, SamStreamingData
 from ..distributed import process_state
 from ..errors import UnsupportedSetupError
-from ..evaluation import MASK_SELECTIONS, PROMPTS, evaluate_model, parse_subnet
+from ..evaluation import MASK_SELECTIONS, PROMPTS, evaluate_model, resolve_subnet
 from ..loading import load_processor, load_sam_model, recorded_base_model
 from ..outputs import atomic_output_dir
 from ..results import EVALUATION_FILE, EvaluationResult
-from ..search.results import select_subnet
-from ..types import EvaluationPromptType, MaskSelection
 from .common import data_kwargs, load_data, prepare_output
 
 RESULTS_FILE = EVALUATION_FILE  # what EvaluationResult.save writes
-
-
-@dataclass(kw_only=True)
-class EvaluateArguments:
-    """What `supersam evaluate` measures (model, data and output flags are the shared ones)."""
-
-    subnet: Optional[str] = field(
-        default=None,
-        metadata={"help": "Subnet of a supernet to evaluate: a JSON file or inline JSON with kept_layers and mlp_dims, "
-                  "or 'best' / 'pareto:N' together with --search_dir. Default: the whole model."},
-    )
-    search_dir: Optional[str] = field(default=None, metadata={"help": "Output folder of `supersam search`."})
-    prompt_type: EvaluationPromptType = prompt_type_field("point or box")
-    mask_selection: MaskSelection = field(
-        default=MaskSelection.SINGLE.value,
-        metadata={"help": "single: of the three multimask outputs, the one with the highest predicted IoU (the model's "
-                  "own choice); oracle: the best of the three against the ground truth (as the SuperSAM paper "
-                  "reports); single_output: the model called with multimask_output=False (its one mask, the usual "
-                  "call with a box prompt)."},
-    )
-    batch_size: int = field(default=4, metadata={"help": "Images per forward."})
-    max_instances_per_image: Optional[int] = field(
-        default=None,
-        metadata={"help": "Score at most this many instances per image (the largest); default: every instance. The "
-                  "cap and the number of instances it left out are written to eval_results.json."},
-    )
-    seed: int = field(default=0, metadata={"help": "Seed of the prompts (points drawn inside each mask)."})
-    device: Optional[str] = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
-    onnx: bool = field(
-        default=False,
-        metadata={"help": "Evaluate the ONNX files of an export (--model_name_or_path: the export folder, holding "
-                  "onnx/) through ONNX Runtime on CPU, with the same metric. Needs `pip install supersam_hf[onnx]`."},
-    )
-    onnx_int8: bool = field(
-        default=False, metadata={"help": "With --onnx: use onnx/vision_encoder_quantized.onnx (`supersam export --quantize int8`)."}
-    )
 
 
 ARGUMENTS = (ModelArguments, DataArguments, OutputArguments, EvaluateArguments)
@@ -86,17 +46,6 @@ def format_results(result: EvaluationResult) -> str:
         rows.insert(1, ("box-as-mask mIoU", f"{result.box_reference_miou:.4f}  (reference: the box prompt itself)"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
-
-
-def _subnet(args: EvaluateArguments):
-    if args.subnet is None:
-        return None
-    spec = args.subnet.strip()
-    if spec == "best" or spec.startswith("pareto:"):
-        if args.search_dir is None:
-            raise SupersamError(f"--subnet {spec} needs --search_dir (the output folder of `supersam search`).")
-        return select_subnet(spec, args.search_dir)
-    return parse_subnet(spec)
 
 
 def _onnx_model(model_args: ModelArguments, args: EvaluateArguments, subnet):
@@ -132,7 +81,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
         check_positive("max_instances_per_image", args.max_instances_per_image)
     if data_args.max_eval_images is not None:  # named as the flag, before the library names it max_images
         check_positive("max_eval_images", data_args.max_eval_images)
-    subnet = _subnet(args)
+    subnet = resolve_subnet(args.subnet, args.search_dir)  # before loading: --onnx refuses a subnet
     state = process_state("evaluate")
     if (args.onnx or args.onnx_int8) and state.num_processes > 1:
         raise UnsupportedSetupError("--onnx evaluates through ONNX Runtime in one process; run it without "
@@ -153,8 +102,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
     data = wrapper(dataset, processor, prompt=args.prompt_type, seed=args.seed, return_full_masks=True,
                    max_instances_per_image=args.max_instances_per_image, **data_kwargs(data_args))
     result = evaluate_model(
-        model, data, processor, subnet=subnet, prompt=args.prompt_type, mask_selection=args.mask_selection,
-        batch_size=args.batch_size, max_images=data_args.max_eval_images, seed=args.seed,
+        model, data, processor, args, data_args, subnet=subnet,  # the subnet read once, above
         box_reference=args.prompt_type == "box",  # what copying the box prompt scores, in the same pass
         state=state, show_progress=state.is_local_main_process,
     )

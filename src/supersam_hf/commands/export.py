@@ -4,69 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
-from ..checks import check_positive, load_dataset_rows
-from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
+from ..checks import check_positive
+from ..arguments import DataArguments, ExportArguments, ModelArguments, OutputArguments
 from ..elastic import RESOLUTION
 from ..evaluation import EvaluationData
 from ..export import export_subnet
-from ..onnx_export import INT8_MIOU_DROP_THRESHOLD
 from ..onnx_pipeline import check_onnx_options
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..search.results import select_subnet, subnet_metrics
 from ..model_card import metrics_by_prompt
 from ..results import ExportResult
-from ..types import EvaluationPromptType
 from .common import hub_repo_flags, load_data, prepare_output, refuse_streaming
-
-
-@dataclass(kw_only=True)
-class ExportArguments:
-    """Which subnet `supersam export` writes and what its card says (model and output flags are the shared ones)."""
-
-    subnet: str = field(
-        metadata={"help": "Which subnet: 'best' (best_subnet.json of the search), 'pareto:N' (the N-th Pareto-front "
-                  "subnet), a JSON file (e.g. a subnet.json) or inline JSON with kept_layers and mlp_dims."}
-    )
-    search_dir: Optional[str] = field(
-        default=None,
-        metadata={"help": "Search output folder (pareto.json, best_subnet.json, search_results.json); default: the "
-                  "folder of a --subnet JSON file, else the model folder."},
-    )
-    base_model: Optional[str] = field(
-        default=None, metadata={"help": "Hub id of the base SAM for the card (default: recorded in the supernet)."}
-    )
-    license: Optional[str] = field(default=None, metadata={"help": "License for the card (default: the base model's)."})
-    datasets: Optional[list[str]] = field(
-        default=None, metadata={"help": "Hub ids of the training datasets, for the card's metadata."}
-    )
-    push_to_hub: bool = field(default=False, metadata={"help": "Upload the exported folder to the Hub."})
-    hub_model_id: Optional[str] = field(
-        default=None,
-        metadata={"help": "Hub repo to push to, 'namespace/name' or 'name' (default: the --output_dir folder name, "
-                  "in your namespace)."},
-    )
-    hub_private_repo: bool = field(
-        default=False, metadata={"help": "Create the Hub repo as private (default: public)."}
-    )
-    repo_id: Optional[str] = field(default=None, metadata={"help": "Deprecated alias of --hub_model_id."})
-    private: bool = field(default=False, metadata={"help": "Deprecated alias of --hub_private_repo."})
-    commit_message: Optional[str] = field(default=None, metadata={"help": "Commit message of the upload."})
-    onnx: bool = field(
-        default=False,
-        metadata={"help": "Also write onnx/ (image encoder | prompt encoder + mask decoder, optimum's split), checked "
-                  "against PyTorch (onnx/parity.json). Needs `pip install supersam_hf[onnx]`."},
-    )
-    quantize: Optional[Literal["int8"]] = field(
-        default=None,
-        metadata={"help": "int8: also write a dynamic-INT8 encoder and record its mIoU next to fp32's on the card "
-                  "(needs --onnx and --dataset_name)."},
-    )
-    int8_max_miou_drop: float = field(
-        default=INT8_MIOU_DROP_THRESHOLD, metadata={"help": "Warn when INT8 loses more mIoU than this against fp32."}
-    )
-    prompt_type: EvaluationPromptType = prompt_type_field("point or box")
 
 
 @dataclass(kw_only=True)
@@ -136,12 +86,9 @@ def run(model_args: ModelArguments, data_args: ExportDataArguments, output_args:
     eval_data = _eval_data(data_args, args, RESOLUTION.export_processor(processor, supernet.search_space.layer_plan(subnet)))
     repo_id, private = hub_repo_flags(args.hub_model_id, args.hub_private_repo or None, args.repo_id, args.private)
     output = export_subnet(
-        supernet, subnet, output_args.output_dir, processor=processor, metrics=metrics,
-        base_model=args.base_model or recorded_base_model(supernet), license=args.license, datasets=args.datasets,
-        overwrite=output_args.overwrite_output_dir, push_to_hub=args.push_to_hub, repo_id=repo_id,
-        private=private, token=model_args.token, commit_message=args.commit_message,
-        onnx=args.onnx, quantize=args.quantize, eval_data=eval_data, int8_threshold=args.int8_max_miou_drop,
-        eval_dataset=data_args.dataset_name, eval_split=data_args.eval_split_name,
+        supernet, subnet, args, output_args, data_args, processor=processor, metrics=metrics, eval_data=eval_data,
+        token=model_args.token, base_model=args.base_model or recorded_base_model(supernet),
+        repo_id=repo_id, private=private,  # the deprecated --repo_id / --private resolved (with their warning)
     )
     record = ExportResult.load(output)  # subnet.json
     measured = metrics_by_prompt(record.metrics).get(args.prompt_type) if eval_data is not None else metrics

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
-from ..arguments import DataArguments, ModelArguments, OutputArguments, prompt_type_field
+from ..arguments import DataArguments, ModelArguments, OutputArguments, SearchArguments
 from ..checks import check_positive, load_dataset_rows
 from ..data import SamSegmentationData, load_segmentation_dataset
 from ..distributed import process_state
@@ -14,43 +12,7 @@ from ..loading import load_processor, load_supernet, recorded_base_model
 from ..search import RESULTS_FILE, SearchResult, search_subnets
 from ..outputs import remove_tool_outputs
 from ..search.driver import check_search_output
-from ..types import EvaluationPromptType, LatencyBackend, MaskSelection, SearchStrategy
 from .common import data_kwargs, load_data, prepare_output, refuse_streaming
-
-
-@dataclass(kw_only=True)
-class SearchArguments:
-    """Budgets and strategy of `supersam search` (model, data and output flags are the shared ones)."""
-
-    budget: int = field(default=40, metadata={"help": "Subnets to score (mIoU evaluations), the largest-subnet reference included."})
-    max_params: Optional[int] = field(default=None, metadata={"help": "Parameter budget of the exported checkpoint."})
-    max_macs: Optional[int] = field(default=None, metadata={"help": "MAC budget per image (one prompt)."})
-    max_latency_ms: Optional[float] = field(
-        default=None, metadata={"help": "Latency budget, median ms on one image, timed as --latency_backend says."}
-    )
-    min_size_reduction: Optional[float] = field(
-        default=None, metadata={"help": "At least this fraction fewer parameters than the largest subnet (0.5 = half)."}
-    )
-    strategy: SearchStrategy = field(
-        default=SearchStrategy.OPENTUNER.value, metadata={"help": "opentuner, or random (uniform sampling, for comparison)."}
-    )
-    technique: str = field(default="AUCBanditMetaTechniqueA", metadata={"help": "OpenTuner technique (--technique)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the search strategy."})
-    resume: bool = field(default=False, metadata={"help": "Continue the search in --output_dir, reusing its scored subnets."})
-    prompt_type: EvaluationPromptType = prompt_type_field("point or box")
-    mask_selection: MaskSelection = field(
-        default=MaskSelection.SINGLE.value, metadata={"help": "single (highest predicted IoU) or oracle (best of three vs ground truth)."}
-    )
-    batch_size: int = field(default=4, metadata={"help": "Images per forward when scoring."})
-    eval_seed: int = field(default=0, metadata={"help": "Seed of the evaluation prompts."})
-    latency_repeats: int = field(default=5, metadata={"help": "Timed forwards per latency measurement."})
-    latency_backend: LatencyBackend = field(
-        default=LatencyBackend.TORCH.value,
-        metadata={"help": "What --max_latency_ms bounds: torch (the extracted subnet's PyTorch forward on --device) "
-                  "or onnxruntime (the exported subnet's image encoder in ONNX Runtime on this CPU, cached per subnet "
-                  "in --output_dir/ort_latency_cache.json; needs `pip install supersam_hf[onnx]`)."},
-    )
-    device: Optional[str] = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
 
 
 ARGUMENTS = (ModelArguments, DataArguments, OutputArguments, SearchArguments)
@@ -109,15 +71,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
     if output_args.overwrite_output_dir and not args.resume and output.is_dir() and state.is_main_process:
         remove_tool_outputs(output)  # only what this tool wrote there, unchanged since; the rest stays (named)
     state.wait_for_everyone()
-    result = search_subnets(
-        supernet, data, processor,
-        budget=args.budget, max_params=args.max_params, max_macs=args.max_macs, max_latency_ms=args.max_latency_ms,
-        min_size_reduction=args.min_size_reduction, strategy=args.strategy, seed=args.seed, output_dir=output,
-        resume=args.resume, prompt=args.prompt_type, max_images=data_args.max_eval_images,
-        latency_repeats=args.latency_repeats, mask_selection=args.mask_selection, batch_size=args.batch_size,
-        eval_seed=args.eval_seed, technique=args.technique, dataset_name=data_args.dataset_name, split=split,
-        latency_backend=args.latency_backend, state=state, show_progress=state.is_local_main_process,
-    )
+    result = search_subnets(supernet, data, processor, args, data_args, output_dir=output, state=state,
+                            show_progress=state.is_local_main_process)
     if not state.is_main_process:
         state.wait_for_everyone()
         return result

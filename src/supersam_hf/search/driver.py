@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import SamProcessor
 
-from ..arguments import DEFAULT_PROMPT_TYPE
+from ..arguments import DEFAULT_PROMPT_TYPE, DataArguments, SearchArguments, with_keywords
 from ..checks import is_finite_metric
 from ..elastic import RESOLUTION
 from ..evaluation import MASK_SELECTIONS, PROMPTS, EvaluationData, evaluate_model
@@ -563,35 +563,28 @@ def _ort_cache(output: Path, backend: str, repeats: int):
     return OrtLatencyCache(output / ORT_LATENCY_CACHE, repeats=repeats)
 
 
+# search_subnets' keyword conveniences: keyword -> its SearchArguments field (the library's older names included:
+# `prompt` is --prompt_type), and keyword -> its DataArguments field (`max_images` is --max_eval_images).
+SEARCH_KEYWORDS = {name: name for name in (
+    "budget", "max_params", "max_macs", "max_latency_ms", "min_size_reduction", "strategy", "seed", "resume",
+    "prompt_type", "latency_repeats", "mask_selection", "batch_size", "eval_seed", "technique", "max_proposals",
+    "latency_backend")} | {"prompt": "prompt_type"}
+SEARCH_DATA_KEYWORDS = {"max_images": "max_eval_images", "max_eval_images": "max_eval_images",
+                        "image_column": "image_column", "mask_column": "mask_column", "mask_kind": "mask_kind",
+                        "dataset_name": "dataset_name", "split": "eval_split_name", "eval_split_name": "eval_split_name"}
+
+
 def search_subnets(
     supernet: SuperSamModel,
     dataset,
     processor: SamProcessor | None = None,
-    budget: int = 40,
-    max_params: int | None = None,
-    max_macs: int | None = None,
-    max_latency_ms: float | None = None,
-    min_size_reduction: float | None = None,
-    strategy: str = "opentuner",
-    seed: int = 0,
+    args: SearchArguments | None = None,
+    data_args: DataArguments | None = None,
+    *,
     output_dir: str | os.PathLike = "supersam_search",
-    resume: bool = False,
-    prompt: str = DEFAULT_PROMPT_TYPE,
-    max_images: int | None = None,
-    latency_repeats: int = 5,
     show_progress: bool = True,
-    mask_selection: str = "single",
-    batch_size: int = 4,
-    eval_seed: int = 0,
-    technique: str = "AUCBanditMetaTechniqueA",
-    max_proposals: int | None = None,
-    image_column: str | None = None,
-    mask_column: str | None = None,
-    mask_kind: str | None = None,
-    dataset_name: str | None = None,
-    split: str | None = None,
-    latency_backend: str = "torch",
     state=None,
+    **keywords,
 ) -> SearchResult:
     """Search the supernet's subnets for the highest mIoU under budgets; write results, Pareto front and plot.
 
@@ -600,6 +593,13 @@ def search_subnets(
         dataset: the search images: a `datasets.Dataset`, `SamSegmentationData` or `EvaluationData` (prepared
             once; every subnet is scored on the same images and prompts). Use a split held out from training.
         processor: the supernet's `SamProcessor` (needed unless `dataset` is an `EvaluationData`).
+        args: the `SearchArguments` the CLI parses (`supersam search`'s flags; None: their defaults; `device` is
+            where the CLI loads the supernet and is not read here).
+        data_args: the `DataArguments` the CLI parses; read: `max_eval_images`, `dataset_name` /
+            `eval_split_name` (recorded), and `image_column` / `mask_column` / `mask_kind` for a raw dataset.
+        **keywords: conveniences for the fields of `args` / `data_args` (see `SEARCH_KEYWORDS` and
+            `SEARCH_DATA_KEYWORDS`), e.g. `budget=20, max_params=..., prompt="point", max_images=8`; they override
+            `args` / `data_args` (neither object is changed). An unknown keyword is refused. The fields:
         budget: number of mIoU evaluations (distinct subnets scored), the largest-subnet reference included.
             Infeasible proposals are rejected from their cheap costs and cost nothing; repeats hit the cache.
         max_params / max_macs: at most this many parameters / MACs (per image, one prompt) in the exported
@@ -611,14 +611,14 @@ def search_subnets(
         output_dir: where the files go; must not hold a previous search unless `resume`.
         resume: continue a search in `output_dir`: its scored subnets are reused (not re-scored) and the search is
             replayed from the start with the same seed, so it picks up where it stopped.
-        prompt / mask_selection / batch_size / max_images / eval_seed: how subnets are scored (`evaluate_model`);
+        prompt (prompt_type) / mask_selection / batch_size / max_images (max_eval_images) / eval_seed: how subnets are scored (`evaluate_model`);
             `eval_seed` fixes the prompts, so searches with different `seed`s score subnets identically.
         latency_repeats: timed forwards per latency measurement (only measured when `max_latency_ms` is set).
         latency_backend: what `max_latency_ms` bounds (`subnet_latency_ms`): "torch" (the extracted subnet's
             forward) or "onnxruntime" (the exported subnet's encoder in ONNX Runtime on this CPU; cached per subnet
             in `output_dir/ort_latency_cache.json`; needs the `[onnx]` extra).
         technique: OpenTuner technique name (`--technique`).
-        dataset_name / split: recorded in search_results.json's settings (and checked on resume).
+        dataset_name / split (eval_split_name): recorded in search_results.json's settings (and checked on resume).
         max_proposals: stop after this many proposals even if the budget is not spent (default max(100, 25 ×
             budget)); reached when the feasible space is smaller than the budget.
         state: accelerate's `PartialState` of a multi-process run (every process calls with the same arguments):
@@ -630,6 +630,14 @@ def search_subnets(
     Raises `ValueError` before searching when no subnet can meet a budget (naming the smallest achievable value).
     The largest subnet is always scored first, as the reference, and marked so (feasible or not).
     """
+    args, data_fields = with_keywords(args, SearchArguments, keywords, SEARCH_KEYWORDS, "search_subnets", data_args,
+                                      SEARCH_DATA_KEYWORDS)
+    strategy, budget, seed, technique, resume = args.strategy, args.budget, args.seed, args.technique, args.resume
+    prompt, mask_selection, batch_size, eval_seed = args.prompt_type, args.mask_selection, args.batch_size, args.eval_seed
+    max_params, max_macs, max_latency_ms, min_size_reduction = (args.max_params, args.max_macs, args.max_latency_ms,
+                                                                args.min_size_reduction)
+    latency_repeats, latency_backend, max_proposals = args.latency_repeats, args.latency_backend, args.max_proposals
+    max_images, split = data_fields["max_eval_images"], data_fields["eval_split_name"]
     if strategy not in STRATEGIES:
         raise SupersamError(f"Unknown strategy {strategy!r}; choose one of {STRATEGIES}.")
     if budget < 1:
@@ -653,7 +661,8 @@ def search_subnets(
 
     data = EvaluationData.prepare(
         dataset, processor, prompt=prompt, batch_size=batch_size, max_images=max_images, seed=eval_seed,
-        image_column=image_column, mask_column=mask_column, mask_kind=mask_kind,
+        image_column=data_fields["image_column"], mask_column=data_fields["mask_column"],
+        mask_kind=data_fields["mask_kind"],
     )
     if data.prompt != prompt:
         raise SupersamError(f"The EvaluationData was prepared with prompt={data.prompt!r}, not {prompt!r}.")
@@ -669,7 +678,7 @@ def search_subnets(
                 f"({fastest.name}, median of {latency_repeats} runs, {where})."
             )
     settings = {
-        "dataset": dataset_name, "split": split, "prompt": prompt, "mask_selection": mask_selection,
+        "dataset": data_fields["dataset_name"], "split": split, "prompt": prompt, "mask_selection": mask_selection,
         "eval_seed": data.seed, "num_images": data.num_images, "max_images": max_images,
         "search_space": space.to_dict(), "largest_params": int(costs.largest_params),
         "latency_backend": latency_backend if max_latency_ms is not None else None,

@@ -242,7 +242,7 @@ def test_push_without_token_is_a_clear_error_and_keeps_the_export(supernet, tmp_
 
 
 def test_push_to_local_hub_round_trip(supernet, local_hub, tmp_path, monkeypatch, caplog):
-    caplog.set_level(logging.INFO, logger="supersam_hf.export")
+    caplog.set_level(logging.INFO, logger="supersam_hf")
     out = export_subnet(supernet, SUBNET, tmp_path / "out", processor=tiny_processor(), metrics=METRICS,
                         push_to_hub=True, repo_id="user/tiny-subnet", token=local_hub.token, private=True)
     printed = caplog.text

@@ -393,7 +393,11 @@ def test_streaming_resume_sees_the_same_examples(shapes, processor, workers):
         data.set_epoch(2)
         return StatefulDataLoader(data, batch_size=2, collate_fn=_collate, num_workers=workers)
 
-    straight = list(loader())
+    straight_loader = loader()
+    straight = list(straight_loader)
+    # Each iteration (each worker) reads its own datasets object: the shared one's epoch, a torch tensor in shared
+    # memory that forked workers share, is never set (two workers' concurrent set_epoch could add it twice).
+    assert straight_loader.dataset.dataset.epoch == 0
     order = [image for batch in straight for image in batch["images"]]
     mapped = SamSegmentationData(shapes, processor)
     everything = [hashlib.sha1(mapped[i]["pixel_values"].numpy().tobytes()).hexdigest() for i in range(len(mapped))]

@@ -127,6 +127,7 @@ class SamStreamingData(_ExampleBuilder, torch.utils.data.IterableDataset):
             from datasets.distributed import split_dataset_by_node
 
             dataset = split_dataset_by_node(dataset, rank=self.rank, world_size=self.world_size)
+        self._unshuffled = dataset
         if shuffle:  # shard order per epoch (datasets); a buffer of 1 keeps the rows as they come
             dataset = dataset.shuffle(seed=self.seed, buffer_size=1)
         self.dataset = dataset
@@ -144,13 +145,11 @@ class SamStreamingData(_ExampleBuilder, torch.utils.data.IterableDataset):
         single = stream == (0, 0) and self.world_size == 1 and (worker is None or worker.num_workers == 1)
         block_size = self.shuffle_buffer_size if self.shuffle else 1
         resume, self._resume = self._resume, None
-        dataset = self.dataset
+        dataset = self._stream()
         if resume is not None and resume["epoch"] == self.epoch and resume["block_start"] is not None:
-            dataset.set_epoch(self.epoch)  # the shard order of the epoch: a loaded state does not restore it
-            dataset.load_state_dict(resume["block_start"])
+            dataset.load_state_dict(resume["block_start"])  # the epoch (shard order) is set: a state does not hold it
             start, block, skip, ordinal = resume["block_start"], resume["block"], resume["offset"], resume["ordinal"]
         else:  # from the epoch's start (a state saved at the start of the epoch's first block resumes here too)
-            dataset.set_epoch(self.epoch)
             start, block, ordinal = None, 0, 0
             skip = resume["offset"] if resume is not None and resume["epoch"] == self.epoch else 0
         rows = iter(dataset)
@@ -173,6 +172,22 @@ class SamStreamingData(_ExampleBuilder, torch.utils.data.IterableDataset):
             skip, block, ordinal = 0, block + 1, ordinal + len(chunk)
             start = copy.deepcopy(dataset.state_dict())  # the stream's own position after this block
             self._state = {"block_start": start, "block": block, "offset": 0, "ordinal": ordinal, "epoch": self.epoch}
+
+    def _stream(self) -> datasets.IterableDataset:
+        """This iteration's `datasets.IterableDataset`, at `self.epoch` (the shard order) when shuffled.
+
+        A shuffled stream is a new `.shuffle()` of the (rank's) rows, made here, so its epoch is its own: datasets
+        keeps an IterableDataset's epoch in a torch tensor in shared memory (for persistent workers), which forked
+        DataLoader workers share with the main process and with each other, and its `set_epoch` is a
+        read-modify-write (`epoch += new - epoch`): two workers setting the epoch of one shared object at once
+        could add it twice (epoch 1 read as 2), so a worker read another epoch's shard order (runs that differ,
+        a resume that is not exact). The same seed gives the same shard shuffle as `self.dataset`. An unshuffled
+        stream is read in order: its epoch is never set."""
+        if not self.shuffle:
+            return self.dataset
+        dataset = self._unshuffled.shuffle(seed=self.seed, buffer_size=1)
+        dataset.set_epoch(self.epoch)
+        return dataset
 
     def _row_example(self, row: dict, ordinal: int, stream: tuple[int, int], single: bool) -> dict | None:
         raw = row[self.mask_column]

@@ -466,12 +466,13 @@ def _remove_stale_staging(target: Path) -> None:
     an interrupted swap's journal still needs them."""
     for stale in target.parent.glob(f".{glob.escape(target.name)}.tmp-*"):
         pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _process_alive(int(pid))):
+        if pid.isdigit() and (int(pid) == os.getpid() or not process_alive(int(pid))):
             if not _journal_path(target, int(pid)).exists():
                 shutil.rmtree(stale, ignore_errors=True)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (its temporary files are then not leftovers of a killed run)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -590,7 +591,7 @@ def recover_interrupted_swap(target: PathLike) -> str | None:
         leftover.unlink(missing_ok=True)
     for journal in sorted(target.parent.glob(f".{glob.escape(target.name)}.swap-*.json")):
         pid = journal.name[len(target.name) + 7:-5]
-        if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid)):
             raise OutputFolderError(
                 f"{target} is being replaced by another run (process {pid}, journal {journal}); wait for it to end, "
                 "or delete the journal if no such run exists."
@@ -601,7 +602,7 @@ def recover_interrupted_swap(target: PathLike) -> str | None:
     # an interrupted swap of an earlier version of this tool, which kept no journal: named, never deleted
     for orphan in target.parent.glob(f".{glob.escape(target.name)}.old-*"):
         pid = orphan.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _process_alive(int(pid)) and not _journal_path(target, int(pid)).exists():
+        if pid.isdigit() and not process_alive(int(pid)) and not _journal_path(target, int(pid)).exists():
             logger.warning("%s holds files an interrupted overwrite of %s set aside (an earlier version of this tool "
                            "kept no journal); they are the earlier output: move them back by hand, then delete it.",
                            orphan, target)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -48,9 +49,11 @@ class _Result(Mapping):
 
     FILE: ClassVar[str]
     INDENT_NEWLINE: ClassVar[bool] = True  # the file ends with a newline
+    NOT_IN_FILE: ClassVar[tuple[str, ...]] = ()  # required fields the file spreads over its top-level keys
 
+    @abstractmethod
     def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The result as the stage's JSON file holds it."""
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write `to_dict()` as `<folder>/<FILE>` (the file the stage writes) and return its path."""
@@ -67,7 +70,7 @@ class _Result(Mapping):
         data = read_json_file(path, what=f"{cls.__name__} file", remedy="pass the output folder of its stage",
                               expect=dict)
         required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
-        missing = [name for name in required if name not in data and (cls is not ExportResult or name != "subnet")]
+        missing = [name for name in required if name not in data and name not in cls.NOT_IN_FILE]
         if missing:
             raise ModelFileError(f"{path} lacks {', '.join(missing)}: not a complete {cls.FILE}; write it again with "
                                  "the stage that makes it.")
@@ -205,6 +208,7 @@ class ExportResult(_Result):
     """
 
     FILE: ClassVar[str] = EXPORT_FILE
+    NOT_IN_FILE: ClassVar[tuple[str, ...]] = ("subnet",)  # its fields are the top-level keys of subnet.json
 
     subnet: SubnetConfig
     params: int

@@ -43,7 +43,7 @@ from ..elastic import RESOLUTION
 from ..evaluation import MASK_SELECTIONS, PROMPTS, EvaluationData, evaluate_model
 from ..modeling_supersam import SuperSamModel
 from ..errors import OutputFolderError, SupersamError, interrupt_checkpoints
-from ..outputs import read_json_file, record_tool_outputs, remove_tool_outputs, unverified_files
+from ..outputs import process_alive, read_json_file, record_tool_outputs, remove_tool_outputs, unverified_files
 from ..search_space import SearchSpace, SubnetConfig
 from ..types import LatencyBackend
 from .opentuner_compat import check_technique, quiet_opentuner
@@ -538,18 +538,8 @@ def check_search_output(output: Path, resume: bool) -> None:
         )
     for leftover in output.glob(f".{OPENTUNER_DB}.tmp-*") if output.is_dir() else ():
         pid = leftover.name.split(".tmp-", 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             leftover.unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _ort_cache(output: Path, backend: str, repeats: int):

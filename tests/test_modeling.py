@@ -192,3 +192,23 @@ def test_count_macs_is_smaller_for_smaller_subnets():
     model = tiny_supernet()
     space = model.search_space
     assert model.count_macs(space.smallest()) < model.count_macs(space.uniform(0.5)) < model.count_macs(space.largest())
+
+
+def test_forward_keeps_sam_signature_and_attention_outputs():
+    """SuperSamModel.forward takes SamModel's arguments (transformers' common tests read the typed kwargs to decide
+    whether a model can return attentions), and `multimask_output` / `output_attentions` reach SAM."""
+    import inspect
+
+    sam_params = inspect.signature(SamModel.forward).parameters
+    super_params = inspect.signature(SuperSamModel.forward).parameters
+    assert [(n, p.default) for n, p in super_params.items()] == [(n, p.default) for n, p in sam_params.items()]
+    assert super_params["kwargs"].annotation == sam_params["kwargs"].annotation
+    sam = SamModel._from_config(tiny_sam(num_layers=2).config, attn_implementation="eager").eval()
+    model = SuperSamModel.from_sam(sam).eval()
+    inputs = {"pixel_values": torch.randn(1, 3, 64, 64), "input_points": torch.tensor([[[[10.0, 20.0]]]])}
+    with torch.no_grad():
+        out = model(**inputs, multimask_output=False, output_attentions=True)
+        ref = sam(**inputs, multimask_output=False, output_attentions=True)
+    assert out.pred_masks.shape[2] == 1
+    assert len(out.vision_attentions) == len(ref.vision_attentions) == 2
+    torch.testing.assert_close(out.vision_attentions[-1], ref.vision_attentions[-1], rtol=0, atol=0)

@@ -24,8 +24,6 @@ no copies, and gradients reach only the used slices. `extract_subnet` turns a su
 `transformers.SamModel` with its own weights.
 """
 
-from __future__ import annotations
-
 import contextlib
 from typing import Iterator
 
@@ -33,7 +31,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedConfig, SamConfig, SamModel
 from transformers.models.sam.modeling_sam import SamVisionEncoder, SamVisionEncoderOutput
-from transformers.utils.generic import merge_with_config_defaults
+from transformers.processing_utils import Unpack
+from transformers.utils.generic import TransformersKwargs, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from . import elastic
@@ -63,7 +62,9 @@ class ElasticSamVisionEncoder(SamVisionEncoder):
             self.layers = nn.ModuleList(ElasticSamVisionLayer(config, layer.window_size) for layer in self.layers)
         super().post_init()
 
-    def forward(self, pixel_values: torch.Tensor | None = None, **kwargs) -> SamVisionEncoderOutput:
+    def forward(
+        self, pixel_values: torch.Tensor | None = None, **kwargs: Unpack[TransformersKwargs]
+    ) -> SamVisionEncoderOutput:
         selection = kwargs.get("output_hidden_states")
         if selection is not None and not isinstance(selection, bool):
             # Indices select among the hidden states of the layers that run (negative ones count from the last of
@@ -148,16 +149,28 @@ class SuperSamModel(SamModel):
         coords = torch.stack([(grid.cumsum(dim=1) - 0.5) / size, (grid.cumsum(dim=0) - 0.5) / size], dim=-1)
         return self.shared_image_embedding(coords).permute(2, 0, 1).unsqueeze(0)
 
-    def forward(self, pixel_values=None, input_points=None, input_labels=None, input_boxes=None, input_masks=None,
-                image_embeddings=None, **kwargs):
-        """`SamModel.forward`; under a subnet of smaller input resolution, prompts given in the frame of
-        `pixel_values` (of the full size when `image_embeddings` are given) are rescaled with the image, and
-        `pred_masks` come at that subnet's low resolution (4x its token grid), as its exported checkpoint's do."""
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_points: torch.Tensor | None = None,
+        input_labels: torch.LongTensor | None = None,
+        input_boxes: torch.Tensor | None = None,
+        input_masks: torch.LongTensor | None = None,
+        image_embeddings: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        attention_similarity: torch.Tensor | None = None,
+        target_embedding: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ):
+        """`SamModel.forward` (same signature); under a subnet of smaller input resolution, prompts given in the
+        frame of `pixel_values` (of the full size when `image_embeddings` are given) are rescaled with the image,
+        and `pred_masks` come at that subnet's low resolution (4x its token grid), as its exported checkpoint's do."""
         scale = RESOLUTION.prompt_scale(self, pixel_values)
         input_points, input_boxes, input_masks = RESOLUTION.prompts(self, scale, input_points, input_boxes, input_masks)
         return super().forward(pixel_values=pixel_values, input_points=input_points, input_labels=input_labels,
                                input_boxes=input_boxes, input_masks=input_masks, image_embeddings=image_embeddings,
-                               **kwargs)
+                               multimask_output=multimask_output, attention_similarity=attention_similarity,
+                               target_embedding=target_embedding, **kwargs)
 
     # -- subnet activation ------------------------------------------------------------------------------------
     @property

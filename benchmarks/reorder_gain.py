@@ -31,7 +31,7 @@ from transformers import SamImageProcessor, SamModel, SamProcessor
 from _common import PRESETS, SMOKE_HELP, describe_machine, smoke_folder, write_result
 from supersam_hf import SuperSamModel, build_sam_config
 from supersam_hf.data import make_synthetic_shapes
-from supersam_hf import prioritization
+from supersam_hf.prioritization import scores as prioritization_scores
 from supersam_hf.prioritization import permute_mlp_neurons, prioritize
 
 WIDTHS = (0.25, 0.5, 0.75)
@@ -83,12 +83,12 @@ def magnitude_reorder(model: SuperSamModel) -> None:
 @contextlib.contextmanager
 def score_side(input_weight: float):
     """Ablation: make `prioritize` score neurons with one side of the Wanda score only (0 = output, 1 = input)."""
-    original = prioritization.neuron_scores
-    prioritization.neuron_scores = functools.partial(original, input_weight=input_weight)
+    original = prioritization_scores.neuron_scores
+    prioritization_scores.neuron_scores = functools.partial(original, input_weight=input_weight)
     try:
         yield
     finally:
-        prioritization.neuron_scores = original
+        prioritization_scores.neuron_scores = original
 
 
 def run(sigma: float, seeds: int, calibration, held_out: torch.Tensor, processor, config: dict = CONFIG) -> tuple[dict, dict]:

@@ -19,7 +19,7 @@ from supersam_hf.data import make_synthetic_shapes
 from supersam_hf import prioritization
 from supersam_hf.prioritization import (
     PrioritizationReport,
-    _calibration_batches,
+    calibration_batches,
     drop_probabilities,
     layer_calls_per_image,
     neuron_scores,
@@ -231,18 +231,22 @@ def test_missing_image_column_lists_columns(processor):
 
 
 def test_image_column_override(calibration, processor):
-    renamed = calibration.rename_column("image", "frame")
+    # Undecoded images ({"bytes", "path"} cells) are decoded as data/ decodes them for training.
+    renamed = calibration.rename_column("image", "frame").cast_column("frame", datasets.Image(decode=False))
     report = prioritize(tiny_supernet(num_layers=4, image_size=S), renamed, processor, num_images=4, image_column="frame",
                         show_progress=False)
     assert report.num_images == 4
 
 
 def test_no_usable_image(processor):
-    data = datasets.Dataset.from_dict({"image": [None, None, "not an image"], "label": [0, 1, 2]})
+    data = datasets.Dataset.from_dict({"image": [None, None, [[[[1]]]]], "label": [0, 1, 2]})
     model = tiny_supernet(num_layers=4, image_size=S)
     config_before = model.config.to_dict()
     with pytest.raises(ValueError, match="No usable image"):
         prioritize(model, data, processor, show_progress=False)
+    # Strings that are not image files: refused as data/ refuses them for training.
+    with pytest.raises(ValueError, match="'image' holds strings, not images, and 'not an image' is not an existing"):
+        prioritize(model, datasets.Dataset.from_dict({"image": [None, "not an image"]}), processor, show_progress=False)
     assert model.config.to_dict() == config_before
     assert no_hooks_left(model)
 
@@ -322,7 +326,7 @@ def naive_prioritize(model, dataset, processor, num_images, batch_size, max_drop
     stats = {"used": 0, "skipped": 0}
     model.reset_subnet()
     calibration_pixels = []
-    for images in _calibration_batches(dataset, "image", num_images, batch_size, 0, stats):
+    for images in calibration_batches(dataset, "image", num_images, batch_size, 0, stats):
         pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
         calibration_pixels.append(pixel_values)
         handles = [h for i, layer in enumerate(layers) for h in (
@@ -408,7 +412,7 @@ class RecordingBar(tqdm_std):
 
 
 def test_progress_moves_per_layer_and_counts_images(calibration, processor, monkeypatch, caplog):
-    monkeypatch.setattr(prioritization, "tqdm", RecordingBar)
+    monkeypatch.setattr(prioritization.calibration, "tqdm", RecordingBar)
     RecordingBar.instances = []
     num_layers = 6
     with caplog.at_level(logging.INFO, logger=LOGGER):

@@ -124,14 +124,18 @@ def _pick_column(columns: Sequence[str], given: str | None, candidates: Sequence
             return lowered[name]
     raise DataError(
         f"Could not find the {what} column: the dataset's columns are {list(columns)}, none of which is a common "
-        f"{what} column name {list(candidates)}. Pass {what}_column='<name>' to SamSegmentationData."
+        f"{what} column name {list(candidates)}. Name it with {what}_column='<name>' (--{what}_column)."
     )
 
 
 def _decode_image_paths(dataset: datasets.Dataset, column: str) -> datasets.Dataset:
-    """A column of image file paths (strings) → cast to `datasets.Image()`, so rows decode to images; strings that
-    are not existing files are refused with the real reason."""
+    """A column of image file paths (strings), of undecoded images (`datasets.Image(decode=False)`) or of
+    {"bytes", "path"} cells → cast to `datasets.Image()`, so rows decode to images; strings that are not existing
+    files are refused with the real reason."""
     feature = dataset.features.get(column)
+    undecoded = isinstance(feature, datasets.Image) and not feature.decode
+    if undecoded or (isinstance(feature, dict) and set(feature) == {"bytes", "path"}):
+        return dataset.cast_column(column, datasets.Image())
     if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
         return dataset
     first = next((value for value in dataset[column][:8] if value), None)

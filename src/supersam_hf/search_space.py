@@ -199,24 +199,16 @@ class SearchSpace:
                 raise SupersamError(f"mlp_dims: width {d} for layer {i} must be in 1..{self.mlp_dim} (the full mlp_dim).")
             if d not in self.mlp_dim_choices[i]:
                 raise SupersamError(f"mlp_dims: width {d} for layer {i} is not among its choices {list(self.mlp_dim_choices[i])}.")
-        if cfg.hidden_size is not None and cfg.hidden_size not in self.hidden_size_choices:
-            if not self.hidden_size_choices:
-                raise SupersamError(
-                    f"hidden_size={cfg.hidden_size}: this search space has no embedding-width dimension; leave it None."
-                )
-            raise SupersamError(
-                f"hidden_size={cfg.hidden_size} is not among the embedding widths {list(self.hidden_size_choices)} "
-                f"(multiples of the head size {self.head_dim}); None means the full width."
-            )
-        if cfg.image_size is not None and cfg.image_size not in self.image_size_choices:
-            if not self.image_size_choices:
-                raise SupersamError(
-                    f"image_size={cfg.image_size}: this search space has no input-resolution dimension; leave it None."
-                )
-            raise SupersamError(
-                f"image_size={cfg.image_size} is not among the input resolutions {list(self.image_size_choices)}; "
-                "None means the full resolution."
-            )
+        for name, value, choices, dimension, what in (
+            ("hidden_size", cfg.hidden_size, self.hidden_size_choices, "embedding-width",
+             f"embedding widths {list(self.hidden_size_choices)} (multiples of the head size {self.head_dim}); None "
+             "means the full width"),
+            ("image_size", cfg.image_size, self.image_size_choices, "input-resolution",
+             f"input resolutions {list(self.image_size_choices)}; None means the full resolution"),
+        ):
+            if value is not None and value not in choices:
+                raise SupersamError(f"{name}={value}: this search space has no {dimension} dimension; leave it None."
+                                    if not choices else f"{name}={value} is not among the {what}.")
 
     def layer_plan(self, cfg: SubnetConfig) -> SubnetPlan:
         """The subnet resolved for the rules in `elastic/`: per encoder layer its MLP width if kept (None if

@@ -11,7 +11,7 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from ..errors import OutputFolderError, SupersamError
 from ..checks import is_finite_metric
@@ -240,14 +240,7 @@ def plot_pareto(
     ax = fig.add_subplot(1, 2 if timed else 1, 1)
     if timed:
         _plot_latency(fig.add_subplot(1, 2, 2), timed, front, constraints, latency_label or "latency, ms")
-    feasible = [e for e in entries if e["feasible"] and not e["reference"]]
-    infeasible = [e for e in entries if not e["feasible"] and not e["reference"]]
-    if feasible:
-        ax.scatter([e["params"] / scale for e in feasible], [e["miou"] for e in feasible], s=18, c="tab:blue",
-                   alpha=0.6, label="feasible subnets")
-    if infeasible:
-        ax.scatter([e["params"] / scale for e in infeasible], [e["miou"] for e in infeasible], s=22, c="tab:gray",
-                   marker="x", alpha=0.7, label="over budget")
+    _scatter_subnets(ax, entries, lambda e: e["params"] / scale)
     if front:
         ax.plot([e["params"] / scale for e in front], [e["miou"] for e in front], "-o", c="tab:red", ms=6,
                 label="Pareto front")
@@ -262,22 +255,15 @@ def plot_pareto(
         limits.append(((1.0 - constraints.min_size_reduction) * largest_params, "min_size_reduction"))
     for value, name in limits:
         ax.axvline(value / scale, ls="--", c="tab:green", label=f"budget ({name})")
-    ax.set_xlabel(f"parameters ({unit})")
-    ax.set_ylabel("mIoU (search images)")
     ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    _finish(ax, f"parameters ({unit})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def _plot_latency(ax, timed: list[dict[str, Any]], front: list[dict[str, Any]], constraints: Any, label: str) -> None:
     """mIoU against measured latency: feasible and over-budget subnets, the (params) Pareto front, the budget."""
-    for feasible, style in ((True, dict(s=18, c="tab:blue", alpha=0.6, label="feasible subnets")),
-                            (False, dict(s=22, c="tab:gray", marker="x", alpha=0.7, label="over budget"))):
-        points = [e for e in timed if e["feasible"] == feasible and not e["reference"]]
-        if points:
-            ax.scatter([e["latency_ms"] for e in points], [e["miou"] for e in points], **style)
+    _scatter_subnets(ax, timed, lambda e: e["latency_ms"])
     timed_front = [e for e in front if isinstance(e.get("latency_ms"), (int, float))]
     if timed_front:
         ax.scatter([e["latency_ms"] for e in timed_front], [e["miou"] for e in timed_front], s=40, facecolors="none",
@@ -287,7 +273,20 @@ def _plot_latency(ax, timed: list[dict[str, Any]], front: list[dict[str, Any]], 
             ax.scatter([e["latency_ms"]], [e["miou"]], s=140, marker="*", c="black", zorder=5, label="largest subnet")
     if getattr(constraints, "max_latency_ms", None) is not None:
         ax.axvline(constraints.max_latency_ms, ls="--", c="tab:green", label="budget (max_latency_ms)")
-    ax.set_xlabel(label)
+    _finish(ax, label)
+
+
+def _scatter_subnets(ax, entries: list[dict[str, Any]], x: Callable[[dict[str, Any]], float]) -> None:
+    """The scored subnets but the reference, feasible and over budget, at `x(entry)` against their mIoU."""
+    for feasible, style in ((True, dict(s=18, c="tab:blue", alpha=0.6, label="feasible subnets")),
+                            (False, dict(s=22, c="tab:gray", marker="x", alpha=0.7, label="over budget"))):
+        points = [e for e in entries if e["feasible"] == feasible and not e["reference"]]
+        if points:
+            ax.scatter([x(e) for e in points], [e["miou"] for e in points], **style)
+
+
+def _finish(ax, xlabel: str) -> None:
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("mIoU (search images)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")

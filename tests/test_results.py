@@ -110,3 +110,36 @@ def test_load_of_a_missing_corrupt_or_incomplete_file_is_one_clear_error(tmp_pat
     (tmp_path / "subnet.json").write_text(json.dumps({"kept_layers": [0], "mlp_dims": [32], "params": 1}))
     with pytest.raises(ModelFileError, match="lacks macs, base_params, base_macs, macs_per"):
         ExportResult.load(tmp_path)
+
+
+def _entry(kept, dims, params, miou, feasible=True, reference=False):
+    subnet = SubnetConfig(kept, dims)
+    return {"name": subnet.name, **subnet.to_dict(), "params": params, "macs": 2 * params, "latency_ms": None,
+            "size_reduction": 1 - params / 100, "miou": miou, "per_image_miou": miou, "mean_dice": miou,
+            "num_objects": 3, "feasible": feasible, "violations": [] if feasible else ["max_params"],
+            "reference": reference}
+
+
+def test_search_result_is_search_results_json_and_derives_front_best_and_reference(tmp_path):
+    from supersam_hf.search import SearchResult
+
+    largest, small, smaller = (_entry((0, 1, 2), (32, 32, 32), 100, 0.7, feasible=False, reference=True),
+                               _entry((0, 2), (32, 16), 60, 0.6), _entry((0,), (16,), 30, 0.4))
+    settings = {"prompt": "box", "mask_selection": "single", "eval_seed": 7, "num_images": 2}
+    result = SearchResult(settings=settings, constraints={"max_params": 80}, strategy="random", seed=1, budget=3,
+                          evaluations=[largest, small, smaller], rejected=[_entry((1,), (16,), 90, None, False)],
+                          num_new_evaluations=2, num_proposals=5)
+    data = result.to_dict()
+    assert list(data) == ["settings", "constraints", "strategy", "seed", "budget", "best", "evaluations", "rejected"]
+    assert data["best"] == small["name"] and result["best"] == small["name"]  # the file (and Mapping) name it
+    assert result.reference is largest and result.pareto == [smaller, small]
+    assert (result.num_evaluated, result.num_rejected, result.num_new_evaluations) == (3, 1, 2)
+    best = result.best
+    assert best.subnet == SubnetConfig((0, 2), (32, 16)) and best.entry is small
+    assert best.metrics["miou"] == 0.6 and best.metrics["seed"] == 7 and best.metrics["num_images"] == 2
+    path = result.save(tmp_path)
+    assert path.read_text() == json.dumps(data, indent=2) + "\n"  # byte for byte what a search writes
+    loaded = SearchResult.load(tmp_path)
+    assert loaded == result and loaded.best.subnet == best.subnet and loaded.num_new_evaluations == 0
+    assert SearchResult(settings=settings, constraints={}, strategy="random", seed=1, budget=1,
+                        evaluations=[largest]).best is None

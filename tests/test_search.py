@@ -12,7 +12,8 @@ from supersam_hf.cli import main as cli_main
 from supersam_hf.data import make_synthetic_shapes
 from supersam_hf.evaluation import EvaluationData
 from supersam_hf import SearchSpace, SubnetConfig
-from supersam_hf.search import cheapest_subnet, load_pareto, pareto_front, repair, search_subnets, select_subnet
+from supersam_hf.search import (SearchResult, cheapest_subnet, load_pareto, pareto_front, repair, search_subnets,
+                                select_subnet)
 from supersam_hf.search.proposals import decode_opentuner_config, make_proposals
 
 IMAGE = 64
@@ -84,7 +85,7 @@ def test_params_budget_is_met_and_outputs_are_written(supernet, processor, data,
     assert len(set(params)) == len(params)
 
     saved = json.loads((tmp_path / "search_results.json").read_text())
-    assert [e["name"] for e in saved["evaluations"]] == [e["name"] for e in result.evaluations]
+    assert saved == result.to_dict() and SearchResult.load(tmp_path) == result  # the typed result is the file
     assert saved["constraints"]["max_params"] == half_params
     assert load_pareto(tmp_path) == result.pareto
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

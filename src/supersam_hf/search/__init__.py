@@ -1,6 +1,7 @@
 """Subnet search: a small driver (`SubnetSearch`), proposal strategies, OpenTuner compatibility, result files."""
 
-from .driver import Constraints, SearchOptions, SubnetSearch, cheapest_subnet, measure_latency, search_subnets
+from .budgets import Constraints, cheapest_subnet, measure_latency
+from .driver import SubnetSearch, search_subnets
 from .proposals import STRATEGIES, repair
 from .results import (
     BEST_FILE,
@@ -24,7 +25,6 @@ __all__ = [
     "RESULTS_FILE",
     "STRATEGIES",
     "SearchCandidate",
-    "SearchOptions",
     "SearchResult",
     "SubnetSearch",
     "best_entry",

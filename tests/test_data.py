@@ -13,6 +13,7 @@ from transformers import SamModel
 
 from supersam_hf.configuration_supersam import build_sam_config
 from supersam_hf.data import (
+    ExampleOptions,
     SamCollator,
     SamSegmentationData,
     load_segmentation_dataset,
@@ -254,6 +255,9 @@ def test_prompts_deterministic_per_seed_and_vary_per_epoch(processor):
     assert torch.equal(first[1]["input_points"], epoch0)
     other_seed = SamSegmentationData(ds, processor, num_positive_points=4, seed=8)
     assert not torch.equal(other_seed[1]["input_points"], epoch0)
+    options = ExampleOptions(num_positive_points=4, seed=8)  # one options object, a keyword overriding a field
+    assert torch.equal(SamSegmentationData(ds, processor, options, seed=7)[1]["input_points"], epoch0)
+    assert options.seed == 8 and SamSegmentationData(ds, processor, options).seed == 8
 
 
 def test_max_instances_keeps_largest(processor):

@@ -24,7 +24,7 @@ from transformers import SamModel
 
 from supersam_hf import SubnetConfig, SuperSamModel
 from supersam_hf.commands.cli import main
-from supersam_hf.data import SamSegmentationData, make_synthetic_shapes
+from supersam_hf.data import SamSegmentationData, SamStreamingData, make_synthetic_shapes
 from supersam_hf.outputs import MANIFEST_NAME, record_tool_outputs
 
 QUIET = ["--log_level", "error"]
@@ -464,6 +464,8 @@ def test_image_path_strings_are_decoded_or_refused_with_the_reason(ws, tmp_path,
     wrapped = SamSegmentationData(as_paths, tiny_processor(64))
     reference = SamSegmentationData(source, tiny_processor(64))
     torch.testing.assert_close(wrapped[0]["pixel_values"], reference[0]["pixel_values"])
+    streamed = next(iter(SamStreamingData(as_paths.to_iterable_dataset(), tiny_processor(64))))  # the stream's twin
+    torch.testing.assert_close(streamed["pixel_values"], reference[0]["pixel_values"])
     missing = datasets.Dataset.from_dict({"image": ["nowhere/a.png", "nowhere/b.png"], "label": source["label"]})
     missing.save_to_disk(str(tmp_path / "missing"))
     err = one_line_error(capsys, ["evaluate", *_eval_flags(ws, ws / "sam", tmp_path / "out")[:2], "--dataset_name",

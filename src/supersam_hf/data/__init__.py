@@ -3,15 +3,11 @@ images/ + masks/ folders, the prompt-batch collator, images, synthetic data."""
 
 from .coco import CocoStats, coco_rles, decode_rles, is_coco_objects, load_coco_json
 from .collator import MODEL_INPUT_KEYS, POINT_PAD_VALUE, PROMPT_TYPES, SamCollator, model_inputs
-from .dataset import (
-    IMAGE_COLUMN_CANDIDATES,
-    MASK_COLUMN_CANDIDATES,
-    MASK_KINDS,
-    InstanceCounts,
-    SamSegmentationData,
-    build_sam_processor,
-    load_segmentation_dataset,
-)
+from .columns import IMAGE_COLUMN_CANDIDATES, MASK_COLUMN_CANDIDATES, MASK_KINDS
+from .dataset import SamSegmentationData
+from .examples import InstanceCounts
+from .loading import build_sam_processor, load_segmentation_dataset
+from .options import ExampleOptions
 from .folders import load_images_masks_folder
 from .streaming import DEFAULT_SHUFFLE_BUFFER_SIZE, SamStreamingData, streamed_rows
 from .images import to_rgb_image
@@ -20,6 +16,7 @@ from .synthetic import HARD_SHAPE_KINDS, SYNTHETIC_DOMAINS, make_hard_shapes, ma
 __all__ = [
     "CocoStats",
     "DEFAULT_SHUFFLE_BUFFER_SIZE",
+    "ExampleOptions",
     "InstanceCounts",
     "SamStreamingData",
     "coco_rles",

@@ -29,18 +29,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .dataset import (
-    IMAGE_COLUMN_CANDIDATES,
-    MASK_COLUMN_CANDIDATES,
-    _check_data_arguments,
-    _check_mask_kind,
-    _detect_mask_kind,
-    _DOC_ARGS,
-    _ExampleBuilder,
-    _is_coco_feature,
-    _pick_column,
-)
-from .images import DEFAULT_INTENSITY_NORMALIZATION
+from .examples import _ExampleBuilder, _refuse_dataset_dict
+from .options import ExampleOptions
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +44,15 @@ def _stable_seed(*parts: Any) -> int:
 
 
 class SamStreamingData(_ExampleBuilder, torch.utils.data.IterableDataset):
-    __doc__ = r"""A streaming `datasets.IterableDataset` with an image and a mask column → SAM examples on the fly.
+    r"""A streaming `datasets.IterableDataset` with an image and a mask column → SAM examples on the fly.
 
-    Extra arguments (the rest as `SamSegmentationData`):
+    `processor` and the `ExampleOptions` (`options`, or its fields by keyword) as `SamSegmentationData`; and:
         shuffle: shuffle shards per epoch and rows in blocks of `shuffle_buffer_size` (training); False reads the
             stream in order (evaluation: the map-style rows, in the same order, with the same prompts).
         shuffle_buffer_size: rows per shuffled block (memory: that many undecoded rows per worker).
         rank / world_size: this process's slice of the stream (`split_dataset_by_node`); default one process.
         max_rows: read at most this many rows of the (rank's) stream per epoch.
-    """ + _DOC_ARGS + r"""
+
     Prompts are drawn from `default_rng((seed, ordinal, epoch))`, `ordinal` being the row's position in the
     unshuffled stream of its worker (plus the rank and worker when there are several), so a single in-order
     stream reproduces `SamSegmentationData`'s prompts row for row. Rows without an instance are skipped and
@@ -73,55 +63,30 @@ class SamStreamingData(_ExampleBuilder, torch.utils.data.IterableDataset):
         self,
         dataset: datasets.IterableDataset,
         processor: Any,
-        image_column: str | None = None,
-        mask_column: str | None = None,
-        mask_kind: str | None = None,
-        ignore_index: int | None = 255,
-        background_ids: Sequence[int] = (0,),
-        min_mask_area: int = 16,
-        max_instances_per_image: int | None = None,
-        prompt: str = "point",
-        num_positive_points: int = 1,
-        num_negative_points: int = 0,
-        box_jitter: int = 0,
-        seed: int = 0,
-        return_full_masks: bool = False,
-        low_res_size: int | None = None,
-        intensity_normalization: str = DEFAULT_INTENSITY_NORMALIZATION,
-        category_ids: Sequence[int] | None = None,
+        options: ExampleOptions | None = None,
+        *,
         shuffle: bool = False,
         shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER_SIZE,
         rank: int = 0,
         world_size: int = 1,
         max_rows: int | None = None,
+        **overrides: Any,
     ) -> None:
         if isinstance(dataset, datasets.Dataset):
             dataset = dataset.to_iterable_dataset(num_shards=max(1, min(64, len(dataset))))
+        _refuse_dataset_dict(dataset)
+        options = ExampleOptions.build(options, **overrides)
         if not isinstance(dataset, datasets.IterableDataset):
-            _check_data_arguments(dataset, mask_kind, prompt, intensity_normalization, num_positive_points,
-                                  num_negative_points, box_jitter, min_mask_area, max_instances_per_image, seed)
             raise DataError(f"SamStreamingData reads a datasets.IterableDataset, got {type(dataset).__name__}.")
-        _check_data_arguments(dataset, mask_kind, prompt, intensity_normalization, num_positive_points,
-                              num_negative_points, box_jitter, min_mask_area, max_instances_per_image, seed)
         if shuffle_buffer_size < 1:
             raise DataError(f"--shuffle_buffer_size must be >= 1, got {shuffle_buffer_size}.")
         if max_rows is not None and max_rows < 1:
             raise DataError(f"max_rows must be >= 1 (or None for the whole stream), got {max_rows}.")
-        self._setup(processor, mask_kind, ignore_index, background_ids, min_mask_area, max_instances_per_image,
-                    prompt, num_positive_points, num_negative_points, box_jitter, seed, return_full_masks,
-                    low_res_size, intensity_normalization, category_ids)
+        self._setup(processor, options)
         first = next(iter(dataset), None)
         if first is None:
             raise DataError("The streaming dataset is empty (0 rows); check --dataset_name and the split.")
-        columns = list(dataset.column_names or first.keys())
-        self.image_column = _pick_column(columns, image_column, IMAGE_COLUMN_CANDIDATES, "image")
-        self.mask_column = _pick_column(columns, mask_column, MASK_COLUMN_CANDIDATES, "mask")
-        dataset = _decode_streamed_image_paths(dataset, self.image_column, first)
-        raw = first[self.mask_column]
-        features = dataset.features or {}
-        self.mask_kind = mask_kind or ("coco" if _is_coco_feature(features.get(self.mask_column))
-                                       else _detect_mask_kind(raw))
-        _check_mask_kind(self.mask_kind, raw, self.mask_column)
+        dataset = self._find_columns(dataset, first)
         self.rank, self.world_size = int(rank), int(world_size)
         if self.world_size > 1:
             from datasets.distributed import split_dataset_by_node
@@ -224,21 +189,6 @@ def _row_size(row: dict, image: Any) -> tuple[int, int]:
         return int(image.size[1]), int(image.size[0])
     array = np.asarray(image)
     return int(array.shape[0]), int(array.shape[1])
-
-
-def _decode_streamed_image_paths(dataset: datasets.IterableDataset, column: str, first: dict) -> datasets.IterableDataset:
-    """A streamed column of image file paths → cast to `datasets.Image()` (as the map-style wrapper does)."""
-    import os
-
-    value = first[column]
-    if not isinstance(value, str):
-        return dataset
-    if not os.path.isfile(os.path.expanduser(value)):
-        raise DataError(
-            f"The image column {column!r} holds strings, not images, and {value!r} is not an existing image file "
-            "(relative paths are read from the current folder). Give decoded images, or paths that exist."
-        )
-    return dataset.cast_column(column, datasets.Image())
 
 
 class _NoRefillWarning(logging.Filter):

@@ -14,7 +14,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data import IMAGE_COLUMN_CANDIDATES, to_rgb_image
-from ..data.dataset import _decode_image_paths, _pick_column
+from ..data.columns import _decode_image_paths, _pick_column
 from ..errors import DataError, SupersamError
 from .recorders import LayerInputCache, sum_across_processes
 

@@ -34,37 +34,19 @@ exports every subnet it times.
 `onnx` and `onnxruntime` are optional (extra ``[onnx]``); they are imported inside the functions.
 
 Modules: `layout` (file names, metadata, card snippets), `graphs` (torch → ONNX), `quantize` (INT8), `runtime`
-(`OnnxSamModel`, parity), `latency` (ORT timing and its cache).
+(`OnnxSamModel`, parity, latency).
 """
 
 from .graphs import export_onnx, export_vision_encoder
-from .latency import OrtLatencyCache, ort_latency_ms
 from .layout import (BOX_DECODER_FILE, DECODER_FILE, DECODER_INT8_FILE, ENCODER_FILE, ENCODER_INT8_FILE,
                      MISSING_EXTRA_MESSAGE, ONNX_SUBFOLDER, MissingOnnxExtraError, onnx_usage_snippet, require_onnx,
                      transformers_js_snippet)
 from .quantize import INT8_MIOU_DROP_THRESHOLD, int8_drop_warning, quantize_int8
-from .runtime import OnnxSamModel, check_parity, ort_session
+from .runtime import OnnxSamModel, OrtLatencyCache, check_parity, ort_latency_ms, ort_session
 
 __all__ = [
-    "ONNX_SUBFOLDER",
-    "ENCODER_FILE",
-    "ENCODER_INT8_FILE",
-    "DECODER_FILE",
-    "DECODER_INT8_FILE",
-    "BOX_DECODER_FILE",
-    "MISSING_EXTRA_MESSAGE",
-    "MissingOnnxExtraError",
-    "require_onnx",
-    "export_onnx",
-    "export_vision_encoder",
-    "quantize_int8",
-    "OnnxSamModel",
-    "ort_session",
-    "ort_latency_ms",
-    "OrtLatencyCache",
-    "check_parity",
-    "INT8_MIOU_DROP_THRESHOLD",
-    "int8_drop_warning",
-    "onnx_usage_snippet",
-    "transformers_js_snippet",
+    "ONNX_SUBFOLDER", "ENCODER_FILE", "ENCODER_INT8_FILE", "DECODER_FILE", "DECODER_INT8_FILE", "BOX_DECODER_FILE",
+    "MISSING_EXTRA_MESSAGE", "MissingOnnxExtraError", "require_onnx", "export_onnx", "export_vision_encoder",
+    "quantize_int8", "OnnxSamModel", "ort_session", "ort_latency_ms", "OrtLatencyCache", "check_parity",
+    "INT8_MIOU_DROP_THRESHOLD", "int8_drop_warning", "onnx_usage_snippet", "transformers_js_snippet",
 ]

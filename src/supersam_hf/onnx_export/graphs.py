@@ -14,6 +14,7 @@ from transformers import SamConfig, SamModel
 from ..errors import SupersamError
 from .layout import BOX_DECODER_FILE, DECODER_FILE, ENCODER_FILE, ONNX_SUBFOLDER, _save_with_metadata, require_onnx
 
+
 class _VisionEncoder(torch.nn.Module):
     """`pixel_values` → `image_embeddings`, `image_positional_embeddings` (optimum's SAM encoder outputs)."""
 

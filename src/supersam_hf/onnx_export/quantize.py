@@ -11,6 +11,7 @@ from pathlib import Path
 from .layout import (DECODER_FILE, DECODER_INT8_FILE, ENCODER_FILE, ENCODER_INT8_FILE, _config_from_file, _onnx_folder,
                      _save_with_metadata, require_onnx)
 
+
 def quantize_int8(onnx_dir: str | os.PathLike) -> Path:
     """Dynamic INT8 quantization of the encoder's MatMul/Gemm weights → `vision_encoder_quantized.onnx` beside it,
     and the fp32 decoder as `prompt_encoder_mask_decoder_quantized.onnx`: the pair transformers.js loads for its

@@ -22,19 +22,7 @@ from .manifest import (MANIFEST_NAME, read_manifest, read_manifest_entries, reco
 from .swap import process_alive, recover_interrupted_swap
 
 __all__ = [
-    "MANIFEST_NAME",
-    "OutputDirError",
-    "atomic_output_dir",
-    "atomic_update",
-    "prepare_output_dir",
-    "process_alive",
-    "read_json_file",
-    "read_manifest",
-    "read_manifest_entries",
-    "record_tool_outputs",
-    "recover_interrupted_swap",
-    "remove_tool_outputs",
-    "repair_jsonl",
-    "unverified_files",
-    "write_failure",
+    "MANIFEST_NAME", "OutputDirError", "atomic_output_dir", "atomic_update", "prepare_output_dir", "process_alive",
+    "read_json_file", "read_manifest", "read_manifest_entries", "record_tool_outputs", "recover_interrupted_swap",
+    "remove_tool_outputs", "repair_jsonl", "unverified_files", "write_failure",
 ]

@@ -137,6 +137,9 @@ def _unwritable_message(folder: Path, error: OSError) -> str:
     return f"cannot write to {folder} ({reason}); choose a writable output folder (--output_dir) or free space."
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Atomic folder writes
+# ----------------------------------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager

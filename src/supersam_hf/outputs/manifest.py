@@ -261,7 +261,3 @@ def _remove_empty_parents(folder: Path, root: Path) -> None:
         except OSError:
             return
         folder = folder.parent
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Atomic folder writes

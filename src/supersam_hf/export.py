@@ -222,8 +222,9 @@ def _measured(sam, subnet: SubnetConfig, eval_data, processor, onnx_report: dict
     else:
         result = measure_miou(sam, eval_data, processor)
     if not is_finite_metric(result.get("miou")):
-        raise ValueError(f"Subnet {subnet.name} scores mIoU {result.get('miou')!r} on the evaluation data, not a "
-                         "finite number; a NaN/inf result is never exported. Check the supernet's weights and the data.")
+        raise SupersamError(f"Subnet {subnet.name} scores mIoU {result.get('miou')!r} on the evaluation data, not "
+                            "a finite number; a NaN/inf result is never exported. Check the supernet's weights and "
+                            "the data.")
     result.update(dataset=dataset_label(eval_dataset), split=eval_split,
                   description="measured by `supersam export` on this checkpoint, PyTorch")
     return {k: v for k, v in result.items() if v is not None}

@@ -71,7 +71,8 @@ IMAGE_INPUTS = list(_IMAGE_AXES)  # the decoders' first inputs
 _OUTPUT_AXES = {"iou_scores": _PER_PROMPT, "pred_masks": _PER_PROMPT}
 # export_onnx's key -> (file, wrapper, prompt inputs with their dynamic axes); the inputs are the image's then these
 DECODERS = {
-    "prompt_encoder_mask_decoder": (DECODER_FILE, _PointDecoder, {"input_points": _PER_POINT, "input_labels": _PER_POINT}),
+    "prompt_encoder_mask_decoder": (DECODER_FILE, _PointDecoder,
+                                    {"input_points": _PER_POINT, "input_labels": _PER_POINT}),
     "prompt_encoder_mask_decoder_boxes": (BOX_DECODER_FILE, _BoxDecoder, {"input_boxes": _PER_PROMPT}),
 }
 
@@ -107,21 +108,20 @@ def _example_inputs(config: SamConfig) -> dict[str, torch.Tensor]:
     }
 
 
-def _trace(module: torch.nn.Module, example: dict, path: Path, axes: dict, outputs: int, opset: int,
-           config: SamConfig) -> Path:
-    """TorchScript export of `module` to `path` (inputs: the first keys of `axes`, taken from `example`; outputs:
-    its last `outputs` keys), with `config` in the file's metadata. Its TracerWarnings concern SamModel's input
+def _trace(module: torch.nn.Module, example: dict, path: Path, axes: dict, opset: int, config: SamConfig) -> Path:
+    """TorchScript export of `module` to `path` (inputs: the keys of `axes` but the last two, taken from `example`;
+    outputs: its last two keys), with `config` in the file's metadata. Its TracerWarnings concern SamModel's input
     checks and SDPA's `is_causal` test, which are constant for SAM (shapes are checked by ONNX Runtime, attention is
     never causal), so they are silenced, as is the deprecation notice of this exporter (chosen on purpose; see the
     package docstring)."""
-    names = list(axes)
+    inputs, outputs = list(axes)[:-2], list(axes)[-2:]
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
-        torch.onnx.export(module, tuple(example[name] for name in names[:-outputs]), str(path),
-                          input_names=names[:-outputs], output_names=names[-outputs:], dynamic_axes=axes,
-                          opset_version=opset, do_constant_folding=True, dynamo=False)
+        torch.onnx.export(module, tuple(example[name] for name in inputs), str(path), input_names=inputs,
+                          output_names=outputs, dynamic_axes=axes, opset_version=opset, do_constant_folding=True,
+                          dynamo=False)
     _save_with_metadata(path, config)
     return path
 
@@ -132,7 +132,7 @@ def export_vision_encoder(model: SamModel, path: str | os.PathLike, *, opset: in
     require_onnx()
     model, path = _exportable(model), Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _trace(_VisionEncoder(model), _example_inputs(model.config), path, ENCODER_AXES, 2, opset, model.config)
+    return _trace(_VisionEncoder(model), _example_inputs(model.config), path, ENCODER_AXES, opset, model.config)
 
 
 def export_onnx(model: SamModel, output_dir: str | os.PathLike, *, opset: int = 17, boxes: bool = True) -> dict[str, Path]:
@@ -150,5 +150,5 @@ def export_onnx(model: SamModel, output_dir: str | os.PathLike, *, opset: int = 
     for key, (file, wrapper, prompts) in DECODERS.items():
         if boxes or wrapper is not _BoxDecoder:
             axes = {**_IMAGE_AXES, **prompts, **_OUTPUT_AXES}
-            paths[key] = _trace(wrapper(model), example, folder / file, axes, 2, opset, model.config)
+            paths[key] = _trace(wrapper(model), example, folder / file, axes, opset, model.config)
     return paths

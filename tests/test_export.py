@@ -4,6 +4,7 @@ import json
 import re
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,6 +166,9 @@ def test_local_base_model_is_named_but_not_in_metadata(supernet, tmp_path):
     record = ExportResult.load(out)  # the typed record of subnet.json
     assert record.base_model == str(base) and record.subnet == SUBNET and record.params < record.base_params
     assert record.to_dict() == json.loads((out / "subnet.json").read_text())
+    # the returned folder is a Path (as before) carrying the typed result it wrote; paths derived from it carry none
+    assert isinstance(out, Path) and out == tmp_path / "out" and out.result == record
+    assert (out / "subnet.json").result is None
 
 
 def test_local_base_recorded_in_the_supernet_is_not_lost(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
 import re
 import shutil
 from pathlib import Path
@@ -160,9 +161,7 @@ def test_demo_overwrite_removes_only_demo_files(tmp_path):
 
 def test_unwritable_output_is_found_before_any_work(ws, tmp_path, capsys, monkeypatch):
     import supersam_hf.commands.convert as convert
-    import supersam_hf.outputs as outputs
-
-    real_open = outputs.os.open
+    real_open = os.open
 
     def read_only(path, *args, **kwargs):
         if "write-probe" in str(path):
@@ -172,7 +171,7 @@ def test_unwritable_output_is_found_before_any_work(ws, tmp_path, capsys, monkey
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded before the output was checked")
 
-    monkeypatch.setattr(outputs.os, "open", read_only)
+    monkeypatch.setattr(os, "open", read_only)
     monkeypatch.setattr(convert, "load_supernet", never)
     out = tmp_path / "converted"
     err = one_line_error(capsys, ["convert", "--model_name_or_path", str(ws / "sam"), "--dataset_name",

@@ -175,7 +175,7 @@ def test_latency_and_cache(sam, exported, tmp_path, monkeypatch):
 
     cache_file = tmp_path / "ort_latency.json"
     cache = OrtLatencyCache(cache_file, threads=1)
-    monkeypatch.setattr(onnx_export, "ort_latency_ms", fake_latency)
+    monkeypatch.setattr(onnx_export.runtime, "ort_latency_ms", fake_latency)
     assert cache.measure("L3-w128x3", sam) == 12.5
     assert cache.measure("L3-w128x3", sam) == 12.5 and len(calls) == 1  # cached, not re-timed
     assert OrtLatencyCache(cache_file, threads=1).get("L3-w128x3") == 12.5  # persisted

@@ -10,6 +10,7 @@ import os
 import pytest
 
 from supersam_hf import outputs
+from supersam_hf.outputs import swap
 from supersam_hf.errors import OutputFolderError
 from supersam_hf.outputs import (
     MANIFEST_NAME,
@@ -162,7 +163,7 @@ def test_failure_while_moving_into_place_restores_old_files(tmp_path, monkeypatc
             raise OSError(errno.EIO, "I/O error")
         return real_replace(source, destination)
 
-    monkeypatch.setattr(outputs.os, "replace", flaky_replace)
+    monkeypatch.setattr(os, "replace", flaky_replace)
     with pytest.raises(OSError, match="I/O error"):
         _write_export(out, {"config.json": "new", "model.safetensors": "new"}, overwrite=True)
     monkeypatch.undo()
@@ -411,7 +412,7 @@ def _killed_swap(out, kill_at: int) -> int:
     if pid == 0:  # the child: count the renames of the swap and die at one of them
         os.close(read_end)
         steps = [0]
-        real_step = outputs._step
+        real_step = swap._step
 
         def dying_step(source, destination):
             if steps[0] == kill_at:
@@ -420,7 +421,7 @@ def _killed_swap(out, kill_at: int) -> int:
             steps[0] += 1
             real_step(source, destination)
 
-        outputs._step = dying_step
+        swap._step = dying_step
         try:
             _write_export(out, {"config.json": "new", "model.safetensors": "new", "onnx/a.onnx": "new"}, overwrite=True)
         finally:
@@ -461,7 +462,7 @@ def test_kill_between_the_swap_steps_is_recovered_by_the_next_run(tmp_path, capl
 def test_kill_after_the_commit_point_is_finished_by_the_next_run(tmp_path, caplog, monkeypatch):
     out = tmp_path / "export"
     _write_export(out, {"config.json": "old", "stale.bin": "old"})
-    monkeypatch.setattr(outputs, "_recover", lambda *args, **kwargs: None)  # dies before cleaning up
+    monkeypatch.setattr(swap, "_recover", lambda *args, **kwargs: None)  # dies before cleaning up
     _write_export(out, {"config.json": "new"}, overwrite=True)
     monkeypatch.undo()
     assert any(name.startswith(".export.swap-") for name in _siblings(out))

@@ -48,72 +48,80 @@ EXPORT_DATA_KEYWORDS = {"eval_dataset": "dataset_name", "dataset_name": "dataset
                         "eval_split_name": "eval_split_name"}
 
 
-def export_subnet(
-    supernet: SuperSamModel | Any,
-    subnet: SubnetConfig | dict,
-    args: ExportArguments | str | os.PathLike | None = None,
-    output_args: OutputArguments | None = None,
-    data_args: DataArguments | None = None,
-    *,
-    processor=None,
-    metrics: dict | None = None,
-    eval_data=None,
-    token: str | None = None,
-    output_dir: str | os.PathLike | None = None,
-    overwrite: bool | None = None,
-    **keywords,
-) -> Path:
+class ExportedFolder(type(Path())):
+    """What `export_subnet` returns: the output folder, a `pathlib.Path` as before (so `out / "README.md"`,
+    `SamModel.from_pretrained(out)` and `out == folder` work unchanged), whose `result` is the typed `ExportResult`
+    it wrote to `subnet.json` (huggingface_hub's `CommitInfo` is a `str` for the same reason). Paths derived from it
+    (`out / "onnx"`) have no result (None)."""
+
+    result: ExportResult | None = None
+
+
+def export_subnet(supernet: SuperSamModel | Any, subnet: SubnetConfig | dict,
+                  args: ExportArguments | str | os.PathLike | None = None, output_args: OutputArguments | None = None,
+                  data_args: DataArguments | None = None, *, processor=None, metrics: dict | None = None,
+                  eval_data=None, token: str | None = None, output_dir: str | os.PathLike | None = None,
+                  overwrite: bool | None = None, **keywords) -> ExportedFolder:
     """Write `subnet` of `supernet` as a standard SAM folder (weights, config, processor, `subnet.json`, model card).
 
     Args:
-        supernet: a `SuperSamModel` (a PEFT-wrapped one or one with LoRA layers is merged on a copy first; the
-            caller's model is not modified). Load a folder or Hub id with `supersam_hf.loading.load_supernet`.
-        subnet: the subnet to export (a `SubnetConfig` or its dict); must belong to the supernet's search space.
-        args: the `ExportArguments` the CLI parses (`supersam export`'s flags; None: their defaults; its `subnet`,
-            `search_dir` and `prompt_type` choose the CLI's subnet and evaluation images and are not read here).
-            A path here is the output folder (`export_subnet(supernet, subnet, "sam-small", ...)`).
-        output_args: the `OutputArguments` the CLI parses: `output_dir` and `overwrite_output_dir`.
-        data_args: the `DataArguments` the CLI parses: `dataset_name` / `eval_split_name` name `eval_data` on the card.
-        **keywords: conveniences for the fields of `args` / `data_args` (see `EXPORT_KEYWORDS` and
-            `EXPORT_DATA_KEYWORDS`), e.g. `license="mit", onnx=True`; they override `args` / `data_args` (neither
-            object is changed). An unknown keyword is refused. The settings:
-        output_dir: the folder to write. If it exists and is not empty, `FileExistsError` unless `overwrite`.
-        processor: the `SamProcessor` to save alongside (`supersam_hf.loading.load_processor`); without one the
-            folder has no processor files (a warning says so).
-        metrics: evaluation of this subnet for the card: the dict `evaluate_model` returns ("miou" and how it
-            was measured: "prompt", "mask_selection", "num_images", ...), or {"point": result, "box": result}; the
-            card has a row per prompt type (an unmeasured one says how to measure it).
-        base_model: the SAM checkpoint the supernet came from; default: the one recorded in the supernet config
-            (or the Hub id the supernet was loaded from). Written to subnet.json as given; a Hub id also goes into
-            the card's `base_model` metadata, a local path is only named (by its folder) in the card's text.
-        license: the card's license; default: the license of the supernet's or the base model's card, if known.
-        datasets: Hub ids of the datasets the supernet was trained on, for the card's metadata.
-        overwrite (overwrite_output_dir): replace an earlier export in a non-empty `output_dir`: only the files this tool wrote there
-            (listed in its `.supersam-manifest.json`) are removed; other files are kept, never replaced.
-        push_to_hub: after writing the folder, upload it to `repo_id` (hub_model_id) (created if needed; default: the folder name
-            in your namespace). The token comes from `token`, else `HF_TOKEN` / the stored login.
-        private (hub_private_repo): create the repo as private.
-        commit_message: message of the upload commit.
-        onnx: also write `onnx/` (encoder, point and box decoders; `supersam_hf.onnx_pipeline`), check them against
-            PyTorch on deterministic inputs (`onnx/parity.json`) and add an ONNX Runtime section to the card.
-            Needs the `[onnx]` extra.
-        quantize: "int8": also write `onnx/vision_encoder_quantized.onnx` (dynamic INT8) and measure its mIoU on
-            `eval_data` next to fp32's (required; a drop over `int8_threshold` (int8_max_miou_drop), default 0.01, is a
-            warning).
-        eval_data: evaluation images (anything `evaluate_model` takes; an `EvaluationData` keeps its prompt): the
-            exported checkpoint is scored on them (PyTorch; with `onnx` also the fp32 ONNX files and INT8, on the
-            same prompts) and the card shows that measurement (with `model-index` metadata) for its prompt type,
-            in place of a `metrics` entry of the same prompt type.
-        eval_dataset / eval_split (dataset_name / eval_split_name): the Hub name of `eval_data`'s dataset and its split, for the card (a local
-            folder or none is recorded as "local data").
+        supernet: a `SuperSamModel` (LoRA adapters, or a PEFT wrapper, are merged on a copy; the caller's model is
+            not modified). Load a folder or Hub id with `supersam_hf.loading.load_supernet`.
+        subnet: a `SubnetConfig` (or its dict) of the supernet's search space.
+        args: the `ExportArguments` `supersam export` parses (None: their defaults; its `subnet`, `search_dir` and
+            `prompt_type` are the CLI's and not read here): the card's `base_model` (default: the one recorded in
+            the supernet; a local path is only named on the card), `license` (default: the base model card's) and
+            `datasets`; the upload (`push_to_hub` to `hub_model_id`, default the folder name in your namespace); and
+            `onnx` (also `onnx/`, checked against PyTorch in `onnx/parity.json`, with an ONNX Runtime section on the
+            card; the `[onnx]` extra) with `quantize="int8"` (an INT8 encoder scored on `eval_data` next to fp32,
+            a drop over `int8_max_miou_drop` warned). A path here is the output folder.
+        output_args (or output_dir, overwrite): the folder to write; a non-empty one is refused (`FileExistsError`)
+            unless `overwrite_output_dir`, which removes only the files this tool wrote there (its manifest).
+        data_args: its `dataset_name` / `eval_split_name` name `eval_data` on the card.
+        processor: the `SamProcessor` saved alongside (without one the folder has no processor files: a warning).
+        metrics: this subnet's evaluation for the card (an `evaluate_model` result, or {"point": ..., "box": ...}).
+        eval_data: images (anything `evaluate_model` takes) the exported checkpoint is scored on (PyTorch; with
+            `onnx` the ONNX files too); the card shows that for its prompt type in place of `metrics`'s.
+        token: the Hub token of the upload (default: `HF_TOKEN` / the stored login).
+        **keywords: fields of `args` / `data_args` by name (`license="mit", onnx=True`; the older names are in
+            `EXPORT_KEYWORDS` / `EXPORT_DATA_KEYWORDS`); an unknown keyword is refused.
 
     The folder is written into a temporary sibling and moved into place when complete, so a failure (a full disk
     included) leaves `output_dir` as it was. An output equal to, inside or around the supernet's folder is refused.
 
     Returns:
-        The output folder. Its `subnet.json` is an `ExportResult` (`supersam_hf.results`): read it back with
-        `ExportResult.load(folder)`.
+        The output folder (`ExportedFolder`, a `Path`); its `.result` is the `ExportResult` of its `subnet.json`.
     """
+    args, data, output, overwrite = _resolved_arguments(args, output_args, data_args, output_dir, overwrite, keywords)
+    source, inputs = _source_and_inputs(supernet)
+    prepare_output_dir(output, overwrite=overwrite, inputs=inputs)  # before any work
+    model, subnet = _checked_export_inputs(supernet, subnet, args.onnx, args.quantize, eval_data, processor)
+    record, card_args = _record_and_card(model, subnet, source, args, metrics, output)
+    sam = _extract_checked(model, subnet, source, metrics)
+    # A subnet at a smaller input resolution needs a processor that resizes and pads to that size.
+    processor = RESOLUTION.export_processor(processor, model.search_space.layer_plan(subnet))
+    _check_eval_resolution(eval_data, sam)
+    repo_id = args.hub_model_id or (output.resolve().name if args.push_to_hub else None)
+    with atomic_output_dir(output, overwrite=overwrite, inputs=inputs, tool="supersam export") as staging:
+        _onnx_and_measurement(sam, staging, processor, record, card_args, args, eval_data, data)
+        _write_export(staging, sam, processor, record, {**card_args, "output": staging, "location": output.resolve()},
+                      repo_id)
+    logger.info("Exported subnet %s (%d parameters) to %s", subnet.name, record.params, output)
+    if args.push_to_hub:
+        _push(output, repo_id, private=args.hub_private_repo, token=token, subnet=subnet, card_args=card_args,
+              commit_message=args.commit_message)
+    folder = ExportedFolder(output)
+    folder.result = record
+    return folder
+
+
+# -- the steps of an export -------------------------------------------------------------------------------------
+
+
+def _resolved_arguments(args, output_args, data_args, output_dir, overwrite, keywords: dict
+                        ) -> tuple[ExportArguments, dict[str, Any], Path, bool]:
+    """`export_subnet`'s settings: its `ExportArguments` with the keywords applied, the card's dataset fields, the
+    output folder and whether to overwrite it."""
     if isinstance(args, (str, os.PathLike)):  # export_subnet(supernet, subnet, "folder", ...)
         args, output_dir = None, args if output_dir is None else output_dir
     args, data = with_keywords(args, ExportArguments, keywords, EXPORT_KEYWORDS, "export_subnet", data_args,
@@ -122,43 +130,7 @@ def export_subnet(
     if output_dir is None:
         raise SupersamError("export_subnet needs the folder to write: pass output_args (OutputArguments) or output_dir.")
     overwrite = overwrite if overwrite is not None else bool(getattr(output_args, "overwrite_output_dir", False))
-    base_model, license, datasets, push_to_hub = args.base_model, args.license, args.datasets, args.push_to_hub
-    repo_id, private, commit_message = args.hub_model_id, args.hub_private_repo, args.commit_message
-    onnx, quantize, int8_threshold = args.onnx, args.quantize, args.int8_max_miou_drop
-    eval_dataset, eval_split = data["dataset_name"], data["eval_split_name"]
-    output = Path(output_dir)
-    source, inputs = _source_and_inputs(supernet)
-    prepare_output_dir(output, overwrite=overwrite, inputs=inputs)  # before any work
-    model, subnet = _checked_export_inputs(supernet, subnet, onnx, quantize, eval_data, processor)
-    sizes = _subnet_sizes(model, subnet)
-    recorded, provenance = _provenance(model, source, base_model, license, datasets)
-    sam = _extract_checked(model, subnet, source, metrics)
-    # A subnet at a smaller input resolution needs a processor that resizes and pads to that size.
-    processor = RESOLUTION.export_processor(processor, model.search_space.layer_plan(subnet))
-    _check_eval_resolution(eval_data, sam)
-    subnet_record = _subnet_record(model, subnet, sizes, recorded or provenance["base_model"], metrics, output)
-    card_args = dict(model=model, subnet=subnet, sizes=sizes, metrics=metrics, **provenance, output=output)
-    card_repo_id = repo_id or (output.resolve().name if push_to_hub else None)
-    with atomic_output_dir(output, overwrite=overwrite, inputs=inputs, tool="supersam export") as staging:
-        onnx_report = _onnx_files(sam, staging, onnx, quantize, eval_data, processor, int8_threshold)
-        if onnx_report is not None:
-            subnet_record.onnx = onnx_summary(onnx_report)
-        card_args["onnx_report"] = onnx_report
-        if eval_data is not None:
-            measured = _measured(sam, subnet, eval_data, processor, onnx_report, eval_dataset, eval_split)
-            metrics = _with_measured(metrics, measured)
-            subnet_record.metrics = card_args["metrics"] = metrics
-        _write_export(staging, sam, processor, subnet_record,
-                      {**card_args, "output": staging, "location": output.resolve()}, card_repo_id)
-    logger.info("Exported subnet %s (%d parameters) to %s", subnet.name, sizes["params"], output)
-
-    if push_to_hub:
-        _push(output, card_repo_id, private=private, token=token, subnet=subnet, card_args=card_args,
-              commit_message=commit_message)
-    return output
-
-
-# -- the steps of an export -------------------------------------------------------------------------------------
+    return args, data, Path(output_dir), overwrite
 
 
 def _source_and_inputs(supernet) -> tuple[str | None, list[str]]:
@@ -199,15 +171,18 @@ def _check_eval_resolution(eval_data, sam) -> None:
         )
 
 
-def _subnet_sizes(model: SuperSamModel, subnet: SubnetConfig) -> dict[str, int]:
-    """Parameters and MACs of the subnet and of the largest subnet (the base), for subnet.json and the card."""
+def _record_and_card(model: SuperSamModel, subnet: SubnetConfig, source: str | None, args: ExportArguments,
+                     metrics: dict | None, output: Path) -> tuple[ExportResult, dict[str, Any]]:
+    """The record of subnet.json (the subnet, its and the largest subnet's parameters and MACs, the base model as
+    recorded, the metrics) and the model card's arguments."""
     largest = model.search_space.largest()
-    return {
-        "params": model.count_parameters(subnet),
-        "macs": model.count_macs(subnet),
-        "base_params": model.count_parameters(largest),
-        "base_macs": model.count_macs(largest),
-    }
+    sizes = {"params": model.count_parameters(subnet), "macs": model.count_macs(subnet),
+             "base_params": model.count_parameters(largest), "base_macs": model.count_macs(largest)}
+    recorded, provenance = _provenance(model, source, args.base_model, args.license, args.datasets)
+    size = subnet.image_size or model.config.vision_config.image_size
+    record = ExportResult(subnet=subnet, **sizes, macs_per=f"one image at {size} px with one point prompt",
+                          base_model=recorded or provenance["base_model"], metrics=metrics, output_dir=output)
+    return record, dict(model=model, subnet=subnet, sizes=sizes, metrics=metrics, **provenance, output=output)
 
 
 def _provenance(model: SuperSamModel, source: str | None, base_model: str | None, license: str | None,
@@ -247,8 +222,9 @@ def _measured(sam, subnet: SubnetConfig, eval_data, processor, onnx_report: dict
     else:
         result = measure_miou(sam, eval_data, processor)
     if not is_finite_metric(result.get("miou")):
-        raise ValueError(f"Subnet {subnet.name} scores mIoU {result.get('miou')!r} on the evaluation data, not a "
-                         "finite number; a NaN/inf result is never exported. Check the supernet's weights and the data.")
+        raise SupersamError(f"Subnet {subnet.name} scores mIoU {result.get('miou')!r} on the evaluation data, not "
+                            "a finite number; a NaN/inf result is never exported. Check the supernet's weights and "
+                            "the data.")
     result.update(dataset=dataset_label(eval_dataset), split=eval_split,
                   description="measured by `supersam export` on this checkpoint, PyTorch")
     return {k: v for k, v in result.items() if v is not None}
@@ -260,28 +236,22 @@ def _with_measured(metrics: dict | None, measured: dict) -> dict:
     return measured if len(by_prompt) == 1 else by_prompt
 
 
-def _subnet_record(model: SuperSamModel, subnet: SubnetConfig, sizes: dict[str, int], base_model: str | None,
-                   metrics: dict | None, output: Path) -> ExportResult:
-    """The record of subnet.json: the subnet (top-level `kept_layers` / `mlp_dims` in the file, so that
-    `SubnetConfig.from_json` reads it back), its name, sizes and cost, the base model and the metrics."""
-    return ExportResult(
-        subnet=subnet,
-        **sizes,
-        macs_per=f"one image at {subnet.image_size or model.config.vision_config.image_size} px with one point prompt",
-        base_model=base_model,
-        metrics=metrics,
-        output_dir=output,
-    )
-
-
-def _onnx_files(sam, staging: Path, onnx: bool, quantize: str | None, eval_data, processor,
-                int8_threshold: float | None) -> dict | None:
+def _onnx_and_measurement(sam, staging: Path, processor, record: ExportResult, card_args: dict,
+                          args: ExportArguments, eval_data, data: dict[str, Any]) -> None:
     """With `onnx`, the checked ONNX files of the subnet written into the staging folder (with the weights, so the
-    atomic move covers them too) and their report; None without."""
-    if not onnx:
-        return None
-    return export_checked_onnx(sam, staging, quantize=quantize, eval_data=eval_data, processor=processor,
-                               int8_threshold=int8_threshold or INT8_MIOU_DROP_THRESHOLD)
+    atomic move covers them too); with `eval_data`, the exported checkpoint's measured mIoU. Both go into the
+    record of subnet.json and the card's arguments."""
+    onnx_report = None
+    if args.onnx:
+        onnx_report = export_checked_onnx(sam, staging, quantize=args.quantize, eval_data=eval_data,
+                                          processor=processor,
+                                          int8_threshold=args.int8_max_miou_drop or INT8_MIOU_DROP_THRESHOLD)
+        record.onnx = onnx_summary(onnx_report)
+    card_args["onnx_report"] = onnx_report
+    if eval_data is not None:
+        measured = _measured(sam, record.subnet, eval_data, processor, onnx_report, data["dataset_name"],
+                             data["eval_split_name"])
+        record.metrics = card_args["metrics"] = _with_measured(card_args["metrics"], measured)
 
 
 def _write_export(folder: Path, sam, processor, subnet_record: ExportResult, card_args: dict,
@@ -357,4 +327,4 @@ def _push(output: Path, repo_id: str, *, private: bool, token: str | None, subne
 # ---------------------------------------------------------------------------------------------------------------
 
 
-__all__ = ["PREPROCESSOR_CONFIG", "SUBNET_FILE", "export_subnet", "write_preprocessor_config"]
+__all__ = ["PREPROCESSOR_CONFIG", "SUBNET_FILE", "ExportedFolder", "export_subnet", "write_preprocessor_config"]

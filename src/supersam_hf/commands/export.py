@@ -15,7 +15,6 @@ from ..onnx_pipeline import check_onnx_options
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..search.results import select_subnet, subnet_metrics
 from ..model_card import metrics_by_prompt
-from ..results import ExportResult
 from .common import hub_repo_flags, load_data, prepare_output, refuse_streaming
 
 
@@ -90,7 +89,7 @@ def run(model_args: ModelArguments, data_args: ExportDataArguments, output_args:
         token=model_args.token, base_model=args.base_model or recorded_base_model(supernet),
         repo_id=repo_id, private=private,  # the deprecated --repo_id / --private resolved (with their warning)
     )
-    record = ExportResult.load(output)  # subnet.json
+    record = output.result  # the ExportResult written to subnet.json
     measured = metrics_by_prompt(record.metrics).get(args.prompt_type) if eval_data is not None else metrics
     miou = f", mIoU {measured['miou']:.4f}" if isinstance((measured or {}).get("miou"), float) else ""
     print(

@@ -13,7 +13,8 @@ from transformers import SamModel
 from supersam_hf import SubnetConfig
 from supersam_hf.cli import main as cli_main
 from supersam_hf.data import SamSegmentationData, make_synthetic_shapes
-from supersam_hf.evaluation import EvaluationData, _crop_pair, evaluate_model, parse_subnet
+from supersam_hf.evaluation import EvaluationData, evaluate_model, parse_subnet
+from supersam_hf.evaluation.masks import _crop_pair
 from supersam_hf.loading import load_processor, load_sam_model
 from supersam_hf.metrics import load_sam_miou
 

@@ -45,11 +45,14 @@ class FakeHub:
         return self.repos[repo_id]["files"]
 
     def _fail(self, status: int, url: str, message: str, code: str | None = None) -> None:
-        import httpx2
         from huggingface_hub.utils import hf_raise_for_status
 
-        hf_raise_for_status(httpx2.Response(status, request=httpx2.Request("POST", url), json={"error": message},
-                                            headers={"X-Error-Code": code} if code else {}))
+        try:
+            import httpx2 as http  # huggingface_hub 2.x
+        except ImportError:
+            import httpx as http  # huggingface_hub 1.x
+        hf_raise_for_status(http.Response(status, request=http.Request("POST", url), json={"error": message},
+                                          headers={"X-Error-Code": code} if code else {}))
 
     def create_repo(self, repo_id: str, *, token=None, private=None, exist_ok: bool = False, **kwargs):
         from huggingface_hub import RepoUrl

@@ -216,3 +216,27 @@ def test_arguments_object_equals_keywords_and_unknown_keywords_are_refused(super
         evaluate_model(supernet, dataset, processor, promt="point")
     with pytest.raises(SupersamError, match="must be a EvaluateArguments"):
         evaluate_model(supernet, dataset, processor, subnet)
+
+
+def test_an_interrupted_evaluation_leaves_nothing_behind(supernet, processor, dataset, monkeypatch):
+    """Each call owns its metrics: the objects of an interrupted pass never reach the next evaluation."""
+    from supersam_hf.errors import UnsupportedSetupError
+    from supersam_hf.evaluation import StreamedBatches, masks
+    from supersam_hf.evaluation.distributed import process_share
+
+    expected = evaluate_model(supernet, dataset, processor, batch_size=1, show_progress=False)
+    real, calls = masks._model_masks, []
+
+    def interrupted(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(masks, "_model_masks", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            evaluate_model(supernet, dataset, processor, batch_size=1, show_progress=False)
+    assert evaluate_model(supernet, dataset, processor, batch_size=1, show_progress=False) == expected
+    with pytest.raises(UnsupportedSetupError, match="streamed dataset is not split across processes"):
+        process_share(StreamedBatches(None, "box", 1, None), state=None)

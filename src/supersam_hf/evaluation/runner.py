@@ -18,7 +18,7 @@ from ..modeling_supersam import SuperSamModel
 from ..results import EvaluationResult
 from ..search_space import SubnetConfig
 from .distributed import GatheredMetric, process_share
-from .inputs import MASK_SELECTIONS, PROMPTS, EvaluationData, batches_to_score, parse_subnet, resolve_subnet
+from .inputs import MASK_SELECTIONS, PROMPTS, EvaluationData, batches_to_score, resolve_subnet
 from .masks import score_batches
 
 logger = logging.getLogger(__name__)
@@ -127,6 +127,8 @@ def _is_runtime_model(model) -> bool:
     `iou_scores` / `pred_masks`, plus `eval` / `train` / `parameters` for device and mode (`OnnxSamModel`)."""
     return all(callable(getattr(model, name, None)) for name in ("get_image_embeddings", "__call__", "eval", "train",
                                                                   "parameters"))
+
+
 def _check_arguments(model, processor, prompt: str, mask_selection: str, box_reference: bool) -> None:
     if mask_selection not in MASK_SELECTIONS:
         raise SupersamError(f"Unknown mask_selection {mask_selection!r}; choose one of {MASK_SELECTIONS}.")
@@ -155,10 +157,8 @@ def _check_arguments(model, processor, prompt: str, mask_selection: str, box_ref
 def _active_subnet_and_params(model, subnet) -> tuple[SubnetConfig | None, int | None]:
     """The subnet that will run (the given one, else the model's active one) and its exported parameter count
     (None for a runtime model such as ONNX Runtime, whose weights are not torch parameters)."""
-    if subnet is not None:
-        if not isinstance(model, SuperSamModel):
-            raise SupersamError("A subnet can only be evaluated on a SuperSamModel (a supernet); this is a plain SamModel.")
-        subnet = parse_subnet(subnet)
+    if subnet is not None and not isinstance(model, SuperSamModel):
+        raise SupersamError("A subnet can only be evaluated on a SuperSamModel (a supernet); this is a plain SamModel.")
     active = subnet if subnet is not None else getattr(model, "active_subnet", None)
     if isinstance(model, SuperSamModel):
         return active, model.count_parameters(active)

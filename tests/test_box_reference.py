@@ -72,6 +72,6 @@ def test_prepared_batches_stream_beyond_their_cache_and_score_the_same():
 
 
 def _batch_megabytes(data: EvaluationData) -> float:
-    from supersam_hf.evaluation import _batch_bytes
+    from supersam_hf.evaluation.inputs import _batch_bytes
 
     return _batch_bytes(data.batches[0]) / 2**20

@@ -305,13 +305,13 @@ def test_every_instance_is_scored_unless_capped(processor):
 
 def test_many_instances_are_decoded_in_chunks_with_the_same_scores(processor, monkeypatch):
     """361 prompts: one image embedding, prompts decoded 64 at a time (bounded memory), scores as in one forward."""
-    import supersam_hf.evaluation as evaluation
+    import supersam_hf.evaluation.masks as masks
 
     model = tiny_sam(num_layers=2, image_size=64)
     dataset = datasets.Dataset.from_dict({"image": [np.full((76, 76, 3), 100, np.uint8)], "label": [grid_map(361, 76, 4)]})
     data = SamSegmentationData(dataset, processor, return_full_masks=True, min_mask_area=1, prompt="point")
     chunked = evaluate_model(model, data, processor, prompt="point", mask_selection="oracle", show_progress=False)
-    monkeypatch.setattr(evaluation, "PROMPTS_PER_FORWARD", 1000)
+    monkeypatch.setattr(masks, "PROMPTS_PER_FORWARD", 1000)
     whole = evaluate_model(model, data, processor, prompt="point", mask_selection="oracle", show_progress=False)
     assert chunked["num_objects"] == whole["num_objects"] == 361
     for key in ("miou", "per_image_miou", "mean_dice"):

@@ -13,7 +13,8 @@ from transformers import SamModel
 from supersam_hf import SubnetConfig
 from supersam_hf.cli import main as cli_main
 from supersam_hf.data import SamSegmentationData, make_synthetic_shapes
-from supersam_hf.evaluation import EvaluationData, _crop_pair, evaluate_model, parse_subnet
+from supersam_hf.evaluation import EvaluationData, evaluate_model, parse_subnet
+from supersam_hf.evaluation.masks import _crop_pair
 from supersam_hf.loading import load_processor, load_sam_model
 from supersam_hf.metrics import load_sam_miou
 
@@ -215,3 +216,27 @@ def test_arguments_object_equals_keywords_and_unknown_keywords_are_refused(super
         evaluate_model(supernet, dataset, processor, promt="point")
     with pytest.raises(SupersamError, match="must be a EvaluateArguments"):
         evaluate_model(supernet, dataset, processor, subnet)
+
+
+def test_an_interrupted_evaluation_leaves_nothing_behind(supernet, processor, dataset, monkeypatch):
+    """Each call owns its metrics: the objects of an interrupted pass never reach the next evaluation."""
+    from supersam_hf.errors import UnsupportedSetupError
+    from supersam_hf.evaluation import StreamedBatches, masks
+    from supersam_hf.evaluation.distributed import process_share
+
+    expected = evaluate_model(supernet, dataset, processor, batch_size=1, show_progress=False)
+    real, calls = masks._model_masks, []
+
+    def interrupted(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(masks, "_model_masks", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            evaluate_model(supernet, dataset, processor, batch_size=1, show_progress=False)
+    assert evaluate_model(supernet, dataset, processor, batch_size=1, show_progress=False) == expected
+    with pytest.raises(UnsupportedSetupError, match="streamed dataset is not split across processes"):
+        process_share(StreamedBatches(None, "box", 1, None), state=None)

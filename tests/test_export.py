@@ -10,15 +10,17 @@ import numpy as np
 import pytest
 import torch
 from helpers import prompt_inputs, tiny_processor, tiny_supernet
-from huggingface_hub import ModelCard, constants
+from huggingface_hub import ModelCard, RepoUrl, constants
 from PIL import Image
 from transformers import SamModel, SamProcessor, pipeline
 
 from supersam_hf import SubnetConfig, SuperSamModel
 from supersam_hf.cli import main as cli_main
+from supersam_hf.errors import SupersamError
 from supersam_hf.export import export_subnet
 from supersam_hf.loading import load_processor, load_supernet
 from supersam_hf.model_card import format_macs, model_card_template
+from supersam_hf.outputs import MANIFEST_NAME
 from supersam_hf.results import ExportResult
 
 # huggingface_hub's own LFS upload passes a file object as `data=`, which httpx deprecates: not ours to fix.
@@ -253,16 +255,14 @@ def test_push_to_local_hub_round_trip(supernet, local_hub, tmp_path, monkeypatch
     caplog.clear()
     assert f"{local_hub.endpoint}/user/tiny-subnet/commit/" in printed
     assert local_hub.token not in printed
-    assert {"config.json", "model.safetensors", "processor_config.json", "subnet.json", "README.md"} <= set(
-        local_hub.files("user/tiny-subnet")
-    )
-    assert local_hub.files("user/tiny-subnet")["README.md"] == (out / "README.md").read_bytes()
+    files = local_hub.files("user/tiny-subnet")
+    assert {"config.json", "model.safetensors", "processor_config.json", "subnet.json", "README.md"} <= set(files)
+    assert MANIFEST_NAME not in files and local_hub.repos["user/tiny-subnet"]["private"] is True
+    assert files["README.md"] == (out / "README.md").read_bytes()
 
-    model = SamModel.from_pretrained("user/tiny-subnet", token=local_hub.token)
+    model = SamModel.from_pretrained("user/tiny-subnet", token=local_hub.token)  # the Hub's copy (HF cache)
     inputs = prompt_inputs("points")
     _assert_same_outputs(_subnet_outputs(supernet, inputs), model, inputs)
-    downloads = [path for method, path in local_hub.requests if method == "GET" and "/resolve/" in path]
-    assert any(path.endswith("/model.safetensors") for path in downloads)  # came through the hub
     card = ModelCard.load("user/tiny-subnet", token=local_hub.token)
     assert card.data.pipeline_tag == "mask-generation"
 
@@ -271,6 +271,24 @@ def test_push_to_local_hub_round_trip(supernet, local_hub, tmp_path, monkeypatch
     export_subnet(supernet, SUBNET, tmp_path / "out2", push_to_hub=True, repo_id="user/from-env")
     assert f"{local_hub.endpoint}/user/from-env/commit/" in caplog.text
     assert "model.safetensors" in local_hub.files("user/from-env")
+    assert local_hub.repos["user/from-env"]["private"] is False
+
+
+@pytest.mark.parametrize("token,repo,error", [("wrong-token", "user/x", "401"), ("test-token", "other/x", "403"),
+                                              ("test-token", "user/gone", "RepositoryNotFoundError")])
+def test_hub_errors_are_one_line_and_keep_the_files(local_hub, tmp_path, monkeypatch, token, repo, error):
+    import huggingface_hub
+
+    from supersam_hf.hub import push_folder
+
+    (tmp_path / "config.json").write_text("{}")
+    if repo == "user/gone":  # the repo vanished between create_repo and the upload: the Hub's 404
+        monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **_: RepoUrl(f"{local_hub.endpoint}/{repo_id}"))
+    with pytest.raises(SupersamError) as raised:
+        push_folder(tmp_path, repo, private=None, token=token, commit_message="up")
+    message = str(raised.value)
+    assert "\n" not in message and error in message and f"files are kept in {tmp_path}" in message
+    assert token not in message and (tmp_path / "config.json").is_file()
 
 
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # peft calls it
@@ -386,7 +404,6 @@ def test_example_script_runs_the_same_export(supernet, supernet_dir, tmp_path):
 
 def test_arguments_objects_equal_keywords_and_unknown_keywords_are_refused(supernet, tmp_path):
     from supersam_hf.arguments import DataArguments, ExportArguments, OutputArguments
-    from supersam_hf.errors import SupersamError
 
     args = ExportArguments(subnet="best", license="mit", datasets=["user/shapes"])
     by_object = export_subnet(supernet, SUBNET, args, OutputArguments(output_dir=str(tmp_path / "a")),

@@ -169,4 +169,4 @@ def test_pushed_card_snippets_name_the_repo_and_run_against_the_hub(supernet, tm
     monkeypatch.setenv("HF_TOKEN", local_hub.token)
     for code in blocks:  # downloaded from the (local) Hub, as a visitor of the repo would
         run_python_block(code, tmp_path, monkeypatch)
-    assert any(path.endswith("/onnx/vision_encoder.onnx") for method, path in local_hub.requests if method == "GET")
+    assert {"onnx/vision_encoder.onnx", "onnx/prompt_encoder_mask_decoder.onnx"} <= set(local_hub.files("user/sam-small"))

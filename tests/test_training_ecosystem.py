@@ -167,6 +167,7 @@ def test_train_pushes_the_supernet_with_its_own_card(assets, tmp_path, local_hub
     files = local_hub.files("user/supernet")
     assert {"config.json", "model.safetensors", "processor_config.json", "README.md", "training_summary.json"} <= set(files)
     assert not any(name.startswith("checkpoints/") for name in files) and (out / "checkpoints" / "step_2").is_dir()
+    assert local_hub.repos["user/supernet"]["private"] is True
     card = ModelCard.load("user/supernet", token=local_hub.token)
     assert "supernet" in card.data.tags and "It is not meant to be used as is" in card.text
     assert "supersam export --model_name_or_path user/supernet" in card.text and str(tmp_path) not in card.content
@@ -197,13 +198,13 @@ def test_export_cli_hub_flags_and_the_deprecated_repo_id(tmp_path, local_hub, ca
             "--token", local_hub.token]
     assert cli_main([*base, "--output_dir", str(tmp_path / "a"), "--hub_model_id", "user/a",
                      "--hub_private_repo"]) == 0
-    assert "model.safetensors" in local_hub.files("user/a")
+    assert "model.safetensors" in local_hub.files("user/a") and local_hub.repos["user/a"]["private"] is True
     assert 'SamModel.from_pretrained("user/a")' in (tmp_path / "a" / "README.md").read_text()
 
     caplog.set_level(logging.WARNING)
     assert cli_main([*base, "--output_dir", str(tmp_path / "b"), "--repo_id", "user/b"]) == 0
     assert "--repo_id is deprecated" in caplog.text and "--hub_model_id" in caplog.text
-    assert "model.safetensors" in local_hub.files("user/b")
+    assert "model.safetensors" in local_hub.files("user/b") and local_hub.repos["user/b"]["private"] is False
     assert cli_main([*base, "--output_dir", str(tmp_path / "c"), "--repo_id", "user/b", "--hub_model_id",
                      "user/c"]) == 2
     assert not (tmp_path / "c").exists()

@@ -44,9 +44,10 @@ def push_folder(folder: Path, repo_id: str, *, private: bool | None, token: str 
         commit = upload_folder(folder_path=str(folder), repo_id=repo_url.repo_id, token=token,
                                commit_message=commit_message, ignore_patterns=[MANIFEST_NAME, *(ignore_patterns or [])])
     except Exception as error:  # HTTP errors (401, 403, ...) and connection failures: say so without a traceback
+        reason = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())  # Hub errors span lines
         raise SupersamError(
-            f"Pushing {folder} to the Hub repo {repo_id} failed ({type(error).__name__}: {error}). The files are kept "
-            f"in {folder}."
+            f"Pushing {folder} to the Hub repo {repo_id} failed ({type(error).__name__}: {reason}). The files are "
+            f"kept in {folder}."
         ) from error
     logger.info("Pushed %s to %s: %s", folder, repo_url, commit.commit_url)
     return commit.commit_url

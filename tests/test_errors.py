@@ -79,7 +79,7 @@ def test_success_and_interrupt(monkeypatch):
 
     assert _run(interrupted) == (130, "supersam evaluate: interrupted; the output folder was left as it was; rerun "
                                       "the command to start again\n")
-    code, text = run_stage("search", interrupted, stderr=(stream := io.StringIO())), None
+    code = run_stage("search", interrupted, stderr=(stream := io.StringIO()))
     assert code == 130 and stream.getvalue() == ("supersam search: interrupted; rerun with --resume to continue from the "
                                                  "subnets already scored\n")
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from ..arguments import ConvertArguments, DataArguments, ModelArguments, OutputArguments
-from ..data import load_segmentation_dataset, streamed_rows
+from ..data import streamed_rows
 from ..distributed import process_state
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..prioritization import PrioritizationReport, prioritize
-from ..checks import check_positive, load_dataset_rows
+from ..checks import check_positive
 from ..outputs import atomic_output_dir
 from .common import load_data, prepare_output
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..arguments import DataArguments, ModelArguments, OutputArguments, SearchArguments
-from ..checks import check_positive, load_dataset_rows
-from ..data import SamSegmentationData, load_segmentation_dataset
+from ..checks import check_positive
+from ..data import SamSegmentationData
 from ..distributed import process_state
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..search import RESULTS_FILE, SearchResult, search_subnets

@@ -2,6 +2,7 @@
 its reported mIoU is reproduced by `supersam evaluate`; box and point rows and the box reference; a dataset's own
 splits; a given model sized to a time budget; resume after a kill; bad input is refused with a clear message."""
 
+import dataclasses
 import json
 
 import datasets
@@ -210,12 +211,12 @@ def test_resume_continues_a_run_killed_in_the_search(tmp_path, monkeypatch):
     calls = []
     real_search = demo_module.search_subnets
 
-    def killed_in_second_search(*args, **kwargs):
-        calls.append(kwargs["resume"])
-        if len(calls) == 2:
-            result = real_search(*args, **{**kwargs, "budget": 2})  # part of the budget scored, then the kill
+    def killed_in_second_search(supernet, data, processor, search_args, **kwargs):
+        calls.append(search_args.resume)
+        if len(calls) == 2:  # part of the budget scored, then the kill
+            real_search(supernet, data, processor, dataclasses.replace(search_args, budget=2), **kwargs)
             raise KeyboardInterrupt
-        return real_search(*args, **kwargs)
+        return real_search(supernet, data, processor, search_args, **kwargs)
 
     monkeypatch.setattr(demo_module, "search_subnets", killed_in_second_search)
     assert main(["demo", "--output_dir", str(output), *tiny]) == 130  # the CLI's exit code for an interrupt
@@ -244,13 +245,13 @@ def test_size_to_budget_grows_with_the_budget_and_keeps_presets_and_explicit_siz
     kept = size_to_budget(preset, forward, 30 * 60, {"train_steps"}, False, 3)
     assert kept["train_steps"] == preset["train_steps"]
     # the estimate of the sized run stays near the budget it was sized to (rough, by construction)
-    total = sum(estimate_seconds(large, forward, False, False, 3).values())
+    total = sum(estimate_seconds(large, forward, "given", False, 3).values())
     assert 0.3 * 600 * 60 <= total <= 1.2 * 600 * 60
 
 
 def test_domain_b_learning_rate_depends_on_the_base_unless_given():
-    from supersam_hf.commands.demo import TARGET_LEARNING_RATE, _target_learning_rate
+    from supersam_hf.commands.demo_plan import TARGET_LEARNING_RATE, target_learning_rate
 
-    assert _target_learning_rate(DemoArguments()) == TARGET_LEARNING_RATE["stand-in"] == 1e-3
-    assert _target_learning_rate(DemoArguments(model_name_or_path="facebook/sam-vit-base")) == 2e-4
-    assert _target_learning_rate(DemoArguments(model_name_or_path="x", learning_rate=5e-5)) == 5e-5
+    assert target_learning_rate(DemoArguments()) == TARGET_LEARNING_RATE["stand-in"] == 1e-3
+    assert target_learning_rate(DemoArguments(model_name_or_path="facebook/sam-vit-base")) == 2e-4
+    assert target_learning_rate(DemoArguments(model_name_or_path="x", learning_rate=5e-5)) == 5e-5

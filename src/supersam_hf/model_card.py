@@ -66,17 +66,21 @@ def format_macs(macs: float) -> str:
     return format_count(macs, "MACs")
 
 
-def hub_id(value: str | None) -> str | None:
-    """`value` if it looks like a Hub model id ("namespace/name") and is not a local path, else None."""
+def _valid_repo_id(name: str) -> bool:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def hub_id(value: str | None) -> str | None:
+    """`value` if it looks like a Hub model id ("namespace/name") and is not a local path, else None."""
     if not value or Path(value).exists() or value.count("/") != 1:
         return None
-    try:
-        validate_repo_id(value)
-    except HFValidationError:
-        return None
-    return value
+    return value if _valid_repo_id(value) else None
 
 
 LOCAL_DATA = "local data"
@@ -88,13 +92,7 @@ def dataset_label(value) -> str:
     name = str(value) if value else ""
     if not name or Path(name).expanduser().exists() or name.startswith((".", "~", "/")) or "\\" in name:
         return LOCAL_DATA
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return LOCAL_DATA
-    return name if name.count("/") <= 1 else LOCAL_DATA
+    return name if name.count("/") <= 1 and _valid_repo_id(name) else LOCAL_DATA
 
 
 def recorded_hub_base_model(model: SuperSamModel, source: str | None) -> str | None:
@@ -175,30 +173,12 @@ def write_model_card(
         model_name=model_name if eval_results else None,
         eval_results=eval_results,
     )
-    vision = model.config.vision_config
-    params, base_params, macs, base_macs = sizes["params"], sizes["base_params"], sizes["macs"], sizes["base_macs"]
     card = ModelCard.from_template(
         card_data,
         template_path=str(model_card_template()),
         model_name=model_name,
         base_model_name=base_name or base_model or "a SAM checkpoint",
-        num_layers=len(subnet.kept_layers),
-        base_num_layers=vision.num_hidden_layers,
-        params=_count(params),
-        base_params=_count(base_params),
-        macs=format_macs(macs),
-        base_macs=format_macs(base_macs),
-        image_size=(f"{subnet.image_size} px vs. {vision.image_size}" if subnet.image_size not in (None, vision.image_size)
-                    else vision.image_size),
-        size_reduction=(
-            f"This model has {params / base_params:.1%} of the base's parameters ({1 - params / base_params:.1%} "
-            f"fewer) and needs {macs / base_macs:.1%} of its MACs ({1 - macs / base_macs:.1%} fewer)."
-        ),
-        kept_layers=list(subnet.kept_layers),
-        mlp_dims=list(subnet.mlp_dims),
-        mlp_dim=max(subnet.mlp_dims),
-        subnet_name=subnet.name,
-        subnet_json=json.dumps(subnet.to_dict()),
+        **_subnet_fields(model, subnet, sizes),
         metrics_table=_metrics_table(metrics),
         metrics_description=_metrics_description(metrics),
         usage=usage_snippet(model_id),
@@ -207,6 +187,24 @@ def write_model_card(
     )
     card.save(output / "README.md")
     return card
+
+
+def _subnet_fields(model: SuperSamModel, subnet: SubnetConfig, sizes: dict) -> dict:
+    """The card template's fields that describe the subnet against its base: layers, sizes, MACs, input size."""
+    vision = model.config.vision_config
+    params, base_params, macs, base_macs = sizes["params"], sizes["base_params"], sizes["macs"], sizes["base_macs"]
+    return dict(
+        num_layers=len(subnet.kept_layers), base_num_layers=vision.num_hidden_layers,
+        params=_count(params), base_params=_count(base_params), macs=format_macs(macs), base_macs=format_macs(base_macs),
+        image_size=(f"{subnet.image_size} px vs. {vision.image_size}" if subnet.image_size not in (None, vision.image_size)
+                    else vision.image_size),
+        size_reduction=(
+            f"This model has {params / base_params:.1%} of the base's parameters ({1 - params / base_params:.1%} "
+            f"fewer) and needs {macs / base_macs:.1%} of its MACs ({1 - macs / base_macs:.1%} fewer)."
+        ),
+        kept_layers=list(subnet.kept_layers), mlp_dims=list(subnet.mlp_dims), mlp_dim=max(subnet.mlp_dims),
+        subnet_name=subnet.name, subnet_json=json.dumps(subnet.to_dict()),
+    )
 
 
 SUPERNET_TAGS = ["supersam", "sam", "segment-anything", "supernet", "nas"]

@@ -1,4 +1,5 @@
-"""What `supersam demo` will run, sized to the machine, and roughly how long it takes (said before it starts).
+"""What `supersam demo` will run, sized to the machine, and roughly how long it takes (said before it starts); the
+recipes of its training stages (`stage_training_arguments`).
 
 The stand-in run (no `--model_name_or_path`) uses fixed presets. With a real checkpoint (e.g. SAM ViT-B, 1024 px)
 the presets would take days on a CPU, so the demo times one forward of the base on one image here and sizes the
@@ -10,12 +11,25 @@ image) and multiplies them by the measured forward time.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import SamModel
+
+from ..configuration_supersam import build_sam_config
+from ..data import SamCollator, SamSegmentationData, make_hard_shapes, model_inputs
+from ..loading import load_sam_model
+from ..losses import sam_loss
+from ..standin import load_standin
+from ..training import SupernetTrainingArguments
+from ..training.mask_outputs import capture_single_output, single_output
+from ..types import PromptType
+from .demo_arguments import SIZE_FIELDS, DemoArguments, base_source
 
 # The stand-in base (benchmarks/results/base_recipe.md): patch 8, window 8, 4 layers. A step costs 1.38x the earlier
 # patch-16 / 8-layer base's, so 2000 base steps (not the recipe's 2400) keep the default demo near ~12 min on 2 idle
@@ -49,6 +63,18 @@ CALIBRATION_PASSES = 6.5  # convert: 78 encoder-layer calls per image at 12 laye
 SUBNET_FORWARD = 0.6  # an average searched subnet's share of the full model's forward
 
 
+# The stand-in base's recipe (benchmarks/results/base_recipe.md): patch 8 (a 16x16 token grid and 64x64 masks at
+# 128 px), 4 layers, mixed point/box prompts (3 points in 4), lr 1e-3 with cosine decay.
+BASE_LEARNING_RATE = 1e-3
+BASE_PROMPT_TYPE = PromptType.MIXED.value  # a base trained on boxes alone never learns to follow a single point
+# Three point-prompted micro-batches in four: at 2000 steps, point mIoU on A 0.633 (vs 0.570 at 2400 steps with half
+# points) with box mIoU unchanged (0.688 vs 0.679): one point is the harder prompt to learn.
+BASE_POINT_FRACTION = 0.75
+# Domain B's learning rate (benchmarks/results/target_recipe.md: the stand-in base fine-tuned 400 steps on B scores
+# 0.513 / 0.544 / 0.557 box mIoU at 2e-4 / 5e-4 / 1e-3); a pretrained checkpoint keeps the gentler 2e-4.
+TARGET_LEARNING_RATE = {"stand-in": 1e-3, "checkpoint": 2e-4}
+
+
 @dataclass
 class DemoPlan:
     """The sizes one demo run uses (stored in demo_state.json, so --resume continues with the same ones)."""
@@ -59,8 +85,7 @@ class DemoPlan:
     threads: int | None = None  # torch's intra-op threads the forward was timed with (the run's)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sizes": self.sizes, "forward_seconds": self.forward_seconds, "estimate_seconds": self.estimate_seconds,
-                "threads": self.threads}
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DemoPlan":
@@ -127,12 +152,6 @@ def time_train_step(model, processor, dataset, batch_size: int) -> float:
     prompts, forward, SAM's loss with both calling conventions, backward, AdamW): the mean of 2 after a warm-up.
     For a small model (the stand-in) the per-step overheads around the forward dominate, which a forward alone
     misses; `model` itself is not changed."""
-    import copy
-
-    from ..data import SamCollator, SamSegmentationData, model_inputs
-    from ..losses import sam_loss
-    from ..training.mask_outputs import capture_single_output, single_output
-
     student = copy.deepcopy(model).train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-6)
     data = SamSegmentationData(dataset, processor, prompt="box", seed=0)
@@ -153,13 +172,12 @@ def time_train_step(model, processor, dataset, batch_size: int) -> float:
     return sum(times[1:]) / len(times[1:])
 
 
-def estimate_seconds(sizes: dict[str, Any], forward: float, stand_in: bool | str, gradient_checkpointing: bool,
+def estimate_seconds(sizes: dict[str, Any], forward: float, stand_in: str, gradient_checkpointing: bool,
                      num_searches: int, train_step: float | None = None) -> dict[str, float]:
     """Rough seconds per stage of a demo run with `sizes`, from the forward time of one micro-batch (`forward`;
     evaluation and search are counted per image, as that time over the batch size). `stand_in`: where the base
-    comes from, "trained" here (True), "shipped" (only scored on A) or "given" (False). `train_step`: the measured
+    comes from (`base_source`): "trained" here, "shipped" (only scored on A) or "given". `train_step`: the measured
     seconds of one training step of a micro-batch (`time_train_step`), used instead of 3 forwards when given."""
-    stand_in = {True: "trained", False: "given"}.get(stand_in, stand_in)
     micro, forward = forward, forward / sizes["batch_size"]
     full_step = (train_step or TRAIN_PASSES * micro) * sizes["gradient_accumulation_steps"]
     full_step *= CHECKPOINTING_OVERHEAD if gradient_checkpointing else 1.0
@@ -228,5 +246,84 @@ def describe(plan: DemoPlan, model_name: str | None, num_searches: int, gradient
     )
 
 
+def stage_training_arguments(output_dir: Path, model_path: Path | str, data_dir: Path, steps: int, sizes: dict,
+                             largest_only: bool, learning_rate: float, prompt_type: str, seed: int,
+                             point_fraction: float = 0.5, gradient_checkpointing: bool = False,
+                             resume: str | None = None) -> SupernetTrainingArguments:
+    """The arguments of one demo training stage (the base, the fine-tuned baseline, the supernet), also used by the
+    benchmarks that retrain a stage of a finished demo run under other settings."""
+    return SupernetTrainingArguments(
+        model_name_or_path=str(model_path),
+        dataset_name=str(data_dir),
+        train_split_name="train",
+        output_dir=str(output_dir),
+        overwrite_output_dir=resume is None,
+        resume_from_checkpoint=resume,
+        max_steps=steps,
+        per_device_train_batch_size=sizes["batch_size"],
+        gradient_accumulation_steps=sizes["gradient_accumulation_steps"],
+        gradient_checkpointing=gradient_checkpointing,
+        learning_rate=learning_rate,
+        warmup_steps=max(1, steps // 20),
+        num_random_subnets=0 if largest_only else 2,
+        largest_only=largest_only,
+        prompt_type=prompt_type,
+        point_fraction=point_fraction,
+        # dice + BCE: the stand-in base learns from scratch, where SAM's 20:1 focal weighting stalls at empty masks.
+        loss_type="dice_bce",
+        save_steps=max(1, steps // 4),  # a kill loses at most a quarter of the stage
+        save_total_limit=1,
+        eval_steps=0,
+        seed=seed,
+    )
+
+
+def target_learning_rate(args: DemoArguments) -> float:
+    """Domain B's learning rate: --learning_rate, else the one for the base's kind (`TARGET_LEARNING_RATE`)."""
+    if args.learning_rate is not None:
+        return args.learning_rate
+    return TARGET_LEARNING_RATE["stand-in" if args.model_name_or_path is None else "checkpoint"]
+
+
+def stand_in_config(args: DemoArguments, sizes: dict):
+    """The `SamConfig` of a base trained here (--train_base) at the plan's sizes."""
+    return build_sam_config(image_size=sizes["image_size"], patch_size=sizes["patch_size"],
+                            hidden_size=sizes["hidden_size"], num_hidden_layers=sizes["num_layers"],
+                            num_attention_heads=4, window_size=sizes["window_size"],
+                            output_channels=args.decoder_channels or 64)
+
+
+def make_plan(args: DemoArguments, processor) -> DemoPlan:
+    """Sizes of this run (presets, explicit flags, and for a given model the machine's speed) and its estimate."""
+    preset = dict(PRESETS["quick" if args.quick else "default"])
+    if args.model_name_or_path is not None:
+        preset.update(MODEL_BATCH)
+    explicit = {key for key in SIZE_FIELDS if getattr(args, key) is not None}
+    sizes = {**preset, **{key: getattr(args, key) for key in explicit}}
+    started = time.perf_counter()
+    sample = make_hard_shapes(4, 256 if args.model_name_or_path else sizes["image_size"], seed=args.seed, domain="B")
+    per_image = (time.perf_counter() - started) / 4  # generating a synthetic image (the data stage's cost)
+    source, step = base_source(args), None
+    if source == "given":
+        model = load_sam_model(args.model_name_or_path, device="cpu")
+    else:  # a small model: time a real training step too
+        torch.manual_seed(args.seed)
+        model = SamModel(stand_in_config(args, sizes)) if source == "trained" else load_standin(device="cpu")[0]
+    forward = time_forward(model, processor, sample[0]["image"], sizes["batch_size"])
+    if source == "given":
+        minutes = args.time_budget_minutes or DEFAULT_TIME_BUDGET_MINUTES["quick" if args.quick else "default"]
+        sizes = size_to_budget(sizes, forward, minutes * 60.0, explicit, args.gradient_checkpointing,
+                               len(args.size_reductions))
+    else:
+        step = time_train_step(model, processor, sample, sizes["batch_size"])
+    estimate = estimate_seconds(sizes, forward, source, args.gradient_checkpointing, len(args.size_reductions),
+                                train_step=step)
+    if args.dataset_name is None:
+        images = sizes["num_train_images"] * (2 if source == "trained" else 1) + 4 * sizes["num_eval_images"]
+        estimate["data"] = round(images * per_image, 1)
+    return DemoPlan(sizes, round(forward, 4), estimate, threads=torch.get_num_threads())
+
+
 __all__ = ["DEFAULT_TIME_BUDGET_MINUTES", "DemoPlan", "MODEL_BATCH", "PRESETS", "ThreadChoice", "describe",
-           "estimate_seconds", "pick_num_threads", "size_to_budget", "time_forward", "time_train_step"]
+           "estimate_seconds", "make_plan", "pick_num_threads", "size_to_budget", "stage_training_arguments",
+           "stand_in_config", "target_learning_rate", "time_forward", "time_train_step"]

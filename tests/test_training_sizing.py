@@ -16,7 +16,7 @@ from supersam_hf import SubnetConfig
 from supersam_hf.data import SamCollator, SamSegmentationData, make_synthetic_shapes, model_inputs
 from supersam_hf.losses import sam_loss
 from supersam_hf.training import SupernetTrainingArguments, train_supernet
-from supersam_hf.training.checkpoints import _TiedWeightsFilter, remove_previous_run, rotate_checkpoints
+from supersam_hf.training.checkpoints import remove_previous_run, rotate_checkpoints, save_tied_weights_once
 from supersam_hf.training.trainer import set_activation_checkpointing
 
 
@@ -175,16 +175,17 @@ def test_overwrite_clears_an_interrupted_save_but_keeps_a_users_file_in_it(tmp_p
     assert sorted(p.name for p in (root / "step_6.tmp").iterdir()) == ["my_notes.txt"]  # the user's file stays
 
 
-def test_tied_weight_filter_only_silences_declared_ties():
-    tied = {"prompt_encoder.shared_embedding.positional_embedding", "shared_image_embedding.positional_embedding"}
-    keep = _TiedWeightsFilter(tied).filter
-
-    def record(message: str) -> logging.LogRecord:
-        return logging.LogRecord("accelerate.utils.other", logging.WARNING, __file__, 1, message, None, None)
-
-    assert not keep(record("[RANK 0] Removed shared tensor {'prompt_encoder.shared_embedding.positional_embedding'} "
-                           "while saving. This should be OK"))
-    assert not keep(record("Removed shared tensor {'base_model.model.shared_image_embedding.positional_embedding'} "
-                           "while saving."))
-    assert keep(record("Removed shared tensor {'mask_decoder.iou_head.weight'} while saving."))
-    assert keep(record("something else"))
+def test_saving_leaves_out_only_the_alias_of_a_declared_tie():
+    model = torch.nn.Module()
+    model._tied_weights_keys = {"prompt_encoder.shared_embedding.positional_embedding":
+                                "shared_image_embedding.positional_embedding"}
+    tied, other, untied = torch.ones(2, 2), torch.zeros(3), torch.ones(2, 2)
+    state = {"base_model.model.shared_image_embedding.positional_embedding": tied,  # PEFT-wrapped names
+             "base_model.model.prompt_encoder.shared_embedding.positional_embedding": tied,
+             "mask_decoder.iou_head.weight": other, "mask_decoder.iou_head.alias": other}  # not declared: accelerate's
+    copies = {"shared_image_embedding.positional_embedding": tied,  # a declared tie that no longer shares storage
+              "prompt_encoder.shared_embedding.positional_embedding": untied}
+    save_tied_weights_once(model)([model, model], [state, copies], "unused")
+    assert sorted(state) == ["base_model.model.shared_image_embedding.positional_embedding",
+                             "mask_decoder.iou_head.alias", "mask_decoder.iou_head.weight"]
+    assert len(copies) == 2

@@ -17,7 +17,7 @@ from ..errors import UnsupportedSetupError
 from .arguments import SupernetTrainingArguments
 
 def _data_options(args: SupernetTrainingArguments) -> dict[str, Any]:
-    return {"image_column": args.image_column, "mask_column": args.mask_column,
+    return {"image_column": args.image_column, "mask_column": args.mask_column, "seed": args.seed,
             "intensity_normalization": args.intensity_normalization, "min_mask_area": args.min_mask_area,
             "category_ids": args.category_ids}
 
@@ -33,17 +33,15 @@ def build_datasets(args: SupernetTrainingArguments, processor: SamProcessor, tra
     validation scores every instance."""
     if args.streaming or isinstance(train_dataset, datasets.IterableDataset):
         return _build_streaming_datasets(args, processor, train_dataset, eval_dataset)
+    load = functools.partial(load_dataset_rows, functools.partial(load_segmentation_dataset, image_dir=args.image_dir),
+                             args.dataset_name, config_name=args.dataset_config_name)
     raw = train_dataset
     if raw is None:
-        raw = load_dataset_rows(functools.partial(load_segmentation_dataset, image_dir=args.image_dir), args.dataset_name,
-                                split=args.train_split_name, config_name=args.dataset_config_name,
-                                split_flag="--train_split_name")
+        raw = load(split=args.train_split_name, split_flag="--train_split_name")
     validation = eval_dataset
     source = "the given eval_dataset" if eval_dataset is not None else None
     if validation is None and args.eval_split_name:
-        validation = load_dataset_rows(functools.partial(load_segmentation_dataset, image_dir=args.image_dir),
-                                       args.dataset_name, split=args.eval_split_name,
-                                       config_name=args.dataset_config_name, split_flag="--eval_split_name")
+        validation = load(split=args.eval_split_name, split_flag="--eval_split_name")
         source = f"split {args.eval_split_name!r}"
     elif validation is None and args.validation_fraction > 0:
         parts = raw.train_test_split(test_size=args.validation_fraction, seed=args.seed, shuffle=True)
@@ -53,21 +51,23 @@ def build_datasets(args: SupernetTrainingArguments, processor: SamProcessor, tra
         source, validation = _default_eval_split(args)
     if args.max_train_images is not None:
         raw = raw.select(range(min(len(raw), args.max_train_images)))
-    train_data = SamSegmentationData(
-        raw, processor, mask_kind=args.mask_kind, max_instances_per_image=args.max_instances_per_image,
-        prompt=args.prompt_type, seed=args.seed, **_data_options(args),
-    )
-    eval_data = None
+    train_data = SamSegmentationData(raw, processor, mask_kind=args.mask_kind, prompt=args.prompt_type,
+                                     max_instances_per_image=args.max_instances_per_image, **_data_options(args))
     if validation is None:
         _info_on_main("No evaluation during training: give eval_split_name or validation_fraction, or a dataset with a "
                       "'validation' or 'test' split.")
-    else:
-        _info_on_main(f"Evaluation during training on {source} of {args.dataset_name or 'the given data'}.")
-        eval_data = SamSegmentationData(
-            validation, processor, mask_kind=train_data.mask_kind, max_instances_per_image=None,
-            prompt="point" if args.prompt_type == "point" else "box", seed=args.seed, **_data_options(args),
-        )
-    return train_data, eval_data
+        return train_data, None
+    _info_on_main(f"Evaluation during training on {source} of {args.dataset_name or 'the given data'}.")
+    return train_data, _eval_data(args, processor, validation, train_data.mask_kind)
+
+
+def _eval_data(args: SupernetTrainingArguments, processor: SamProcessor, validation, mask_kind: str):
+    """The validation rows as SAM examples with every instance, box prompts (points for a point run); a stream is
+    read again at every evaluation, with full-size masks."""
+    streamed = isinstance(validation, datasets.IterableDataset)
+    return (SamStreamingData if streamed else SamSegmentationData)(
+        validation, processor, mask_kind=mask_kind, max_instances_per_image=None, return_full_masks=streamed,
+        prompt="point" if args.prompt_type == "point" else "box", **_data_options(args))
 
 
 def _build_streaming_datasets(args: SupernetTrainingArguments, processor: SamProcessor, train_dataset, eval_dataset):
@@ -78,27 +78,20 @@ def _build_streaming_datasets(args: SupernetTrainingArguments, processor: SamPro
                                     "give --eval_split_name instead.")
     if args.shuffle_buffer_size < 1:
         raise UnsupportedSetupError(f"--shuffle_buffer_size must be >= 1, got {args.shuffle_buffer_size}.")
-    def load(split):
-        return load_segmentation_dataset(args.dataset_name, split=split, config_name=args.dataset_config_name,
-                                         streaming=True, image_dir=args.image_dir)
-    raw = train_dataset if train_dataset is not None else load(args.train_split_name)
+    load = functools.partial(load_segmentation_dataset, args.dataset_name, config_name=args.dataset_config_name,
+                             streaming=True, image_dir=args.image_dir)
+    raw = train_dataset if train_dataset is not None else load(split=args.train_split_name)
     if isinstance(raw, datasets.Dataset):
         raw = raw.to_iterable_dataset(num_shards=max(1, min(64, len(raw))))
     state = PartialState()
     train_data = SamStreamingData(
         raw, processor, mask_kind=args.mask_kind, max_instances_per_image=args.max_instances_per_image,
-        prompt=args.prompt_type, seed=args.seed, shuffle=True, shuffle_buffer_size=args.shuffle_buffer_size,
+        prompt=args.prompt_type, shuffle=True, shuffle_buffer_size=args.shuffle_buffer_size,
         rank=state.process_index, world_size=state.num_processes, max_rows=args.max_train_images,
         **_data_options(args),
     )
-    validation = eval_dataset if eval_dataset is not None else (load(args.eval_split_name) if args.eval_split_name else None)
-    eval_data = None
-    if validation is not None:
-        wrapper = SamStreamingData if isinstance(validation, datasets.IterableDataset) else SamSegmentationData
-        eval_data = wrapper(validation, processor, mask_kind=train_data.mask_kind, max_instances_per_image=None,
-                            prompt="point" if args.prompt_type == "point" else "box", seed=args.seed,
-                            return_full_masks=wrapper is SamStreamingData, **_data_options(args))
-    return train_data, eval_data
+    validation = eval_dataset if eval_dataset is not None else (load(split=args.eval_split_name) if args.eval_split_name else None)
+    return train_data, None if validation is None else _eval_data(args, processor, validation, train_data.mask_kind)
 
 
 DEFAULT_EVAL_SPLITS = ("validation", "test")

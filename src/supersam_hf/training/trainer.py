@@ -31,13 +31,14 @@ from transformers import SamProcessor, get_scheduler
 
 from ..data import SamStreamingData
 from ..distributed import check_engine_request, check_launch, engine_info, engine_line
+from ..errors import SupersamError
 from ..hub import push_folder, resolve_token
 from ..loading import load_processor, load_supernet, recorded_base_model
 from ..model_card import write_supernet_card
 from ..modeling_supersam import SuperSamModel
 from ..outputs import atomic_update
 from ..results import TrainingResult
-from .arguments import SupernetTrainingArguments
+from .arguments import LORA_TARGETS, PART_PREFIXES, SupernetTrainingArguments
 from .checkpoints import TOOL, MetricsLog, check_output_dir, remove_previous_run, save_tied_weights_once
 from .run import StepDone, TrainingRun
 from .sandwich import (
@@ -50,7 +51,6 @@ from .sandwich import (
     unwrap_supernet,
 )
 from .splits import build_datasets
-from .trainable import build_optimizer, configure_trainable, set_activation_checkpointing
 
 logger = get_logger(__name__)
 
@@ -216,7 +216,7 @@ def _prepare(args, accelerator, supernet, processor, train_data, eval_data, outp
         set_activation_checkpointing(supernet, True)
     supernet.train()
     model = configure_trainable(supernet, args)
-    optimizer = build_optimizer(model, args)
+    optimizer = _optimizer(model, args)
     collator = SandwichCollator(args.prompt_type)
     if isinstance(train_data, SamStreamingData):  # torchdata's loader collects the stream's state_dict() from its workers
         from torchdata.stateful_dataloader import StatefulDataLoader
@@ -241,6 +241,66 @@ def _prepare(args, accelerator, supernet, processor, train_data, eval_data, outp
                        dataloader=dataloader, train_data=train_data, eval_data=eval_data, processor=processor,
                        output_dir=output_dir, metrics=MetricsLog(accelerator, output_dir),
                        trainable=[p for p in model.parameters() if p.requires_grad])
+
+
+def configure_trainable(model: SuperSamModel, args: SupernetTrainingArguments) -> torch.nn.Module:
+    """Freeze what does not train; with LoRA wrap the model in PEFT (adapters on the trainable parts' attention).
+
+    Returns the module to train: `model` itself, or a `peft.PeftModel` around it (which freezes every base weight;
+    a listed prompt encoder, which has no attention projection, is then trained fully).
+    """
+    parts = args.trainable_parts()
+    for name, param in model.named_parameters():
+        param.requires_grad_(any(name.startswith(prefix) for part in parts for prefix in PART_PREFIXES[part]))
+    if not args.uses_lora():
+        return model
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    targets = "|".join(f"(?:{LORA_TARGETS[p]})" for p in parts if p in LORA_TARGETS)
+    fields = args.lora_config_fields() or {"r": args.lora_r, "lora_alpha": args.lora_alpha,
+                                           "lora_dropout": args.lora_dropout, "bias": "none"}
+    try:
+        config = LoraConfig(**{"target_modules": f"(?:{targets})", **fields})
+        peft_model = get_peft_model(model, config)
+    except (TypeError, ValueError) as error:  # a field of the wrong type or value, targets matching nothing
+        source = f"--lora_config {args.lora_config}" if args.lora_config else "the LoRA flags"
+        raise SupersamError(f"{source}: peft refuses this LoraConfig ({' '.join(str(error).split())[:300]}).") from None
+    sliced = [name for name, module in peft_model.named_modules()
+              if isinstance(module, BaseTunerLayer) and ".mlp.lin" in name and "vision_encoder" in name]
+    if sliced:
+        raise SupersamError(f"LoRA targets {sliced[0]}: the encoder MLPs are sliced for elastic width and cannot "
+                            "carry adapters; leave lin1/lin2 of vision_encoder out of target_modules.")
+    if "prompt_encoder" in parts:
+        for name, param in model.named_parameters():
+            if name.startswith(PART_PREFIXES["prompt_encoder"]):
+                param.requires_grad_(True)
+    return peft_model
+
+
+def _optimizer(model: torch.nn.Module, args: SupernetTrainingArguments) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on 1-D parameters (biases, norm scales), as in transformers' Trainer."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.dim() >= 2 else no_decay).append(param)
+    if not decay and not no_decay:
+        raise SupersamError(f"Nothing to train: trainable={args.trainable!r} selects no parameter.")
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=args.learning_rate)
+
+
+def set_activation_checkpointing(model: SuperSamModel, enable: bool) -> None:
+    """Turn gradient (activation) checkpointing of the encoder layers on or off, non-reentrant
+    (`activation_checkpointing_enable` in recent transformers, `gradient_checkpointing_enable` before)."""
+    if enable:
+        method = getattr(model, "activation_checkpointing_enable", None)
+        if method is not None:
+            method(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
 
 
 def _init_trackers(accelerator: Accelerator, args: SupernetTrainingArguments, output_dir: Path) -> None:

@@ -168,10 +168,10 @@ class TrainingRun:
         for name, cfg in (("largest", space.largest()), ("smallest", space.smallest())):
             result = evaluate_model(supernet, self.eval_batches, self.processor, subnet=cfg, prompt=prompt,
                                     show_progress=False, state=self.accelerator.state)
-            record["miou"][name] = float(result["miou"])
+            record["miou"][name] = float(result.miou)
             record["subnets"][name] = cfg.name
-            record.update(num_objects=int(result["num_objects"]), num_images=int(result["num_images"]),
-                          prompt=result["prompt"], mask_selection=result["mask_selection"])
+            record.update(num_objects=int(result.num_objects), num_images=int(result.num_images), prompt=result.prompt,
+                          mask_selection=result.mask_selection)
         if self.accelerator.is_main_process:
             self.metrics.write(record)
             self.accelerator.log({f"eval/miou_{k}": v for k, v in record["miou"].items()}, step=step)

@@ -186,7 +186,6 @@ class MetricsLog:
     metrics_rank{r}.jsonl (the subnets and local losses it trained, so ranks can be compared)."""
 
     def __init__(self, accelerator: Accelerator, output_dir: Path) -> None:
-        self.accelerator = accelerator
         self.output_dir = output_dir
         self.main = output_dir / METRICS_FILE if accelerator.is_main_process else None
         self.rank = output_dir / f"metrics_rank{accelerator.process_index}.jsonl" if accelerator.num_processes > 1 else None
@@ -250,18 +249,21 @@ def save_checkpoint(accelerator: Accelerator, args, output_dir: Path, step: int,
     return path
 
 
-def load_data_state(checkpoint: Path, rank: int, state: dict) -> dict:
-    """This process's stream position saved with a checkpoint (`data_state_<rank>.json`); one line when the
-    checkpoint was not written by a streaming run of as many processes."""
+def load_data_state(checkpoint: Path, rank: int, state: dict, streaming: bool) -> dict | None:
+    """This process's stream position saved with a checkpoint (`data_state_<rank>.json`; None for map-style data);
+    one line when the checkpoint was not written by a run of the same kind with as many processes."""
     path = checkpoint / DATA_STATE_FILE.format(rank=rank)
-    if not path.is_file():
-        if not state.get("streaming"):
-            raise DataError(f"{checkpoint} was saved by a run without --streaming; resume it without --streaming "
-                            "(or start a new --output_dir).")
+    if state.get("streaming") and not streaming:
+        raise DataError(f"{checkpoint} was saved by a --streaming run; resume it with --streaming (its position is in "
+                        "the stream), or start a new --output_dir.")
+    if streaming and not state.get("streaming"):
+        raise DataError(f"{checkpoint} was saved by a run without --streaming; resume it without --streaming "
+                        "(or start a new --output_dir).")
+    if streaming and not path.is_file():
         raise DataError(f"{checkpoint} has no stream position for process {rank} ({path.name}): it was saved with "
                         f"{state.get('num_processes', '?')} processes; resume with as many.")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text()) if streaming else None
     except (ValueError, OSError) as error:
         raise DataError(f"{path} cannot be read ({error}); resume from another checkpoint.") from None
 

@@ -198,12 +198,9 @@ class TrainingRun:
                 logger.warning(f"Resuming with {key}={getattr(self.args, key)!r} but the checkpoint used "
                                f"{state['args'][key]!r}: the run will not reproduce the original one.",
                                main_process_only=True)
+        data_state = load_data_state(checkpoint, self.accelerator.process_index, state, self.streaming)
         load_checkpoint(self.accelerator, checkpoint)
-        if state.get("streaming") and not self.streaming:
-            raise DataError(f"{checkpoint} was saved by a --streaming run; resume it with --streaming (its position "
-                            "is in the stream), or start a new --output_dir.")
-        if self.streaming:
-            data_state = load_data_state(checkpoint, self.accelerator.process_index, state)
+        if data_state is not None:
             self.dataloader.load_state_dict(data_state["loader"])
             self.data_epoch, self.data_epoch_fresh = int(data_state["epoch"]), False
         start_step = int(state["global_step"])

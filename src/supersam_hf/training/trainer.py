@@ -198,12 +198,11 @@ def _sandwich_step(run: TrainingRun, step: int, batches) -> StepDone:
 def _accelerator(args: SupernetTrainingArguments) -> Accelerator:
     # DDP: subnets drop encoder layers, so a slot's graph misses parameters that others use; without
     # find_unused_parameters DDP would wait forever for their gradients (or raise).
-    output_dir = Path(args.output_dir)
     return Accelerator(
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=args.trackers() or None,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
+        project_config=ProjectConfiguration(project_dir=str(args.output_dir), logging_dir=str(Path(args.output_dir, "runs"))),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
 

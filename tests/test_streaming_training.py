@@ -10,33 +10,14 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from helpers import tiny_processor, tiny_sam
+from test_training import assets, fresh_accelerate_state, reset_accelerate  # noqa: F401 (fixtures)
 
-from supersam_hf.data import make_synthetic_shapes
 from supersam_hf.errors import DataError
 from supersam_hf.evaluation import evaluate_model
 from supersam_hf.training import SupernetTrainingArguments, train_supernet
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("streaming_assets")
-    sam = tiny_sam(num_layers=4, image_size=64)
-    sam.save_pretrained(root / "sam")
-    tiny_processor(64).save_pretrained(root / "sam")
-    make_synthetic_shapes(5, image_size=64, seed=1, max_shapes=3).save_to_disk(str(root / "data5"))
-    make_synthetic_shapes(1, image_size=64, seed=2, max_shapes=3).save_to_disk(str(root / "data1"))
-    return root
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 def make_args(assets: Path, output_dir: Path, **overrides) -> SupernetTrainingArguments:
@@ -53,8 +34,7 @@ def test_streaming_train_then_evaluate_equals_map_style(assets, tmp_path):
     so the trained weights and their evaluation are identical."""
     common = dict(dataset_name=str(assets / "data1"), max_steps=3, per_device_train_batch_size=1)
     mapped = train_supernet(make_args(assets, tmp_path / "map", **common)).cpu()
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
     streamed = train_supernet(make_args(assets, tmp_path / "stream", streaming=True, **common)).cpu()
     a, b = mapped.state_dict(), streamed.state_dict()
     start = tiny_sam(num_layers=4, image_size=64).state_dict()
@@ -78,8 +58,7 @@ def test_streaming_kill_and_resume_continues_exactly(assets, tmp_path, workers):
     model_a = train_supernet(make_args(assets, straight, save_steps=2, **common)).cpu()
     checkpoint = straight / "checkpoints" / "step_2"
     assert (checkpoint / "data_state_0.json").is_file()
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
     resumed = tmp_path / "resumed"
     shutil.copytree(checkpoint, resumed / "checkpoints" / "step_2")  # the run killed after step 2
     model_b = train_supernet(make_args(assets, resumed, resume_from_checkpoint="latest", **common)).cpu()
@@ -91,14 +70,12 @@ def test_streaming_kill_and_resume_continues_exactly(assets, tmp_path, workers):
     assert [r["loss"] for r in resumed_losses if r.get("type", "train") == "train"] == \
         [r["loss"] for r in losses if r.get("type", "train") == "train" and r["step"] > 2]
     # A checkpoint without this process's stream position (e.g. saved by another number of processes): one line.
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
     other = tmp_path / "other"
     shutil.copytree(checkpoint, other / "checkpoints" / "step_2")
     with pytest.raises(DataError, match="saved by a --streaming run; resume it with --streaming"):
         train_supernet(make_args(assets, other, resume_from_checkpoint="latest"))
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
     (other / "checkpoints" / "step_2" / "data_state_0.json").unlink()
     with pytest.raises(DataError, match="no stream position for process 0"):
         train_supernet(make_args(assets, other, resume_from_checkpoint="latest", **common))

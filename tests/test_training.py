@@ -32,25 +32,30 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    """A tiny SAM checkpoint + processor and two small synthetic datasets (4 and 5 images, 64 px) on disk."""
+    """A tiny SAM checkpoint + processor and three small synthetic datasets (4, 5 and 1 images, 64 px) on disk."""
     root = tmp_path_factory.mktemp("training_assets")
     sam = tiny_sam(num_layers=4, image_size=64)
     sam.save_pretrained(root / "sam")
     tiny_processor(64).save_pretrained(root / "sam")
     make_synthetic_shapes(4, image_size=64, seed=0, max_shapes=3).save_to_disk(str(root / "data4"))
     make_synthetic_shapes(5, image_size=64, seed=1, max_shapes=3).save_to_disk(str(root / "data5"))
+    make_synthetic_shapes(1, image_size=64, seed=2, max_shapes=3).save_to_disk(str(root / "data1"))
     return root
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each run builds its own Accelerator; drop accelerate's process-wide singletons between tests."""
-    yield
+def reset_accelerate() -> None:
+    """Each run builds its own Accelerator; drop accelerate's process-wide singletons between runs."""
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    yield
+    reset_accelerate()
 
 
 def make_args(assets: Path, output_dir: Path, **overrides) -> SupernetTrainingArguments:
@@ -93,7 +98,8 @@ def test_sandwich_losses_go_down_and_supernet_is_saved(assets, tmp_path):
     out = tmp_path / "run"
     args = make_args(assets, out, max_steps=24, per_device_train_batch_size=4, learning_rate=2e-3,
                      lr_scheduler_type="constant", eval_split_name="train", max_eval_images=2)
-    model = train_supernet(args).cpu()
+    model, returned = train_supernet(args, return_result=True)
+    model = model.cpu()
 
     records = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, 25))
@@ -118,6 +124,7 @@ def test_sandwich_losses_go_down_and_supernet_is_saved(assets, tmp_path):
     assert summary["global_step"] == 24 and summary["subnets_per_step"] == 2
     result = TrainingResult.load(out)  # the typed summary reads the file back exactly
     assert result.to_dict() == summary and result.global_step == 24 and result.final_eval["miou"].keys() == {"largest", "smallest"}
+    assert isinstance(returned, TrainingResult) and returned.to_dict() == summary  # what return_result=True gives
 
 
 def test_resume_reproduces_straight_run(assets, tmp_path):
@@ -127,8 +134,7 @@ def test_resume_reproduces_straight_run(assets, tmp_path):
     straight = tmp_path / "straight"
     model_a = train_supernet(make_args(assets, straight, save_steps=2, **common)).cpu()
     assert (straight / "checkpoints" / "step_2" / "training_state.json").is_file()
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
 
     resumed = tmp_path / "resumed"
     shutil.copytree(straight / "checkpoints" / "step_2", resumed / "checkpoints" / "step_2")
@@ -387,8 +393,7 @@ def test_cli_train_and_yaml_arguments(assets, tmp_path, capsys):
     assert main(flags) == 0
     assert json.loads((out / "config.json").read_text())["model_type"] == "supersam"
     assert SuperSamModel.from_pretrained(out).search_space is not None
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
 
     assert main(flags) == 2  # the same output_dir again: refused, with a message and no traceback
     assert "previous run" in capsys.readouterr().err

@@ -9,39 +9,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
-from helpers import tiny_processor, tiny_sam, tiny_supernet
+from helpers import tiny_processor, tiny_supernet
+from test_training import assets, fresh_accelerate_state, reset_accelerate  # noqa: F401 (fixtures)
 
 from supersam_hf import SubnetConfig
 from supersam_hf.data import SamCollator, SamSegmentationData, make_synthetic_shapes, model_inputs
 from supersam_hf.losses import sam_loss
 from supersam_hf.training import SupernetTrainingArguments, train_supernet
-from supersam_hf.training.checkpoints import _TiedWeightsFilter, remove_previous_run, rotate_checkpoints
+from supersam_hf.training.checkpoints import remove_previous_run, rotate_checkpoints, save_tied_weights_once
 from supersam_hf.training.trainer import set_activation_checkpointing
 
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sizing_assets")
-    sam = tiny_sam(num_layers=4, image_size=64)
-    sam.save_pretrained(root / "sam")
-    tiny_processor(64).save_pretrained(root / "sam")
-    make_synthetic_shapes(4, image_size=64, seed=0, max_shapes=3).save_to_disk(str(root / "data"))
-    return root
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def make_args(assets: Path, output_dir: Path, **overrides) -> SupernetTrainingArguments:
-    values = dict(model_name_or_path=str(assets / "sam"), dataset_name=str(assets / "data"), output_dir=str(output_dir),
+    values = dict(model_name_or_path=str(assets / "sam"), dataset_name=str(assets / "data4"), output_dir=str(output_dir),
                   max_steps=1, learning_rate=1e-3, num_random_subnets=0, max_instances_per_image=2, save_steps=0,
                   eval_steps=0, logging_steps=1, seed=0)
     values.update(overrides)
@@ -103,8 +85,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_for_a_subnet():
 def test_training_with_gradient_checkpointing_matches_training_without(assets, tmp_path):
     common = dict(max_steps=2, num_random_subnets=2, save_steps=0)
     plain = train_supernet(make_args(assets, tmp_path / "plain", **common)).state_dict()
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
     checkpointed = train_supernet(make_args(assets, tmp_path / "gc", gradient_checkpointing=True, **common))
     assert not any(getattr(layer, "gradient_checkpointing", False) for layer in checkpointed.vision_encoder.layers)
     for name, tensor in checkpointed.state_dict().items():
@@ -116,8 +97,7 @@ def test_save_total_limit_keeps_the_newest_and_never_a_foreign_folder(assets, tm
     checkpoints = out / "checkpoints"
     train_supernet(make_args(assets, out, max_steps=2, save_steps=1, save_total_limit=None))
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step_1", "step_2"]  # None keeps every checkpoint
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
     # Folders this tool did not write: no training_state.json, or one that does not match the folder's step.
     (checkpoints / "my_notes").mkdir(parents=True)
     (checkpoints / "my_notes" / "notes.txt").write_text("mine")
@@ -175,16 +155,17 @@ def test_overwrite_clears_an_interrupted_save_but_keeps_a_users_file_in_it(tmp_p
     assert sorted(p.name for p in (root / "step_6.tmp").iterdir()) == ["my_notes.txt"]  # the user's file stays
 
 
-def test_tied_weight_filter_only_silences_declared_ties():
-    tied = {"prompt_encoder.shared_embedding.positional_embedding", "shared_image_embedding.positional_embedding"}
-    keep = _TiedWeightsFilter(tied).filter
-
-    def record(message: str) -> logging.LogRecord:
-        return logging.LogRecord("accelerate.utils.other", logging.WARNING, __file__, 1, message, None, None)
-
-    assert not keep(record("[RANK 0] Removed shared tensor {'prompt_encoder.shared_embedding.positional_embedding'} "
-                           "while saving. This should be OK"))
-    assert not keep(record("Removed shared tensor {'base_model.model.shared_image_embedding.positional_embedding'} "
-                           "while saving."))
-    assert keep(record("Removed shared tensor {'mask_decoder.iou_head.weight'} while saving."))
-    assert keep(record("something else"))
+def test_saving_leaves_out_only_the_alias_of_a_declared_tie():
+    model = torch.nn.Module()
+    model._tied_weights_keys = {"prompt_encoder.shared_embedding.positional_embedding":
+                                "shared_image_embedding.positional_embedding"}
+    tied, other, untied = torch.ones(2, 2), torch.zeros(3), torch.ones(2, 2)
+    state = {"base_model.model.shared_image_embedding.positional_embedding": tied,  # PEFT-wrapped names
+             "base_model.model.prompt_encoder.shared_embedding.positional_embedding": tied,
+             "mask_decoder.iou_head.weight": other, "mask_decoder.iou_head.alias": other}  # not declared: accelerate's
+    copies = {"shared_image_embedding.positional_embedding": tied,  # a declared tie that no longer shares storage
+              "prompt_encoder.shared_embedding.positional_embedding": untied}
+    save_tied_weights_once(model)([model, model], [state, copies], "unused")
+    assert sorted(state) == ["base_model.model.shared_image_embedding.positional_embedding",
+                             "mask_decoder.iou_head.alias", "mask_decoder.iou_head.weight"]
+    assert len(copies) == 2

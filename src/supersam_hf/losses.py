@@ -65,6 +65,18 @@ def _check_shapes(pred_masks: torch.Tensor, iou_scores: torch.Tensor, labels: to
         raise ValueError(f"instance_mask must be (B, P) = {tuple(pred_masks.shape[:2])}, got {tuple(instance_mask.shape)}.")
 
 
+def _check_inputs(pred_masks, iou_scores, labels, instance_mask, loss_type, single_masks, single_iou_scores) -> None:
+    if loss_type not in LOSS_TYPES:
+        raise SupersamError(f"Unknown loss_type {loss_type!r}; valid types are {LOSS_TYPES}.")
+    _check_shapes(pred_masks, iou_scores, labels, instance_mask)
+    if (single_masks is None) != (single_iou_scores is None):
+        raise ValueError("Pass single_masks and single_iou_scores together (the single-mask output and its IoU score).")
+    if single_masks is not None:
+        _check_shapes(single_masks, single_iou_scores, labels, instance_mask)
+        if single_masks.shape[2] != 1:
+            raise ValueError(f"single_masks must hold one mask per prompt (B, P, 1, h, w), got {tuple(single_masks.shape)}.")
+
+
 def sam_loss(
     pred_masks: torch.Tensor,
     iou_scores: torch.Tensor,
@@ -98,61 +110,51 @@ def sam_loss(
     `return_mask_index`, "mask_index" (B, P) long: the selected mask per instance (-1 on padded slots), e.g. to
     distil exactly those masks with `mask_distillation_loss`.
     """
-    if loss_type not in LOSS_TYPES:
-        raise SupersamError(f"Unknown loss_type {loss_type!r}; valid types are {LOSS_TYPES}.")
-    _check_shapes(pred_masks, iou_scores, labels, instance_mask)
-    if (single_masks is None) != (single_iou_scores is None):
-        raise ValueError("Pass single_masks and single_iou_scores together (the single-mask output and its IoU score).")
-    if single_masks is not None:
-        _check_shapes(single_masks, single_iou_scores, labels, instance_mask)
-        if single_masks.shape[2] != 1:
-            raise ValueError(f"single_masks must hold one mask per prompt (B, P, 1, h, w), got {tuple(single_masks.shape)}.")
+    _check_inputs(pred_masks, iou_scores, labels, instance_mask, loss_type, single_masks, single_iou_scores)
     if instance_mask is None:
         instance_mask = torch.ones(pred_masks.shape[:2], dtype=torch.bool, device=pred_masks.device)
     instance_mask = instance_mask.to(device=pred_masks.device, dtype=torch.bool)
-
-    logits = pred_masks[instance_mask].float()  # (N, M, h, w), padded slots removed
-    scores = iou_scores[instance_mask].float()  # (N, M)
-    targets = labels[instance_mask].to(logits.dtype)[:, None].expand_as(logits)  # (N, M, h, w)
-
-    names = {"focal_dice": ("focal", "dice"), "dice": ("dice",), "dice_bce": ("bce", "dice")}[loss_type]
+    names = _TERMS[loss_type]
     weights = {"focal": focal_weight, "dice": dice_weight, "bce": bce_weight}
-    functions = {"focal": sigmoid_focal_loss, "dice": dice_loss, "bce": bce_loss}
-
-    if logits.shape[0] == 0:  # no real instance: a zero that still touches the graph (keeps DDP in step)
-        zero = pred_masks.sum() * 0 + iou_scores.sum() * 0
-        if single_masks is not None:
-            zero = zero + single_masks.sum() * 0 + single_iou_scores.sum() * 0
+    index = torch.full(pred_masks.shape[:2], -1, dtype=torch.long, device=pred_masks.device)
+    if not instance_mask.any():  # no real instance: a zero that still touches the graph (keeps DDP in step)
+        zero = sum(t.sum() * 0 for t in (pred_masks, iou_scores, single_masks, single_iou_scores) if t is not None)
         out = {"loss": zero, **{name: zero.detach() for name in names}, "iou": zero.detach()}
         if single_masks is not None:
             out["single"] = zero.detach()
-        if return_mask_index:
-            out["mask_index"] = torch.full(pred_masks.shape[:2], -1, dtype=torch.long, device=pred_masks.device)
-        return out
+    else:  # padded slots removed by boolean indexing: (N, M, h, w) logits, (N, M) scores
+        single = None if single_masks is None else (single_masks[instance_mask], single_iou_scores[instance_mask])
+        out, index[instance_mask] = _instance_terms(pred_masks[instance_mask], iou_scores[instance_mask],
+                                                    labels[instance_mask], names, weights, iou_weight, single)
+    if return_mask_index:
+        out["mask_index"] = index
+    return out
 
-    per_mask = {name: functions[name](logits, targets) for name in names}  # each (N, M)
+
+_TERMS = {"focal_dice": ("focal", "dice"), "dice": ("dice",), "dice_bce": ("bce", "dice")}
+_PER_MASK = {"focal": sigmoid_focal_loss, "dice": dice_loss, "bce": bce_loss}
+
+
+def _instance_terms(logits, scores, labels, names, weights, iou_weight, single):
+    """`sam_loss` over N real instances: (its terms, the selected mask of each instance)."""
+    logits, scores = logits.float(), scores.float()
+    targets = labels.to(logits.dtype)[:, None].expand_as(logits)  # (N, M, h, w)
+    per_mask = {name: _PER_MASK[name](logits, targets) for name in names}  # each (N, M)
     mask_loss = sum(weights[name] * per_mask[name] for name in names)
     best = mask_loss.detach().argmin(dim=-1)  # (N,)
     rows = torch.arange(len(best), device=best.device)
-    components = {name: per_mask[name][rows, best].mean() for name in names}
+    out = {"loss": mask_loss[rows, best].mean(), **{name: per_mask[name][rows, best].mean() for name in names}}
     iou_target = mask_iou(logits.detach(), targets)
-    total = mask_loss[rows, best].mean()
-    if single_masks is not None:  # the single output: its full mask loss, and its IoU score in the MSE
-        single_logits = single_masks[instance_mask].float()  # (N, 1, h, w)
-        single_loss = sum(weights[name] * functions[name](single_logits, targets[:, :1]) for name in names)[:, 0]
-        components["single"] = single_loss.detach().mean()
-        total = total + single_loss.mean()
-        scores = torch.cat([scores, single_iou_scores[instance_mask].float()], dim=-1)
+    if single is not None:  # the single output: its full mask loss, and its IoU score in the MSE
+        single_logits = single[0].float()  # (N, 1, h, w)
+        single_loss = sum(weights[name] * _PER_MASK[name](single_logits, targets[:, :1]) for name in names)[:, 0]
+        out["single"] = single_loss.detach().mean()
+        out["loss"] = out["loss"] + single_loss.mean()
+        scores = torch.cat([scores, single[1].float()], dim=-1)
         iou_target = torch.cat([iou_target, mask_iou(single_logits.detach(), targets[:, :1])], dim=-1)
-    components["iou"] = F.mse_loss(scores, iou_target)
-    total = total + iou_weight * components["iou"]
-
-    out = {"loss": total, **components}
-    if return_mask_index:
-        index = torch.full(pred_masks.shape[:2], -1, dtype=torch.long, device=pred_masks.device)
-        index[instance_mask] = best
-        out["mask_index"] = index
-    return out
+    out["iou"] = F.mse_loss(scores, iou_target)
+    out["loss"] = out["loss"] + iou_weight * out["iou"]
+    return out, best
 
 
 def mask_distillation_loss(

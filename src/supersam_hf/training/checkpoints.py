@@ -1,25 +1,35 @@
-"""Checkpoints (accelerate `save_state` + training_state.json), the metrics log, and what a previous run left."""
+"""Checkpoints of a training run, its metrics log, and what a previous run left in its output_dir.
+
+A checkpoint is `output_dir/checkpoints/step_N`: accelerate's `save_state` (model, optimizer, scheduler, RNG states)
+plus `training_state.json`, written last (a folder without it is no checkpoint), staged in `step_N.tmp` and renamed
+when complete. accelerate's `ProjectConfiguration` places the trackers' logs; its `automatic_checkpoint_naming` /
+`total_limit` do not serve here: that `save_state` removes with `shutil.rmtree` every folder under
+`project_dir/checkpoints` beyond the limit (a user's folder too), names folders by save count (`checkpoint_<i>`,
+not the step a resume needs), and `load_state()` takes the highest number whether or not that save completed.
+Rotation here removes only complete checkpoints of this tool, and of those only the files the output folder's
+manifest lists unchanged (`outputs.remove_tool_outputs`).
+"""
 
 from __future__ import annotations
 
-import ast
+import collections
 import contextlib
 import dataclasses
 import json
 import logging
 import os
-import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
+from accelerate.utils import constants as saved_by_accelerate
 
-from ..errors import ModelFileError
 from ..checks import named_load_errors
-from ..errors import DataError
-from ..results import TRAINING_FILE
+from ..errors import DataError, ModelFileError
 from ..outputs import (
+    prepare_output_dir,
     read_json_file,
     read_manifest,
     record_tool_outputs,
@@ -28,6 +38,7 @@ from ..outputs import (
     unverified_files,
     write_failure,
 )
+from ..results import TRAINING_FILE
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "training_state.json"
@@ -50,22 +61,25 @@ def read_training_state(checkpoint: Path) -> dict:
     return state
 
 
-def _checkpoint_step(path: Path) -> int:
-    match = re.fullmatch(r"step_(\d+)", path.name)
-    return int(match.group(1)) if match else -1
+def _step_of(path: Path) -> int | None:
+    """N of a folder named `step_N` (this tool's checkpoint names), else None."""
+    digits = path.name.removeprefix("step_")
+    return int(digits) if digits != path.name and digits.isascii() and digits.isdecimal() else None
+
+
+def _complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The `step_N` folders with a training_state.json under output_dir/checkpoints, oldest first."""
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    found = [p for p in root.iterdir() if _step_of(p) is not None and (p / STATE_FILE).is_file()] if root.is_dir() else []
+    return sorted(found, key=_step_of)
 
 
 def find_latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """Newest complete checkpoint (one with training_state.json, written last) under output_dir/checkpoints."""
-    root = Path(output_dir) / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return None
-    found = [p for p in root.iterdir() if re.fullmatch(r"step_\d+", p.name) and (p / STATE_FILE).is_file()]
-    if not found:
-        return None
-    latest = max(found, key=_checkpoint_step)
-    read_training_state(latest)  # a corrupt state file is named here, with the way out
-    return latest
+    found = _complete_checkpoints(output_dir)
+    if found:
+        read_training_state(found[-1])  # a corrupt state file is named here, with the way out
+    return found[-1] if found else None
 
 
 def resolve_checkpoint(args) -> Path | None:
@@ -92,6 +106,30 @@ def resolve_checkpoint(args) -> Path | None:
     )
 
 
+def check_output_dir(args) -> tuple[Path, Path | None, list[str]]:
+    """(output_dir, the checkpoint to resume from or None, files of a previous run found there); checked writable,
+    apart from the inputs and free of another tool's files before any work."""
+    output_dir = Path(args.output_dir)
+    prepare_output_dir(output_dir, overwrite=True, inputs=[args.model_name_or_path, args.dataset_name])
+    resume_dir = resolve_checkpoint(args)
+    previous = previous_run_files(output_dir)
+    if previous and resume_dir is None and not args.overwrite_output_dir:
+        raise FileExistsError(
+            f"output_dir {str(output_dir)!r} holds a previous run ({', '.join(previous)}). Pass "
+            "resume_from_checkpoint='latest' to continue it, overwrite_output_dir=True to replace it, or another output_dir."
+        )
+    if resume_dir is not None and output_dir.resolve() in resume_dir.resolve().parents:
+        adopt_run_files(output_dir)  # continuing the run of this folder: its files are this tool's
+    foreign = foreign_files(output_dir, final_only=resume_dir is not None)
+    if foreign:
+        raise FileExistsError(
+            f"output_dir {str(output_dir)!r} holds files this tool did not write or that changed since it wrote them "
+            f"({', '.join(foreign[:3])}{' …' if len(foreign) > 3 else ''}); training would write over or into them. "
+            "Move them away or choose another output_dir."
+        )
+    return output_dir, resume_dir, previous
+
+
 def previous_run_files(output_dir: Path) -> list[str]:
     markers = (CHECKPOINTS_DIR, METRICS_FILE, SUMMARY_FILE, "config.json", "model.safetensors")
     return [m for m in markers if (output_dir / m).exists()] if output_dir.is_dir() else []
@@ -107,7 +145,7 @@ def foreign_files(output_dir: Path, final_only: bool = False) -> list[str]:
     names = [name for name in (*FINAL_FILES, *(() if final_only else (METRICS_FILE,))) if (output_dir / name).is_file()]
     root = output_dir / CHECKPOINTS_DIR
     if root.is_dir() and not final_only:  # step_N.tmp: this tool's interrupted saves, removed on overwrite
-        staged = [p for p in root.iterdir() if re.fullmatch(r"step_\d+\.tmp", p.name)]
+        staged = _interrupted_saves(output_dir)
         names += [p.relative_to(output_dir).as_posix() for p in root.rglob("*")
                   if p.is_file() and not any(folder in p.parents for folder in staged)]
     return unverified_files(output_dir, names)
@@ -117,10 +155,7 @@ def adopt_run_files(output_dir: Path) -> None:
     """On resume in output_dir: record the run's final files, metrics log and checkpoints as this tool's (what the
     end of the resumed run replaces and an overwrite may remove), for runs written before manifests existed."""
     names = [name for name in (*FINAL_FILES, METRICS_FILE) if (output_dir / name).is_file()]
-    root = output_dir / CHECKPOINTS_DIR
-    if root.is_dir():  # complete checkpoints of the run (step_N with its training_state.json)
-        names += [p.relative_to(output_dir).as_posix() for p in root.iterdir()
-                  if re.fullmatch(r"step_\d+", p.name) and (p / STATE_FILE).is_file()]
+    names += [p.relative_to(output_dir).as_posix() for p in _complete_checkpoints(output_dir)]
     recorded = set(read_manifest(output_dir))
     files = [p.relative_to(output_dir).as_posix() for name in names
              for p in ([output_dir / name] if (output_dir / name).is_file() else (output_dir / name).rglob("*"))
@@ -134,13 +169,16 @@ def remove_previous_run(output_dir: Path) -> None:
     """--overwrite_output_dir: remove what an earlier run of this tool wrote in output_dir (its manifest), only that,
     and the step_N.tmp folders of its interrupted saves."""
     remove_tool_outputs(output_dir)
+    for staged in _interrupted_saves(output_dir):
+        clear_checkpoint_folder(staged)
+    with contextlib.suppress(OSError):
+        (output_dir / CHECKPOINTS_DIR).rmdir()  # only when empty
+
+
+def _interrupted_saves(output_dir: Path) -> list[Path]:
+    """The `step_N.tmp` folders under output_dir/checkpoints: saves of this tool that did not complete."""
     root = output_dir / CHECKPOINTS_DIR
-    if root.is_dir():
-        for staged in root.iterdir():
-            if re.fullmatch(r"step_\d+\.tmp", staged.name):
-                clear_checkpoint_folder(staged)
-        with contextlib.suppress(OSError):
-            root.rmdir()  # only when empty
+    return [p for p in root.iterdir() if p.suffix == ".tmp" and _step_of(p.with_suffix("")) is not None] if root.is_dir() else []
 
 
 class MetricsLog:
@@ -148,7 +186,6 @@ class MetricsLog:
     metrics_rank{r}.jsonl (the subnets and local losses it trained, so ranks can be compared)."""
 
     def __init__(self, accelerator: Accelerator, output_dir: Path) -> None:
-        self.accelerator = accelerator
         self.output_dir = output_dir
         self.main = output_dir / METRICS_FILE if accelerator.is_main_process else None
         self.rank = output_dir / f"metrics_rank{accelerator.process_index}.jsonl" if accelerator.num_processes > 1 else None
@@ -212,18 +249,21 @@ def save_checkpoint(accelerator: Accelerator, args, output_dir: Path, step: int,
     return path
 
 
-def load_data_state(checkpoint: Path, rank: int, state: dict) -> dict:
-    """This process's stream position saved with a checkpoint (`data_state_<rank>.json`); one line when the
-    checkpoint was not written by a streaming run of as many processes."""
+def load_data_state(checkpoint: Path, rank: int, state: dict, streaming: bool) -> dict | None:
+    """This process's stream position saved with a checkpoint (`data_state_<rank>.json`; None for map-style data);
+    one line when the checkpoint was not written by a run of the same kind with as many processes."""
     path = checkpoint / DATA_STATE_FILE.format(rank=rank)
-    if not path.is_file():
-        if not state.get("streaming"):
-            raise DataError(f"{checkpoint} was saved by a run without --streaming; resume it without --streaming "
-                            "(or start a new --output_dir).")
+    if state.get("streaming") and not streaming:
+        raise DataError(f"{checkpoint} was saved by a --streaming run; resume it with --streaming (its position is in "
+                        "the stream), or start a new --output_dir.")
+    if streaming and not state.get("streaming"):
+        raise DataError(f"{checkpoint} was saved by a run without --streaming; resume it without --streaming "
+                        "(or start a new --output_dir).")
+    if streaming and not path.is_file():
         raise DataError(f"{checkpoint} has no stream position for process {rank} ({path.name}): it was saved with "
                         f"{state.get('num_processes', '?')} processes; resume with as many.")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text()) if streaming else None
     except (ValueError, OSError) as error:
         raise DataError(f"{path} cannot be read ({error}); resume from another checkpoint.") from None
 
@@ -235,45 +275,49 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> None:
         accelerator.load_state(str(checkpoint))
 
 
-# What accelerate's save_state (model, optimizer, scheduler, sampler, RNG, scaler, custom objects) and
-# save_checkpoint write into a checkpoint folder: rotation deletes these and nothing else.
-_CHECKPOINT_FILES = re.compile(
-    r"(?:model|pytorch_model)(?:_\d+)?(?:-\d+-of-\d+)?\.(?:safetensors|bin)(?:\.index\.json)?"
-    r"|(?:optimizer|scheduler|sampler|dl_state_dict)(?:_\d+)?\.bin|random_states_\d+\.pkl|scaler\.pt"
-    r"|custom_checkpoint_\d+\.pkl|data_state_\d+\.json|" + re.escape(STATE_FILE)
-)
-_CHECKPOINT_DIRS = re.compile(r"(?:pytorch_model_fsdp|optimizer)_\d+")  # FSDP sharded state dicts
-
-
 def rotate_checkpoints(output_dir: str | os.PathLike, limit: int, keep: Iterable[Path] = ()) -> list[Path]:
     """Keep the `limit` newest checkpoints under output_dir/checkpoints (HF Trainer's `save_total_limit`).
 
     Only complete checkpoints this tool wrote are candidates (`step_N` folders whose training_state.json records
-    step N); of an older one, only the files accelerate / `save_checkpoint` write are deleted (training_state.json
-    first, so a half-deleted folder is never resumed from), and the folder only if that empties it. Folders in
-    `keep` stay. Returns the checkpoint folders that were removed.
+    step N); of an older one, only this tool's files are deleted (`clear_checkpoint_folder`), and the folder only if
+    that empties it. Folders in `keep` stay. Returns the checkpoint folders that were removed.
     """
-    root = Path(output_dir) / CHECKPOINTS_DIR
-    if limit < 1 or not root.is_dir():
+    if limit < 1:
         return []
-    ours = []
-    for path in root.iterdir():
-        match = re.fullmatch(r"step_(\d+)", path.name)
-        if match and path.is_dir() and (path / STATE_FILE).is_file():
-            try:
-                if json.loads((path / STATE_FILE).read_text())["global_step"] == int(match.group(1)):
-                    ours.append(path)
-            except (ValueError, KeyError, TypeError, OSError):  # not a state file this tool wrote
-                continue
     keep_resolved = {Path(k).resolve() for k in keep}
-    ours.sort(key=_checkpoint_step, reverse=True)
-    removed = []
-    for path in ours[limit:]:
-        if path.resolve() in keep_resolved:
-            continue
-        if clear_checkpoint_folder(path):
-            removed.append(path)
-    return removed
+    ours = [path for path in _complete_checkpoints(output_dir) if _records_its_step(path)]
+    return [path for path in ours[::-1][limit:] if path.resolve() not in keep_resolved and clear_checkpoint_folder(path)]
+
+
+def _records_its_step(checkpoint: Path) -> bool:
+    """Whether the folder's training_state.json is one this tool wrote for that folder (its step is the folder's)."""
+    try:
+        return json.loads((checkpoint / STATE_FILE).read_text())["global_step"] == _step_of(checkpoint)
+    except (ValueError, KeyError, TypeError, OSError):
+        return False
+
+
+# The names accelerate's `save_state` gives what this tool asks it to save (one model, optimizer and scheduler, a
+# prepared loader's sampler, every process's RNG states, fp16's scaler; FSDP's sharded folders), from accelerate's
+# own constants, and what `save_checkpoint` adds: all an interrupted save (`step_N.tmp`) can hold of this tool's.
+_SAVED_STEMS = {saved_by_accelerate.SAFE_MODEL_NAME, saved_by_accelerate.MODEL_NAME, saved_by_accelerate.OPTIMIZER_NAME,
+                saved_by_accelerate.SCHEDULER_NAME, saved_by_accelerate.SAMPLER_NAME,
+                saved_by_accelerate.RNG_STATE_NAME, DATA_STATE_FILE.split("_{")[0]}
+_SAVED_SUFFIXES = {"safetensors", "bin", "pkl", "json", "safetensors.index.json", "bin.index.json"}
+_SAVED_FOLDERS = {saved_by_accelerate.FSDP_MODEL_NAME, saved_by_accelerate.OPTIMIZER_NAME}
+
+
+def _saved_by_this_tool(entry: os.DirEntry) -> bool:
+    """Whether a file or folder in a `step_N.tmp` folder has a name `save_checkpoint` writes (`model.safetensors`,
+    `model-00001-of-00002.safetensors`, `optimizer_1.bin`, `random_states_0.pkl`, `pytorch_model_fsdp_0/`, …)."""
+    stem, _, suffix = entry.name.partition(".")
+    stem = stem.split("-")[0]  # model-00001-of-00002: a shard
+    base, _, number = stem.rpartition("_")
+    stem = base if base and number.isdecimal() else stem  # optimizer_1, random_states_0: an object or process
+    if entry.is_dir(follow_symlinks=False):
+        return not suffix and stem in _SAVED_FOLDERS
+    return entry.is_file(follow_symlinks=False) and (
+        entry.name in (saved_by_accelerate.SCALER_NAME, STATE_FILE) or (stem in _SAVED_STEMS and suffix in _SAVED_SUFFIXES))
 
 
 def clear_checkpoint_folder(path: Path) -> bool:
@@ -282,17 +326,17 @@ def clear_checkpoint_folder(path: Path) -> bool:
 
     A complete checkpoint goes through `outputs.remove_tool_outputs`: only the files the output folder's manifest
     lists with unchanged content are removed. A `step_N.tmp` folder (a save in progress, never recorded: this tool
-    creates it just before accelerate writes into it) loses only the files accelerate's `save_state` writes. No
-    symbolic link is followed; anything else stays (named in a warning)."""
+    creates it just before accelerate writes into it) loses only what `save_checkpoint` writes there. No symbolic
+    link is followed; anything else stays (named in a warning)."""
     if path.is_symlink() or not path.is_dir():
         return not os.path.lexists(path)
     output_dir = path.parent.parent
-    if path.name.endswith(".tmp"):
-        for entry in list(os.scandir(path)):
-            if entry.is_file(follow_symlinks=False) and _CHECKPOINT_FILES.fullmatch(entry.name):
-                os.unlink(entry.path)
-            elif entry.is_dir(follow_symlinks=False) and _CHECKPOINT_DIRS.fullmatch(entry.name):
+    if path.suffix == ".tmp":
+        for entry in [entry for entry in os.scandir(path) if _saved_by_this_tool(entry)]:
+            if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path)  # never follows links inside
+            else:
+                os.unlink(entry.path)
     else:
         name = path.relative_to(output_dir).as_posix()
         remove_tool_outputs(output_dir, within=f"{name}/{STATE_FILE}")
@@ -309,57 +353,43 @@ def clear_checkpoint_folder(path: Path) -> bool:
         return False
 
 
-class _TiedWeightsFilter(logging.Filter):
-    """Drops accelerate's "Removed shared tensor {...} while saving" when every named tensor is a tied weight."""
-
-    def __init__(self, tied_names: set[str]) -> None:
-        super().__init__()
-        self.tied_names = tied_names
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        match = re.search(r"Removed shared tensor (\{.*?\}) while saving", record.getMessage())
-        if not match:
-            return True
-        try:
-            names = ast.literal_eval(match.group(1))
-        except (ValueError, SyntaxError):
-            return True
-        return not all(any(name == t or name.endswith("." + t) for t in self.tied_names) for name in names)
-
-
-@contextlib.contextmanager
-def tied_weights_saved_once(model) -> Iterator[None]:
-    """Silence accelerate's per-save warning about the model's declared tied weights (only those).
+def save_tied_weights_once(model: torch.nn.Module):
+    """A `register_save_state_pre_hook` that leaves the aliases of `model`'s declared tied weights out of the saved
+    state dicts, keeping one name per shared storage.
 
     SAM ties `prompt_encoder.shared_embedding.positional_embedding` to `shared_image_embedding.positional_embedding`
-    (`SamModel._tied_weights_keys`); safetensors cannot store one storage twice, so accelerate's `save_state` drops
-    the alias and warns on every save, and loading re-ties it. Any other shared tensor still warns."""
+    (`SamModel._tied_weights_keys`); safetensors cannot store one storage twice, so accelerate would drop the alias
+    itself, with a warning on every save; loading re-ties it (safetensors' `load_model`). Any other shared tensor
+    is left to accelerate, and still warns."""
     tied = getattr(model, "_tied_weights_keys", None) or {}
     names = set(tied) | set(tied.values()) if isinstance(tied, dict) else set(tied)
-    target = logging.getLogger("accelerate.utils.other")
-    log_filter = _TiedWeightsFilter(names)
-    target.addFilter(log_filter)
-    try:
-        yield
-    finally:
-        target.removeFilter(log_filter)
+
+    def hook(models, weights: list[dict], output_dir) -> None:
+        for state in weights:
+            shared = collections.defaultdict(list)
+            for key, tensor in state.items():
+                if isinstance(tensor, torch.Tensor) and any(key == t or key.endswith("." + t) for t in names):
+                    shared[(tensor.device, tensor.untyped_storage().data_ptr())].append(key)
+            for keys in shared.values():
+                for key in keys[1:]:
+                    del state[key]
+
+    return hook
 
 
 __all__ = [
     "CHECKPOINTS_DIR",
     "METRICS_FILE",
     "MetricsLog",
-    "adopt_run_files",
     "STATE_FILE",
     "SUMMARY_FILE",
+    "check_output_dir",
     "find_latest_checkpoint",
-    "foreign_files",
     "load_checkpoint",
     "read_training_state",
     "remove_previous_run",
-    "previous_run_files",
     "resolve_checkpoint",
     "rotate_checkpoints",
     "save_checkpoint",
-    "tied_weights_saved_once",
+    "save_tied_weights_once",
 ]

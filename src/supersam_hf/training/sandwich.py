@@ -151,35 +151,38 @@ def sandwich_backward(
             last = sync and index == len(slots) - 1
             with contextlib.nullcontext() if last else accelerator.no_sync(model):
                 supernet.set_subnet(cfg)
-                with capture_single_output(supernet.mask_decoder) if single else contextlib.nullcontext() as captured:
-                    outputs = model(**inputs, multimask_output=True)
-                single_masks, single_scores = single_output(supernet.mask_decoder, captured) if single else (None, None)
-                # A smaller-input subnet's low-resolution masks, upsampled to the targets' size.
-                outputs.pred_masks = RESOLUTION.masks_like(outputs.pred_masks, labels)
-                if single_masks is not None:
-                    single_masks = RESOLUTION.masks_like(single_masks, labels)
-                terms = sam_loss(
-                    outputs.pred_masks, outputs.iou_scores, labels, instance_mask,
-                    loss_type=loss_type, return_mask_index=distill_weight > 0 and teacher is None,
-                    single_masks=single_masks, single_iou_scores=single_scores,
-                )
-                loss = terms["loss"]
-                record = {}
-                if distill_weight > 0:
-                    if teacher is None:
-                        teacher = (outputs.pred_masks.detach(), terms["mask_index"])
-                    else:
-                        distill = mask_distillation_loss(outputs.pred_masks, teacher[0], instance_mask, teacher[1])
-                        loss = loss + distill_weight * distill
-                        record["distill"] = distill.detach()
+                pred_masks, terms = _slot_loss(supernet, model, inputs, labels, instance_mask, loss_type, single,
+                                               return_mask_index=distill_weight > 0 and teacher is None)
+                loss, record = terms["loss"], {}
+                if distill_weight > 0 and teacher is None:
+                    teacher = (pred_masks.detach(), terms["mask_index"])
+                elif distill_weight > 0:
+                    distill = mask_distillation_loss(pred_masks, teacher[0], instance_mask, teacher[1])
+                    loss = loss + distill_weight * distill
+                    record["distill"] = distill.detach()
                 accelerator.backward(loss)
                 record["loss"] = loss.detach()
                 results[name] = record
-                del outputs, terms, loss, single_masks, single_scores
+                del pred_masks, terms, loss
     finally:
         supernet.reset_subnet()
     return results
 
+
+def _slot_loss(supernet: SuperSamModel, model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
+               instance_mask: torch.Tensor, loss_type: str, single: bool, return_mask_index: bool):
+    """(pred_masks at the targets' size, `sam_loss` terms) of the active subnet's forward; with `single` the
+    single-mask output (read from the same forward) is scored too."""
+    with capture_single_output(supernet.mask_decoder) if single else contextlib.nullcontext() as captured:
+        outputs = model(**inputs, multimask_output=True)
+    single_masks, single_scores = single_output(supernet.mask_decoder, captured) if single else (None, None)
+    # A smaller-input subnet's low-resolution masks, upsampled to the targets' size.
+    pred_masks = RESOLUTION.masks_like(outputs.pred_masks, labels)
+    if single_masks is not None:
+        single_masks = RESOLUTION.masks_like(single_masks, labels)
+    terms = sam_loss(pred_masks, outputs.iou_scores, labels, instance_mask, loss_type=loss_type,
+                     return_mask_index=return_mask_index, single_masks=single_masks, single_iou_scores=single_scores)
+    return pred_masks, terms
 
 __all__ = [
     "NonFiniteLossError",

@@ -168,11 +168,12 @@ def write_report(results: list[dict], previous: str, name: str, folder: Path = R
     bases = sorted({f"`{r['base']}` (model.safetensors sha256 {r['base_sha256']})" if r.get("base_sha256")
                     else f"`{r['base']}`" for r in results})
     sizes = results[0]["sizes"]
+    trained = ('("trained here": a small SAM trained from scratch on `make_hard_shapes` domain A, `--train_base`), '
+               if any(r["base"] == "trained here" for r in results) else "")
     text = f"""# Paper proxy on the hard domains ({datetime.date.today()}, {describe_machine(torch.device("cpu"))}, load average {os.getloadavg()[0]:.1f} at the end)
 
 Pipeline of `supersam demo` (`prompt_type="mixed"`, `size_metric="macs"`) with {sizes}; base: {", ".join(bases)}
-("trained here": a small SAM trained from scratch on `make_hard_shapes` domain A, `--train_base`), then convert +
-prioritize, sandwich training, OpenTuner search under {" / ".join(f"{r:.0%}" for r in REDUCTIONS)} fewer MACs (depth x
+{trained}then convert + prioritize, sandwich training, OpenTuner search under {" / ".join(f"{r:.0%}" for r in REDUCTIONS)} fewer MACs (depth x
 MLP width x embedding width x input resolution, the demo's default space) and export on domain B. mIoU: B's held-out
 test split ({objects} objects), one prompt per object, the model's own mask choice, at the original image size;
 "box itself as the mask" is the box reference on the same objects (`evaluate_model(..., box_reference=True)`).

@@ -19,6 +19,7 @@ subnet's input resolution (`SamProcessor.post_process_masks`), so the rows compa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import statistics
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from _common import RESULTS, SMOKE_DEMO_SIZES, SMOKE_HELP, smoke_folder, write_result
+from supersam_hf import SubnetConfig
 from supersam_hf.arguments import EvaluateArguments
 from supersam_hf.cli import main as cli_main
 from supersam_hf.data import load_segmentation_dataset
@@ -107,19 +109,27 @@ def by_size_of(folder: Path) -> dict[str, dict]:
                                    state["finetuned"])}
     models.update({name: (lambda f=stage["folder"]: load_sam_model(f), load_processor(stage["folder"]), stage["test"])
                    for name, stage in _winners(state).items()})
+    supernet, macs = load_supernet(folder / "supernet", device="cpu"), {}
+    for name, stage in _winners(state).items():  # what the input resolution costs: the same subnet at the full one
+        subnet = SubnetConfig.from_dict(stage["subnet"])
+        if subnet.image_size is not None:
+            full = dataclasses.replace(subnet, image_size=None)
+            models[f"{name}, its subnet at full resolution"] = (lambda c=full: supernet.extract_subnet(c), processor, None)
+            macs[f"{name}, its subnet at full resolution"] = supernet.count_macs(full) / supernet.count_macs()
     masks = lambda area: [(area >= lo * token) & (area < hi * token) for _, lo, hi in SIZE_BINS]  # noqa: E731
     binned = lambda iou, area: [float(iou[m].mean()) if m.any() else None for m in masks(area)]  # noqa: E731
     rows = {}
     for name, (load, model_processor, recorded) in models.items():
-        model, rows[name] = load(), {}
+        model, rows[name] = load(), {"macs": macs.get(name)}
         for prompt in PROMPTS:
-            iou, area = object_scores(model, test, model_processor, prompt, recorded["by_prompt"][prompt]["seed"])
-            if abs(iou.mean() - recorded["by_prompt"][prompt]["miou"]) > 1e-6:
+            seed = (recorded or state["zero_shot"])["by_prompt"][prompt]["seed"]
+            iou, area = object_scores(model, test, model_processor, prompt, seed)
+            if recorded is not None and abs(iou.mean() - recorded["by_prompt"][prompt]["miou"]) > 1e-6:
                 raise SystemExit(f"{folder}: re-scoring {name} ({prompt}) gives {iou.mean():.6f}, the run recorded "
                                  f"{recorded['by_prompt'][prompt]['miou']:.6f}: not the demo's evaluation")
-            rows[name][prompt] = binned(iou, area)
+            rows[name][prompt] = binned(iou, area) + [float(iou.mean())]
     iou, area = object_scores(None, test, processor, "box", state["zero_shot"]["by_prompt"]["box"]["seed"])
-    rows["the box itself as the mask"] = {"box": binned(iou, area), "point": [None] * len(SIZE_BINS)}
+    rows["the box itself as the mask"] = {"box": binned(iou, area) + [float(iou.mean())], "point": [None] * (len(SIZE_BINS) + 1)}
     rows["objects"] = [int(m.sum()) for m in masks(area)]
     return rows
 
@@ -149,12 +159,15 @@ def size_table(runs: list[Path]) -> str:
     """mIoU by object size, mean ± std over runs (each run's mIoU over its objects of that size)."""
     per_run = [by_size_of(folder) for folder in runs]
     objects = [sum(r["objects"][k] for r in per_run) for k in range(len(SIZE_BINS))]
-    header = " | ".join(f"{p} {label} ({n} objects)" for p in PROMPTS for (label, _, _), n in zip(SIZE_BINS, objects))
-    lines = [f"| model | {header} |", "|---" * (1 + len(PROMPTS) * len(SIZE_BINS)) + "|"]
+    header = " | ".join(f"{p} {label} ({n} objects)" for p in PROMPTS
+                        for (label, _, _), n in zip(SIZE_BINS + (("all", 0, 0),), objects + [sum(objects)]))
+    lines = [f"| model | {header} |", "|---" * (1 + len(PROMPTS) * (len(SIZE_BINS) + 1)) + "|"]
     for model in per_run[0]:
-        if model != "objects":
-            cells = [_stat([r[model][p][k] for r in per_run]) for p in PROMPTS for k in range(len(SIZE_BINS))]
-            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        if model != "objects" and all(model in r for r in per_run):
+            cells = [_stat([r[model][p][k] for r in per_run]) for p in PROMPTS for k in range(len(SIZE_BINS) + 1)]
+            cost = [r[model].get("macs") for r in per_run if r[model].get("macs")]
+            label = f"{model} ({statistics.mean(cost):.1%} MACs)" if cost else model
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -189,7 +202,10 @@ per object, the model's own mask choice, scored at the original image size.
 ## By object size
 
 Objects binned by visible area, in tokens of the smallest input resolution's grid (one token = 1/{TOKENS_PER_IMAGE}
-of the image); each cell is the mIoU over a run's objects of that size, mean ± std over runs.
+of the image); each cell is the mIoU over a run's objects of that size, mean ± std over runs. "At full resolution":
+the winner's subnet (same layers and widths, same supernet weights) fed the full-size input instead (more MACs, so
+outside the budget): what its input resolution costs, by object size (a row appears when every run's winner has a
+smaller input).
 
 {size_table(runs)}"""
     print(out)

@@ -16,7 +16,7 @@ but 2 elastic, as `supersam convert` makes them).
     python benchmarks/floor.py            # writes benchmarks/results/floor.md
     python benchmarks/floor.py --smoke    # tiny shape + its timing table (seconds); report in a temporary folder
     OMP_NUM_THREADS=2 python benchmarks/floor.py --timing --threads 2   # + the CPU timing table (idle machine: ~25 min)
-    python benchmarks/floor.py --timing --device cuda --dtypes float32 bfloat16   # the GPU rows, one call
+    python benchmarks/floor.py --timing --device cuda --dtypes float32 bfloat16   # GPU rows, appended
 """
 
 from __future__ import annotations
@@ -270,14 +270,20 @@ default depth space and **{best[1]:.2%}** (`{best[0].name}`) with `prioritize`'s
 dimension divides the token count (and the global layers' quadratic attention) by up to 4.
 Parameters stop near the prompt encoder + mask decoder (≈ 4 M, untouched by any elastic kind).
 """
+    folder = smoke_folder("floor") if args.smoke else RESULTS
     if args.timing or args.smoke:  # --smoke runs the timing code path on a tiny shape
         sam = build_sam_config(**SMOKE_TIMING) if args.smoke else SamConfig()
         smoke = dict(targets=(0.3,), warmup=0, repeats=1) if args.smoke else dict(repeats=args.repeats)
-        out += timing_section(sam, args.threads, device=args.device, dtypes=args.dtypes, **smoke)
+        timing = timing_section(sam, args.threads, device=args.device, dtypes=args.dtypes, **smoke)
+        if args.device != "cpu":  # the GPU rows go below the CPU table already there
+            print(timing)
+            print(f"appended to {write_result('floor.md', timing, append=True, folder=folder)}")
+            return
+        out += timing
     else:
         out += "\nThe time ÷ MACs table (`--timing`) was not run for this file.\n"
     print(out)
-    print(f"wrote {write_result('floor.md', out, folder=smoke_folder('floor') if args.smoke else RESULTS)}")
+    print(f"wrote {write_result('floor.md', out, folder=folder)}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import gc
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -157,7 +159,7 @@ def pick(pool, target: float, rule: str):
 def timed_functions(supernet, models: dict, device, dtypes, threads: int, folder: Path | None) -> tuple[dict, dict]:
     """Per (model, column): a function running one image through the encoder. Columns: `eager <dtype>` (the
     extracted `SamModel`), `supernet <dtype>` (the supernet's forward under the subnet) and, on CPU with
-    `folder`, `ORT fp32` / `ORT INT8` (ONNX Runtime, the second dict: timed in a pass of their own)."""
+    `folder`, `ORT fp32` / `ORT INT8` (ONNX Runtime: the second dict, (model file, feed) for `ort_medians`)."""
     torch_runs, ort_runs = {}, {}
     nets = {dtype: supernet if dtype == torch.float32 else copy.deepcopy(supernet).to(dtype) for dtype in dtypes}
     for name, (_, cfg) in models.items():
@@ -178,16 +180,32 @@ def timed_functions(supernet, models: dict, device, dtypes, threads: int, folder
 
             torch_runs[(name, f"eager {label}")], torch_runs[(name, f"supernet {label}")] = eager, elastic
         if folder is not None:
-            from supersam_hf.onnx_export import ENCODER_FILE, export_vision_encoder, ort_session, quantize_int8
+            from supersam_hf.onnx_export import ENCODER_FILE, export_vision_encoder, quantize_int8
 
             out = folder / name.replace(" ", "_").replace("%", "pct")
             fp32 = export_vision_encoder(sam_model, out / ENCODER_FILE)
             feed = {"pixel_values": pixels.numpy()}
             for column, path in (("ORT fp32", fp32), ("ORT INT8", quantize_int8(out))):
-                session = ort_session(path, threads=threads)
-                ort_runs[(name, column)] = lambda session=session, feed=feed: session.run(None, feed)
+                ort_runs[(name, column)] = (path, feed)
         del sam_model
     return torch_runs, ort_runs
+
+
+def ort_medians(ort_runs: dict, threads: int, repeats: int, warmup: int) -> dict:
+    """Interleaved medians of ONNX Runtime, one precision at a time: the sessions (and their memory arenas, GBs at
+    the full model's global attention) live only through their own pass."""
+    from supersam_hf.onnx_export import ort_session
+
+    med = {}
+    for precision in dict.fromkeys(column for _, column in ort_runs):
+        runs = {}
+        for key, (path, feed) in ort_runs.items():
+            if key[1] == precision:
+                runs[key] = lambda session=ort_session(path, threads=threads), feed=feed: session.run(None, feed)
+        med |= interleaved_medians(runs, repeats, torch.device("cpu"), warmup=warmup)
+        del runs
+        gc.collect()
+    return med
 
 
 def timing_section(sam: SamConfig, threads: int, repeats: int = 3, device: str = "cpu", dtypes=("float32",),
@@ -196,6 +214,7 @@ def timing_section(sam: SamConfig, threads: int, repeats: int = 3, device: str =
     rule of `PICK_RULES`: extracted `SamModel` eager, the supernet's own forward, ONNX Runtime fp32 and INT8 (CPU);
     interleaved medians of wall-clock time."""
     torch.set_num_threads(threads)
+    load_start = os.getloadavg()[0]
     device, dtypes = torch.device(device), [getattr(torch, d) for d in dtypes]
     sam._attn_implementation = "sdpa"
     layers = sam.vision_config.num_hidden_layers
@@ -211,9 +230,11 @@ def timing_section(sam: SamConfig, threads: int, repeats: int = 3, device: str =
                 models[f"{target:.0%} ({rule})"] = chosen
     folder = Path(tempfile.mkdtemp(prefix="floor_onnx_")) if device.type == "cpu" else None
     torch_runs, ort_runs = timed_functions(supernet, models, device, dtypes, threads, folder)
+    del supernet  # the runs hold what they need; each pass's models are freed before the next pass
     med = interleaved_medians(torch_runs, repeats, device, warmup=warmup)
-    for precision in ("ORT fp32", "ORT INT8"):  # one precision at a time: fewer ONNX Runtime arenas at their peak
-        med |= interleaved_medians({k: v for k, v in ort_runs.items() if k[1] == precision}, repeats, device, warmup=warmup)
+    del torch_runs
+    gc.collect()
+    med |= ort_medians(ort_runs, threads, repeats, warmup)
     columns = list(dict.fromkeys(column for _, column in med))
     rows = []
     for name, (fraction, cfg) in models.items():
@@ -232,6 +253,9 @@ weights). Above 1 a subnet is slower than its MACs promise; below 1 the full mod
 count (its global layers' relative-position bias over 4096 × 4096 tokens, a memory-bound sum larger than what the
 subnets carry). Subnets are uniform (layers dropped from the end, one MLP width, one embedding width, one
 resolution), picked per target by two rules: {rules}. Command: `{" ".join(sys.argv) or "floor.py"}`.
+Load average (1 min) at the start / end: **{load_start:.1f} / {os.getloadavg()[0]:.1f}** on {os.cpu_count()} cores; well
+above this run's own {threads} thread(s), the machine was shared with other jobs and the times and ratios carry their
+noise: judge the goals (time ÷ MACs ≤ 1.10, ORT ≤ eager) on an idle machine.
 
 | model | subnet | encoder MACs ratio | {" | ".join(columns)} | ORT ÷ eager |
 |---|---|---|{"---|" * len(columns)}---|

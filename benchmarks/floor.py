@@ -243,7 +243,7 @@ def timing_section(sam: SamConfig, threads: int, repeats: int = 3, device: str =
         rows.append(f"| {name} | `{cfg.name}` | {fraction:.3f} | " + " | ".join(cells) + f" | {ort} |")
     rules = "; ".join(f"*{rule}*: {text}" for rule, text in PICK_RULES.items())
     return f"""
-### Time ÷ MACs (image encoder, {describe_machine(device)}, {threads} threads, {datetime.date.today()})
+### Time ÷ MACs (image encoder, {describe_machine(device)}, {datetime.date.today()})
 
 Median wall-clock seconds of {repeats} interleaved repeats after {warmup} warm-up (every model and column in turn;
 ONNX Runtime in a pass per precision), then **time ÷ MACs** = (time ÷ the full encoder's time in the same column) ÷

@@ -1,7 +1,9 @@
 """How small can a subnet get? The smallest reachable MACs and parameters of ViT-B- and ViT-H-shaped supernets, per
 search space, from the elastic rules' analytic costs (`SuperSamModel.count_macs` / `count_parameters`, exact vs
 FlopCounterMode and the exported checkpoint); instant, no weights (meta device). Optionally (`--timing`), the
-time ÷ MACs of subnets near 30 / 10 / 5 % of the MACs, PyTorch eager and ONNX Runtime, interleaved.
+time ÷ MACs of ViT-B subnets near 30 / 10 / 5 % of the encoder's MACs (random weights): the extracted `SamModel`
+(eager), the supernet's own forward, ONNX Runtime fp32 and INT8 (CPU), or PyTorch in several dtypes on a GPU;
+interleaved.
 
 Spaces, each adding to the previous one:
   0.2     depth + MLP width down to 25 %
@@ -12,23 +14,26 @@ each with the default depth space (`min_layers` = half the layers) and with `pri
 but 2 elastic, as `supersam convert` makes them).
 
     python benchmarks/floor.py            # writes benchmarks/results/floor.md
-    python benchmarks/floor.py --smoke    # tiny shape (seconds); report in a temporary folder
-    OMP_NUM_THREADS=2 python benchmarks/floor.py --timing --threads 2   # + the timing table (slow: minutes)
+    python benchmarks/floor.py --smoke    # tiny shape + its timing table (seconds); report in a temporary folder
+    OMP_NUM_THREADS=2 python benchmarks/floor.py --timing --threads 2   # + the CPU timing table (idle machine: ~25 min)
+    python benchmarks/floor.py --timing --device cuda --dtypes float32 bfloat16   # GPU rows, appended
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
-import statistics
+import gc
+import os
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from transformers import SamConfig
 
-from _common import RESULTS, SMOKE_HELP, describe_machine, smoke_folder, write_result
+from _common import RESULTS, SMOKE_HELP, describe_machine, interleaved_medians, smoke_folder, write_result
 from supersam_hf import SuperSamConfig, SuperSamModel, build_sam_config
 from supersam_hf.configuration_supersam import DEFAULT_RESOLUTION_RATIOS
 from supersam_hf.search import cheapest_subnet
@@ -42,6 +47,9 @@ SHAPES = {
     "ViT-H": lambda: SamConfig(vision_config=dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16,
                                                   mlp_dim=5120, global_attn_indexes=[7, 15, 23, 31])),
 }
+# --smoke --timing: 4 layers (global 1 and 3), 8 x 8 tokens in windows of 3 (padded to 9 x 9), so every pick differs.
+SMOKE_TIMING = dict(image_size=128, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, window_size=3,
+                    global_attn_indexes=(1, 3), output_channels=32)
 SMOKE_SHAPES = {
     "tiny": lambda: build_sam_config(image_size=128, hidden_size=64, num_hidden_layers=6, num_attention_heads=4),
 }
@@ -111,27 +119,25 @@ def floor_section(shapes: dict) -> tuple[str, dict]:
 
 
 # -- timing ------------------------------------------------------------------------------------------------------------
-def timing_section(threads: int, repeats: int, targets=(0.30, 0.10, 0.05)) -> str:
-    """Encoder time ÷ encoder MACs (both relative to the full ViT-B encoder at 1024 px) of the default space's
-    subnets closest to each target, PyTorch eager and ONNX Runtime fp32, interleaved medians of wall-clock time."""
+PICK_RULES = {
+    "closest": "the uniform subnet whose encoder MACs are closest to the target (the rule of the first table)",
+    "fewest layers": "among uniform subnets within ±10 % of the target's MACs, the fewest layers, then the widest "
+                     "embedding, then the closest MACs (fewer, wider layers)",
+}
+
+
+def uniform_pool(supernet: SuperSamModel) -> list[tuple[float, object]]:
+    """(encoder MACs ÷ the full encoder's, subnet) of the uniform subnets: elastic layers dropped from the end (two at
+    a time), one MLP width, one embedding width, one resolution."""
     from supersam_hf.costs import encoder_macs
-    from supersam_hf.onnx_export import export_vision_encoder, ort_session
 
-    torch.set_num_threads(threads)
-    sam = SamConfig()
-    sam._attn_implementation = "sdpa"
-    supernet = SuperSamModel(SuperSamConfig.from_sam_config(sam, elastic_layers=list(range(1, 12)),
-                                                            layer_drop_probs=[0.25] * 11, min_layers=2)).eval()
     space = supernet.search_space
-    full_vision = supernet.export_config().vision_config
-    full = encoder_macs(full_vision, [full_vision.mlp_dim] * full_vision.num_hidden_layers)
 
-    def encoder_fraction(cfg) -> float:
+    def encoder(cfg) -> int:
         vision = supernet.export_config(cfg).vision_config
-        return encoder_macs(vision, [vision.mlp_dim] * vision.num_hidden_layers) / full
+        return encoder_macs(vision, [vision.mlp_dim] * vision.num_hidden_layers)
 
-    # Uniform candidates: drop elastic layers from the end, one MLP width, one embedding width, one resolution.
-    pool = []
+    full, pool = encoder(space.largest()), []
     elastic = sorted(space.elastic_layers, reverse=True)
     for n_drop in range(0, space.num_layers - space.min_layers + 1, 2):
         kept = tuple(i for i in range(space.num_layers) if i not in set(elastic[:n_drop]))
@@ -139,64 +145,132 @@ def timing_section(threads: int, repeats: int, targets=(0.30, 0.10, 0.05)) -> st
             for hidden in space.hidden_size_choices:
                 for image in space.image_size_choices:
                     cfg = space.canonical(type(space.largest())(kept, (mlp,) * len(kept), hidden, image))
-                    pool.append((encoder_fraction(cfg), cfg))
-    chosen = {t: min(pool, key=lambda c: abs(c[0] - t)) for t in targets}
-    models = {"full": (1.0, space.largest())} | {f"{t:.0%}": c for t, c in chosen.items()}
+                    pool.append((encoder(cfg) / full, cfg))
+    return pool
 
-    runs, folder = {}, Path(tempfile.mkdtemp(prefix="floor_onnx_"))
+
+def pick(pool, target: float, rule: str):
+    if rule == "closest":
+        return min(pool, key=lambda c: abs(c[0] - target))
+    near = [c for c in pool if abs(c[0] - target) <= 0.1 * target] or [min(pool, key=lambda c: abs(c[0] - target))]
+    return min(near, key=lambda c: (len(c[1].kept_layers), -(c[1].hidden_size or 10**9), abs(c[0] - target)))
+
+
+def timed_functions(supernet, models: dict, device, dtypes, threads: int, folder: Path | None) -> tuple[dict, dict]:
+    """Per (model, column): a function running one image through the encoder. Columns: `eager <dtype>` (the
+    extracted `SamModel`), `supernet <dtype>` (the supernet's forward under the subnet) and, on CPU with
+    `folder`, `ORT fp32` / `ORT INT8` (ONNX Runtime: the second dict, (model file, feed) for `ort_medians`)."""
+    torch_runs, ort_runs = {}, {}
+    nets = {dtype: supernet if dtype == torch.float32 else copy.deepcopy(supernet).to(dtype) for dtype in dtypes}
     for name, (_, cfg) in models.items():
         sam_model = supernet.extract_subnet(cfg).eval()
         size = sam_model.config.vision_config.image_size
-        pixels = torch.randn(1, 3, size, size)
-        encoder = sam_model.vision_encoder
+        pixels = torch.randn(1, 3, size, size, device=device)
+        for dtype, net in nets.items():
+            label = str(dtype).removeprefix("torch.")
+            encoder, x = copy.deepcopy(sam_model.vision_encoder).to(dtype), pixels.to(dtype)
 
-        def eager(encoder=encoder, pixels=pixels):
-            with torch.no_grad():
-                encoder(pixels)
+            def eager(encoder=encoder, x=x):
+                with torch.no_grad():
+                    encoder(x)
 
-        path = export_vision_encoder(sam_model, folder / f"{name}.onnx")
-        session = ort_session(path, threads=threads)
-        feed = {"pixel_values": pixels.numpy()}
-        runs[(name, "eager")] = eager
-        runs[(name, "ort")] = lambda session=session, feed=feed: session.run(None, feed)
+            def elastic(net=net, cfg=cfg, x=x):
+                with torch.no_grad(), net.subnet(cfg):
+                    net.vision_encoder(x)
+
+            torch_runs[(name, f"eager {label}")], torch_runs[(name, f"supernet {label}")] = eager, elastic
+        if folder is not None:
+            from supersam_hf.onnx_export import ENCODER_FILE, export_vision_encoder, quantize_int8
+
+            out = folder / name.replace(" ", "_").replace("%", "pct")
+            fp32 = export_vision_encoder(sam_model, out / ENCODER_FILE)
+            feed = {"pixel_values": pixels.numpy()}
+            for column, path in (("ORT fp32", fp32), ("ORT INT8", quantize_int8(out))):
+                ort_runs[(name, column)] = (path, feed)
         del sam_model
-    times = {key: [] for key in runs}
-    for fn in runs.values():  # warm-up
-        fn()
-    for _ in range(repeats):
-        for key, fn in runs.items():
-            start = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - start)
-    med = {key: statistics.median(v) for key, v in times.items()}
+    return torch_runs, ort_runs
+
+
+def ort_medians(ort_runs: dict, threads: int, repeats: int, warmup: int) -> dict:
+    """Interleaved medians of ONNX Runtime, one precision at a time: the sessions (and their memory arenas, GBs at
+    the full model's global attention) live only through their own pass."""
+    from supersam_hf.onnx_export import ort_session
+
+    med = {}
+    for precision in dict.fromkeys(column for _, column in ort_runs):
+        runs = {}
+        for key, (path, feed) in ort_runs.items():
+            if key[1] == precision:
+                runs[key] = lambda session=ort_session(path, threads=threads), feed=feed: session.run(None, feed)
+        med |= interleaved_medians(runs, repeats, torch.device("cpu"), warmup=warmup)
+        del runs
+        gc.collect()
+    return med
+
+
+def timing_section(sam: SamConfig, threads: int, repeats: int = 3, device: str = "cpu", dtypes=("float32",),
+                   targets=(0.30, 0.10, 0.05), warmup: int = 1) -> str:
+    """Encoder time ÷ encoder MACs (both relative to the full encoder) of subnets near each target, picked by each
+    rule of `PICK_RULES`: extracted `SamModel` eager, the supernet's own forward, ONNX Runtime fp32 and INT8 (CPU);
+    interleaved medians of wall-clock time."""
+    torch.set_num_threads(threads)
+    load_start = os.getloadavg()[0]
+    device, dtypes = torch.device(device), [getattr(torch, d) for d in dtypes]
+    sam._attn_implementation = "sdpa"
+    layers = sam.vision_config.num_hidden_layers
+    supernet = SuperSamModel(SuperSamConfig.from_sam_config(sam, elastic_layers=list(range(1, layers)),
+                                                            layer_drop_probs=[0.25] * (layers - 1), min_layers=2))
+    supernet = supernet.to(device).eval()
+    pool = uniform_pool(supernet)
+    models = {"full": (1.0, supernet.search_space.largest())}
+    for rule in PICK_RULES:
+        for target in targets:
+            chosen = pick(pool, target, rule)
+            if all(chosen[1] != cfg for _, cfg in models.values()):
+                models[f"{target:.0%} ({rule})"] = chosen
+    folder = Path(tempfile.mkdtemp(prefix="floor_onnx_")) if device.type == "cpu" else None
+    torch_runs, ort_runs = timed_functions(supernet, models, device, dtypes, threads, folder)
+    del supernet  # the runs hold what they need; each pass's models are freed before the next pass
+    med = interleaved_medians(torch_runs, repeats, device, warmup=warmup)
+    del torch_runs
+    gc.collect()
+    med |= ort_medians(ort_runs, threads, repeats, warmup)
+    columns = list(dict.fromkeys(column for _, column in med))
     rows = []
     for name, (fraction, cfg) in models.items():
-        eager_ratio = med[(name, "eager")] / med[("full", "eager")]
-        ort_ratio = med[(name, "ort")] / med[("full", "ort")]
-        rows.append(f"| {name} | `{cfg.name}` | {fraction:.3f} | {med[(name, 'eager')]:.2f} | {med[(name, 'ort')]:.2f} | "
-                    f"{eager_ratio / fraction:.2f} | {ort_ratio / fraction:.2f} | "
-                    f"{med[(name, 'ort')] / med[(name, 'eager')]:.2f} |")
+        cells = [f"{med[(name, c)]:.3f} s, **{med[(name, c)] / med[('full', c)] / fraction:.2f}**" for c in columns]
+        ort = f"{med[(name, 'ORT fp32')] / med[(name, 'eager float32')]:.2f}" if (name, "ORT fp32") in med else "–"
+        rows.append(f"| {name} | `{cfg.name}` | {fraction:.3f} | " + " | ".join(cells) + f" | {ort} |")
+    rules = "; ".join(f"*{rule}*: {text}" for rule, text in PICK_RULES.items())
     return f"""
-### Time ÷ MACs (ViT-B image encoder, {threads} threads, {describe_machine(torch.device('cpu'))}, {datetime.date.today()})
+### Time ÷ MACs (image encoder, {describe_machine(device)}, {datetime.date.today()})
 
-Median wall-clock seconds of {repeats} interleaved repeats (eager and ONNX Runtime fp32 of every subnet in turn). **The
-machine was shared with other jobs while this ran**, so absolute times and ratios carry their noise; the goal
-(time ÷ MACs ≤ 1.10, ORT ≤ eager) needs an idle machine to be judged. Time ÷ MACs above 1 means a subnet is slower
-than its MACs promise: work the MAC count does not see (LayerNorms, GELU, softmax, window padding and partitioning,
-per-layer dispatch) shrinks less than the matrix products. Subnets are the uniform ones (layers dropped from the end,
-one MLP width, one embedding width, one resolution) whose encoder MACs are closest to each target. INT8 is not timed.
+Median wall-clock seconds of {repeats} interleaved repeats after {warmup} warm-up (every model and column in turn;
+ONNX Runtime in a pass per precision), then **time ÷ MACs** = (time ÷ the full encoder's time in the same column) ÷
+(encoder MACs ÷ the full encoder's). Columns: *eager* is the extracted `SamModel`, *supernet* the supernet's own
+forward under the subnet, *ORT* ONNX Runtime of the exported encoder (INT8: dynamic quantization of the MatMul/Gemm
+weights). Above 1 a subnet is slower than its MACs promise; below 1 the full model carries work its MACs do not
+count (its global layers' relative-position bias over 4096 × 4096 tokens, a memory-bound sum larger than what the
+subnets carry). Subnets are uniform (layers dropped from the end, one MLP width, one embedding width, one
+resolution), picked per target by two rules: {rules}. Command: `{" ".join(sys.argv) or "floor.py"}`.
+Load average (1 min) at the start / end: **{load_start:.1f} / {os.getloadavg()[0]:.1f}** on {os.cpu_count()} cores; well
+above this run's own {threads} thread(s), the machine was shared with other jobs and the times and ratios carry their
+noise: judge the goals (time ÷ MACs ≤ 1.10, ORT ≤ eager) on an idle machine.
 
-| target | subnet | encoder MACs ratio | eager s | ORT s | eager time ÷ MACs | ORT time ÷ MACs | ORT ÷ eager |
-|---|---|---|---|---|---|---|---|
+| model | subnet | encoder MACs ratio | {" | ".join(columns)} | ORT ÷ eager |
+|---|---|---|{"---|" * len(columns)}---|
 """ + "\n".join(rows) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP + " The --timing table is not run.")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP + " Includes the timing table (a tiny shape, one target).")
     parser.add_argument("--timing", action="store_true", help="Also time subnets near 30 / 10 / 5 %% of the MACs (slow).")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu (eager, supernet, ONNX Runtime fp32 + INT8) or cuda.")
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"],
+                        help="PyTorch dtypes timed (ONNX Runtime: fp32 and INT8, on CPU only).")
     args = parser.parse_args(argv)
 
     shapes = SMOKE_SHAPES if args.smoke else SHAPES
@@ -220,12 +294,20 @@ default depth space and **{best[1]:.2%}** (`{best[0].name}`) with `prioritize`'s
 dimension divides the token count (and the global layers' quadratic attention) by up to 4.
 Parameters stop near the prompt encoder + mask decoder (≈ 4 M, untouched by any elastic kind).
 """
-    if args.timing and not args.smoke:
-        out += timing_section(args.threads, args.repeats)
+    folder = smoke_folder("floor") if args.smoke else RESULTS
+    if args.timing or args.smoke:  # --smoke runs the timing code path on a tiny shape
+        sam = build_sam_config(**SMOKE_TIMING) if args.smoke else SamConfig()
+        smoke = dict(targets=(0.3,), warmup=0, repeats=1) if args.smoke else dict(repeats=args.repeats)
+        timing = timing_section(sam, args.threads, device=args.device, dtypes=args.dtypes, **smoke)
+        if args.device != "cpu":  # the GPU rows go below the CPU table already there
+            print(timing)
+            print(f"appended to {write_result('floor.md', timing, append=True, folder=folder)}")
+            return
+        out += timing
     else:
         out += "\nThe time ÷ MACs table (`--timing`) was not run for this file.\n"
     print(out)
-    print(f"wrote {write_result('floor.md', out, folder=smoke_folder('floor') if args.smoke else RESULTS)}")
+    print(f"wrote {write_result('floor.md', out, folder=folder)}")
 
 
 if __name__ == "__main__":

@@ -117,6 +117,37 @@ def test_subnet_equals_extracted_and_rescales_prompts(supernet, cfg):
     assert supernet.prompt_encoder.input_image_size == S  # the context manager restored the full model
 
 
+def test_resampled_pos_embed_follows_weight_updates(supernet):
+    """Outside autograd the supernet keeps the resampled `pos_embed` between forwards; an in-place update of the
+    parameter (an optimiser step, a permutation) is seen at once."""
+    cfg, param = SUBNETS[1], supernet.vision_encoder.pos_embed
+    inputs = at_resolution(prompt_inputs("points", seed=3), cfg)
+    saved = param.detach().clone()
+    try:
+        with torch.no_grad(), supernet.subnet(cfg):
+            before = supernet(**inputs)
+            param.add_(0.5)
+            after = supernet(**inputs)
+        with torch.no_grad():
+            reference = supernet.extract_subnet(cfg).eval()(**inputs)
+        assert max_diff(after, reference) <= TOL and max_diff(before, after) > 1e-3
+    finally:
+        with torch.no_grad():
+            param.copy_(saved)
+
+
+def test_bfloat16_subnet_at_a_smaller_resolution_runs_on_cpu(supernet):
+    """The antialiased resizes (pixels, `pos_embed`) run in float32, where torch has no bfloat16 CPU kernel; the
+    bfloat16 subnet then equals its bfloat16 export."""
+    cfg, half = SUBNETS[1], tiny_supernet().to(torch.bfloat16)
+    inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in prompt_inputs("points", seed=4).items()}
+    with torch.no_grad(), half.subnet(cfg):
+        out = half(**inputs)
+    with torch.no_grad():
+        reference = half.extract_subnet(cfg).eval()(**at_resolution(inputs, cfg))
+    assert out.pred_masks.dtype == torch.bfloat16 and max_diff(out, reference) == 0
+
+
 def test_export_with_processor_reloads_and_matches(supernet, tmp_path):
     cfg = SUBNETS[1]
     out = export_subnet(supernet, cfg, tmp_path / "export", processor=tiny_processor(S))

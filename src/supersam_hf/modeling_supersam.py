@@ -83,11 +83,26 @@ class ElasticSamVisionEncoder(SamVisionEncoder):
             raise ValueError("You have to specify pixel_values")
         hidden_states = self.patch_embed(pixel_values)
         if self.pos_embed is not None:
-            hidden_states = hidden_states + RESOLUTION.pos_embed(pos_embed_view(self.pos_embed, hidden_states), hidden_states)
+            hidden_states = hidden_states + self._active_pos_embed(hidden_states)
         for layer in self.layers:
             if layer.active:
                 hidden_states = layer(hidden_states)
         return SamVisionEncoderOutput(last_hidden_state=self.neck(hidden_states))
+
+    def _active_pos_embed(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`pos_embed` at the width and token grid of `hidden_states`. Outside autograd the resampled table (an
+        antialiased bicubic resize: a large share of a small subnet's forward on CPU) is kept while the parameter
+        is the same tensor, unchanged (same storage, dtype and version counter: any in-place update moves it; only
+        writes through `.data` would not), for the many images of evaluation and search."""
+        table = pos_embed_view(self.pos_embed, hidden_states)
+        if torch.is_grad_enabled() and table.requires_grad:
+            return RESOLUTION.pos_embed(table, hidden_states)
+        param = self.pos_embed
+        key = (id(param), param._version, param.data_ptr(), param.dtype, param.device, table.shape, hidden_states.shape[1:3])
+        cached = getattr(self, "_pos_embed_cache", None)
+        if cached is None or cached[0] != key or cached[1] is not param:
+            cached = self._pos_embed_cache = (key, param, RESOLUTION.pos_embed(table, hidden_states))
+        return cached[2]
 
 
 class SuperSamModel(SamModel):

@@ -21,18 +21,26 @@ from .base import ENCODER, ElasticRule, StateDict, split_layer_key
 
 
 def resize_pixels(pixel_values: torch.Tensor, size: int) -> torch.Tensor:
-    """`pixel_values` (batch, channels, H, W) resized to size x size, bilinear and antialiased."""
-    return F.interpolate(pixel_values, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    """`pixel_values` (batch, channels, H, W) resized to size x size, bilinear and antialiased (computed in float32
+    at least: the antialiased kernels have no bfloat16 / float16 CPU version)."""
+    resized = F.interpolate(_at_least_float32(pixel_values), size=(size, size), mode="bilinear", align_corners=False,
+                            antialias=True)
+    return resized.to(pixel_values.dtype)
+
+
+def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
     """SAM's absolute position embedding (1, G, G, C) at a grid x grid token grid (bicubic, antialiased when
-    shrinking, as ViTDet-style backbones resize theirs); unchanged when the grid already matches."""
+    shrinking, as ViTDet-style backbones resize theirs; in float32 at least); unchanged when the grid already
+    matches."""
     if pos_embed.shape[1] == grid and pos_embed.shape[2] == grid:
         return pos_embed
-    resized = F.interpolate(pos_embed.permute(0, 3, 1, 2), size=(grid, grid), mode="bicubic", align_corners=False,
-                            antialias=True)
-    return resized.permute(0, 2, 3, 1)
+    resized = F.interpolate(_at_least_float32(pos_embed.permute(0, 3, 1, 2)), size=(grid, grid), mode="bicubic",
+                            align_corners=False, antialias=True)
+    return resized.permute(0, 2, 3, 1).to(pos_embed.dtype)
 
 
 def resample_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:

@@ -29,10 +29,11 @@ import torch
 from matplotlib.figure import Figure
 
 from _common import RESULTS, SMOKE_DEMO_SIZES, SMOKE_HELP, describe_machine, smoke_folder, write_result
-from supersam_hf.commands.demo import PRESETS, DemoArguments, run_demo
+from supersam_hf.commands.demo import PRESETS, TRAIN_BASE_FIELDS, DemoArguments, run_demo
 from supersam_hf.data import load_segmentation_dataset
 from supersam_hf.evaluation import box_reference_miou, evaluate_model
 from supersam_hf.loading import load_processor, load_sam_model, load_supernet
+from supersam_hf.standin import STANDIN_REPO_ID, shipped_scores
 
 # Sized to run 3 seeds one after the other in ~70 minutes on a 2-core machine shared with other jobs (1 thread):
 # the demo's base recipe (patch 8, 4 layers, mixed prompts, lr 1e-3 cosine) with fewer steps than its default.
@@ -49,18 +50,22 @@ def _scores(model, data, processor, seed: int) -> dict:
                                    show_progress=False)["miou"] for prompt in ("box", "point")}
 
 
-def measure_seed(out: Path, seed: int, resume: bool, sizes: dict) -> dict:
-    """Run the demo pipeline for one seed, then score every model with box and point prompts next to the box reference."""
+def measure_seed(out: Path, seed: int, resume: bool, sizes: dict, shipped_base: bool = False) -> dict:
+    """Run the demo pipeline for one seed, then score every model with box and point prompts next to the box reference.
+    `shipped_base`: start from the stand-in shipped with supersam_hf (as `supersam demo` does) instead of training
+    a base here from `sizes`."""
     started = time.time()
+    if shipped_base:  # the shipped stand-in has its own sizes: only the demo's other sizes apply
+        sizes = {key: value for key, value in sizes.items() if key not in TRAIN_BASE_FIELDS}
     run_demo(DemoArguments(output_dir=str(out), seed=seed, resume=resume, overwrite_output_dir=not resume and out.exists(),
-                           train_base=True,  # this proxy trains its own base (PROXY_SIZES)
-                           prompt_type="mixed", size_metric="macs", size_reductions=list(REDUCTIONS),
-                           **sizes))
+                           train_base=not shipped_base, prompt_type="mixed", size_metric="macs",
+                           size_reductions=list(REDUCTIONS), **sizes))
     state = json.loads((out / "demo_state.json").read_text())
-    processor = load_processor(out / "base")
+    base_dir = state["base"]["path"] if shipped_base else out / "base"  # the shipped one: its HF cache snapshot
+    processor = load_processor(base_dir)
     a_test = load_segmentation_dataset(out / "data" / "domain_A", split="test")
     b_test = load_segmentation_dataset(out / "data" / "domain_B", split="test")
-    base = load_sam_model(out / "base")
+    base = load_sam_model(base_dir)
     base_macs = state["summary"]["base_macs"]
     base_params = state["summary"]["base_params"]
     rows = [{"model": "box itself as the mask (reference)", "macs": None, "params": None,
@@ -109,7 +114,8 @@ def _verdict(result: dict) -> str:
             f"{yes(gap_box >= -2)}, point {yes(gap_point >= -2)}); {result['seconds'] / 60:.0f} min")
 
 
-def write_report(results: list[dict], previous: str, sizes: dict, name: str, folder: Path = RESULTS) -> Path:
+def write_report(results: list[dict], previous: str, sizes: dict, name: str, folder: Path = RESULTS,
+                 shipped_base: bool = False) -> Path:
     lines = ["| seed | model | MACs | params | box mIoU on B | box − reference | point mIoU on B |",
              "|---|---|---|---|---|---|---|"]
     figure = Figure(figsize=(6, 4))
@@ -130,14 +136,24 @@ def write_report(results: list[dict], previous: str, sizes: dict, name: str, fol
     folder.mkdir(exist_ok=True)
     figure.savefig(folder / name.replace(".md", ".png"), dpi=120)
     objects = ", ".join(f"seed {r['seed']}: {r['num_objects_B']}" for r in results)
+    if shipped_base:
+        card = shipped_scores()
+        sizes = {key: value for key, value in sizes.items() if key not in TRAIN_BASE_FIELDS}
+        base = (f"the stand-in SAM shipped with supersam_hf (`{STANDIN_REPO_ID}`, {card['steps']} steps on domain A; "
+                f"its card on held-out A: box {card['box_miou']:.3f}, point {card['point_miou']:.3f}, box reference "
+                f"{card['box_reference_miou']:.3f}) as the base, the same for every seed")
+        recipe = "The base is the same for every seed; the seed sets domain B's data, the supernet's training and the search."
+    else:
+        base = "a small SAM trained from\nscratch on `make_hard_shapes` domain A as the stand-in base (no pretrained SAM offline)"
+        recipe = (f"Base recipe at 2400 steps (benchmarks/results/base_recipe.md): 0.679 box / 0.570 point on A; this run: "
+                  f"{sizes['base_steps']} steps.")
     text = f"""# Paper proxy on the hard domains ({datetime.date.today()}, {describe_machine(torch.device("cpu"))}, load average {os.getloadavg()[0]:.1f} at the end)
 
-Pipeline of `supersam demo` (`prompt_type="mixed"`, `size_metric="macs"`) with {sizes}: a small SAM trained from
-scratch on `make_hard_shapes` domain A as the stand-in base (no pretrained SAM offline), then convert + prioritize,
+Pipeline of `supersam demo` (`prompt_type="mixed"`, `size_metric="macs"`) with {sizes}: {base}, then convert + prioritize,
 sandwich training, OpenTuner search under {" / ".join(f"{r:.0%}" for r in REDUCTIONS)} fewer MACs (depth x MLP width x
 embedding width x input resolution, the demo's default space) and export on domain B. mIoU: B's held-out test split ({objects} objects), one prompt per object, the model's own mask choice,
 at the original image size; "box itself as the mask" is `evaluation.box_reference_miou` on the same objects.
-Base recipe at 2400 steps (benchmarks/results/base_recipe.md): 0.679 box / 0.570 point on A; this run: {sizes['base_steps']} steps.
+{recipe}
 
 """ + "\n".join(lines) + "\n\n" + "\n".join(_verdict(r) for r in results) + f"\n\n![proxy]({name.replace('.md', '.png')})\n"
     return write_result(name, text + previous, folder=folder)
@@ -167,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args(argv)
     sizes = PROXY_SIZES if args.preset == "proxy" else PRESETS["default"]
+    shipped_base = args.preset == "demo_default"  # as `supersam demo` does; the proxy preset trains its own base
     name = "paper_proxy.md" if args.preset == "proxy" else "paper_proxy_demo_default.md"
     previous = PREVIOUS if args.preset == "proxy" else ""
     folder = RESULTS
@@ -175,14 +192,14 @@ def main(argv: list[str] | None = None) -> None:
         args.output = str(folder / "runs")
     if args.from_json:
         results = sorted((r for f in args.from_json for r in json.loads(Path(f).read_text())), key=lambda r: r["seed"])
-        print(f"written to {write_report(results, previous, sizes, name, folder)}", flush=True)
+        print(f"written to {write_report(results, previous, sizes, name, folder, shipped_base)}", flush=True)
         return
     results = []
     for seed in args.seeds:
         out = Path(args.output) / f"seed{seed}"
-        results.append(measure_seed(out, seed, args.resume and (out / "demo_state.json").exists(), sizes))
+        results.append(measure_seed(out, seed, args.resume and (out / "demo_state.json").exists(), sizes, shipped_base))
         (Path(args.output) / "proxy_results.json").write_text(json.dumps(results, indent=2))
-        print(f"written to {write_report(results, previous, sizes, name, folder)}", flush=True)
+        print(f"written to {write_report(results, previous, sizes, name, folder, shipped_base)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from transformers import SamModel
 from _common import SMOKE_HELP, smoke_folder, write_result
 from supersam_hf.configuration_supersam import build_sam_config
 from supersam_hf.data import build_sam_processor, make_hard_shapes
-from supersam_hf.evaluation import box_reference_miou, evaluate_model
 from supersam_hf.modeling_supersam import SuperSamModel
 from supersam_hf.standin import CHECKPOINT_FILES, STANDIN_DIR, heldout_a, score_standin, write_model_card
 from supersam_hf.training import SupernetTrainingArguments, train_supernet
@@ -166,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="A second phase: start from this trained stand-in (a SAM folder) instead of random weights.")
     parser.add_argument("--point_fraction", type=float, default=None, help="Override the recipe's point share.")
     parser.add_argument("--learning_rate", type=float, default=None, help="Override the recipe's peak learning rate.")
+    parser.add_argument("--iou_loss_weight", type=float, default=None,
+                        help="Override the weight of the IoU-head MSE in the loss (the recipe's default: 1).")
     parser.add_argument("--data_seed_offset", type=int, default=0,
                         help="Shift the training images' seed (a second phase on images the first did not see).")
     parser.add_argument("--finish_from_step", type=int, default=None,
@@ -182,9 +183,13 @@ def main(argv: list[str] | None = None) -> None:
         run_dir = Path(args.ship)
         rows = [json.loads(line) for line in LOG.read_text().splitlines() if line.strip()]
         record = next(r for r in reversed(rows) if Path(r["folder"]).resolve() == (run_dir / "base").resolve())
-        if record.get("init_from"):  # a second phase: its card names the first
-            record["first_phase"] = next(r for r in reversed(rows)
-                                         if Path(r["folder"]).resolve() == Path(record["init_from"]).resolve())
+        earlier, current = [], record
+        while current.get("init_from"):  # a later phase: its card names the phases it continues
+            current = next((r for r in reversed(rows) if Path(r["folder"]).resolve() == Path(current["init_from"]).resolve()), None)
+            if current is None:
+                raise SystemExit(f"{record['init_from']}: no run of {LOG} trained it; ship a run whose phases are all logged.")
+            earlier.insert(0, current)
+        record["earlier_phases"] = earlier
         print(f"shipped to {ship(run_dir / 'base', record)}")
         return
     if args.smoke:
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(record))
         return
     train_kwargs = dict(TRAIN, max_steps=args.steps or TRAIN["max_steps"])
-    for key in ("point_fraction", "learning_rate"):
+    for key in ("point_fraction", "learning_rate", "iou_loss_weight"):
         if getattr(args, key) is not None:
             train_kwargs[key] = getattr(args, key)
     output_dir = Path(args.output_dir or f"runs/standin_seed{args.seed}")

@@ -121,7 +121,7 @@ def sandwich_backward(
     slots: Sequence[tuple[str, SubnetConfig]],
     loss_type: str = "focal_dice",
     distill_weight: float = 0.0,
-    sync: bool = True,
+    sync: bool = True, iou_weight: float = 1.0,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Forward + backward of every slot's subnet on one micro-batch; gradients accumulate in the shared weights.
 
@@ -161,7 +161,7 @@ def sandwich_backward(
                 terms = sam_loss(
                     outputs.pred_masks, outputs.iou_scores, labels, instance_mask,
                     loss_type=loss_type, return_mask_index=distill_weight > 0 and teacher is None,
-                    single_masks=single_masks, single_iou_scores=single_scores,
+                    single_masks=single_masks, single_iou_scores=single_scores, iou_weight=iou_weight,
                 )
                 loss = terms["loss"]
                 record = {}

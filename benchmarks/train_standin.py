@@ -6,10 +6,14 @@ synthetic domain A (`make_hard_shapes`), with the project's own calls (`build_sa
 steps than a demo can afford. It is scored on a fixed held-out A set (`heldout_a`, also used by the test that checks
 the shipped weights) with box and point prompts, next to the box reference (the box itself as the mask).
 
-    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/train_standin.py --seed 0 --output_dir runs/standin_s0
-    PYTHONPATH=src python benchmarks/train_standin.py --ship runs/standin_s0   # copy a trained one into the package
+    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/train_standin.py --seed 0 --output_dir runs/standin_seed0
+    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/train_standin.py --seed 0 --output_dir runs/standin_seed0_phase2 \
+        --init_from runs/standin_seed0/base --steps 1500 --point_fraction 0.9 --learning_rate 3e-4 --data_seed_offset 1
+    PYTHONPATH=src python benchmarks/train_standin.py --ship runs/standin_seed0_phase2   # copy it into the package
     PYTHONPATH=src python benchmarks/train_standin.py --smoke                  # a few steps of a tiny model
 
+The two phases above are the shipped stand-in (benchmarks/results/standin_base.md: 4000 steps from scratch, then
+1500 point-heavy ones on other images); `--ship` writes its card naming every phase (followed through --init_from).
 Each run appends one JSON line to benchmarks/results/standin_base.jsonl and its scores to train_standin.md (--smoke:
 both in a temporary folder). Goal (issue 21): on held-out A, box mIoU >= box reference + 0.25 and point mIoU >= 0.65.
 """

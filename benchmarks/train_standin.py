@@ -6,10 +6,14 @@ synthetic domain A (`make_hard_shapes`), with the project's own calls (`build_sa
 steps than a demo can afford. It is scored on a fixed held-out A set (`heldout_a`, also used by the test that checks
 the shipped weights) with box and point prompts, next to the box reference (the box itself as the mask).
 
-    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/train_standin.py --seed 0 --output_dir runs/standin_s0
-    PYTHONPATH=src python benchmarks/train_standin.py --ship runs/standin_s0   # copy a trained one into the package
+    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/train_standin.py --seed 0 --output_dir runs/standin_seed0
+    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/train_standin.py --seed 0 --output_dir runs/standin_seed0_phase2 \
+        --init_from runs/standin_seed0/base --steps 1500 --point_fraction 0.9 --learning_rate 3e-4 --data_seed_offset 1
+    PYTHONPATH=src python benchmarks/train_standin.py --ship runs/standin_seed0_phase2   # copy it into the package
     PYTHONPATH=src python benchmarks/train_standin.py --smoke                  # a few steps of a tiny model
 
+The two phases above are the shipped stand-in (benchmarks/results/standin_base.md: 4000 steps from scratch, then
+1500 point-heavy ones on other images); `--ship` writes its card naming every phase (followed through --init_from).
 Each run appends one JSON line to benchmarks/results/standin_base.jsonl and its scores to train_standin.md (--smoke:
 both in a temporary folder). Goal (issue 21): on held-out A, box mIoU >= box reference + 0.25 and point mIoU >= 0.65.
 """
@@ -31,7 +35,6 @@ from transformers import SamModel
 from _common import SMOKE_HELP, smoke_folder, write_result
 from supersam_hf.configuration_supersam import build_sam_config
 from supersam_hf.data import build_sam_processor, make_hard_shapes
-from supersam_hf.evaluation import box_reference_miou, evaluate_model
 from supersam_hf.modeling_supersam import SuperSamModel
 from supersam_hf.standin import CHECKPOINT_FILES, STANDIN_DIR, heldout_a, score_standin, write_model_card
 from supersam_hf.training import SupernetTrainingArguments, train_supernet
@@ -166,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="A second phase: start from this trained stand-in (a SAM folder) instead of random weights.")
     parser.add_argument("--point_fraction", type=float, default=None, help="Override the recipe's point share.")
     parser.add_argument("--learning_rate", type=float, default=None, help="Override the recipe's peak learning rate.")
+    parser.add_argument("--iou_loss_weight", type=float, default=None,
+                        help="Override the weight of the IoU-head MSE in the loss (the recipe's default: 1).")
     parser.add_argument("--data_seed_offset", type=int, default=0,
                         help="Shift the training images' seed (a second phase on images the first did not see).")
     parser.add_argument("--finish_from_step", type=int, default=None,
@@ -182,9 +187,13 @@ def main(argv: list[str] | None = None) -> None:
         run_dir = Path(args.ship)
         rows = [json.loads(line) for line in LOG.read_text().splitlines() if line.strip()]
         record = next(r for r in reversed(rows) if Path(r["folder"]).resolve() == (run_dir / "base").resolve())
-        if record.get("init_from"):  # a second phase: its card names the first
-            record["first_phase"] = next(r for r in reversed(rows)
-                                         if Path(r["folder"]).resolve() == Path(record["init_from"]).resolve())
+        earlier, current = [], record
+        while current.get("init_from"):  # a later phase: its card names the phases it continues
+            current = next((r for r in reversed(rows) if Path(r["folder"]).resolve() == Path(current["init_from"]).resolve()), None)
+            if current is None:
+                raise SystemExit(f"{record['init_from']}: no run of {LOG} trained it; ship a run whose phases are all logged.")
+            earlier.insert(0, current)
+        record["earlier_phases"] = earlier
         print(f"shipped to {ship(run_dir / 'base', record)}")
         return
     if args.smoke:
@@ -196,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(record))
         return
     train_kwargs = dict(TRAIN, max_steps=args.steps or TRAIN["max_steps"])
-    for key in ("point_fraction", "learning_rate"):
+    for key in ("point_fraction", "learning_rate", "iou_loss_weight"):
         if getattr(args, key) is not None:
             train_kwargs[key] = getattr(args, key)
     output_dir = Path(args.output_dir or f"runs/standin_seed{args.seed}")

@@ -23,7 +23,7 @@ import statistics
 import time
 
 import torch
-from transformers import SamConfig, SamModel
+from transformers import SamConfig
 
 from _common import PRESETS, SMOKE_HELP, describe_machine, interleaved_medians, smoke_folder, write_result
 from supersam_hf import SubnetConfig, SuperSamConfig, SuperSamModel, build_sam_config

@@ -109,6 +109,30 @@ def test_box_training_improves_both_calling_conventions():
     assert after["single"] > before["single"] + 0.2, (before, after)
 
 
+def test_the_iou_loss_weight_scales_only_the_iou_heads_gradient():
+    """--iou_loss_weight reaches the loss: the IoU head's gradient (which only the IoU MSE reaches) is 0 at weight 0
+    and doubles at weight 2."""
+    torch.manual_seed(0)
+    supernet = tiny_supernet(num_layers=2)
+    images = make_synthetic_shapes(2, image_size=64, seed=0, max_shapes=2)
+    batch = SamCollator(prompt="box")([SamSegmentationData(images, tiny_processor(64), prompt="box", seed=0)[i]
+                                       for i in range(2)])
+    head = supernet.mask_decoder.iou_prediction_head.proj_out.weight
+    grads = {}
+    try:
+        for weight in (0.0, 1.0, 2.0):
+            supernet.zero_grad()
+            sandwich_backward(Accelerator(cpu=True), supernet, model_inputs(batch), batch["labels"],
+                              batch["instance_mask"], [("largest", supernet.search_space.largest())],
+                              loss_type="dice_bce", iou_weight=weight)
+            grads[weight] = head.grad.clone()
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    assert torch.count_nonzero(grads[0.0]) == 0 and torch.count_nonzero(grads[1.0]) > 0
+    torch.testing.assert_close(grads[2.0], 2 * grads[1.0])
+
+
 def test_evaluate_scores_the_single_output_on_request(tmp_path):
     """`supersam evaluate --mask_selection single_output` scores what multimask_output=False returns."""
     import json

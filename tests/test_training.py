@@ -301,6 +301,8 @@ def test_bad_arguments(assets, tmp_path):
         train_supernet(make_args(assets, tmp_path / "c", trainable="encoder,neck"))
     with pytest.raises(ValueError, match="point_fraction must be between 0 and 1"):
         train_supernet(make_args(assets, tmp_path / "c2", prompt_type="mixed", point_fraction=1.5))
+    with pytest.raises(ValueError, match="iou_loss_weight must be >= 0"):
+        train_supernet(make_args(assets, tmp_path / "c3", iou_loss_weight=-1.0))
     with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
         train_supernet(make_args(assets, tmp_path / "d", resume_from_checkpoint="latest"))
     (tmp_path / "e").mkdir()

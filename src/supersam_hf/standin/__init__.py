@@ -67,17 +67,16 @@ def write_model_card(target: Path, record: dict[str, Any]) -> None:
     train, model = record["train"], record["model"]
     scores = {key: record[key] for key in ("box_miou", "point_miou", "box_single_output_miou", "box_reference_miou",
                                            "num_objects", "num_images")}
-    first_steps = record["first_phase"]["train"]["max_steps"] if record.get("first_phase") else 0
-    (target / SCORES_FILE).write_text(json.dumps({**scores, "seed": record["seed"],
-                                                  "steps": first_steps + train["max_steps"]}, indent=2) + "\n")
+    earlier = record.get("earlier_phases", [])  # the phases it continues, oldest first (each a run record)
+    (target / SCORES_FILE).write_text(json.dumps({**scores, "seed": record["seed"], "steps": sum(
+        r["train"]["max_steps"] for r in earlier) + train["max_steps"]}, indent=2) + "\n")
     stopped = (f" (stopped at step {train['max_steps']} of a {train['schedule_steps']}-step cosine schedule, whose "
                f"learning rate was then {0.5 * (1 + math.cos(math.pi * train['max_steps'] / train['schedule_steps'])):.0%} "
                "of its peak)" if train.get("schedule_steps", train["max_steps"]) != train["max_steps"] else "")
-    first = record.get("first_phase")
-    phases = (f", continuing a first phase of {first['train']['max_steps']} steps from scratch (lr "
-              f"{first['train']['learning_rate']}, {first['train']['point_fraction']:.0%} point prompts, box "
-              f"{first['box_miou']:.3f} / point {first['point_miou']:.3f} on the held-out set below) on other images"
-              if first else "")
+    phases = ", ".join(f"{r['train']['max_steps']} steps{' from scratch' if i == 0 else ''} (lr {r['train']['learning_rate']}, "
+                       f"{r['train']['point_fraction']:.0%} point prompts{_iou_weight(r['train'])}, box {r['box_miou']:.3f} / "
+                       f"point {r['point_miou']:.3f} on the held-out set below)" for i, r in enumerate(earlier))
+    phases = f", continuing earlier phases on other images: {phases}" if earlier else ""
     card = f"""---
 library_name: transformers
 pipeline_tag: mask-generation
@@ -89,7 +88,7 @@ tags: [sam, supersam, synthetic, stand-in]
 **What it is.** A small `SamModel` (transformers' SAM architecture, {size_mb:.1f} MB of float32 safetensors:
 {model['image_size']} px images, patch {model['patch_size']}, {model['num_hidden_layers']} encoder layers of width
 {model['hidden_size']}, window {model['window_size']}, a {model['output_channels']}-channel prompt encoder and mask
-decoder) trained {'further' if first else 'from scratch'} for {train['max_steps']} steps{stopped} on {record['num_train_images']} synthetic images of
+decoder) trained {'further' if earlier else 'from scratch'} for {train['max_steps']} steps{stopped} on {record['num_train_images']} synthetic images of
 `supersam_hf.data.make_hard_shapes` domain A (rings, crescents, stars, L-shapes, crosses, thin bars and small
 shapes on smooth gradients), with one point ({train['point_fraction']:.0%} of the micro-batches) or a box per
 object, seed {record['seed']} (`benchmarks/train_standin.py`){phases}. It ships with `supersam_hf` so that `supersam demo` starts, as a real user does,
@@ -114,9 +113,13 @@ trained on), {scores['num_objects']} objects, one prompt per object, masks compa
 Training: {train['max_steps']} steps of {train['per_device_train_batch_size']} images, AdamW lr
 {train['learning_rate']} ({train['lr_scheduler_type']}, {train['warmup_fraction']:.0%} warm-up), {train['loss_type']}
 loss on the best of the three outputs plus, for box prompts, on the single-mask output (SAM's recipe), IoU-head
-MSE; {_minutes(record)} on {record['threads']} CPU thread of a 2-core machine shared with other jobs (an upper bound).
+MSE{_iou_weight(train)}; {_minutes(record)} on {record['threads']} CPU thread of a 2-core machine shared with other jobs (an upper bound).
 """
     (target / CARD_FILE).write_text(card)
+
+
+def _iou_weight(train: dict[str, Any]) -> str:
+    return f", IoU-head loss weight {train['iou_loss_weight']:g}" if train.get("iou_loss_weight", 1.0) != 1.0 else ""
 
 
 def _minutes(record: dict[str, Any]) -> str:

@@ -94,6 +94,9 @@ class SupernetTrainingArguments(OutputArguments, DataArguments, ModelArguments):
     loss_type: LossType = field(
         default=LossType.FOCAL_DICE.value, metadata={"help": "Mask loss (SAM's focal+dice by default) plus the IoU-head MSE."}
     )
+    iou_loss_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the IoU-head MSE (the predicted IoU that picks among the three masks) in the loss."}
+    )
     prompt_type: PromptType = prompt_type_field("point, box, or mixed (point or box per micro-batch, seeded)")
     point_fraction: float = field(
         default=0.5,
@@ -209,6 +212,7 @@ class SupernetTrainingArguments(OutputArguments, DataArguments, ModelArguments):
         need(self.num_random_subnets >= 0,
              f"--num_random_subnets must be >= 0 (sampled subnets besides the largest and smallest), got {self.num_random_subnets}.")
         need(self.distill_weight >= 0, f"--distill_weight must be >= 0, got {self.distill_weight}.")
+        need(self.iou_loss_weight >= 0, f"--iou_loss_weight must be >= 0, got {self.iou_loss_weight}.")
         need(self.loss_type in LOSS_TYPES, f"Unknown --loss_type {self.loss_type!r}; valid types are {LOSS_TYPES}.")
         need(self.prompt_type in PROMPT_TYPES, f"Unknown --prompt_type {self.prompt_type!r}; valid types are {PROMPT_TYPES}.")
         need(0.0 <= self.point_fraction <= 1.0,

@@ -122,6 +122,7 @@ def sandwich_backward(
     loss_type: str = "focal_dice",
     distill_weight: float = 0.0,
     sync: bool = True,
+    iou_weight: float = 1.0,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Forward + backward of every slot's subnet on one micro-batch; gradients accumulate in the shared weights.
 
@@ -152,7 +153,8 @@ def sandwich_backward(
             with contextlib.nullcontext() if last else accelerator.no_sync(model):
                 supernet.set_subnet(cfg)
                 pred_masks, terms = _slot_loss(supernet, model, inputs, labels, instance_mask, loss_type, single,
-                                               return_mask_index=distill_weight > 0 and teacher is None)
+                                               return_mask_index=distill_weight > 0 and teacher is None,
+                                               iou_weight=iou_weight)
                 loss, record = terms["loss"], {}
                 if distill_weight > 0 and teacher is None:
                     teacher = (pred_masks.detach(), terms["mask_index"])
@@ -170,7 +172,8 @@ def sandwich_backward(
 
 
 def _slot_loss(supernet: SuperSamModel, model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
-               instance_mask: torch.Tensor, loss_type: str, single: bool, return_mask_index: bool):
+               instance_mask: torch.Tensor, loss_type: str, single: bool, return_mask_index: bool,
+               iou_weight: float = 1.0):
     """(pred_masks at the targets' size, `sam_loss` terms) of the active subnet's forward; with `single` the
     single-mask output (read from the same forward) is scored too."""
     with capture_single_output(supernet.mask_decoder) if single else contextlib.nullcontext() as captured:
@@ -181,7 +184,8 @@ def _slot_loss(supernet: SuperSamModel, model: torch.nn.Module, inputs: dict[str
     if single_masks is not None:
         single_masks = RESOLUTION.masks_like(single_masks, labels)
     terms = sam_loss(pred_masks, outputs.iou_scores, labels, instance_mask, loss_type=loss_type,
-                     return_mask_index=return_mask_index, single_masks=single_masks, single_iou_scores=single_scores)
+                     return_mask_index=return_mask_index, single_masks=single_masks, single_iou_scores=single_scores,
+                     iou_weight=iou_weight)
     return pred_masks, terms
 
 __all__ = [

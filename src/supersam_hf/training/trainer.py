@@ -180,6 +180,7 @@ def _sandwich_step(run: TrainingRun, step: int, batches) -> StepDone:
         results = sandwich_backward(
             accelerator, run.model, inputs, batch["labels"], batch["instance_mask"], slots,
             loss_type=args.loss_type, distill_weight=args.distill_weight, sync=micro == ga - 1,
+            iou_weight=args.iou_loss_weight,
         )
         for name, record in results.items():
             totals[name] += record["loss"] / ga

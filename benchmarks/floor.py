@@ -242,6 +242,11 @@ def timing_section(sam: SamConfig, threads: int, repeats: int = 3, device: str =
         ort = f"{med[(name, 'ORT fp32')] / med[(name, 'eager float32')]:.2f}" if (name, "ORT fp32") in med else "–"
         rows.append(f"| {name} | `{cfg.name}` | {fraction:.3f} | " + " | ".join(cells) + f" | {ort} |")
     rules = "; ".join(f"*{rule}*: {text}" for rule, text in PICK_RULES.items())
+    load_end = os.getloadavg()[0]
+    shared = (f"well above this run's own {threads} thread(s): the machine was shared with other jobs and the times "
+              "and ratios carry their noise; judge the goals (time ÷ MACs ≤ 1.10, ORT ≤ eager) on an idle machine."
+              if max(load_start, load_end) > threads + 0.5 else
+              f"at most this run's own {threads} thread(s): the machine was otherwise idle.")
     return f"""
 ### Time ÷ MACs (image encoder, {describe_machine(device)}, {datetime.date.today()})
 
@@ -253,9 +258,7 @@ weights). Above 1 a subnet is slower than its MACs promise; below 1 the full mod
 count (its global layers' relative-position bias over 4096 × 4096 tokens, a memory-bound sum larger than what the
 subnets carry). Subnets are uniform (layers dropped from the end, one MLP width, one embedding width, one
 resolution), picked per target by two rules: {rules}. Command: `{" ".join(sys.argv) or "floor.py"}`.
-Load average (1 min) at the start / end: **{load_start:.1f} / {os.getloadavg()[0]:.1f}** on {os.cpu_count()} cores; well
-above this run's own {threads} thread(s), the machine was shared with other jobs and the times and ratios carry their
-noise: judge the goals (time ÷ MACs ≤ 1.10, ORT ≤ eager) on an idle machine.
+Load average (1 min) at the start / end: **{load_start:.1f} / {load_end:.1f}** on {os.cpu_count()} cores; {shared}
 
 | model | subnet | encoder MACs ratio | {" | ".join(columns)} | ORT ÷ eager |
 |---|---|---|{"---|" * len(columns)}---|

@@ -4,6 +4,7 @@ encoder layer's cached input (the prefix a layer-removal run reuses). Hooks are 
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from typing import Iterator
 
@@ -17,7 +18,7 @@ def _token_sum(x: torch.Tensor, square: bool) -> torch.Tensor:
     return (rows.pow(2) if square else rows.abs()).sum(dim=0)
 
 
-class _Recorder:
+class _Recorder(abc.ABC):
     """Base of the recorders: `SUMS` names the dicts of per-channel sums (gathered across processes)."""
 
     SUMS: tuple[str, ...] = ()
@@ -27,8 +28,9 @@ class _Recorder:
         for name in self.SUMS:
             setattr(self, name, {})
 
+    @abc.abstractmethod
     def _attach(self, handles: list) -> None:
-        raise NotImplementedError
+        """Register this recorder's hooks, appending their handles to `handles`."""
 
     @staticmethod
     def _add(store: dict, key, value: torch.Tensor) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
+import pytest
 import torch
 from torch.utils.flop_counter import sdpa_flop_count
 from transformers import SamModel, SamProcessor
@@ -72,3 +76,19 @@ def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, *
 # FlopCounterMode has no formula for the CPU flash-attention kernel SDPA dispatches to on CPU (it would count 0);
 # give it the standard SDPA one (QK^T + AV) so SDPA and eager models can both be checked.
 CUSTOM_MAPPING = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flop}
+
+
+JS_DIR = Path(__file__).parent / "js"
+JS_MODULES = JS_DIR / "node_modules"
+
+
+def node_with_transformers_js(what: str) -> str:
+    """The `node` executable, with transformers.js installed in tests/js (as .ci/run installs it). Without node the
+    test is skipped (naming `what` it could not check); node without the package is a failure that says what to run."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip(f"node is not installed: {what} was not run")
+    if not (JS_MODULES / "@huggingface" / "transformers" / "package.json").is_file():
+        pytest.fail(f"transformers.js is not installed in {JS_DIR}: run `cd tests/js && npm install --ignore-scripts` "
+                    "(as .ci/run does).", pytrace=False)
+    return node

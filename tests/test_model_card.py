@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import tiny_processor, tiny_supernet
+from helpers import JS_MODULES, node_with_transformers_js, tiny_processor, tiny_supernet
 from huggingface_hub import ModelCard
 
 from supersam_hf import SubnetConfig
@@ -27,7 +26,6 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
 
 SUBNET = SubnetConfig(kept_layers=(0, 1, 3), mlp_dims=(64, 96, 64))
 README = Path(__file__).parent.parent / "README.md"
-JS_MODULES = Path(__file__).parent / "js" / "node_modules"
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 
 
@@ -62,12 +60,7 @@ def run_python_block(code: str, cwd: Path, monkeypatch) -> None:
 
 
 def run_js_block(code: str, cwd: Path, tmp_path: Path) -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed: the card's transformers.js snippet was not run")
-    if not JS_MODULES.is_dir():
-        pytest.fail(f"transformers.js is not installed in {JS_MODULES.parent}: run `cd tests/js && npm install "
-                    "--ignore-scripts` (as .ci/run does).", pytrace=False)
+    node = node_with_transformers_js("the card's transformers.js snippet")
     script = tmp_path / "snippet.mjs"
     script.write_text(code)
     (tmp_path / "node_modules").symlink_to(JS_MODULES)  # resolve @huggingface/transformers from tests/js

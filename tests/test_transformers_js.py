@@ -8,14 +8,13 @@ install it.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_processor, tiny_supernet
+from helpers import JS_DIR, node_with_transformers_js, tiny_processor, tiny_supernet
 from PIL import Image
 from transformers import SamModel, SamProcessor
 
@@ -26,24 +25,12 @@ from supersam_hf.onnx_export import OnnxSamModel, quantize_int8
 pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-JS_DIR = Path(__file__).parent / "js"
 SCRIPT = JS_DIR / "sam_points.mjs"
-PACKAGE = JS_DIR / "node_modules" / "@huggingface" / "transformers" / "package.json"
 SUBNET = SubnetConfig(kept_layers=(0, 1, 3, 5), mlp_dims=(128, 64, 32, 96))
 # 1 image (64 x 48: resized to 64 px, padded to 64 x 64), 3 prompts: one point, one point, a point and a
 # background point.
 POINTS = [[[[20.0, 30.0], [50.0, 40.0]], [[40.0, 10.0], [10.0, 40.0]], [[5.0, 44.0], [60.0, 2.0]]]]
 LABELS = [[[1, 0], [1, 1], [1, 0]]]
-
-
-def _node() -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed: the transformers.js check needs Node.js")
-    if not PACKAGE.is_file():
-        pytest.fail(f"transformers.js is not installed in {JS_DIR}: run `cd tests/js && npm install --ignore-scripts` "
-                    "(as .ci/run does).", pytrace=False)
-    return node
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +53,7 @@ def _run_js(node: str, root: Path, image: Path, dtype: str = "fp32") -> dict:
 
 
 def test_transformers_js_matches_pytorch_for_point_prompts(exported):
-    node = _node()
+    node = node_with_transformers_js("the transformers.js check")
     root, image = exported
     js = _run_js(node, root, image)
 
@@ -93,7 +80,7 @@ def test_transformers_js_matches_pytorch_for_point_prompts(exported):
 def test_transformers_js_q8_loads_the_quantized_files(exported):
     """dtype "q8" (transformers.js's default in the browser) runs `*_quantized.onnx`: the same numbers as
     `OnnxSamModel(int8=True)` in Python."""
-    node = _node()
+    node = node_with_transformers_js("the transformers.js check")
     root, image = exported
     quantize_int8(root / "tiny-sam")
     js = _run_js(node, root, image, dtype="q8")

@@ -64,8 +64,9 @@ SMOKE_TRAIN = dict(TRAIN, max_steps=3, per_device_train_batch_size=2)
 
 
 def train(output_dir: Path, seed: int, model_kwargs: dict, train_kwargs: dict, num_train: int, threads: int,
-          eval_every: int, init_from: Path | None = None, data_seed: int | None = None) -> dict:
-    """Train one stand-in in `output_dir` (base/ holds the plain SamModel + processor) and return its run record."""
+          eval_every: int, init_from: Path | None = None, data_seed: int | None = None, resume: bool = False) -> dict:
+    """Train one stand-in in `output_dir` (base/ holds the plain SamModel + processor) and return its run record;
+    `resume`: continue the interrupted run there from its newest checkpoint (same data, seed and schedule)."""
     torch.set_num_threads(threads)
     output_dir.mkdir(parents=True, exist_ok=True)
     data_dir = output_dir / "domain_A"
@@ -77,14 +78,18 @@ def train(output_dir: Path, seed: int, model_kwargs: dict, train_kwargs: dict, n
     init_dir = output_dir / "init"
     torch.manual_seed(seed)
     # from scratch, or (a second phase) from a stand-in trained earlier
-    (SamModel.from_pretrained(init_from) if init_from else SamModel(build_sam_config(**model_kwargs))).save_pretrained(init_dir)
-    processor.save_pretrained(init_dir)
+    if resume and not (init_dir / "config.json").is_file():
+        raise SystemExit(f"{output_dir}: no interrupted run to resume there (its init/ folder is gone); train afresh.")
+    if not resume:
+        (SamModel.from_pretrained(init_from) if init_from else SamModel(build_sam_config(**model_kwargs))).save_pretrained(init_dir)
+        processor.save_pretrained(init_dir)
     kwargs = dict(train_kwargs)
     steps = kwargs["max_steps"]
     warmup = max(1, round(steps * kwargs.pop("warmup_fraction")))
     args = SupernetTrainingArguments(
         model_name_or_path=str(init_dir), dataset_name=str(data_dir), train_split_name="train",
-        output_dir=str(output_dir / "training"), overwrite_output_dir=True, warmup_steps=warmup, largest_only=True,
+        output_dir=str(output_dir / "training"), overwrite_output_dir=not resume,
+        resume_from_checkpoint="latest" if resume else None, warmup_steps=warmup, largest_only=True,
         num_random_subnets=0, save_steps=max(1, steps // 4), save_total_limit=1, eval_steps=eval_every or steps,
         eval_split_name="validation", max_eval_images=None, logging_steps=50, seed=seed, **kwargs,
     )
@@ -101,6 +106,7 @@ def train(output_dir: Path, seed: int, model_kwargs: dict, train_kwargs: dict, n
     return {"seed": seed, "model": model_kwargs, "train": train_kwargs, "num_train_images": num_train,
             "train_seconds": round(seconds, 1), "threads": threads, **scores, "curve": curve,
             "init_from": str(init_from) if init_from else None, "train_data_seed": TRAIN_DATA_SEED + data_seed,
+            "resumed": resume,  # train_seconds then count the resumed part only
             "machine": platform.machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "folder": str(output_dir / "base")}
 
 
@@ -215,6 +221,9 @@ def main(argv: list[str] | None = None) -> None:
                              "num_attention_heads=6); a stand-in of another shape also changes the demo's model.")
     parser.add_argument("--num_train_images", type=int, default=NUM_TRAIN_IMAGES,
                         help=f"Domain-A training images (default {NUM_TRAIN_IMAGES}).")
+    parser.add_argument("--resume", action="store_true",
+                        help="Continue the interrupted run in --output_dir from its newest checkpoint (give the same "
+                             "other flags as the run had).")
     parser.add_argument("--select", nargs="+", default=None, metavar="RUN_DIR",
                         help="Do not train: score these runs' stand-ins on the selection set (not the card's held-out "
                              "set) and say which to ship.")
@@ -265,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         model_kwargs[key] = int(value)
     output_dir = Path(args.output_dir or f"runs/standin_seed{args.seed}")
     record = train(output_dir, args.seed, model_kwargs, train_kwargs, args.num_train_images, args.threads, args.eval_every,
-                   init_from=Path(args.init_from) if args.init_from else None, data_seed=args.seed + args.data_seed_offset)
+                   init_from=Path(args.init_from) if args.init_from else None, data_seed=args.seed + args.data_seed_offset, resume=args.resume)
     log_record(record)
     print(json.dumps(record), flush=True)
 

@@ -33,8 +33,9 @@ exports every subnet it times.
 
 `onnx` and `onnxruntime` are optional (extra ``[onnx]``); they are imported inside the functions.
 
-Modules: `layout` (file names, metadata, card snippets), `graphs` (torch → ONNX), `quantize` (INT8), `runtime`
-(`OnnxSamModel`, parity, latency).
+Modules: `layout` (file names, metadata, card snippets), `graphs` (torch → ONNX), `attention` (the encoder's
+relative-position bias folded into the attention product in the exported graph, where that runs faster),
+`quantize` (INT8), `runtime` (`OnnxSamModel`, parity, latency).
 """
 
 from .graphs import export_onnx, export_vision_encoder

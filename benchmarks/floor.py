@@ -22,6 +22,7 @@ but 2 elastic, as `supersam convert` makes them).
 from __future__ import annotations
 
 import argparse
+import json
 import copy
 import datetime
 import gc
@@ -192,20 +193,61 @@ def timed_functions(supernet, models: dict, device, dtypes, threads: int, folder
 
 
 def ort_medians(ort_runs: dict, threads: int, repeats: int, warmup: int) -> dict:
-    """Interleaved medians of ONNX Runtime, one precision at a time: the sessions (and their memory arenas, GBs at
-    the full model's global attention) live only through their own pass."""
-    from supersam_hf.onnx_export import ort_session
+    """Interleaved medians of ONNX Runtime, one precision at a time, each pass in a fresh Python process that holds
+    only ONNX Runtime and that pass's sessions (and their memory arenas, GBs at the full model's global attention).
+    Run in this process, after the PyTorch pass, ORT was up to ~25 % slower than the same files in a process of their
+    own (full ViT-B fp32, 2 threads, idle machine: 5.33 s against 4.04 s standalone, minutes apart), which measures
+    the benchmark's own process (a GB-sized torch heap, two thread pools), not ONNX Runtime; a deployment runs
+    ORT without the PyTorch models beside it."""
+    import json
+    import subprocess
+
+    import numpy as np
 
     med = {}
     for precision in dict.fromkeys(column for _, column in ort_runs):
-        runs = {}
-        for key, (path, feed) in ort_runs.items():
-            if key[1] == precision:
-                runs[key] = lambda session=ort_session(path, threads=threads), feed=feed: session.run(None, feed)
-        med |= interleaved_medians(runs, repeats, torch.device("cpu"), warmup=warmup)
-        del runs
-        gc.collect()
+        keys = [key for key in ort_runs if key[1] == precision]
+        with tempfile.TemporaryDirectory(prefix="floor_ort_") as tmp:
+            spec = []
+            for i, key in enumerate(keys):
+                path, feed = ort_runs[key]
+                np.save(Path(tmp) / f"pixels_{i}.npy", feed["pixel_values"])
+                spec.append({"model": str(path), "pixels": str(Path(tmp) / f"pixels_{i}.npy")})
+            (Path(tmp) / "spec.json").write_text(json.dumps(spec))
+            done = subprocess.run([sys.executable, __file__, "--ort_pass", str(Path(tmp) / "spec.json"),
+                                   "--threads", str(threads), "--repeats", str(repeats), "--warmup", str(warmup)],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"the ONNX Runtime pass ({precision}) failed:\n{done.stderr[-2000:]}")
+            medians = json.loads(done.stdout.strip().splitlines()[-1])
+        med |= dict(zip(keys, medians))
     return med
+
+
+def ort_pass(spec_file: str, threads: int, repeats: int, warmup: int) -> list[float]:
+    """The ORT pass's own process (`--ort_pass`): interleaved medians of the models in `spec_file`, in its order."""
+    import json
+    import statistics
+    import time
+
+    import numpy as np
+
+    from supersam_hf.onnx_export import ort_session
+
+    runs = []
+    for item in json.loads(Path(spec_file).read_text()):
+        session, feed = ort_session(item["model"], threads=threads), {"pixel_values": np.load(item["pixels"])}
+        runs.append(lambda session=session, feed=feed: session.run(None, feed))
+    for _ in range(warmup):
+        for run in runs:
+            run()
+    times = [[] for _ in runs]
+    for _ in range(repeats):
+        for i, run in enumerate(runs):
+            start = time.perf_counter()
+            run()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def timing_section(sam: SamConfig, threads: int, repeats: int = 3, device: str = "cpu", dtypes=("float32",),
@@ -251,7 +293,7 @@ def timing_section(sam: SamConfig, threads: int, repeats: int = 3, device: str =
 ### Time ÷ MACs (image encoder, {describe_machine(device)}, {datetime.date.today()})
 
 Median wall-clock seconds of {repeats} interleaved repeats after {warmup} warm-up (every model and column in turn;
-ONNX Runtime in a pass per precision), then **time ÷ MACs** = (time ÷ the full encoder's time in the same column) ÷
+ONNX Runtime in a pass per precision, each in a Python process of its own), then **time ÷ MACs** = (time ÷ the full encoder's time in the same column) ÷
 (encoder MACs ÷ the full encoder's). Columns: *eager* is the extracted `SamModel`, *supernet* the supernet's own
 forward under the subnet, *ORT* ONNX Runtime of the exported encoder (INT8: dynamic quantization of the MatMul/Gemm
 weights). Above 1 a subnet is slower than its MACs promise; below 1 the full model carries work its MACs do not
@@ -274,7 +316,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (eager, supernet, ONNX Runtime fp32 + INT8) or cuda.")
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"],
                         help="PyTorch dtypes timed (ONNX Runtime: fp32 and INT8, on CPU only).")
+    parser.add_argument("--ort_pass", default=None, help=argparse.SUPPRESS)  # ort_medians' own process
+    parser.add_argument("--warmup", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.ort_pass:
+        print(json.dumps(ort_pass(args.ort_pass, args.threads, args.repeats, args.warmup)))
+        return
 
     shapes = SMOKE_SHAPES if args.smoke else SHAPES
     text, found = floor_section(shapes)

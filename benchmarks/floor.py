@@ -270,13 +270,15 @@ def timing_section(sam: SamConfig, threads: int, repeats: int = 3, device: str =
             chosen = pick(pool, target, rule)
             if all(chosen[1] != cfg for _, cfg in models.values()):
                 models[f"{target:.0%} ({rule})"] = chosen
-    folder = Path(tempfile.mkdtemp(prefix="floor_onnx_")) if device.type == "cpu" else None
-    torch_runs, ort_runs = timed_functions(supernet, models, device, dtypes, threads, folder)
-    del supernet  # the runs hold what they need; each pass's models are freed before the next pass
-    med = interleaved_medians(torch_runs, repeats, device, warmup=warmup)
-    del torch_runs
-    gc.collect()
-    med |= ort_medians(ort_runs, threads, repeats, warmup)
+    # the ONNX files of the timed subnets (over 1 GB for ViT-B): this run's own temporary folder, removed after it
+    with tempfile.TemporaryDirectory(prefix="floor_onnx_") as tmp:
+        folder = Path(tmp) if device.type == "cpu" else None
+        torch_runs, ort_runs = timed_functions(supernet, models, device, dtypes, threads, folder)
+        del supernet  # the runs hold what they need; each pass's models are freed before the next pass
+        med = interleaved_medians(torch_runs, repeats, device, warmup=warmup)
+        del torch_runs
+        gc.collect()
+        med |= ort_medians(ort_runs, threads, repeats, warmup)
     columns = list(dict.fromkeys(column for _, column in med))
     rows = []
     for name, (fraction, cfg) in models.items():

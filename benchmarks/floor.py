@@ -193,13 +193,12 @@ def timed_functions(supernet, models: dict, device, dtypes, threads: int, folder
 
 
 def ort_medians(ort_runs: dict, threads: int, repeats: int, warmup: int) -> dict:
-    """Interleaved medians of ONNX Runtime, one precision at a time, each pass in a fresh Python process that holds
+    """Interleaved medians of ONNX Runtime, one precision at a time, each pass in a fresh Python process that runs
     only ONNX Runtime and that pass's sessions (and their memory arenas, GBs at the full model's global attention).
     Run in this process, after the PyTorch pass, ORT was up to ~25 % slower than the same files in a process of their
     own (full ViT-B fp32, 2 threads, idle machine: 5.33 s against 4.04 s standalone, minutes apart), which measures
     the benchmark's own process (a GB-sized torch heap, two thread pools), not ONNX Runtime; a deployment runs
     ORT without the PyTorch models beside it."""
-    import json
     import subprocess
 
     import numpy as np
@@ -226,28 +225,16 @@ def ort_medians(ort_runs: dict, threads: int, repeats: int, warmup: int) -> dict
 
 def ort_pass(spec_file: str, threads: int, repeats: int, warmup: int) -> list[float]:
     """The ORT pass's own process (`--ort_pass`): interleaved medians of the models in `spec_file`, in its order."""
-    import json
-    import statistics
-    import time
-
     import numpy as np
 
     from supersam_hf.onnx_export import ort_session
 
-    runs = []
-    for item in json.loads(Path(spec_file).read_text()):
+    runs = {}
+    for i, item in enumerate(json.loads(Path(spec_file).read_text())):
         session, feed = ort_session(item["model"], threads=threads), {"pixel_values": np.load(item["pixels"])}
-        runs.append(lambda session=session, feed=feed: session.run(None, feed))
-    for _ in range(warmup):
-        for run in runs:
-            run()
-    times = [[] for _ in runs]
-    for _ in range(repeats):
-        for i, run in enumerate(runs):
-            start = time.perf_counter()
-            run()
-            times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+        runs[i] = lambda session=session, feed=feed: session.run(None, feed)
+    med = interleaved_medians(runs, repeats, torch.device("cpu"), warmup=warmup)
+    return [med[i] for i in range(len(runs))]
 
 
 def timing_section(sam: SamConfig, threads: int, repeats: int = 3, device: str = "cpu", dtypes=("float32",),

@@ -54,13 +54,6 @@ def _folded_forward(self, hidden_states: torch.Tensor, output_attentions: bool =
     return self.proj(output.reshape(batch_size, height, width, -1)), None
 
 
-def _grid(config, layer_index: int) -> int:
-    """Tokens per side of the attention of encoder layer `layer_index` (its window, or the whole grid)."""
-    if layer_index in config.global_attn_indexes or config.window_size == 0:
-        return config.image_size // config.patch_size
-    return config.window_size
-
-
 @contextlib.contextmanager
 def fold_rel_pos(model: SamModel, max_extra_dims: int = FOLD_MAX_EXTRA_DIMS) -> Iterator[list[int]]:
     """While open, the encoder layers of `model` whose grid adds at most `max_extra_dims` (h + w) run the folded
@@ -68,8 +61,9 @@ def fold_rel_pos(model: SamModel, max_extra_dims: int = FOLD_MAX_EXTRA_DIMS) -> 
     config = model.config.vision_config
     folded = []
     if config.use_rel_pos:
+        grid = config.image_size // config.patch_size
         for index, layer in enumerate(model.vision_encoder.layers):
-            if 2 * _grid(config, index) <= max_extra_dims:
+            if 2 * (layer.window_size or grid) <= max_extra_dims:  # the layer's window, or the whole grid (global)
                 layer.attn.forward = types.MethodType(_folded_forward, layer.attn)
                 folded.append(index)
     try:

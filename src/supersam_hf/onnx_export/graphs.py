@@ -12,7 +12,7 @@ import torch
 from transformers import SamConfig, SamModel
 
 from ..errors import SupersamError
-from .attention import fold_rel_pos
+from .attention import export_attention
 from .layout import BOX_DECODER_FILE, DECODER_FILE, ENCODER_FILE, ONNX_SUBFOLDER, _save_with_metadata, require_onnx
 
 
@@ -130,11 +130,11 @@ def _trace(module: torch.nn.Module, example: dict, path: Path, axes: dict, opset
 def export_vision_encoder(model: SamModel, path: str | os.PathLike, *, opset: int = 17) -> Path:
     """Write only the image encoder (`pixel_values` → `image_embeddings`, `image_positional_embeddings`; dynamic
     batch) to `path`, its relative-position bias folded into the attention product where that runs faster
-    (`attention.fold_rel_pos`)."""
+    (`attention.export_attention`)."""
     require_onnx()
     model, path = _exportable(model), Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with fold_rel_pos(model):
+    with export_attention(model):
         return _trace(_VisionEncoder(model), _example_inputs(model.config), path, ENCODER_AXES, opset, model.config)
 
 

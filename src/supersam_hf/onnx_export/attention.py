@@ -93,13 +93,16 @@ def _windowed_layer_forward(self, hidden_states: torch.Tensor, fold: bool = True
     batch_size, height, width, channels = hidden_states.shape
     heads = attn.num_attention_heads
     pad_h, pad_w = (size - height % size) % size, (size - width % size) % size
-    qkv = F.pad(F.linear(hidden_states, attn.qkv.weight), (0, 0, 0, pad_w, 0, pad_h))
-    if attn.qkv.bias is not None:
-        qkv = qkv + attn.qkv.bias
     rows, cols = (height + pad_h) // size, (width + pad_w) // size
-    # (batch, rows, size, cols, size, q/k/v, heads, head_dim) → (q/k/v, batch, rows, cols, heads, size, size, head_dim)
-    qkv = qkv.reshape(batch_size, rows, size, cols, size, 3, heads, -1).permute(5, 0, 1, 3, 6, 2, 4, 7)
-    query, key, value = qkv.reshape(3, batch_size * rows * cols * heads, size * size, -1).unbind(0)
+    biases = attn.qkv.bias.chunk(3) if attn.qkv.bias is not None else (None,) * 3
+    operands = []
+    for weight, bias in zip(attn.qkv.weight.chunk(3), biases):  # q, k, v: one product each (no split copy)
+        part = F.pad(F.linear(hidden_states, weight), (0, 0, 0, pad_w, 0, pad_h))
+        part = part + bias if bias is not None else part
+        # (batch, rows, size, cols, size, heads, head_dim) → (batch, rows, cols, heads, size, size, head_dim)
+        part = part.reshape(batch_size, rows, size, cols, size, heads, -1).permute(0, 1, 3, 5, 2, 4, 6)
+        operands.append(part.reshape(batch_size * rows * cols * heads, size * size, -1))
+    query, key, value = operands
     output = _attend(attn, query, key, value, size, size, fold)
     output = output.reshape(batch_size, rows, cols, heads, size, size, -1).permute(0, 1, 4, 2, 5, 3, 6)
     output = output.reshape(batch_size, rows * size, cols * size, channels)[:, :height, :width]

@@ -7,7 +7,7 @@ less work in ONNX Runtime. Two rewrites, both for the export only:
    1024 px, 48 → 56 at 768, 32 → 42 at 512) and runs `qkv` and `proj` on the padded tokens too. A padded token's
    q, k, v are just qkv's bias, so `_windowed_layer_forward` runs `qkv` on the real tokens, gives the padding the
    bias, and runs `proj` after the padding is cropped; the window partition and the split into heads are one
-   transpose. The MAC count (`costs.py`) still counts the padded tokens, the work PyTorch does.
+   transpose for each of q, k and v. The MAC count (`costs.py`) still counts the padded tokens, the work PyTorch does.
 
 SAM's vision attention adds a bias to its logits: for query i and key j = (row a, column c) of the token grid,
 ``rel_h[i, a] + rel_w[i, c]``, where ``rel_h = q · R_h`` and ``rel_w = q · R_w`` (`SamVisionAttention.
@@ -86,7 +86,8 @@ def _windowed_layer_forward(self, hidden_states: torch.Tensor, fold: bool = True
     to whole windows and runs `qkv` and `proj` on the padding too (a padded token's q, k, v are qkv's bias); here
     `qkv` runs on the real tokens, the padding gets the bias, and `proj` runs after the padding is cropped. At
     768 / 512 px (48 / 32 tokens padded to 56 / 42) that is 36 % / 72 % fewer tokens through those two products.
-    Window partition and the split into heads are one transpose, and so are their inverses."""
+    q, k and v are a product each (no split copy); window partition and the split into heads are one transpose for
+    each, and so are their inverses for the output."""
     attn, size = self.attn, self.window_size
     residual = hidden_states
     hidden_states = self.layer_norm1(hidden_states)

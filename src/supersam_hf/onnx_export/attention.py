@@ -48,24 +48,24 @@ def _attend(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, h
     """softmax(scale · q · kᵀ + relative-position bias) · v for (batch · heads, height · width, head_dim) operands on
     a height x width grid: the bias folded into the product (`fold`, see the module docstring) or added as transformers
     adds it. `get_decomposed_rel_pos`'s two einsums are broadcast matrix products (faster in ONNX Runtime)."""
-    logits = (query * attn.scale) @ key.transpose(-2, -1)
-    if attn.use_rel_pos:
-        grid_query = query.reshape(query.shape[0], height, width, -1)
-        rel_h = grid_query @ attn.get_rel_pos(height, height, attn.rel_pos_h).transpose(1, 2)  # (bh, h, w, h)
-        rel_w = (grid_query.transpose(1, 2) @ attn.get_rel_pos(width, width, attn.rel_pos_w).transpose(1, 2))
-        rel_w = rel_w.transpose(1, 2)  # (bh, h, w, w)
-        rows, tokens = query.shape[0], height * width
-        if fold:
-            index = torch.arange(tokens, device=query.device)
-            one_hot = torch.cat([(index[:, None] // width == torch.arange(height, device=query.device)[None]),
-                                 (index[:, None] % width == torch.arange(width, device=query.device)[None])], dim=1)
-            query = torch.cat([query * attn.scale, rel_h.reshape(rows, tokens, height),
-                               rel_w.reshape(rows, tokens, width)], dim=-1)
-            key = torch.cat([key, one_hot.to(key.dtype).expand(rows, -1, -1)], dim=-1)
-            logits = query @ key.transpose(-2, -1)
-        else:
-            logits = logits.reshape(rows, height, width, height, width) + rel_h[..., None] + rel_w[:, :, :, None, :]
-            logits = logits.reshape(rows, tokens, tokens)
+    if not attn.use_rel_pos:
+        return torch.softmax((query * attn.scale) @ key.transpose(-2, -1), dim=-1) @ value
+    rows, tokens = query.shape[0], height * width
+    grid_query = query.reshape(rows, height, width, -1)
+    rel_h = grid_query @ attn.get_rel_pos(height, height, attn.rel_pos_h).transpose(1, 2)  # (rows, h, w, h)
+    rel_w = (grid_query.transpose(1, 2) @ attn.get_rel_pos(width, width, attn.rel_pos_w).transpose(1, 2))
+    rel_w = rel_w.transpose(1, 2)  # (rows, h, w, w)
+    if fold:
+        index = torch.arange(tokens, device=query.device)
+        one_hot = torch.cat([(index[:, None] // width == torch.arange(height, device=query.device)[None]),
+                             (index[:, None] % width == torch.arange(width, device=query.device)[None])], dim=1)
+        query = torch.cat([query * attn.scale, rel_h.reshape(rows, tokens, height),
+                           rel_w.reshape(rows, tokens, width)], dim=-1)
+        key = torch.cat([key, one_hot.to(key.dtype).expand(rows, -1, -1)], dim=-1)
+        logits = query @ key.transpose(-2, -1)
+    else:
+        logits = ((query * attn.scale) @ key.transpose(-2, -1)).reshape(rows, height, width, height, width)
+        logits = (logits + rel_h[..., None] + rel_w[:, :, :, None, :]).reshape(rows, tokens, tokens)
     return torch.softmax(logits, dim=-1) @ value
 
 

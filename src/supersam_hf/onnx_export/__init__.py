@@ -34,7 +34,8 @@ exports every subnet it times.
 `onnx` and `onnxruntime` are optional (extra ``[onnx]``); they are imported inside the functions.
 
 Modules: `layout` (file names, metadata, card snippets), `graphs` (torch → ONNX), `attention` (the encoder's
-relative-position bias folded into the attention product in the exported graph, where that runs faster),
+attention as exported: the relative-position bias folded into the attention product where that runs faster, and
+windowed layers without work on the padding),
 `quantize` (INT8), `runtime` (`OnnxSamModel`, parity, latency).
 """
 

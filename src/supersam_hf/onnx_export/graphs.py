@@ -129,8 +129,8 @@ def _trace(module: torch.nn.Module, example: dict, path: Path, axes: dict, opset
 
 def export_vision_encoder(model: SamModel, path: str | os.PathLike, *, opset: int = 17) -> Path:
     """Write only the image encoder (`pixel_values` → `image_embeddings`, `image_positional_embeddings`; dynamic
-    batch) to `path`, its relative-position bias folded into the attention product where that runs faster
-    (`attention.export_attention`)."""
+    batch) to `path`, with the attention written for export (`attention.export_attention`: the relative-position bias
+    folded into the attention product where that runs faster, no `qkv` / `proj` work on the windows' padding)."""
     require_onnx()
     model, path = _exportable(model), Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

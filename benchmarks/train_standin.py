@@ -219,6 +219,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", nargs="+", default=[], metavar="KEY=INT",
                         help="Override the model's shape (MODEL's keys, e.g. num_hidden_layers=6 hidden_size=192 "
                              "num_attention_heads=6); a stand-in of another shape also changes the demo's model.")
+    parser.add_argument("--position_scale", type=float, default=None,
+                        help="Standard deviation of the random Fourier features encoding prompt and image positions "
+                             "(build_sam_config's position_scale; SAM's and the recipe's: 1).")
     parser.add_argument("--num_train_images", type=int, default=NUM_TRAIN_IMAGES,
                         help=f"Domain-A training images (default {NUM_TRAIN_IMAGES}).")
     parser.add_argument("--resume", action="store_true",
@@ -272,6 +275,8 @@ def main(argv: list[str] | None = None) -> None:
         if key not in MODEL or not value.isdigit():
             parser.error(f"--model {item}: give KEY=INT with KEY one of {', '.join(MODEL)}.")
         model_kwargs[key] = int(value)
+    if args.position_scale is not None:
+        model_kwargs["position_scale"] = args.position_scale
     output_dir = Path(args.output_dir or f"runs/standin_seed{args.seed}")
     record = train(output_dir, args.seed, model_kwargs, train_kwargs, args.num_train_images, args.threads, args.eval_every,
                    init_from=Path(args.init_from) if args.init_from else None, data_seed=args.seed + args.data_seed_offset, resume=args.resume)

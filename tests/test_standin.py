@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from transformers import SamModel
 
 from supersam_hf.commands.demo_plan import SMALL_MODEL_MAX_THREADS, pick_num_threads
-from supersam_hf.errors import ModelFileError
+from supersam_hf.configuration_supersam import build_sam_config
+from supersam_hf.errors import ModelFileError, SupersamError
 from supersam_hf.standin import (
     CARD_FILE,
     CHECKPOINT_FILES,
@@ -140,3 +141,17 @@ def test_the_training_script_runs_in_smoke_mode(tmp_path):
     assert 0.2 < record["box_reference_miou"] < 0.6
     assert (STANDIN_DIR / "model.safetensors").stat().st_mtime_ns == shipped
     assert (log.read_text() if log.exists() else None) == logged
+
+
+def test_position_scale_spreads_the_fourier_features_and_rejects_zero():
+    """`build_sam_config(position_scale=)` (train_standin.py --position_scale): the same random draw, scaled."""
+    shape = dict(image_size=64, patch_size=8, hidden_size=32, num_hidden_layers=2, output_channels=16)
+    torch.manual_seed(0)
+    sam_like = SamModel(build_sam_config(**shape)).shared_image_embedding.positional_embedding
+    torch.manual_seed(0)
+    config = build_sam_config(**shape, position_scale=4.0)
+    wider = SamModel(config).shared_image_embedding.positional_embedding
+    assert config.vision_config.scale == 4.0
+    assert torch.equal(wider, 4.0 * sam_like)  # a power of two: exact in float32
+    with pytest.raises(SupersamError, match="position_scale must be > 0"):
+        build_sam_config(**shape, position_scale=0.0)

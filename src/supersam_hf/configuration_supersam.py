@@ -18,6 +18,7 @@ from __future__ import annotations
 from transformers import SamConfig
 from transformers.models.sam.configuration_sam import SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
 
+from .errors import SupersamError
 from .search_space import (
     check_image_size_choices,
     check_search_space,
@@ -142,11 +143,13 @@ def build_sam_config(
     decoder_hidden_size: int | None = None,
     decoder_mlp_dim: int | None = None,
     decoder_heads: int = 4,
+    position_scale: float = 1.0,
 ) -> SamConfig:
     """A self-consistent `SamConfig` of a chosen size (image size agrees across encoder, prompt encoder, decoder).
 
     Used to build the tiny models of the tests and the small stand-in base of the demo, since no pretrained SAM
-    can be downloaded offline. Defaults: every third layer global, like SAM's ViT-B (2, 5, 8, 11).
+    can be downloaded offline. Defaults: every third layer global, like SAM's ViT-B (2, 5, 8, 11). `position_scale`:
+    the standard deviation of the random Fourier features that encode prompt and image positions (SAM's is 1).
     """
     if global_attn_indexes is None:
         global_attn_indexes = tuple(i for i in range(num_hidden_layers) if i % 3 == 2)
@@ -176,5 +179,7 @@ def build_sam_config(
     # The random Fourier features that encode prompt and image positions: the original SAM draws them from N(0, 1)
     # (PositionEmbeddingRandom(scale=1)); transformers initialises them with std hidden_size // 2, which is harmless
     # when a checkpoint overwrites them but too high-frequency for a model trained from scratch to learn prompts.
-    config.vision_config.scale = 1.0
+    if not position_scale > 0:
+        raise SupersamError(f"position_scale must be > 0, got {position_scale}.")
+    config.vision_config.scale = float(position_scale)
     return config

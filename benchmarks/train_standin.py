@@ -11,6 +11,7 @@ the shipped weights) with box and point prompts, next to the box reference (the 
         --init_from runs/standin_seed0/base --steps 1500 --point_fraction 0.9 --learning_rate 3e-4 --data_seed_offset 1
     PYTHONPATH=src python benchmarks/train_standin.py --select runs/standin_seed{0,1,2}_phase2  # which seed to ship
     PYTHONPATH=src python benchmarks/train_standin.py --ship runs/standin_seed0_phase2   # copy it into the package
+    PYTHONPATH=src python benchmarks/train_standin.py --diagnose runs/standin_seed0_phase2  # where point mIoU goes
     PYTHONPATH=src python benchmarks/train_standin.py --smoke                  # a few steps of a tiny model
 
 The two phases above are the shipped stand-in (benchmarks/results/standin_base.md: 4000 steps from scratch, then
@@ -172,6 +173,92 @@ highest point mIoU among the runs whose box mIoU is at least the box reference +
     return chosen[0]
 
 
+@torch.no_grad()
+def point_choice_table(run_dir: Path, dataset=None) -> tuple[dict, list]:
+    """Where a stand-in's point mIoU goes (`--diagnose`): per object of `dataset` (default: the card's held-out A),
+    one point prompt, the IoU of each of SAM's three outputs against the truth (at the original size) and the IoU
+    head's predictions. Returns the summary (own choice, oracle, each fixed output, the head's mean absolute error,
+    the share of the gap from the worst objects) and the rows (gap, image, truth, masks, IoUs, scores, point)
+    sorted by the gap between the oracle and the model's own choice."""
+    import numpy as np
+
+    from supersam_hf.data import model_inputs
+    from supersam_hf.evaluation.inputs import batches_to_score
+    from supersam_hf.evaluation.masks import _forward, _pairwise_iou
+    from transformers import SamProcessor
+
+    model, processor = SamModel.from_pretrained(run_dir / "base").eval(), SamProcessor.from_pretrained(run_dir / "base")
+    dataset = heldout_a(processor.image_processor.size["longest_edge"]) if dataset is None else dataset
+    batches, _, _ = batches_to_score(dataset, processor, "point", 8, None, 0)
+    rows = []
+    for batch in batches:
+        pred_masks, scores = _forward(model, model_inputs(batch))
+        for b, truth in enumerate(batch["full_masks"]):
+            count = int(truth.shape[0])
+            masks = processor.post_process_masks([pred_masks[b, :count]], batch["original_sizes"][b:b + 1],
+                                                 batch["reshaped_input_sizes"][b:b + 1], mask_threshold=0.0,
+                                                 binarize=True)[0]
+            scale = batch["original_sizes"][b].double() / batch["reshaped_input_sizes"][b].double()
+            for k in range(count):
+                ious, score = _pairwise_iou(masks[k], truth[k]).numpy(), scores[b, k].float().numpy()
+                point = (batch["input_points"][b, k, 0].double() * scale[[1, 0]]).numpy()
+                gap = float(ious.max() - ious[score.argmax()])
+                rows.append((gap, batch["pixel_values"][b], truth[k].numpy(), masks[k].numpy(), ious, score, point))
+    rows.sort(key=lambda row: -row[0])
+    ious, scores = np.stack([r[4] for r in rows]), np.stack([r[5] for r in rows])
+    gaps = np.array([r[0] for r in rows])
+    worst = max(1, len(rows) // 8)
+    summary = {"num_objects": len(rows), "own_choice": float(ious[np.arange(len(rows)), scores.argmax(1)].mean()),
+               "oracle": float(ious.max(1).mean()), "fixed_output": [float(v) for v in ious.mean(0)],
+               "iou_head_mae": [float(v) for v in np.abs(scores - ious).mean(0)],
+               "gap_share_of_worst_eighth": float(gaps[:worst].sum() / max(gaps.sum(), 1e-9))}
+    return summary, rows
+
+
+def diagnose(run_dir: Path, folder: Path = RESULTS, num_shown: int = 8) -> dict:
+    """`--diagnose`: `point_choice_table` of a run, appended to `folder`/train_standin.md, and its worst objects as
+    `folder`/standin_point_errors.png (image and point, truth, the three outputs with their IoU and predicted IoU)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary, rows = point_choice_table(run_dir)
+    shown = rows[:num_shown]
+    figure, axes = plt.subplots(len(shown), 5, figsize=(10, 2.1 * len(shown)), squeeze=False)
+    for line, (gap, pixels, truth, masks, ious, scores, point) in zip(axes, shown):
+        image = pixels.permute(1, 2, 0).numpy()
+        image = (image - image.min()) / max(float(image.max() - image.min()), 1e-9)
+        line[0].imshow(image[:truth.shape[0], :truth.shape[1]])
+        line[1].imshow(truth)
+        line[1].set_title("truth", fontsize=8)
+        for j in range(3):
+            line[2 + j].imshow(masks[j])
+            own = "own choice, " if j == scores.argmax() else ""
+            line[2 + j].set_title(f"{own}IoU {ious[j]:.2f}, predicted {scores[j]:.2f}", fontsize=7)
+        for axis in line[:2]:
+            axis.plot(point[0], point[1], "r+", markersize=10)
+        for axis in line:
+            axis.axis("off")
+    figure.suptitle(f"{run_dir}: the {len(shown)} held-out objects whose point prompt loses most to the model's "
+                    "own choice", fontsize=9)
+    figure.tight_layout()
+    folder.mkdir(parents=True, exist_ok=True)
+    figure.savefig(folder / "standin_point_errors.png", dpi=80)
+    plt.close(figure)
+    fixed = " / ".join(f"{v:.3f}" for v in summary["fixed_output"])
+    mae = " / ".join(f"{v:.3f}" for v in summary["iou_head_mae"])
+    write_result("train_standin.md", f"""
+## Point prompts of `{run_dir}`: the model's own choice against each output ({time.strftime('%Y-%m-%d %H:%M')})
+
+Held-out A, {summary['num_objects']} objects, one point each: own choice **{summary['own_choice']:.3f}**, oracle (best
+of three against the truth) {summary['oracle']:.3f}, always output 1 / 2 / 3: {fixed}; the IoU head's mean absolute
+error per output {mae}; the worst eighth of the objects carry {summary['gap_share_of_worst_eighth']:.0%} of the
+gap between the oracle and the own choice. Worst objects: standin_point_errors.png.
+""", append=True, folder=folder)
+    return summary
+
+
 def log_record(record: dict, folder: Path = RESULTS) -> None:
     """Append `record` to `folder`/standin_base.jsonl and its scores against the goal to `folder`/train_standin.md."""
     write_result(LOG.name, json.dumps(record) + "\n", append=True, folder=folder)
@@ -230,12 +317,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--select", nargs="+", default=None, metavar="RUN_DIR",
                         help="Do not train: score these runs' stand-ins on the selection set (not the card's held-out "
                              "set) and say which to ship.")
+    parser.add_argument("--diagnose", default=None, metavar="RUN_DIR",
+                        help="Do not train: where the run's point mIoU goes (each of the three outputs against the "
+                             "model's own choice, on held-out A) and a PNG of its worst objects.")
     parser.add_argument("--finish_from_step", type=int, default=None,
                         help="Do not train: take the stand-in of --output_dir's unfinished run from its checkpoint at "
                              "this step (scored and logged like a finished run).")
     args = parser.parse_args(argv)
     if args.select:
         print(f"ship: {select([Path(d) for d in args.select])}")
+        return
+    if args.diagnose:
+        print(json.dumps(diagnose(Path(args.diagnose))))
         return
     if args.finish_from_step is not None:
         output_dir = Path(args.output_dir or f"runs/standin_seed{args.seed}")
@@ -262,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
         ship(folder / "run" / "base", record, target=folder / "shipped")  # the card is written, not the package
         assert (folder / "shipped" / "README.md").is_file()
         assert select([folder / "run"], folder, num_images=2) == folder / "run"
+        assert diagnose(folder / "run", folder, num_shown=2)["oracle"] >= 0.0
+        assert (folder / "standin_point_errors.png").is_file()
         log_record(record, folder)
         print(json.dumps(record))
         return

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import SamModel
+from transformers import SamConfig, SamModel
 
 from ..configuration_supersam import build_sam_config
 from ..data import SamCollator, SamSegmentationData, make_hard_shapes, model_inputs
 from ..loading import load_sam_model
 from ..losses import sam_loss
-from ..standin import load_standin
+from ..standin import STANDIN_DIR, load_standin
 from ..training import SupernetTrainingArguments
 from ..training.mask_outputs import capture_single_output, single_output
 from ..types import PromptType
@@ -39,7 +39,7 @@ PRESETS = {
                     num_eval_images=32, num_calibration_images=32, base_steps=2000, train_steps=400, search_budget=24,
                     batch_size=4, gradient_accumulation_steps=1),
     "quick": dict(image_size=128, patch_size=8, window_size=8, hidden_size=128, num_layers=4, num_train_images=400,
-                  num_eval_images=16, num_calibration_images=16, base_steps=900, train_steps=150, search_budget=10,
+                  num_eval_images=16, num_calibration_images=16, base_steps=900, train_steps=100, search_budget=10,
                   batch_size=4, gradient_accumulation_steps=1),
 }
 # With a given checkpoint: the training defaults sized for SAM ViT-B (batch 1, accumulation to 2 images).
@@ -286,11 +286,13 @@ def target_learning_rate(args: DemoArguments) -> float:
 
 
 def stand_in_config(args: DemoArguments, sizes: dict):
-    """The `SamConfig` of a base trained here (--train_base) at the plan's sizes."""
+    """The `SamConfig` of a base trained here (--train_base) at the plan's sizes (the decoder's width: the shipped
+    stand-in's unless --decoder_channels)."""
+    decoder_channels = args.decoder_channels or SamConfig.from_pretrained(STANDIN_DIR).vision_config.output_channels
     return build_sam_config(image_size=sizes["image_size"], patch_size=sizes["patch_size"],
                             hidden_size=sizes["hidden_size"], num_hidden_layers=sizes["num_layers"],
                             num_attention_heads=4, window_size=sizes["window_size"],
-                            output_channels=args.decoder_channels or 64)
+                            output_channels=decoder_channels)
 
 
 def make_plan(args: DemoArguments, processor) -> DemoPlan:

@@ -33,7 +33,9 @@ from .demo_arguments import SIZE_FIELDS, DemoArguments, base_source
 
 # The stand-in base (benchmarks/results/base_recipe.md): patch 8, window 8, 4 layers. A step costs 1.38x the earlier
 # patch-16 / 8-layer base's, so 2000 base steps (not the recipe's 2400) keep the default demo near ~12 min on 2 idle
-# cores (an estimate; the earlier default took 7 min).
+# cores (an estimate; the earlier default took 7 min). Quick: 100 steps on B, since the shipped stand-in's 128-channel
+# decoder makes a step ~1.6x the first stand-in's: 150 steps took 199-205 s on one thread, over the 3-minute goal
+# beside a busy core; 100 take 154 s there and 113 s on 2 idle cores (benchmarks/results/standin_base.md).
 PRESETS = {
     "default": dict(image_size=128, patch_size=8, window_size=8, hidden_size=128, num_layers=4, num_train_images=1500,
                     num_eval_images=32, num_calibration_images=32, base_steps=2000, train_steps=400, search_budget=24,

@@ -255,3 +255,18 @@ def test_domain_b_learning_rate_depends_on_the_base_unless_given():
     assert target_learning_rate(DemoArguments()) == TARGET_LEARNING_RATE["stand-in"] == 1e-3
     assert target_learning_rate(DemoArguments(model_name_or_path="facebook/sam-vit-base")) == 2e-4
     assert target_learning_rate(DemoArguments(model_name_or_path="x", learning_rate=5e-5)) == 5e-5
+
+
+def test_an_unreachable_budget_is_refused_before_the_supernet_trains(tmp_path, capsys):
+    """--size_reductions beyond the supernet's smallest subnet: one line naming it and what is reachable, right after
+    convert (before the sandwich training and every search); --resume with a reachable list then finishes."""
+    output = tmp_path / "run"
+    tiny = [*TINY[:TINY.index("--size_reductions")], "--size_reductions", "0.3", "0.999"]
+    assert main(["demo", "--output_dir", str(output), *tiny]) == 2
+    err = capsys.readouterr().err
+    assert "--size_reductions 0.999: this supernet's smallest subnet keeps" in err and "fewer are reachable" in err
+    state = json.loads((output / "demo_state.json").read_text())
+    assert "convert" in state and "train" not in state and "search_30" not in state
+    reachable = [*TINY[:TINY.index("--size_reductions")], "--size_reductions", "0.3"]
+    assert main(["demo", "--output_dir", str(output), "--resume", *reachable]) == 0
+    assert "search_30" in json.loads((output / "demo_state.json").read_text())

@@ -44,6 +44,7 @@ from ..outputs import prepare_output_dir, record_tool_outputs, remove_tool_outpu
 from ..prioritization import default_num_elastic_layers, prioritize
 from ..results import ExportResult
 from ..search import RESULTS_FILE, search_subnets
+from ..search.budgets import cheapest_subnet
 from ..standin import STANDIN_REPO_ID, load_standin, shipped_scores
 from ..training import train_supernet
 from ..training.checkpoints import find_latest_checkpoint
@@ -205,6 +206,7 @@ def _run_demo(args: DemoArguments) -> dict:
     base_params = load_supernet(base_dir, device="cpu").count_parameters()
     _stage_baselines(run, base_dir, b_test)
     supernet = _stage_supernet(run, base_dir)
+    check_budgets_reachable(supernet, args)  # again: a resumed run may bring other --size_reductions
     for reduction in args.size_reductions:
         _stage_search(run, supernet, reduction, base_dir, base_params, b_search, b_test)
     return write_summary(run, supernet, base_params, started)
@@ -385,12 +387,28 @@ def _stage_supernet(run: _DemoRun, base_dir: str | Path) -> SuperSamModel:
         run.state.record("convert", {"elastic_layers": report.elastic_layers, "layer_drop_probs": report.layer_drop_probs,
                                      "num_images": report.num_images})
     if not run.state.done("train"):
+        check_budgets_reachable(load_supernet(supernet_init, device="cpu"), run.args)  # before the long training
         steps = run.plan.sizes["train_steps"]
         _print(f"sandwich-rule training of the supernet on domain B ({steps} steps)")
         _train(supernet_dir, supernet_init, run.data_b, steps, run, largest_only=False,
                learning_rate=target_learning_rate(run.args))
         run.state.record("train", {"path": str(supernet_dir)})
     return load_supernet(supernet_dir, device="cpu")
+
+
+def check_budgets_reachable(supernet: SuperSamModel, args: DemoArguments) -> None:
+    """One line naming the --size_reductions that no subnet of `supernet` meets (its cheapest subnet costs more than
+    the budget the search would get), before any search or the supernet's training runs."""
+    unit = "parameters" if args.size_metric == "params" else "MACs"
+    cost = supernet.count_parameters if args.size_metric == "params" else supernet.count_macs
+    full, (_, fewest) = cost(), cheapest_subnet(supernet.search_space, cost)
+    too_far = [r for r in args.size_reductions if int(full * (1 - r)) < fewest]
+    if too_far:
+        raise SupersamError(
+            f"--size_reductions {' '.join(f'{r:g}' for r in too_far)}: this supernet's smallest subnet keeps "
+            f"{fewest / full:.1%} of the base's {unit}, so at most {1 - fewest / full:.1%} fewer are reachable; drop "
+            f"{'that budget' if len(too_far) == 1 else 'those budgets'} or lower {'it' if len(too_far) == 1 else 'them'}, "
+            "then rerun with --resume (finished stages are kept).")
 
 
 def _stage_search(run: _DemoRun, supernet: SuperSamModel, reduction: float, base_dir: str | Path, base_params: int,

@@ -396,13 +396,18 @@ def _stage_supernet(run: _DemoRun, base_dir: str | Path) -> SuperSamModel:
     return load_supernet(supernet_dir, device="cpu")
 
 
+def size_budget(full: int, reduction: float) -> int:
+    """The search's budget (max_params or max_macs) for "at least `reduction` fewer than `full`"."""
+    return int(full * (1 - reduction))
+
+
 def check_budgets_reachable(supernet: SuperSamModel, args: DemoArguments) -> None:
     """One line naming the --size_reductions that no subnet of `supernet` meets (its cheapest subnet costs more than
     the budget the search would get), before any search or the supernet's training runs."""
     unit = "parameters" if args.size_metric == "params" else "MACs"
     cost = supernet.count_parameters if args.size_metric == "params" else supernet.count_macs
     full, (_, fewest) = cost(), cheapest_subnet(supernet.search_space, cost)
-    too_far = [r for r in args.size_reductions if int(full * (1 - r)) < fewest]
+    too_far = [r for r in args.size_reductions if size_budget(full, r) < fewest]
     if too_far:
         raise SupersamError(
             f"--size_reductions {' '.join(f'{r:g}' for r in too_far)}: this supernet's smallest subnet keeps "
@@ -426,7 +431,7 @@ def _stage_search(run: _DemoRun, supernet: SuperSamModel, reduction: float, base
            + (" (continuing)" if resume else ""))
     search_args = SearchArguments(budget=run.plan.sizes["search_budget"], strategy="opentuner", seed=run.args.seed,
                                   resume=resume, prompt_type=run.search_prompt,
-                                  **{f"max_{metric}": int(base_cost * (1 - reduction))})
+                                  **{f"max_{metric}": size_budget(base_cost, reduction)})
     best = search_subnets(supernet, b_search, run.processor, search_args, output_dir=search_dir,
                           show_progress=True).best
     if best is None:

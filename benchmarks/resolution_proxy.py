@@ -11,6 +11,7 @@ the mean over all objects equals the recorded mIoU). Masks are scored at the ori
 subnet's input resolution (`SamProcessor.post_process_masks`), so the rows compare.
 
     python benchmarks/resolution_proxy.py --seeds 0 1 2             # the default demo sizes (long)
+    python benchmarks/resolution_proxy.py --seeds 0 1 2 --image_size_choices 32 48 64 96 128  # down to 1/4 size
     python benchmarks/resolution_proxy.py --quick --seeds 0         # --quick demo sizes
     python benchmarks/resolution_proxy.py --from_runs /tmp/run_s0   # only read finished runs
     python benchmarks/resolution_proxy.py --smoke                   # seconds: one tiny demo run; temporary folder
@@ -42,8 +43,8 @@ from supersam_hf.metrics import load_sam_miou
 
 REDUCTIONS = (0.9, 0.95)
 PROMPTS = ("box", "point")
-# Object sizes by visible area, in tokens of the smallest input resolution the demo's space offers (half the base's
-# side: at 64 of 128 px with patch 8, one token covers 1/64 of the image).
+# Object sizes by visible area, in tokens of a half-size input's grid (the demo's default space's smallest input: at 64
+# of 128 px with patch 8, one token covers 1/64 of the image), whatever input resolutions the runs' space offers.
 SIZE_BINS = (("small (< 1 token)", 0, 1), ("medium (1-2 tokens)", 1, 2), ("large (≥ 2 tokens)", 2, float("inf")))
 TOKENS_PER_IMAGE = 64
 # --smoke: the tiny demo run the other benchmarks are smoke-tested on, with a base trained here (the shipped stand-in
@@ -51,9 +52,11 @@ TOKENS_PER_IMAGE = 64
 SMOKE = ["--train_base"] + [str(v) for name, value in SMOKE_DEMO_SIZES.items() for v in (f"--{name}", value)]
 
 
-def run_seed(folder: Path, seed: int, quick: bool, smoke: bool, search_budget: int | None) -> None:
+def run_seed(folder: Path, seed: int, quick: bool, smoke: bool, search_budget: int | None,
+             image_size_choices: list[int] | None = None) -> None:
     argv = ["demo", "--output_dir", str(folder), "--seed", str(seed), "--prompt_type", "mixed", "--size_metric", "macs",
             "--size_reductions", *map(str, REDUCTIONS)]
+    argv += ["--image_size_choices", *map(str, image_size_choices)] if image_size_choices else []
     argv += ["--quick"] if quick else []
     argv += SMOKE if smoke else []
     argv += ["--search_budget", str(search_budget)] if search_budget and not smoke else []
@@ -181,11 +184,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--search_budget", type=int, default=24, help="Subnets scored per search (demo default: 10 quick).")
     parser.add_argument("--runs_dir", default=None, help="Where the demo runs go (default: a temporary folder).")
     parser.add_argument("--from_runs", nargs="+", default=None, help="Only read these finished demo runs.")
+    parser.add_argument("--image_size_choices", type=int, nargs="+", default=None,
+                        help="The demo's --image_size_choices (default: its own, 50 / 75 / 100 %% of the base's).")
     parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args(argv)
     report_folder = smoke_folder("resolution_proxy") if args.smoke else RESULTS
     if args.smoke:
         args.from_runs, args.runs_dir = None, str(report_folder / "runs")
+        args.image_size_choices = args.image_size_choices or [16, 32, 64]  # the tiny base's 64 px, patch 16
 
     if args.from_runs:
         runs = [Path(p) for p in args.from_runs]
@@ -194,18 +200,22 @@ def main(argv: list[str] | None = None) -> None:
         seeds = args.seeds[:1] if args.smoke else args.seeds
         runs = [base / f"seed{seed}" for seed in seeds]
         for seed, folder in zip(seeds, runs):
-            run_seed(folder, seed, args.quick, args.smoke, args.search_budget)
+            run_seed(folder, seed, args.quick, args.smoke, args.search_budget, args.image_size_choices)
+    spaces = {tuple(json.loads((run / "supernet" / "config.json").read_text())["image_size_choices"]) for run in runs}
+    if len(spaces) != 1:
+        raise SystemExit(f"the runs' supernets offer different input resolutions {sorted(spaces)}: not one experiment")
+    resolutions = " ".join(map(str, spaces.pop()))
     out = f"""# Quality at the floor (proxy task, {datetime.date.today()})
 
 {len(runs)} run(s) of `supersam demo --prompt_type mixed --size_metric macs --size_reductions ... {' '.join(map(str, REDUCTIONS))}`
-({', '.join(str(p) for p in runs)}); mean ± standard deviation over runs; mIoU on domain B's test images, one prompt
+(input resolutions of the space: {resolutions} px; {', '.join(str(p) for p in runs)}); mean ± standard deviation over runs; mIoU on domain B's test images, one prompt
 per object, the model's own mask choice, scored at the original image size.
 
 {table(runs)}
 ## By object size
 
-Objects binned by visible area, in tokens of the smallest input resolution's grid (one token = 1/{TOKENS_PER_IMAGE}
-of the image); each cell is the mIoU over a run's objects of that size, mean ± std over runs. "At full resolution":
+Objects binned by visible area, in tokens of a half-size input's grid (the default space's smallest input; one token =
+1/{TOKENS_PER_IMAGE} of the image); each cell is the mIoU over a run's objects of that size, mean ± std over runs. "At full resolution":
 the winner's subnet (same layers and widths, same supernet weights) fed the full-size input instead (more MACs, so
 outside the budget): what its input resolution costs, by object size (a row appears when every run's winner has a
 smaller input).

@@ -257,6 +257,24 @@ def test_domain_b_learning_rate_depends_on_the_base_unless_given():
     assert target_learning_rate(DemoArguments(model_name_or_path="x", learning_rate=5e-5)) == 5e-5
 
 
+def test_image_size_choices_reach_the_converted_supernet_and_bad_ones_stop_before_training(tmp_path, capsys):
+    """--image_size_choices: a resolution that is not whole patches is refused in one line before any training; good
+    ones become the converted supernet's input resolutions (its smallest subnet takes the smallest), and a budget
+    only they reach passes the reachability check that follows convert."""
+    output = tmp_path / "run"
+    base = TINY[:TINY.index("--size_reductions")]
+    assert main(["demo", "--output_dir", str(output), *base, "--image_size_choices", "20", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "resolution 20 must be a multiple of the patch size 8 in 1..64" in err and len(err.strip().splitlines()) == 1
+    assert "finetuned" not in json.loads((output / "demo_state.json").read_text())
+    # 0.97: beyond the default space's smallest subnet (32 px) but within 16 px's; 0.999 still out of reach.
+    assert main(["demo", "--output_dir", str(output), "--overwrite_output_dir", *base,
+                 "--image_size_choices", "16", "32", "64", "--size_reductions", "0.97", "0.999"]) == 2
+    err = capsys.readouterr().err
+    assert "--size_reductions 0.999: this supernet's smallest subnet keeps" in err and "0.97" not in err
+    assert json.loads((output / "supernet_init" / "config.json").read_text())["image_size_choices"] == [16, 32, 64]
+
+
 def test_an_unreachable_budget_is_refused_before_the_supernet_trains(tmp_path, capsys):
     """--size_reductions beyond the supernet's smallest subnet: one line naming it and what is reachable, right after
     convert (before the sandwich training and every search); --resume with a reachable list then finishes."""
@@ -268,5 +286,9 @@ def test_an_unreachable_budget_is_refused_before_the_supernet_trains(tmp_path, c
     state = json.loads((output / "demo_state.json").read_text())
     assert "convert" in state and "train" not in state and "search_30" not in state
     reachable = [*TINY[:TINY.index("--size_reductions")], "--size_reductions", "0.3"]
+    # Other input resolutions than the converted supernet's: refused on resume (the default space here: 32 48 64).
+    assert main(["demo", "--output_dir", str(output), "--resume", *reachable, "--image_size_choices", "16", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "--image_size_choices 16 64: this run's supernet was converted with input resolutions 32 48 64" in err
     assert main(["demo", "--output_dir", str(output), "--resume", *reachable]) == 0
     assert "search_30" in json.loads((output / "demo_state.json").read_text())

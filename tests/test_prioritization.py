@@ -275,10 +275,14 @@ def test_convert_cli_end_to_end(tmp_path, capsys):
     make_synthetic_shapes(6, image_size=S, seed=3).save_to_disk(data_dir)
 
     code = cli_main(["convert", "--model_name_or_path", str(model_dir), "--dataset_name", str(data_dir), "--output_dir",
-                     str(out), "--num_calibration_images", "4", "--calibration_batch_size", "2"])
+                     str(out), "--num_calibration_images", "4", "--calibration_batch_size", "2",
+                     "--image_size_choices", "16", "64", "32"])
     assert code == 0
     supernet = SuperSamModel.from_pretrained(out)
     assert supernet.config.prioritized is True
+    assert supernet.config.image_size_choices == [16, 32, 64]  # the flag's resolutions (default: 32 48 64)
+    assert supernet.search_space.smallest().image_size == 16
+    assert "input resolutions [16, 32, 64]" in capsys.readouterr().out
     assert supernet.config.model_type == "supersam" and len(supernet.config.elastic_layers) == 2
     assert isinstance(SamProcessor.from_pretrained(out), SamProcessor)
     report = json.loads((out / "prioritization_report.json").read_text())
@@ -290,6 +294,13 @@ def test_convert_cli_end_to_end(tmp_path, capsys):
                      str(tmp_path / "o2"), "--image_column", "nope"])
     assert code == 2
     assert "image_column='nope'" in capsys.readouterr().err
+    for choices, message in ((["40", "64"], "resolution 40 must be a multiple of the patch size 16 in 1..64"),
+                             (["16", "32"], "must include the full resolution 64")):
+        code = cli_main(["convert", "--model_name_or_path", str(model_dir), "--dataset_name", str(data_dir),
+                         "--output_dir", str(tmp_path / "o3"), "--image_size_choices", *choices])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "o3").exists()
 
 
 # -- calibration cost: layer importance reuses the prefix -------------------------------------------------------------

@@ -154,3 +154,25 @@ def test_position_scale_spreads_the_fourier_features_and_rejects_zero():
     assert torch.equal(wider, 4.0 * sam_like)  # a power of two: exact in float32
     with pytest.raises(SupersamError, match="position_scale must be > 0"):
         build_sam_config(**shape, position_scale=0.0)
+
+
+def test_smaller_input_resolutions_bring_the_stand_in_under_five_percent_of_its_macs():
+    """What --image_size_choices' help promises: the stand-in's default space stops at 7 % of its MACs (its 128-channel
+    decoder is not elastic), 32 px inputs bring the smallest subnet under 5 %, and no subnet exists below it."""
+    from transformers import SamConfig
+
+    from supersam_hf import SuperSamModel
+    from supersam_hf.configuration_supersam import SuperSamConfig
+    from supersam_hf.search.budgets import cheapest_subnet
+    from supersam_hf.search_space import SearchSpace
+    from supersam_hf.standin import STANDIN_DIR
+
+    base = SamConfig.from_pretrained(STANDIN_DIR)
+    fractions = {}
+    for choices in (None, [32, 48, 64, 96, 128]):
+        model_config = SuperSamConfig.from_sam_config(base, **({} if choices is None else {"image_size_choices": choices}))
+        supernet = SuperSamModel(model_config)
+        subnet, fewest = cheapest_subnet(SearchSpace.from_config(model_config), supernet.count_macs)
+        fractions[choices is None] = fewest / supernet.count_macs()
+        assert subnet.image_size == min(model_config.image_size_choices)
+    assert 0.06 < fractions[True] < 0.08 and fractions[False] < 0.05

@@ -280,6 +280,11 @@ class ConvertArguments:
         default=True, metadata={"help": "Measure layer importance and set the elastic layers and their drop "
                                 "probabilities (--no_measure_layers: leave the config's depth settings as they are)."}
     )
+    image_size_choices: Optional[list[int]] = field(
+        default=None,
+        metadata={"help": "Input resolutions (pixels) the subnets may take, the base's among them, each a whole number "
+                  "of patches, e.g. 1024 768 512 384 256 for a ViT-B (default: 50, 75 and 100 %% of the base's)."},
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the calibration image selection."})
     device: Optional[str] = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
 

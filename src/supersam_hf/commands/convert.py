@@ -49,7 +49,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, output_args: Outpu
         report.save(staging)
     print(
         f"supersam convert: {model_args.model_name_or_path} -> {output} (calibrated on {report.num_images} images; "
-        f"elastic layers {report.elastic_layers}, drop probabilities {[round(p, 3) for p in report.layer_drop_probs]})"
+        f"elastic layers {report.elastic_layers}, drop probabilities {[round(p, 3) for p in report.layer_drop_probs]}; "
+        f"input resolutions {model.config.image_size_choices})"
     )
     state.wait_for_everyone()
     return report

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import datasets
 import torch
-from transformers import SamModel
+from transformers import SamModel, SamVisionConfig
 
 from ..arguments import ConvertArguments, EvaluateArguments, SearchArguments
 from ..data import SamSegmentationData, build_sam_processor, load_segmentation_dataset, make_hard_shapes
@@ -38,14 +38,15 @@ from ..elastic import RESOLUTION
 from ..errors import DataError, OutputFolderError, SupersamError
 from ..evaluation import evaluate_model
 from ..export import export_subnet
-from ..loading import load_processor, load_sam_model, load_supernet
+from ..loading import load_config_dict, load_processor, load_sam_model, load_supernet
 from ..modeling_supersam import SuperSamModel
 from ..outputs import prepare_output_dir, record_tool_outputs, remove_tool_outputs
 from ..prioritization import default_num_elastic_layers, prioritize
 from ..results import ExportResult
 from ..search import RESULTS_FILE, search_subnets
 from ..search.budgets import cheapest_subnet
-from ..standin import STANDIN_REPO_ID, load_standin, shipped_scores
+from ..search_space import check_image_size_choices
+from ..standin import STANDIN_DIR, STANDIN_REPO_ID, load_standin, shipped_scores
 from ..training import train_supernet
 from ..training.checkpoints import find_latest_checkpoint
 from ..types import PromptType
@@ -202,6 +203,7 @@ def _run_demo(args: DemoArguments) -> dict:
                    search_prompt="box" if args.prompt_type == PromptType.MIXED else args.prompt_type)
     _stage_data(run)
     b_search, b_test = (load_segmentation_dataset(run.data_b, split=s) for s in ("search", "test"))
+    check_image_size_choices_flag(run)  # before anything trains
     base_dir = _stage_base(run)
     base_params = load_supernet(base_dir, device="cpu").count_parameters()
     _stage_baselines(run, base_dir, b_test)
@@ -380,7 +382,8 @@ def _stage_supernet(run: _DemoRun, base_dir: str | Path) -> SuperSamModel:
         _print(f"converting the base into a supernet and prioritizing it on domain B ({images} calibration images; "
                f"{default_num_elastic_layers(layers)} of {layers} layers elastic, `supersam convert`'s default)")
         report = prioritize(supernet, load_segmentation_dataset(run.data_b, split="train"), run.processor,
-                            ConvertArguments(num_calibration_images=images, seed=run.args.seed))
+                            ConvertArguments(num_calibration_images=images, seed=run.args.seed,
+                                             image_size_choices=run.args.image_size_choices))
         supernet.save_pretrained(supernet_init)
         run.processor.save_pretrained(supernet_init)
         report.save(supernet_init)
@@ -394,6 +397,28 @@ def _stage_supernet(run: _DemoRun, base_dir: str | Path) -> SuperSamModel:
                learning_rate=target_learning_rate(run.args))
         run.state.record("train", {"path": str(supernet_dir)})
     return load_supernet(supernet_dir, device="cpu")
+
+
+def check_image_size_choices_flag(run: _DemoRun) -> None:
+    """One line when --image_size_choices does not fit the base (whole patches, its own resolution among them), or
+    differs from the input resolutions of a resumed run's converted supernet."""
+    choices = run.args.image_size_choices
+    if choices is None:
+        return
+    source = base_source(run.args)
+    if source == "trained":
+        vision = stand_in_config(run.args, run.plan.sizes).vision_config
+    else:
+        config = load_config_dict(run.args.model_name_or_path or STANDIN_DIR)
+        vision = SamVisionConfig(**config.get("vision_config", {}))
+    check_image_size_choices(vision.image_size, [int(s) for s in choices], vision.patch_size)
+    if run.state.done("convert"):
+        converted = load_supernet(run.output / "supernet_init", device="cpu").config.image_size_choices
+        if sorted(int(s) for s in choices) != list(converted):
+            raise SupersamError(
+                f"--image_size_choices {' '.join(map(str, choices))}: this run's supernet was converted with input "
+                f"resolutions {' '.join(map(str, converted))}; resume with those, or start a new run in another "
+                "--output_dir.")
 
 
 def size_budget(full: int, reduction: float) -> int:

@@ -92,6 +92,12 @@ class DemoArguments:
                   "1e-3 with the stand-in base, which scores ~0 on B zero-shot and must nearly learn B; 2e-4 with a "
                   "given pretrained checkpoint)."},
     )
+    image_size_choices: list[int] | None = field(
+        default=None,
+        metadata={"help": "Input resolutions (pixels) the supernet's subnets may take, the base's among them, whole "
+                  "patches (default: 50, 75 and 100 %% of the base's; e.g. 32 48 64 96 128 with the stand-in reaches "
+                  "under 5 %% of its MACs). `supersam convert --image_size_choices`."},
+    )
     size_metric: str = field(  # checked by run_demo (its message), values from SizeMetric
         default=SizeMetric.MACS.value,
         metadata={"help": "What --size_reductions reduce: macs (default: what makes a subnet faster, and the stand-in's "

@@ -7,6 +7,7 @@ import logging
 from ..arguments import ConvertArguments, DataArguments, with_keywords
 from ..errors import DataError, SupersamError
 from ..modeling_supersam import SuperSamModel
+from ..search_space import check_image_size_choices
 from .calibration import calibration_dataset, measure
 from .recorders import EmbeddingRecorder, MlpNormRecorder
 from .report import LAYER_IMPORTANCE_MEASURE, EmbeddingOrder, PrioritizationReport
@@ -23,7 +24,7 @@ DEFAULT_KEPT_LAYERS = 2
 # `num_images` is --num_calibration_images), and keyword -> its DataArguments field.
 PRIORITIZE_KEYWORDS = {name: name for name in (
     "num_calibration_images", "calibration_batch_size", "reorder", "measure_layers", "num_elastic_layers",
-    "max_drop_prob", "keep_first_layer", "seed")} | {"num_images": "num_calibration_images",
+    "max_drop_prob", "keep_first_layer", "image_size_choices", "seed")} | {"num_images": "num_calibration_images",
                                                      "batch_size": "calibration_batch_size"}
 PRIORITIZE_DATA_KEYWORDS = {"image_column": "image_column", "intensity_normalization": "intensity_normalization"}
 
@@ -60,7 +61,8 @@ def prioritize(model: SuperSamModel, dataset, processor, args: ConvertArguments 
     importance (`1 - cos` of the image embeddings without each layer, see the package docstring), with
     `drop_probabilities`; `min_layers = num_layers - num_elastic_layers` (at least 1). Everything runs at the full
     model under `torch.no_grad` on the model's device and dtype, in eval mode; the previous subnet and train/eval
-    mode are restored afterwards. Statistics live only inside this call.
+    mode are restored afterwards. Statistics live only inside this call. `image_size_choices`, when given, replaces
+    the space's input resolutions (checked first: whole patches, the full resolution among them).
     """
     args, data = with_keywords(args, ConvertArguments, keywords, PRIORITIZE_KEYWORDS, "prioritize", data_args,
                                PRIORITIZE_DATA_KEYWORDS)
@@ -83,6 +85,8 @@ def prioritize(model: SuperSamModel, dataset, processor, args: ConvertArguments 
                                            num_elastic_layers, args.max_drop_prob)
         if args.reorder and args.measure_layers:
             model.config.prioritized = True
+        if args.image_size_choices is not None:
+            model.config.image_size_choices = sorted(int(s) for s in args.image_size_choices)
     finally:
         model.train(was_training)
         _restore_subnet(model, previous_subnet)
@@ -129,6 +133,9 @@ def _check_prioritize_arguments(model, dataset, args: ConvertArguments) -> None:
         raise SupersamError(f"num_images={args.num_calibration_images} must be at least 1.")
     if args.calibration_batch_size < 1:
         raise SupersamError(f"batch_size={args.calibration_batch_size} must be at least 1.")
+    if args.image_size_choices is not None:
+        vision = model.config.vision_config
+        check_image_size_choices(vision.image_size, [int(s) for s in args.image_size_choices], vision.patch_size)
     if isinstance(dataset, dict) or not hasattr(dataset, "column_names"):
         splits = f" of splits {list(dataset.keys())}; pick one" if hasattr(dataset, "keys") else ""
         raise DataError(f"Expected a datasets.Dataset with an image column, got a {type(dataset).__name__}{splits}.")

@@ -405,15 +405,14 @@ def check_image_size_choices_flag(run: _DemoRun) -> None:
     choices = run.args.image_size_choices
     if choices is None:
         return
-    source = base_source(run.args)
-    if source == "trained":
+    if base_source(run.args) == "trained":
         vision = stand_in_config(run.args, run.plan.sizes).vision_config
     else:
         config = load_config_dict(run.args.model_name_or_path or STANDIN_DIR)
         vision = SamVisionConfig(**config.get("vision_config", {}))
     check_image_size_choices(vision.image_size, [int(s) for s in choices], vision.patch_size)
     if run.state.done("convert"):
-        converted = load_supernet(run.output / "supernet_init", device="cpu").config.image_size_choices
+        converted = load_config_dict(run.output / "supernet_init")["image_size_choices"]
         if sorted(int(s) for s in choices) != list(converted):
             raise SupersamError(
                 f"--image_size_choices {' '.join(map(str, choices))}: this run's supernet was converted with input "

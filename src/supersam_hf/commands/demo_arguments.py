@@ -96,7 +96,7 @@ class DemoArguments:
         default=None,
         metadata={"help": "Input resolutions (pixels) the supernet's subnets may take, the base's among them, whole "
                   "patches (default: 50, 75 and 100 %% of the base's; e.g. 32 48 64 96 128 with the stand-in reaches "
-                  "under 5 %% of its MACs). `supersam convert --image_size_choices`."},
+                  "under 5 %% of its MACs), as `supersam convert --image_size_choices` sets them."},
     )
     size_metric: str = field(  # checked by run_demo (its message), values from SizeMetric
         default=SizeMetric.MACS.value,

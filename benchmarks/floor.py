@@ -2,7 +2,7 @@
 search space, from the elastic rules' analytic costs (`SuperSamModel.count_macs` / `count_parameters`, exact vs
 FlopCounterMode and the exported checkpoint); instant, no weights (meta device). Optionally (`--timing`), the
 time ÷ MACs of ViT-B subnets near 30 / 10 / 5 % of the encoder's MACs (random weights): the extracted `SamModel`
-(eager), the supernet's own forward, ONNX Runtime fp32 and INT8 (CPU), or PyTorch in several dtypes on a GPU;
+(eager: transformers' code as it is, and under `use_fast_sam_rel_pos`), the supernet's own forward, ONNX Runtime fp32 and INT8 (CPU), or PyTorch in several dtypes on a GPU;
 interleaved.
 
 Spaces, each adding to the previous one:
@@ -35,7 +35,7 @@ import torch
 from transformers import SamConfig
 
 from _common import RESULTS, SMOKE_HELP, describe_machine, interleaved_medians, smoke_folder, write_result
-from supersam_hf import SuperSamConfig, SuperSamModel, build_sam_config
+from supersam_hf import SuperSamConfig, SuperSamModel, build_sam_config, use_fast_sam_rel_pos
 from supersam_hf.configuration_supersam import DEFAULT_RESOLUTION_RATIOS
 from supersam_hf.search import cheapest_subnet
 from supersam_hf.search_space import default_hidden_size_choices, default_image_size_choices
@@ -159,7 +159,7 @@ def pick(pool, target: float, rule: str):
 
 def timed_functions(supernet, models: dict, device, dtypes, threads: int, folder: Path | None) -> tuple[dict, dict]:
     """Per (model, column): a function running one image through the encoder. Columns: `eager <dtype>` (the
-    extracted `SamModel`), `supernet <dtype>` (the supernet's forward under the subnet) and, on CPU with
+    extracted `SamModel`), `eager, fast rel-pos <dtype>` (the same under `use_fast_sam_rel_pos`), `supernet <dtype>` (the supernet's forward under the subnet) and, on CPU with
     `folder`, `ORT fp32` / `ORT INT8` (ONNX Runtime: the second dict, (model file, feed) for `ort_medians`)."""
     torch_runs, ort_runs = {}, {}
     nets = {dtype: supernet if dtype == torch.float32 else copy.deepcopy(supernet).to(dtype) for dtype in dtypes}
@@ -175,11 +175,17 @@ def timed_functions(supernet, models: dict, device, dtypes, threads: int, folder
                 with torch.no_grad():
                     encoder(x)
 
+            def eager_fast(encoder=encoder, x=x):
+                with torch.no_grad(), use_fast_sam_rel_pos():
+                    encoder(x)
+
             def elastic(net=net, cfg=cfg, x=x):
                 with torch.no_grad(), net.subnet(cfg):
                     net.vision_encoder(x)
 
-            torch_runs[(name, f"eager {label}")], torch_runs[(name, f"supernet {label}")] = eager, elastic
+            torch_runs[(name, f"eager {label}")] = eager
+            torch_runs[(name, f"eager, fast rel-pos {label}")] = eager_fast
+            torch_runs[(name, f"supernet {label}")] = elastic
         if folder is not None:
             from supersam_hf.onnx_export import ENCODER_FILE, export_vision_encoder, quantize_int8
 
@@ -283,7 +289,8 @@ def timing_section(sam: SamConfig, threads: int, repeats: int = 3, device: str =
 
 Median wall-clock seconds of {repeats} interleaved repeats after {warmup} warm-up (every model and column in turn;
 ONNX Runtime in a pass per precision, each in a Python process of its own), then **time ÷ MACs** = (time ÷ the full encoder's time in the same column) ÷
-(encoder MACs ÷ the full encoder's). Columns: *eager* is the extracted `SamModel`, *supernet* the supernet's own
+(encoder MACs ÷ the full encoder's). Columns: *eager* is the extracted `SamModel` (transformers' code as it is), *eager,
+fast rel-pos* the same model under `supersam_hf.use_fast_sam_rel_pos()` (bitwise the same outputs), *supernet* the supernet's own
 forward under the subnet, *ORT* ONNX Runtime of the exported encoder (INT8: dynamic quantization of the MatMul/Gemm
 weights). Above 1 a subnet is slower than its MACs promise; below 1 the full model carries work its MACs do not
 count (its global layers' relative-position bias over 4096 × 4096 tokens, a memory-bound sum larger than what the

@@ -45,6 +45,7 @@ _LAZY = {
     "SamStreamingData": "data",
     "load_segmentation_dataset": "data",
     "make_synthetic_shapes": "data",
+    "use_fast_sam_rel_pos": "fast_rel_pos",
 }
 
 

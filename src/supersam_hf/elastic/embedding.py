@@ -21,6 +21,7 @@ from transformers.models.sam.modeling_sam import (
 )
 
 from ..costs import attention_macs, neck_macs, patch_embed_macs
+from ..fast_rel_pos import decomposed_rel_pos
 from .base import ENCODER, ElasticRule, StateDict, split_layer_key
 
 # -- forward view ------------------------------------------------------------------------------------------------
@@ -89,18 +90,8 @@ class _ElasticAttentionMixin:
     head size, so they are used whole.
     """
 
-    def get_decomposed_rel_pos(self, query, rel_pos_h, rel_pos_w, q_size, k_size) -> torch.Tensor:
-        """SAM's decomposed relative-position bias (batch, q_h, q_w, k_h, k_w), the same numbers, written in order:
-        SAM sums the two small terms in the layout `einsum` leaves them in, so the large sum (heads x tokens² per
-        window) comes out transposed and the reshape after it copies it again; made contiguous first, the sum
-        is one pass and the reshape a view (half the time of this memory-bound step)."""
-        (query_h, query_w), (key_h, key_w) = q_size, k_size
-        table_h = self.get_rel_pos(query_h, key_h, rel_pos_h)
-        table_w = self.get_rel_pos(query_w, key_w, rel_pos_w)
-        grid = query.reshape(query.shape[0], query_h, query_w, query.shape[-1])
-        rel_h = torch.einsum("bhwc,hkc->bhwk", grid, table_h).contiguous()
-        rel_w = torch.einsum("bhwc,wkc->bhwk", grid, table_w).contiguous()
-        return rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
+    # SAM's bias in one pass (the same numbers as transformers' `get_decomposed_rel_pos`, without its two copies)
+    get_decomposed_rel_pos = decomposed_rel_pos
 
     def forward(self, hidden_states: torch.Tensor, output_attentions=None):
         full = self.qkv.in_features

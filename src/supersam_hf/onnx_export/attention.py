@@ -38,11 +38,9 @@ import torch.nn.functional as F
 from transformers import SamModel
 
 # Fold the bias into the product where a layer's token grid (h + w extra dimensions per query) adds at most this
-# many dimensions: SAM's windowed layers (14 + 14) and global layers up to 32 x 32 tokens (512 px input at patch 16)
-# run faster folded; global layers of 48 x 48 tokens (768 px) and 64 x 64 (1024 px) run faster as written. Measured
-# in ONNX Runtime on ViT-B subnets, 2 threads, idle machine (benchmarks/results/floor.md, session 10's A/B: 768-px
-# subnets 3-12 % faster with their global layers as written, a 512-px one 5 % slower).
-FOLD_MAX_EXTRA_DIMS = 64
+# many dimensions: SAM's windowed layers (14 + 14) and global layers up to 48 x 48 tokens (768 px input at patch
+# 16) were faster folded; the full-resolution global layers (64 + 64) were not (benchmarks/results/floor.md).
+FOLD_MAX_EXTRA_DIMS = 96
 
 
 def _attend(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, height: int, width: int,

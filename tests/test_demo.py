@@ -266,7 +266,8 @@ def test_image_size_choices_reach_the_converted_supernet_and_bad_ones_stop_befor
     assert main(["demo", "--output_dir", str(output), *base, "--image_size_choices", "20", "64"]) == 2
     err = capsys.readouterr().err
     assert "resolution 20 must be a multiple of the patch size 8 in 1..64" in err and len(err.strip().splitlines()) == 1
-    assert "finetuned" not in json.loads((output / "demo_state.json").read_text())
+    state = json.loads((output / "demo_state.json").read_text())
+    assert "finetuned" not in state and "data" not in state and not (output / "data").exists()
     # 0.97: beyond the default space's smallest subnet (32 px) but within 16 px's; 0.999 still out of reach.
     assert main(["demo", "--output_dir", str(output), "--overwrite_output_dir", *base,
                  "--image_size_choices", "16", "32", "64", "--size_reductions", "0.97", "0.999"]) == 2

@@ -201,9 +201,9 @@ def _run_demo(args: DemoArguments) -> dict:
     torch.manual_seed(args.seed)
     run = _DemoRun(args, plan, processor, output, state,
                    search_prompt="box" if args.prompt_type == PromptType.MIXED else args.prompt_type)
+    check_image_size_choices_flag(run)  # before the data is built or anything trains
     _stage_data(run)
     b_search, b_test = (load_segmentation_dataset(run.data_b, split=s) for s in ("search", "test"))
-    check_image_size_choices_flag(run)  # before anything trains
     base_dir = _stage_base(run)
     base_params = load_supernet(base_dir, device="cpu").count_parameters()
     _stage_baselines(run, base_dir, b_test)

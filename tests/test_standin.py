@@ -176,3 +176,31 @@ def test_smaller_input_resolutions_bring_the_stand_in_under_five_percent_of_its_
         fractions[choices is None] = fewest / supernet.count_macs()
         assert subnet.image_size == min(model_config.image_size_choices)
     assert 0.06 < fractions[True] < 0.08 and fractions[False] < 0.05
+
+
+def test_an_earlier_stand_in_placed_by_supersam_gives_refs_main_to_the_shipped_one(hf_cache):
+    """After an upgrade, the repo id without a revision loads the shipped stand-in, as a Hub download of a newer main
+    would give: refs/main moves on from a snapshot an earlier supersam_hf placed (its name the content hash of its
+    files); that snapshot stays."""
+    import shutil
+
+    from supersam_hf.standin import _revision, hub_offline
+
+    entry = hf_cache / ENTRY
+    staging = hf_cache.parent / "staging"
+    staging.mkdir()
+    for name in CHECKPOINT_FILES + (CARD_FILE,):
+        shutil.copyfile(STANDIN_DIR / name, staging / name)
+    (staging / CARD_FILE).write_text("an earlier stand-in\n")
+    earlier = _revision(staging)
+    (entry / "snapshots").mkdir(parents=True)
+    staging.rename(entry / "snapshots" / earlier)
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text(earlier)
+    _, _, snapshot = load_standin()
+    assert (entry / "refs" / "main").read_text() == snapshot.name != earlier
+    assert (entry / "snapshots" / earlier / CARD_FILE).read_text() == "an earlier stand-in\n"
+    reference = SamModel.from_pretrained(STANDIN_DIR).state_dict()
+    with hub_offline():
+        loaded = SamModel.from_pretrained(STANDIN_REPO_ID).state_dict()  # refs/main's: the shipped weights
+    assert loaded.keys() == reference.keys() and all(torch.equal(loaded[k], reference[k]) for k in reference)

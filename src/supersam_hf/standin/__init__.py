@@ -131,13 +131,21 @@ def _minutes(record: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _revision() -> str:
-    """A content hash of the shipped checkpoint files: the snapshot's folder name (40 hex digits, like a commit)."""
+def _revision(folder: Path = STANDIN_DIR) -> str:
+    """A content hash of a stand-in's checkpoint files (default: the shipped ones): the snapshot's folder name (40 hex
+    digits, like a commit)."""
     digest = hashlib.sha1()
     for name in CHECKPOINT_FILES + (CARD_FILE,):
         digest.update(name.encode())
-        digest.update((STANDIN_DIR / name).read_bytes())
+        digest.update((folder / name).read_bytes())
     return digest.hexdigest()
+
+
+def _placed_by_supersam(snapshot: Path) -> bool:
+    """Whether `snapshot` is an earlier stand-in placed by `place_in_hf_cache` (its name is the content hash of its
+    files), not a download or a user's folder."""
+    files = CHECKPOINT_FILES + (CARD_FILE,)
+    return snapshot.is_dir() and all((snapshot / n).is_file() for n in files) and _revision(snapshot) == snapshot.name
 
 
 def place_in_hf_cache(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -146,8 +154,9 @@ def place_in_hf_cache(cache_dir: str | os.PathLike | None = None) -> Path:
 
     Only that entry is written: nothing else of the cache is touched. The snapshot's name is a content hash of the
     shipped files: one already there with identical files is reused; one with other content is refused (a user's
-    files are never overwritten). refs/main is written only where the entry has none (an existing one, e.g. of an
-    earlier stand-in, is left alone: `load_standin` loads by the revision itself). Files are copied into a temporary
+    files are never overwritten). refs/main is written where the entry has none, and moved on from an earlier
+    stand-in that an earlier supersam_hf placed (its snapshot stays), as a Hub download of a newer main would; any
+    other refs/main is left alone (`load_standin` loads by the revision itself). Files are copied into a temporary
     folder inside the entry and renamed into place, so a kill never leaves a half-written snapshot.
     """
     from huggingface_hub.constants import HF_HUB_CACHE
@@ -188,10 +197,14 @@ def place_in_hf_cache(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def _add_main(entry: Path, revision: str, snapshot: Path) -> Path:
-    """refs/main -> `revision` where the entry has no refs/main yet (written to a temporary file and renamed)."""
+    """refs/main -> `revision` where the entry has no refs/main yet, or one naming an earlier stand-in placed by
+    supersam_hf (written to a temporary file and renamed)."""
     refs = entry / "refs"
     refs.mkdir(exist_ok=True)
-    if not (refs / "main").exists():
+    main = refs / "main"
+    earlier = main.is_file() and main.read_text().strip() != revision and _placed_by_supersam(
+        entry / "snapshots" / main.read_text().strip())
+    if not main.exists() or earlier:
         temporary = refs / f".main.tmp-{os.getpid()}"
         temporary.write_text(revision)
         os.replace(temporary, refs / "main")

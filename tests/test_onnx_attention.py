@@ -43,9 +43,10 @@ def test_folded_attention_equals_transformers_attention(sam):
 def test_unfolded_windowed_layers_and_a_sam_without_relative_positions_keep_the_maths(sam):
     pixels = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     reference = _encode(sam, pixels)
-    with export_attention(sam, max_extra_dims=0) as folded:  # windowed layers rewritten, bias added as written
+    with export_attention(sam, max_extra_dims=0) as folded:  # every layer rewritten, the bias added to the logits
         assert folded == []
         assert all("forward" in vars(layer) for layer in sam.vision_encoder.layers[:2])
+        assert "forward" in vars(sam.vision_encoder.layers[2].attn)  # the global layer
         assert torch.allclose(_encode(sam, pixels), reference, atol=1e-5, rtol=0)
     torch.manual_seed(0)
     plain = SamModel(build_sam_config(image_size=64, patch_size=8, hidden_size=32, num_hidden_layers=2,
@@ -65,8 +66,8 @@ def test_the_rule_leaves_large_grids_unfolded_and_restores_after_an_error(sam):
     with pytest.raises(RuntimeError, match="inside"), export_attention(sam):
         raise RuntimeError("inside")
     assert all("forward" not in vars(layer) and "forward" not in vars(layer.attn) for layer in sam.vision_encoder.layers)
-    # ViT-B at patch 16: global layers stay as written at 1024 px (64 + 64 tokens), folded at 768 px (48 + 48)
-    assert 2 * (768 // 16) <= FOLD_MAX_EXTRA_DIMS < 2 * (1024 // 16)
+    # ViT-B at patch 16: global layers folded at 512 px (32 + 32 tokens), added to the logits at 768 px (48 + 48) and above
+    assert 2 * (512 // 16) <= FOLD_MAX_EXTRA_DIMS < 2 * (768 // 16)
 
 
 def test_onnx_runtime_runs_the_folded_encoder_like_pytorch(sam, tmp_path):

@@ -2,7 +2,8 @@
 less work in ONNX Runtime. Two rewrites, both for the export only:
 
 1. SAM's decomposed relative-position bias folded into the query · key product, for the layers where that is
-   faster (below).
+   faster (below); on the other layers added to the logits by broadcasting, without materialising it first as
+   transformers does for SDPA's mask.
 2. Windowed layers skip the padding: transformers pads the token grid to whole windows (64 → 70 tokens a side at
    1024 px, 48 → 56 at 768, 32 → 42 at 512) and runs `qkv` and `proj` on the padded tokens too. A padded token's
    q, k, v are just qkv's bias, so `_windowed_layer_forward` runs `qkv` on the real tokens, gives the padding the
@@ -21,7 +22,7 @@ MAC count does not see, which grows with the token count and dominated subnets w
 
 so the bias costs (h + w) more multiply-adds per logit inside the matrix product instead of two passes over the
 matrix. Whether that pays depends on h + w against the head dimension; `export_attention` applies it where it was
-measured faster (`FOLD_MAX_EXTRA_DIMS`) and leaves the other global layers as transformers writes them. The maths is the
+measured faster (`FOLD_MAX_EXTRA_DIMS`) and adds the bias to the logits on the others. The maths is the
 same up to float rounding (the ONNX parity tests hold it to 1e-5); only the exported graph changes, never the
 checkpoint or the PyTorch model (the patch lives for the export only).
 """
@@ -38,9 +39,12 @@ import torch.nn.functional as F
 from transformers import SamModel
 
 # Fold the bias into the product where a layer's token grid (h + w extra dimensions per query) adds at most this
-# many dimensions: SAM's windowed layers (14 + 14) and global layers up to 48 x 48 tokens (768 px input at patch
-# 16) were faster folded; the full-resolution global layers (64 + 64) were not (benchmarks/results/floor.md).
-FOLD_MAX_EXTRA_DIMS = 96
+# many dimensions: SAM's windowed layers (14 + 14) and global layers up to 32 x 32 tokens (512 px input at patch 16).
+# Global layers of 48 x 48 tokens (768 px) and 64 x 64 (1024 px) run faster with the bias added to the logits.
+# Measured block by block in ONNX Runtime, 2 threads (benchmarks/attention_fold.py, results/attention_fold.md):
+# folded ÷ added 1.06-1.12 at 48 x 48 and 1.14-1.27 at 64 x 64 in every run, 0.92-1.01 at 32 x 32, 0.96-1.01 for a
+# windowed layer.
+FOLD_MAX_EXTRA_DIMS = 64
 
 
 def _attend(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, height: int, width: int,
@@ -69,14 +73,16 @@ def _attend(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, h
     return torch.softmax(logits, dim=-1) @ value
 
 
-def _global_attention_forward(self, hidden_states: torch.Tensor, output_attentions: bool = False, **kwargs):
-    """SamVisionAttention's forward with the relative-position bias folded into the query · key product; returns
-    (output, None) like the SDPA attention."""
+def _global_attention_forward(self, hidden_states: torch.Tensor, output_attentions: bool = False, fold: bool = True,
+                              **kwargs):
+    """SamVisionAttention's forward through `_attend`: the relative-position bias folded into the query · key product
+    (`fold`) or added to the logits by broadcasting, without the (heads, tokens, tokens) bias tensor transformers
+    materialises as SDPA's mask; returns (output, None) like the SDPA attention."""
     batch_size, height, width, _ = hidden_states.shape
     heads = self.num_attention_heads
     qkv = self.qkv(hidden_states).reshape(batch_size, height * width, 3, heads, -1).permute(2, 0, 3, 1, 4)
     query, key, value = qkv.reshape(3, batch_size * heads, height * width, -1).unbind(0)
-    output = _attend(self, query, key, value, height, width, fold=True)
+    output = _attend(self, query, key, value, height, width, fold=fold)
     output = output.reshape(batch_size, heads, height, width, -1).permute(0, 2, 3, 1, 4)
     return self.proj(output.reshape(batch_size, height, width, -1)), None
 
@@ -114,9 +120,10 @@ def _windowed_layer_forward(self, hidden_states: torch.Tensor, fold: bool = True
 @contextlib.contextmanager
 def export_attention(model: SamModel, max_extra_dims: int = FOLD_MAX_EXTRA_DIMS) -> Iterator[list[int]]:
     """While open, the image encoder runs the attention written for export: every windowed layer runs
-    `_windowed_layer_forward` (no work on the padding), and the layers whose grid adds at most `max_extra_dims`
-    (h + w: the window, or the whole grid for a global layer) fold the relative-position bias into the product;
-    yields the indices of the folded layers. The layers' own forwards are restored on exit, also after an error."""
+    `_windowed_layer_forward` (no work on the padding), every global layer `_global_attention_forward`, and the
+    layers whose grid adds at most `max_extra_dims` (h + w: the window, or the whole grid for a global layer) fold
+    the relative-position bias into the product, the others add it to the logits; yields the indices of the folded
+    layers. The layers' own forwards are restored on exit, also after an error."""
     config = model.config.vision_config
     grid = config.image_size // config.patch_size
     folded, patched = [], []
@@ -125,8 +132,8 @@ def export_attention(model: SamModel, max_extra_dims: int = FOLD_MAX_EXTRA_DIMS)
         if layer.window_size > 0:
             layer.forward = types.MethodType(functools.partial(_windowed_layer_forward, fold=fold), layer)
             patched.append(layer)
-        elif fold:
-            layer.attn.forward = types.MethodType(_global_attention_forward, layer.attn)
+        else:
+            layer.attn.forward = types.MethodType(functools.partial(_global_attention_forward, fold=fold), layer.attn)
             patched.append(layer.attn)
         folded += [index] if fold else []
     try:

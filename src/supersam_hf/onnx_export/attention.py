@@ -42,8 +42,8 @@ from transformers import SamModel
 # many dimensions: SAM's windowed layers (14 + 14) and global layers up to 32 x 32 tokens (512 px input at patch 16).
 # Global layers of 48 x 48 tokens (768 px) and 64 x 64 (1024 px) run faster with the bias added to the logits.
 # Measured block by block in ONNX Runtime, 2 threads (benchmarks/attention_fold.py, results/attention_fold.md):
-# folded ÷ added 1.06-1.12 at 48 x 48 and 1.14-1.27 at 64 x 64 in every run, 0.92-1.01 at 32 x 32, 0.96-1.01 for a
-# windowed layer.
+# folded ÷ added 1.03-1.13 at 48 x 48 and 1.14-1.27 at 64 x 64 in all seven runs, 0.55-1.01 at 32 x 32, 0.79-1.01
+# for a windowed layer.
 FOLD_MAX_EXTRA_DIMS = 64
 
 

@@ -33,7 +33,8 @@ from transformers.models.sam.modeling_sam import SamVisionLayer
 
 from _common import RESULTS, SMOKE_HELP, interleaved_medians, smoke_folder, write_result
 from supersam_hf.onnx_export import ort_session
-from supersam_hf.onnx_export.attention import FOLD_MAX_EXTRA_DIMS, _global_attention_forward, _windowed_layer_forward
+from supersam_hf.onnx_export.attention import (FOLD_MAX_EXTRA_DIMS, _global_attention_forward, _windowed_layer_forward,
+                                                folds_bias)
 
 HEAD_DIM = 64  # SAM ViT-B / L / H
 PATCH = 16
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[attention_fold] {label}: {grid} x {grid} tokens, {heads} heads", flush=True)
             med = time_case(grid, heads, window, args.threads, repeats, Path(tmp))
             extra = 2 * (window or grid)
-            shipped = "folded" if extra <= FOLD_MAX_EXTRA_DIMS else "written out"
+            shipped = "folded" if folds_bias(window or grid) else "written out"
             best = min(med, key=med.get)
             rows.append(f"| {label} | {grid} × {grid} | {heads} | {HEAD_DIM} + {extra} | "
                         + " | ".join(f"{1000 * med[form]:.1f} ms" for form in FORMS)

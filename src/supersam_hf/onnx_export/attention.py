@@ -47,6 +47,12 @@ from transformers import SamModel
 FOLD_MAX_EXTRA_DIMS = 64
 
 
+def folds_bias(side: int, max_extra_dims: int = FOLD_MAX_EXTRA_DIMS) -> bool:
+    """Whether the export folds the bias of an attention over a `side` x `side` token grid (a window, or a global
+    layer's whole grid) into the query · key product: the rule of `export_attention`."""
+    return 2 * side <= max_extra_dims
+
+
 def _attend(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, height: int, width: int,
             fold: bool) -> torch.Tensor:
     """softmax(scale · q · kᵀ + relative-position bias) · v for (batch · heads, height · width, head_dim) operands on
@@ -128,7 +134,7 @@ def export_attention(model: SamModel, max_extra_dims: int = FOLD_MAX_EXTRA_DIMS)
     grid = config.image_size // config.patch_size
     folded, patched = [], []
     for index, layer in enumerate(model.vision_encoder.layers):
-        fold = bool(config.use_rel_pos) and 2 * (layer.window_size or grid) <= max_extra_dims
+        fold = bool(config.use_rel_pos) and folds_bias(layer.window_size or grid, max_extra_dims)
         if layer.window_size > 0:
             layer.forward = types.MethodType(functools.partial(_windowed_layer_forward, fold=fold), layer)
             patched.append(layer)
